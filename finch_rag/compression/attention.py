@@ -1,0 +1,187 @@
+"""Question-row attention, computed beside the model's own fast attention.
+
+The model keeps running SDPA (or flash attention): we register, under a new key of transformers'
+`AttentionInterface`, a function that first computes the softmax of the last ``m`` query rows (the
+question) over every key, exactly as the layer's own softmax would (scaling, causal and sliding-window
+mask, soft-capping), reduces it to one score per context column, and then calls the original attention
+function unchanged. Only ``m`` rows are ever materialised: no ``output_attentions``, no eager attention.
+
+The per-call state travels as a forward keyword argument (``finch_capture``) that transformers passes
+through to every attention call, so nothing is stored on the model or in globals and concurrent calls on
+different models cannot mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+CAPTURE_KWARG = "finch_capture"
+_KEY_PREFIX = "finch_"
+
+
+@dataclass
+class QuestionAttentionCapture:
+    """Collects, for each layer, the question rows' attention over the candidate context columns.
+
+    Parameters
+    ----------
+    question_length : int
+        ``m``, the number of trailing query rows that form the question.
+    first_candidate : int
+        Index of the first cache column that may be evicted (``|P|``); earlier columns are the protected
+        prefix and are not scored.
+    normalize_scores : bool
+        Multiply each row by its 0-based absolute position (kvpress's convention) before averaging rows.
+    scores : dict[int, torch.Tensor]
+        Filled during the forward pass: layer index -> ``[batch, num_kv_heads, group_size, n_candidates]``
+        in float32, the mean over question rows of each query head's attention to each candidate column.
+    """
+
+    question_length: int
+    first_candidate: int
+    normalize_scores: bool = True
+    question_mask: torch.Tensor | None = None
+    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def question_row_scores(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    capture: QuestionAttentionCapture,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Mean attention of the question rows to each candidate column, per query head.
+
+    Parameters
+    ----------
+    query : torch.Tensor
+        ``[batch, num_heads, q_len, head_dim]``, after RoPE; the last ``m`` rows are the question.
+    key : torch.Tensor
+        ``[batch, num_kv_heads, k_len, head_dim]``, the whole cache including this step's tokens.
+    attention_mask : torch.Tensor, optional
+        The 4D mask the layer received (bool, or additive float), or ``None`` for plain causal.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, num_kv_heads, group_size, k_len - m - first_candidate]``, float32.
+    """
+    m = capture.question_length
+    batch, num_heads, q_len, head_dim = query.shape
+    num_kv_heads, k_len = key.shape[1], key.shape[2]
+    group = num_heads // num_kv_heads
+    # Grouped layout avoids repeating K for every query head of a group.
+    rows = query[:, :, q_len - m :, :].reshape(batch, num_kv_heads, group * m, head_dim)
+    logits = torch.matmul(rows.float(), key.float().transpose(-1, -2)) * scaling
+    logits = logits.view(batch, num_kv_heads, group, m, k_len)
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+
+    # Absolute index of each question row among the keys.
+    row_positions = torch.arange(k_len - m, k_len, device=key.device)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        rows_mask = attention_mask[:, :, -m:, -k_len:]
+        if rows_mask.dtype == torch.bool:
+            additive = torch.zeros(rows_mask.shape, dtype=torch.float32, device=key.device)
+            additive = additive.masked_fill(~rows_mask, float("-inf"))
+        else:
+            additive = rows_mask.float().clamp(min=torch.finfo(torch.float32).min)
+        logits = logits + additive.unsqueeze(2)  # [b, 1 or kvh, 1, m, k] broadcasts over the group axis
+    else:
+        columns = torch.arange(k_len, device=key.device)
+        visible = columns[None, :] <= row_positions[:, None]
+        if sliding_window is not None:
+            visible &= columns[None, :] > row_positions[:, None] - sliding_window
+        logits = logits.masked_fill(~visible, float("-inf"))
+
+    weights = torch.softmax(logits, dim=-1)
+    if capture.normalize_scores:
+        weights = weights * row_positions.to(weights.dtype)[:, None]
+    if capture.question_mask is not None:
+        # Padded question rows (batched requests) must not vote.
+        row_weight = capture.question_mask.to(weights.dtype)[:, None, None, :, None]
+        weights = weights * row_weight
+        column_scores = weights.sum(dim=3) / row_weight.sum(dim=3).clamp(min=1)
+    else:
+        column_scores = weights.mean(dim=3)
+    return column_scores[..., capture.first_candidate : k_len - m]
+
+
+def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
+    def attention_forward(
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        capture: QuestionAttentionCapture | None = kwargs.pop(CAPTURE_KWARG, None)
+        if capture is not None:
+            layer_scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+            capture.scores[module.layer_idx] = question_row_scores(
+                module,
+                query,
+                key,
+                attention_mask,
+                layer_scaling,
+                capture,
+                sliding_window=kwargs.get("sliding_window"),
+                softcap=kwargs.get("softcap"),
+            )
+        return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+    return attention_forward
+
+
+def _register(base_implementation: str) -> str:
+    """Register the capturing twin of ``base_implementation`` (idempotent) and return its key."""
+    key = _KEY_PREFIX + base_implementation
+    if key not in AttentionInterface._global_mapping:
+        if base_implementation not in AttentionInterface._global_mapping:
+            raise NotImplementedError(
+                f"finch-rag cannot wrap attention implementation {base_implementation!r}; load the model with "
+                "attn_implementation='sdpa' (or 'flash_attention_2' on a GPU)."
+            )
+        AttentionInterface.register(key, _capturing(AttentionInterface._global_mapping[base_implementation]))
+        mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(base_implementation)
+        if mask_function is None:
+            raise NotImplementedError(f"No attention-mask function is registered for {base_implementation!r}.")
+        ALL_MASK_ATTENTION_FUNCTIONS.register(key, mask_function)
+    return key
+
+
+@contextlib.contextmanager
+def capturing_attention(model: PreTrainedModel) -> Iterator[None]:
+    """Within the block, ``model`` fills a `QuestionAttentionCapture` passed as ``finch_capture=``.
+
+    The attention implementation is switched to its capturing twin and switched back on exit, even on
+    error, so the caller's model is left as it was. Callers hold the model's lock for the whole block.
+    """
+    config = model.config
+    original = config._attn_implementation
+    if original == "eager":
+        raise NotImplementedError(
+            "finch-rag does not run on eager attention (it would materialise every attention row). "
+            "Load the model with attn_implementation='sdpa'."
+        )
+    base = original[len(_KEY_PREFIX) :] if original.startswith(_KEY_PREFIX) else original
+    key = _register(base)
+    config._attn_implementation = key
+    try:
+        yield
+    finally:
+        config._attn_implementation = original

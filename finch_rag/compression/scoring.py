@@ -1,0 +1,67 @@
+"""From captured question attention to one score per candidate entry and KV head.
+
+Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167), Sec. 3: a context
+entry's relevance is the attention the question rows pay to it. This module only reduces scores; which
+entries survive is decided in `selection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def per_head_scores(layer_scores: torch.Tensor) -> torch.Tensor:
+    """Average each KV group's query heads: ``[b, kvh, g, n] -> [b, kvh, n]`` (kvpress's ``FinchPress``)."""
+    return layer_scores.mean(dim=2)
+
+
+def per_layer_scores(layer_scores: torch.Tensor) -> torch.Tensor:
+    """Average over every head of the layer, repeated per KV head: ``[b, kvh, g, n] -> [b, kvh, n]``.
+
+    The authors' reference code: all heads of a layer keep the same columns.
+    """
+    batch, num_kv_heads, _, n = layer_scores.shape
+    return layer_scores.mean(dim=(1, 2)).unsqueeze(1).expand(batch, num_kv_heads, n)
+
+
+def shared_scores(all_layer_scores: Sequence[torch.Tensor], voting_layers: Sequence[int]) -> torch.Tensor:
+    """One score per column for the whole model: ``list of [b, kvh, g, n] -> [b, n]``.
+
+    Each voting layer's head-averaged scores are normalised to sum 1 so that no layer dominates by scale
+    (normalised scores grow with position), then the layers are averaged.
+    """
+    votes = []
+    for layer in voting_layers:
+        layer_mean = all_layer_scores[layer].mean(dim=(1, 2))
+        votes.append(layer_mean / layer_mean.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(layer_mean.dtype).tiny))
+    return torch.stack(votes).mean(dim=0)
+
+
+def smooth_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """Moving average of ``width`` tokens along the last axis, same length (edges average what exists).
+
+    A token's score then reflects its neighbours', so a relevant span is kept whole rather than as the
+    scattered handful of its tokens that happen to draw attention.
+    """
+    if width <= 1 or scores.shape[-1] <= 1:
+        return scores
+    shape = scores.shape
+    flat = scores.reshape(-1, 1, shape[-1])
+    smoothed = F.avg_pool1d(flat, kernel_size=width, stride=1, padding=width // 2, count_include_pad=False)
+    return smoothed[..., : shape[-1]].reshape(shape)
+
+
+def resolve_layers(score_layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """Turn ``score_layers`` (negative indices allowed, ``None`` for all) into sorted layer indices."""
+    if score_layers is None:
+        return list(range(num_layers))
+    resolved = set()
+    for layer in score_layers:
+        index = layer + num_layers if layer < 0 else layer
+        if not 0 <= index < num_layers:
+            raise ValueError(f"score_layers contains {layer}, but the model has {num_layers} layers.")
+        resolved.add(index)
+    return sorted(resolved)

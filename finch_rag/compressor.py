@@ -1,0 +1,259 @@
+"""`FinchCompressor`: compress a context for a question, then answer from the compressed cache."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ._locks import model_lock
+from .compression.loop import compress_cache
+from .compression.rotation import KeyRotation
+from .config import FinchConfig
+from .context import CompressedContext
+from .generation import SamplingParams, eos_token_ids, generate_token_ids, stream_text
+from .prompts import PassageLike, as_passages, build_prompt
+
+logger = logging.getLogger(__name__)
+
+IdsLike = "torch.Tensor | Sequence[int]"
+
+
+class FinchCompressor:
+    """Prompt-guided KV-cache compression (FINCH) on a Hugging Face causal LM.
+
+    Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167). The model and
+    tokenizer are used as they are and left unchanged; compress and generate on the same model are
+    serialised by a per-model lock, so a compressor may be shared across threads.
+
+    Parameters
+    ----------
+    model, tokenizer
+        A causal LM with rotary position embeddings and its tokenizer. ``None`` loads the embedded
+        default (`finch_rag.load_model`).
+    config : FinchConfig, optional
+        Budget, chunk size and selection. Default: ``FinchConfig()``.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        config: FinchConfig | None = None,
+    ) -> None:
+        if model is None:
+            if tokenizer is not None:
+                raise ValueError("Pass a tokenizer together with its model, or neither for the default model.")
+            from .models import load_model
+
+            model, tokenizer = load_model()
+        elif tokenizer is None:
+            raise ValueError("FinchCompressor needs the model's tokenizer: FinchCompressor(model, tokenizer, config).")
+        if config is not None and not isinstance(config, FinchConfig):
+            raise TypeError(f"config must be a FinchConfig, got {type(config).__name__}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config or FinchConfig()
+        self._rotation = KeyRotation.from_model(model)  # fails early on models without RoPE
+        self._lock = model_lock(model)
+        self._eos_ids = eos_token_ids(model, tokenizer)
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.model, "name_or_path", "") or type(self.model).__name__)
+
+    @property
+    def context_window(self) -> int:
+        """The model's maximum position (``max_position_embeddings``)."""
+        config = self.model.config.get_text_config(decoder=True)
+        return int(getattr(config, "max_position_embeddings", 0) or 0)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------ compression
+    def compress(
+        self, context: str | Sequence[PassageLike], question: str, *, config: FinchConfig | None = None
+    ) -> CompressedContext:
+        """Compress ``context`` (one string or a list of passages) for ``question``.
+
+        The prompt is built with the chat template when the tokenizer has one (see
+        `FinchConfig.chat_template`); each passage's token span is recorded for `kept_fraction`.
+        """
+        config = config or self.config
+        passages = as_passages(context)
+        parts = build_prompt(
+            self.tokenizer, passages, question, chat_template=config.chat_template, system_prompt=config.system_prompt
+        )
+        return self._compress(
+            parts.prefix_ids,
+            parts.context_ids,
+            parts.question_ids,
+            parts.suffix_ids,
+            config,
+            passage_starts=parts.passage_token_starts,
+            extra={
+                "question": question,
+                "passages": passages,
+                "context_text": parts.context_text,
+                "token_offsets": parts.token_offsets,
+                "passage_text_spans": parts.passage_text_spans,
+                "passage_token_starts": parts.passage_token_starts,
+            },
+        )
+
+    def compress_ids(
+        self,
+        context_ids: torch.Tensor | Sequence[int],
+        question_ids: torch.Tensor | Sequence[int],
+        prefix_ids: torch.Tensor | Sequence[int] | None = None,
+        *,
+        suffix_ids: torch.Tensor | Sequence[int] | None = None,
+        config: FinchConfig | None = None,
+    ) -> CompressedContext:
+        """Token-level entry point: no template is applied, and with no prefix nothing is protected.
+
+        ``suffix_ids`` (optional) is fed after the question when answering.
+        """
+        return self._compress(
+            _as_ids(prefix_ids, "prefix_ids", allow_empty=True),
+            _as_ids(context_ids, "context_ids"),
+            _as_ids(question_ids, "question_ids"),
+            _as_ids(suffix_ids, "suffix_ids", allow_empty=True),
+            config or self.config,
+        )
+
+    def _compress(
+        self,
+        prefix_ids: list[int],
+        context_ids: list[int],
+        question_ids: list[int],
+        suffix_ids: list[int],
+        config: FinchConfig,
+        passage_starts: Sequence[int] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> CompressedContext:
+        if not context_ids:
+            raise ValueError("The context is empty: give at least one context token to compress.")
+        if not question_ids:
+            raise ValueError("The question is empty: FINCH compresses the context for a question, so give one.")
+        self._check_fits(len(prefix_ids), len(context_ids), len(question_ids), len(suffix_ids), config)
+        device = self.device
+
+        def tensor(ids: list[int]) -> torch.Tensor:
+            return torch.tensor([ids], dtype=torch.long, device=device)
+
+        with self._lock, torch.inference_mode():
+            cache = compress_cache(
+                self.model,
+                tensor(prefix_ids),
+                tensor(context_ids),
+                tensor(question_ids),
+                config,
+                passage_starts=passage_starts,
+                rotation=self._rotation,
+            )
+        return CompressedContext(
+            cache=cache,
+            prefix_ids=torch.tensor(prefix_ids, dtype=torch.long),
+            context_ids=torch.tensor(context_ids, dtype=torch.long),
+            question_ids=torch.tensor(question_ids, dtype=torch.long),
+            suffix_ids=torch.tensor(suffix_ids, dtype=torch.long),
+            config=config,
+            tokenizer=self.tokenizer,
+            model_name=self.model_name,
+            **(extra or {}),
+        )
+
+    def _check_fits(self, prefix: int, context: int, question: int, suffix: int, config: FinchConfig) -> None:
+        window = self.context_window
+        if not window:
+            return
+        if prefix + question + suffix >= window:
+            raise ValueError(
+                f"The question needs {question} tokens (plus {prefix} of prefix and {suffix} of answer cue), which "
+                f"does not fit the model's window of {window} tokens. Shorten the question."
+            )
+        budget = config.budget(context)
+        chunk = config.chunk_size or context
+        peak_position = prefix + (context if context <= budget else budget + min(chunk, context)) + question
+        if peak_position > window:
+            raise ValueError(
+                f"Compression would reach position {peak_position} (prefix {prefix} + budget {budget} + chunk "
+                f"{min(chunk, context)} + question {question}), past the model's window of {window}. "
+                "Lower chunk_size (chunk_size=None reads the whole context at once) or target_tokens."
+            )
+
+    # ------------------------------------------------------------- generation
+    def generate(
+        self,
+        compressed: CompressedContext,
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> str:
+        """Answer from ``compressed``; it is not modified, so answering twice greedily gives the same text."""
+        return "".join(
+            self.stream(
+                compressed, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop
+            )
+        )
+
+    def stream(
+        self,
+        compressed: CompressedContext,
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """Like `generate`, yielding text pieces as they are decoded."""
+        if not isinstance(compressed, CompressedContext):
+            raise TypeError(f"Expected a CompressedContext from compress(), got {type(compressed).__name__}.")
+        if compressed.model_name != self.model_name:
+            raise ValueError(
+                f"This context was compressed with {compressed.model_name!r}; answer it with a compressor on the "
+                f"same model, not {self.model_name!r}."
+            )
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
+        )
+        window = self.context_window
+        answer_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0).to(self.device)
+        if window and compressed.cache_length + answer_input.shape[1] + max_new_tokens > window:
+            raise ValueError(
+                f"Answering would pass the model's window of {window} positions "
+                f"({compressed.cache_length} cached + {answer_input.shape[1]} question + {max_new_tokens} new). "
+                "Lower max_new_tokens or the budget."
+            )
+        cache = compressed.cache.as_cache()
+        token_ids = generate_token_ids(self.model, cache, answer_input, params, self._eos_ids, self._lock)
+        return stream_text(self.tokenizer, token_ids, params.stop)
+
+    def __repr__(self) -> str:
+        return f"FinchCompressor(model={self.model_name!r}, config={self.config})"
+
+
+def _as_ids(ids: torch.Tensor | Sequence[int] | None, name: str, allow_empty: bool = False) -> list[int]:
+    if ids is None:
+        values: list[int] = []
+    elif isinstance(ids, torch.Tensor):
+        if ids.dtype.is_floating_point or ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
+            raise TypeError(f"{name} must be a 1-D integer tensor (or [1, n]), got {tuple(ids.shape)} {ids.dtype}.")
+        values = ids.reshape(-1).tolist()
+    elif isinstance(ids, Sequence) and not isinstance(ids, str) and all(isinstance(i, int) for i in ids):
+        values = list(ids)
+    else:
+        raise TypeError(f"{name} must be a list of token ids or a LongTensor, got {type(ids).__name__}.")
+    if not values and not allow_empty:
+        raise ValueError(f"{name} is empty.")
+    return values

@@ -1,0 +1,119 @@
+"""`FinchConfig`: every knob of the compression, validated at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+Selection = Literal["per_head", "per_layer", "shared"]
+SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared")
+
+
+@dataclass(frozen=True)
+class FinchConfig:
+    """Parameters of prompt-guided KV-cache compression.
+
+    The context is read chunk by chunk with the question appended; after each chunk only the key/value
+    entries the question attends to most are kept, so that exactly ``B`` context entries remain at the
+    end. Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
+
+    Parameters
+    ----------
+    target_tokens : int, optional
+        ``B``, the number of context KV entries kept per layer and KV head. Give this or
+        ``compression_ratio``.
+    compression_ratio : float, optional
+        Fraction of the context removed (kvpress's convention): ``B = floor(n * (1 - r))``. ``0`` keeps
+        everything.
+    chunk_size : int or None
+        ``S``, context tokens read per step. ``None`` reads the whole context in one pass (kvpress's
+        ``FinchPress``); memory then grows with the context.
+    selection : {"per_head", "per_layer", "shared"}
+        ``"per_head"``: each KV head keeps its own columns, scored by the mean over its query group
+        (kvpress). ``"per_layer"``: all heads of a layer keep the same columns (the authors' code).
+        ``"shared"``: one set of columns for every layer and head; each layer's scores are normalised to
+        sum 1, then averaged over ``score_layers``. Not in the paper: see ``docs/algorithm.md``.
+    normalize_scores : bool
+        Multiply each question row's attention by its 0-based absolute position before averaging
+        (kvpress's convention), so late rows are not diluted by the longer softmax.
+    smoothing : int
+        Width of a moving average over the token axis of the scores before selection (``1`` = off).
+        Neighbouring tokens then survive together, which keeps spans such as names and numbers whole.
+        Not in the paper.
+    score_layers : tuple of int, optional
+        Layers whose scores vote in ``"shared"`` selection (negative indices count from the end).
+        ``None`` uses every layer.
+    chat_template : bool or None
+        Wrap the prompt in the tokenizer's chat template. ``None`` uses it when the tokenizer has one.
+    system_prompt : str, optional
+        System message for the chat template; ``None`` keeps the template's default.
+    progress : bool
+        Show a tqdm bar over chunks.
+    """
+
+    target_tokens: int | None = None
+    compression_ratio: float | None = None
+    chunk_size: int | None = 512
+    selection: Selection = "shared"
+    normalize_scores: bool = True
+    smoothing: int = 1
+    score_layers: tuple[int, ...] | None = None
+    chat_template: bool | None = None
+    system_prompt: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target_tokens is None and self.compression_ratio is None:
+            object.__setattr__(self, "compression_ratio", 0.75)
+        if self.target_tokens is not None and self.compression_ratio is not None:
+            raise ValueError(
+                "FinchConfig takes target_tokens or compression_ratio, not both "
+                f"(got target_tokens={self.target_tokens}, compression_ratio={self.compression_ratio})."
+            )
+        if self.target_tokens is not None:
+            if isinstance(self.target_tokens, bool) or not isinstance(self.target_tokens, int):
+                raise TypeError(f"target_tokens must be an int >= 1, got {self.target_tokens!r}.")
+            if self.target_tokens < 1:
+                raise ValueError(f"target_tokens (the budget B) must be >= 1, got {self.target_tokens}.")
+        if self.compression_ratio is not None:
+            ratio = self.compression_ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio):
+                raise TypeError(f"compression_ratio must be a float in [0, 1), got {ratio!r}.")
+            if not 0 <= ratio < 1:
+                raise ValueError(
+                    f"compression_ratio is the fraction of the context removed and must be in [0, 1), got {ratio}. "
+                    "For a 4x compression use 0.75."
+                )
+        if self.chunk_size is not None:
+            if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int):
+                raise TypeError(f"chunk_size must be an int >= 1 or None, got {self.chunk_size!r}.")
+            if self.chunk_size < 1:
+                raise ValueError(f"chunk_size must be >= 1 (or None for a single pass), got {self.chunk_size}.")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}.")
+        if isinstance(self.smoothing, bool) or not isinstance(self.smoothing, int) or self.smoothing < 1:
+            raise ValueError(f"smoothing is a window width in tokens and must be an int >= 1, got {self.smoothing!r}.")
+        if self.score_layers is not None:
+            layers = tuple(self.score_layers)
+            if not layers or not all(isinstance(layer, int) for layer in layers):
+                raise ValueError(f"score_layers must be a non-empty tuple of layer indices, got {self.score_layers!r}.")
+            object.__setattr__(self, "score_layers", layers)
+
+    def budget(self, context_length: int) -> int:
+        """``B`` for a context of ``context_length`` tokens (never more than the context itself)."""
+        if self.target_tokens is not None:
+            return min(self.target_tokens, context_length)
+        assert self.compression_ratio is not None  # set in __post_init__
+        return max(1, math.floor(context_length * (1 - self.compression_ratio)))
+
+    def replace(self, **changes: Any) -> FinchConfig:
+        """A copy with ``changes`` applied and validated. Switching budget mode clears the other one."""
+        if "target_tokens" in changes and "compression_ratio" not in changes:
+            changes["compression_ratio"] = None
+        if "compression_ratio" in changes and "target_tokens" not in changes:
+            changes["target_tokens"] = None
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

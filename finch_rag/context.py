@@ -1,0 +1,195 @@
+"""`CompressedContext`: a compressed KV cache plus the bookkeeping to inspect and reuse it."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .compression.loop import CompressedCache
+from .config import FinchConfig
+from .prompts import Passage
+
+
+@dataclass(eq=False)
+class CompressedContext:
+    """The result of `FinchCompressor.compress`: answer from it as often as you like, it never changes.
+
+    Attributes
+    ----------
+    cache : CompressedCache
+        Per-layer keys/values ``[1, num_kv_heads, |P| + B, head_dim]`` and where each entry came from.
+    prefix_ids, context_ids, question_ids, suffix_ids : torch.LongTensor
+        1-D token ids of each prompt part (``suffix_ids`` is the assistant-turn cue fed after the question).
+    """
+
+    cache: CompressedCache
+    prefix_ids: torch.Tensor
+    context_ids: torch.Tensor
+    question_ids: torch.Tensor
+    suffix_ids: torch.Tensor
+    config: FinchConfig
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+    model_name: str = ""
+    question: str | None = None
+    passages: list[Passage] | None = None
+    context_text: str | None = field(default=None, repr=False)
+    token_offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
+    passage_text_spans: list[tuple[int, int]] | None = field(default=None, repr=False)
+    passage_token_starts: list[int] | None = field(default=None, repr=False)
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def kept_positions(self) -> list[torch.Tensor]:
+        """Per layer, ``LongTensor [num_kv_heads, kept]``: kept positions in the context, ascending."""
+        return self.cache.kept_positions
+
+    @property
+    def original_tokens(self) -> int:
+        """``n``, context tokens before compression."""
+        return int(self.context_ids.shape[0])
+
+    @property
+    def kept_tokens(self) -> int:
+        """``B``, context entries kept per layer and KV head."""
+        return int(self.cache.kept_positions[0].shape[-1])
+
+    @property
+    def compression_factor(self) -> float:
+        return self.original_tokens / max(self.kept_tokens, 1)
+
+    @property
+    def cache_length(self) -> int:
+        """Entries per layer and KV head in the compressed cache: ``|P| + B``."""
+        return int(self.cache.keys[0].shape[2])
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {
+            "compression_seconds": self.cache.seconds,
+            "peak_kv_entries": self.cache.peak_kv_entries,
+            "num_chunks": self.cache.num_chunks,
+            "original_tokens": self.original_tokens,
+            "kept_tokens": self.kept_tokens,
+            "compression_factor": self.compression_factor,
+            "prefix_tokens": int(self.prefix_ids.shape[0]),
+            "question_tokens": int(self.question_ids.shape[0]),
+        }
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies this compression (model, prompt parts, config) for reuse by the integrations."""
+        digest = hashlib.sha256()
+        digest.update(self.model_name.encode())
+        for part in (self.prefix_ids, self.context_ids, self.question_ids, self.suffix_ids):
+            digest.update(part.numpy().tobytes())
+            digest.update(b"|")
+        digest.update(repr(sorted(self.config.to_dict().items(), key=lambda item: item[0])).encode())
+        return "finch-" + digest.hexdigest()[:24]
+
+    # ------------------------------------------------------------- inspection
+    def kept_mask(self) -> torch.Tensor:
+        """``[n]`` float: for each context token, the fraction of (layer, KV head) pairs that kept it."""
+        counts = torch.zeros(self.original_tokens, dtype=torch.float32)
+        heads = 0
+        for positions in self.kept_positions:
+            flat = positions.reshape(-1).cpu()
+            counts.index_add_(0, flat, torch.ones(flat.shape[0]))
+            heads += positions.shape[0]
+        return counts / heads
+
+    def kept_per_layer(self) -> torch.Tensor:
+        """``[num_layers, n]`` float: per layer, the fraction of KV heads that kept each context token."""
+        rows = []
+        for positions in self.kept_positions:
+            row = torch.zeros(self.original_tokens, dtype=torch.float32)
+            flat = positions.reshape(-1).cpu()
+            row.index_add_(0, flat, torch.ones(flat.shape[0]))
+            rows.append(row / positions.shape[0])
+        return torch.stack(rows)
+
+    def _token_range(self, passage: int | None) -> tuple[int, int]:
+        if passage is None:
+            return 0, self.original_tokens
+        if self.passage_token_starts is None:
+            raise ValueError("This context was built from token ids; it has no passages.")
+        if not 0 <= passage < len(self.passage_token_starts):
+            raise IndexError(f"passage {passage} out of range (0..{len(self.passage_token_starts) - 1}).")
+        starts = self.passage_token_starts
+        end = starts[passage + 1] if passage + 1 < len(starts) else self.original_tokens
+        return starts[passage], end
+
+    def kept_text(self, threshold: float = 0.5, passage: int | None = None, gap: str = " … ") -> str:
+        """Extractive view: the context tokens kept by at least ``threshold`` of the (layer, KV head) pairs.
+
+        Runs of kept tokens are joined with ``gap``. ``passage`` restricts it to one passage.
+        """
+        if not 0 < threshold <= 1:
+            raise ValueError(f"threshold is a fraction of (layer, KV head) pairs and must be in (0, 1], got {threshold}.")
+        first, last = self._token_range(passage)
+        kept = (self.kept_mask()[first:last] >= threshold - 1e-6).tolist()
+        runs: list[tuple[int, int]] = []
+        for offset, is_kept in enumerate(kept):
+            token = first + offset
+            if not is_kept:
+                continue
+            if runs and runs[-1][1] == token:
+                runs[-1] = (runs[-1][0], token + 1)
+            else:
+                runs.append((token, token + 1))
+        pieces = [self._text_of(start, end) for start, end in runs]
+        return gap.join(piece.strip() for piece in pieces if piece.strip())
+
+    def _text_of(self, start: int, end: int) -> str:
+        if self.context_text is not None and self.token_offsets is not None:
+            return self.context_text[self.token_offsets[start][0] : self.token_offsets[end - 1][1]]
+        return self.tokenizer.decode(self.context_ids[start:end].tolist())
+
+    def kept_fraction(self, spans: Sequence[tuple[int, int, int]]) -> float:
+        """Fraction of the KV entries of the tokens overlapping ``spans`` that survived.
+
+        ``spans`` holds ``(passage_index, char_start, char_end)`` in that passage's own text. The result
+        averages over those tokens, layers and KV heads.
+        """
+        if self.passage_text_spans is None or self.token_offsets is None:
+            raise ValueError("kept_fraction needs a context built from passages (compress(), not compress_ids()).")
+        selected = torch.zeros(self.original_tokens, dtype=torch.bool)
+        starts = torch.tensor([offset[0] for offset in self.token_offsets])
+        ends = torch.tensor([offset[1] for offset in self.token_offsets])
+        for passage, char_start, char_end in spans:
+            if not 0 <= passage < len(self.passage_text_spans):
+                raise IndexError(f"passage {passage} out of range (0..{len(self.passage_text_spans) - 1}).")
+            base = self.passage_text_spans[passage][0]
+            selected |= (starts < base + char_end) & (ends > base + char_start)
+        if not selected.any():
+            raise ValueError(f"The spans {list(spans)} cover no context token.")
+        return float(self.kept_mask()[selected].mean())
+
+    def passage_kept_fractions(self) -> list[float]:
+        """For each passage, the fraction of its tokens' KV entries that survived."""
+        if self.passage_token_starts is None:
+            return []
+        mask = self.kept_mask()
+        fractions = []
+        for index in range(len(self.passage_token_starts)):
+            start, end = self._token_range(index)
+            fractions.append(float(mask[start:end].mean()) if end > start else 0.0)
+        return fractions
+
+    def __repr__(self) -> str:
+        return (
+            f"CompressedContext(original_tokens={self.original_tokens}, kept_tokens={self.kept_tokens}, "
+            f"compression_factor={self.compression_factor:.1f}, chunks={self.cache.num_chunks}, "
+            f"model={self.model_name!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        from .visualize import kept_tokens_html
+
+        header = html.escape(repr(self))
+        return f"<div><code>{header}</code>{kept_tokens_html(self)}</div>"

@@ -1,0 +1,134 @@
+"""Decoding from a compressed cache: greedy or sampled tokens, stop strings, incremental text."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. ``temperature=0`` is greedy; ``seed`` makes sampling repeatable."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}.")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not isinstance(stop, str) or not stop for stop in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}.")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, Sequence):
+            ids.update(int(item) for item in value)
+    return ids
+
+
+def _pick(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    if params.temperature == 0:
+        return int(logits.argmax())
+    probabilities = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1:
+        sorted_probs, order = probabilities.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > params.top_p  # keep the smallest nucleus >= top_p
+        sorted_probs[outside] = 0
+        probabilities = torch.zeros_like(probabilities).scatter(-1, order, sorted_probs)
+    return int(torch.multinomial(probabilities, 1, generator=generator))
+
+
+def generate_token_ids(
+    model: PreTrainedModel,
+    cache: DynamicCache,
+    input_ids: torch.Tensor,
+    params: SamplingParams,
+    eos_ids: set[int],
+    lock: threading.RLock,
+) -> Iterator[int]:
+    """Yield new token ids after feeding ``input_ids`` ``[1, k]`` on top of ``cache`` (which grows).
+
+    The lock is held for each forward pass only, never across a ``yield``, so a slow consumer does not
+    block other requests on the same model.
+    """
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(params.seed)
+    step_input = input_ids
+    for step in range(params.max_new_tokens):
+        with lock, torch.inference_mode():
+            logits = model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        token = _pick(logits[0, -1], params, generator)
+        if token in eos_ids:
+            return
+        yield token
+        if step + 1 < params.max_new_tokens:
+            step_input = torch.tensor([[token]], device=input_ids.device)
+
+
+def stream_text(tokenizer: PreTrainedTokenizerBase, token_ids: Iterator[int], stop: Sequence[str]) -> Iterator[str]:
+    """Turn token ids into text pieces, cutting at the first stop string.
+
+    Text that could still become a stop string, or an incomplete UTF-8 character, is held back until the
+    next token decides it.
+    """
+    generated: list[int] = []
+    emitted = 0
+    longest_stop = max((len(s) for s in stop), default=0)
+    try:
+        for token in token_ids:
+            generated.append(token)
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            cut = _first_stop(text, stop, emitted - longest_stop)
+            if cut is not None:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                return
+            safe = len(text) - _partial_stop_length(text, stop)
+            if text.endswith("\ufffd"):
+                safe = min(safe, len(text) - 1)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        if len(text) > emitted:
+            yield text[emitted:]
+    finally:
+        close = getattr(token_ids, "close", None)
+        if close is not None:
+            close()
+
+
+def _first_stop(text: str, stop: Sequence[str], search_from: int) -> int | None:
+    hits = [index for s in stop if (index := text.find(s, max(search_from, 0))) >= 0]
+    return min(hits) if hits else None
+
+
+def _partial_stop_length(text: str, stop: Sequence[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+    longest = 0
+    for s in stop:
+        for size in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:size]):
+                longest = size
+                break
+    return longest
