@@ -77,18 +77,28 @@ class FinchCompressor:
 
     # ------------------------------------------------------------ compression
     def compress(
-        self, context: str | Sequence[PassageLike], question: str, *, config: FinchConfig | None = None
+        self,
+        context: str | Sequence[PassageLike],
+        question: str,
+        *,
+        config: FinchConfig | None = None,
+        passage_weights: Sequence[float] | None = None,
     ) -> CompressedContext:
         """Compress ``context`` (one string or a list of passages) for ``question``.
 
         The prompt is built with the chat template when the tokenizer has one (see
         `FinchConfig.chat_template`); each passage's token span is recorded for `kept_fraction`.
+        ``passage_weights`` (one non-negative prior per passage) multiplies the attention scores of that
+        passage's tokens before selection; `FinchRAG` derives it from retrieval ranks.
         """
         config = config or self.config
         passages = as_passages(context)
         parts = build_prompt(
             self.tokenizer, passages, question, chat_template=config.chat_template, system_prompt=config.system_prompt
         )
+        token_weights = None
+        if passage_weights is not None:
+            token_weights = _token_weights(passage_weights, parts.passage_token_starts, len(parts.context_ids))
         return self._compress(
             parts.prefix_ids,
             parts.context_ids,
@@ -96,6 +106,7 @@ class FinchCompressor:
             parts.suffix_ids,
             config,
             passage_starts=parts.passage_token_starts,
+            token_weights=token_weights,
             extra={
                 "question": question,
                 "passages": passages,
@@ -135,6 +146,7 @@ class FinchCompressor:
         suffix_ids: list[int],
         config: FinchConfig,
         passage_starts: Sequence[int] = (),
+        token_weights: torch.Tensor | None = None,
         extra: dict[str, Any] | None = None,
     ) -> CompressedContext:
         if not context_ids:
@@ -156,6 +168,7 @@ class FinchCompressor:
                 config,
                 passage_starts=passage_starts,
                 rotation=self._rotation,
+                token_weights=None if token_weights is None else token_weights.to(device),
             )
         return CompressedContext(
             cache=cache,
@@ -241,6 +254,17 @@ class FinchCompressor:
 
     def __repr__(self) -> str:
         return f"FinchCompressor(model={self.model_name!r}, config={self.config})"
+
+
+def _token_weights(weights: Sequence[float], passage_starts: Sequence[int], context_length: int) -> torch.Tensor:
+    if len(weights) != len(passage_starts):
+        raise ValueError(f"passage_weights has {len(weights)} values for {len(passage_starts)} passages.")
+    values = torch.tensor([float(w) for w in weights], dtype=torch.float32)
+    if not torch.isfinite(values).all() or (values < 0).any():
+        raise ValueError(f"passage_weights must be finite and >= 0, got {list(weights)}.")
+    ends = list(passage_starts[1:]) + [context_length]
+    lengths = torch.tensor([end - start for start, end in zip(passage_starts, ends)])
+    return values.repeat_interleave(lengths)
 
 
 def _as_ids(ids: torch.Tensor | Sequence[int] | None, name: str, allow_empty: bool = False) -> list[int]:

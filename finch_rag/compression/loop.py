@@ -71,6 +71,7 @@ def compress_cache(
     config: FinchConfig,
     passage_starts: Sequence[int] = (),
     rotation: KeyRotation | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> CompressedCache:
     """Run FINCH over one context and return the compressed cache.
 
@@ -82,6 +83,9 @@ def compress_cache(
         Budget, chunk size and selection.
     passage_starts : sequence of int
         Token offsets where passages begin, so chunks can end on them.
+    token_weights : torch.Tensor, optional
+        ``[n]`` non-negative prior per context token, multiplied onto the (smoothed) scores before
+        selection; `FinchRAG` uses it to fold the retriever's ranking into the choice.
     """
     started = time.perf_counter()
     context_length = context_ids.shape[1]
@@ -142,7 +146,10 @@ def compress_cache(
                 )
             keep = min(step_budget(budget, end, context_length), kept_count + end - start)
             candidate_positions = _candidate_positions(kept_positions, start, end, cache, num_layers)
-            selected, selected_scores = _select(capture, config, voting_layers, num_layers, keep)
+            candidate_weights = None
+            if token_weights is not None:
+                candidate_weights = [token_weights[positions] for positions in candidate_positions]
+            selected, selected_scores = _select(capture, config, voting_layers, num_layers, keep, candidate_weights)
             kept_positions, kept_scores = [], []
             for layer in range(num_layers):
                 indices = selected[layer]
@@ -176,12 +183,20 @@ def _candidate_positions(
 
 
 def _select(
-    capture: QuestionAttentionCapture, config: FinchConfig, voting_layers: list[int], num_layers: int, keep: int
+    capture: QuestionAttentionCapture,
+    config: FinchConfig,
+    voting_layers: list[int],
+    num_layers: int,
+    keep: int,
+    candidate_weights: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Candidate indices ``[1, kvh, keep]`` to keep per layer, and their scores."""
     layer_scores = [capture.scores[layer] for layer in range(num_layers)]
     if config.selection == "shared":
         scores = smooth_scores(shared_scores(layer_scores, voting_layers), config.smoothing)
+        if candidate_weights is not None:
+            # Shared selection keeps the same candidates in every head, so any head's positions will do.
+            scores = scores * candidate_weights[0][:, 0]
         chosen = select_top(scores, keep)  # [b, keep]
         kept = scores.gather(-1, chosen)
         out_indices, out_scores = [], []
@@ -192,8 +207,10 @@ def _select(
         return out_indices, out_scores
     reduce = per_head_scores if config.selection == "per_head" else per_layer_scores
     out_indices, out_scores = [], []
-    for scores in layer_scores:
+    for layer, scores in enumerate(layer_scores):
         head_scores = smooth_scores(reduce(scores), config.smoothing)
+        if candidate_weights is not None:
+            head_scores = head_scores * candidate_weights[layer]
         chosen = select_top(head_scores, keep)
         out_indices.append(chosen)
         out_scores.append(head_scores.gather(-1, chosen))
