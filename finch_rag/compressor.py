@@ -16,6 +16,7 @@ from .config import FinchConfig
 from .context import CompressedContext
 from .generation import SamplingParams, eos_token_ids, generate_token_ids, stream_text
 from .prompts import PassageLike, as_passages, build_prompt
+from .store import ContextStore, context_store
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ class FinchCompressor:
         """The model's maximum position (``max_position_embeddings``)."""
         config = self.model.config.get_text_config(decoder=True)
         return int(getattr(config, "max_position_embeddings", 0) or 0)
+
+    @property
+    def store(self) -> ContextStore:
+        """Compressed contexts kept for reuse by ``cache_key``, shared by all compressors on this model."""
+        return context_store(self.model)
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,165 @@
+"""Cost suite: time and memory of FINCH against full-context prefill, as the context grows.
+
+Each (method, length) runs in a fresh subprocess so that its peak RSS is its own. Within one run both
+methods see the same input, so the ratios are the figures to quote; absolute seconds depend on the
+machine (named in the output).
+
+    python -m finch_rag.bench.cost --lengths 2048 8192 32768 --target-tokens 256 --chunk-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_OUT = Path("docs/results")
+_QUESTION = "What does the author say about how startups should choose what to work on?"
+
+
+def _haystack_ids(tokenizer: Any, data_dir: Path, length: int) -> list[int]:
+    essays = sorted((data_dir / "paul_graham_essays").glob("*.txt"))
+    if not essays:
+        raise FileNotFoundError(f"No essays under {data_dir / 'paul_graham_essays'}; pass --data.")
+    ids: list[int] = []
+    while len(ids) < length:
+        for essay in essays:
+            ids += tokenizer(essay.read_text() + "\n\n", add_special_tokens=False).input_ids
+            if len(ids) >= length:
+                break
+    return ids[:length]
+
+
+def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from transformers import DynamicCache
+
+    from finch_rag import FinchCompressor, FinchConfig, Passage, load_model
+    from finch_rag.prompts import build_prompt
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model)
+    config = FinchConfig(target_tokens=args.target_tokens, chunk_size=args.chunk_size, progress=False)
+    compressor = FinchCompressor(model, tokenizer, config)
+    context = _haystack_ids(tokenizer, Path(args.data), length)
+    # The same prompt parts as compress() builds, around a long context of raw token ids.
+    parts = build_prompt(tokenizer, [Passage("placeholder")], _QUESTION)
+    prefix_ids, question_ids, suffix_ids = parts.prefix_ids, parts.question_ids, parts.suffix_ids
+    compressor.compress_ids(context[:64], question_ids, prefix_ids)  # warm-up
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record: dict[str, Any] = {"method": method, "context_tokens": length, "rss_after_load_mb": rss_loaded}
+    window = compressor.context_window
+    prefill_s, decode_s, peak_entries = [], [], 0
+    for _ in range(args.repeats):
+        if method == "finch":
+            started = time.perf_counter()
+            compressed = compressor.compress_ids(context, question_ids, prefix_ids, suffix_ids=suffix_ids)
+            prefill_s.append(time.perf_counter() - started)
+            peak_entries = compressed.stats["peak_kv_entries"]
+            started = time.perf_counter()
+            compressor.generate(compressed, max_new_tokens=args.new_tokens)
+            decode_s.append(time.perf_counter() - started)
+        else:
+            full = prefix_ids + context + question_ids + suffix_ids
+            if len(full) + args.new_tokens > window:
+                record["skipped"] = f"{len(full)} prompt tokens exceed the model's {window}-position window"
+                return record
+            with torch.inference_mode():
+                started = time.perf_counter()
+                cache = DynamicCache()
+                ids = torch.tensor([full])
+                logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                prefill_s.append(time.perf_counter() - started)
+                peak_entries = cache.get_seq_length()
+                started = time.perf_counter()
+                for _ in range(args.new_tokens):
+                    token = logits[:, -1].argmax(-1, keepdim=True)
+                    logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+                decode_s.append(time.perf_counter() - started)
+    record |= {
+        "prefill_or_compress_s": statistics.median(prefill_s),
+        "answer_s": statistics.median(decode_s),
+        "peak_kv_entries": peak_entries,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "repeats": args.repeats,
+    }
+    return record
+
+
+def _markdown(records: list[dict[str, Any]], machine: str, args: argparse.Namespace) -> str:
+    by_key = {(r["method"], r["context_tokens"]): r for r in records}
+    lines = [
+        f"Machine: {machine}. Model: {args.model or 'SmolLM2-135M-Instruct (embedded default)'}, B={args.target_tokens}, "
+        f"S={args.chunk_size}, {args.new_tokens} answer tokens, median of {args.repeats}.",
+        "",
+        "| context tokens | Finch compress s | full prefill s | compress / prefill | Finch compress+answer s "
+        "| full prefill+answer s | ratio | Finch peak KV | full peak KV | Finch peak RSS MB | full peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for length in args.lengths:
+        finch, full = by_key.get(("finch", length), {}), by_key.get(("full", length), {})
+        if "skipped" in full or not full:
+            full_cols = ["impossible (past window)"] + ["-"] * 4 + ["-", "-"]
+            lines.append(
+                f"| {length} | {finch['prefill_or_compress_s']:.2f} | {full_cols[0]} | - | "
+                f"{finch['prefill_or_compress_s'] + finch['answer_s']:.2f} | - | - | {finch['peak_kv_entries']} | - | "
+                f"{finch['peak_rss_mb']:.0f} | - |"
+            )
+            continue
+        finch_total = finch["prefill_or_compress_s"] + finch["answer_s"]
+        full_total = full["prefill_or_compress_s"] + full["answer_s"]
+        lines.append(
+            f"| {length} | {finch['prefill_or_compress_s']:.2f} | {full['prefill_or_compress_s']:.2f} | "
+            f"{finch['prefill_or_compress_s'] / full['prefill_or_compress_s']:.2f} | {finch_total:.2f} | "
+            f"{full_total:.2f} | {finch_total / full_total:.2f} | {finch['peak_kv_entries']} | "
+            f"{full['peak_kv_entries']} | {finch['peak_rss_mb']:.0f} | {full['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
+    parser.add_argument("--target-tokens", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args)))
+        return 0
+    machine = f"{platform.machine()} CPU, {platform.processor() or 'unknown'}, torch threads={args.threads}"
+    records = []
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for length in args.lengths:
+        for method in ("finch", "full"):
+            output = subprocess.run(
+                [sys.executable, "-m", "finch_rag.bench.cost", *passthrough, "--worker", method, str(length)],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            records.append(json.loads(output.strip().splitlines()[-1]))
+            print(json.dumps(records[-1]), file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cost.json").write_text(json.dumps({"machine": machine, "args": vars(args), "records": records}, indent=2))
+    table = _markdown(records, machine, args)
+    (out / "cost.md").write_text("# Cost: Finch vs full-context prefill\n\nCommand: `python -m finch_rag.bench.cost "
+                                 + " ".join(passthrough) + "`\n\n" + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""A small LRU of compressed contexts, one per loaded model, so a compression can be reused.
+
+A document compressor (LangChain, LlamaIndex) compresses once and tags each output with
+`CompressedContext.cache_key`; an LLM wrapper on the same model then finds the compressed cache by that
+key instead of recompressing. Keyed per model for the same reason as the model lock: two wrappers built
+around one model share it, two models never mix.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+
+import torch
+
+from .context import CompressedContext
+
+DEFAULT_CAPACITY = 16
+
+
+class ContextStore:
+    """Thread-safe LRU of `CompressedContext` by ``cache_key``."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}.")
+        self.capacity = capacity
+        self._items: OrderedDict[str, CompressedContext] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, compressed: CompressedContext) -> str:
+        key = compressed.cache_key
+        with self._lock:
+            self._items[key] = compressed
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str) -> CompressedContext | None:
+        with self._lock:
+            compressed = self._items.get(key)
+            if compressed is not None:
+                self._items.move_to_end(key)
+            return compressed
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_registry_lock = threading.Lock()
+_stores: weakref.WeakKeyDictionary[torch.nn.Module, ContextStore] = weakref.WeakKeyDictionary()
+
+
+def context_store(model: torch.nn.Module) -> ContextStore:
+    """The store shared by everything that compresses with ``model``."""
+    with _registry_lock:
+        store = _stores.get(model)
+        if store is None:
+            store = ContextStore()
+            _stores[model] = store
+        return store
