@@ -1,0 +1,152 @@
+"""Question-row attention is exact: it matches the attention maps of an eager copy of the model.
+
+The eager twin with ``output_attentions=True`` is a test-only reference; the core never uses either.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PASSAGES, QUESTION, eager_twin
+from transformers import DynamicCache
+
+from finch_rag import FinchCompressor, FinchConfig
+from finch_rag.compression.attention import (
+    CAPTURE_KWARG,
+    QuestionAttentionCapture,
+    capturing_attention,
+    question_row_scores,
+)
+
+PREFIX = torch.tensor([[1, 6, 7, 8, 9]])
+CONTEXT = torch.tensor([[(7 * i + 3) % 110 + 8 for i in range(40)]])  # longer than Gemma 3's window of 16
+QUESTION_IDS = torch.tensor([[11, 12, 13, 14, 15, 16]])
+
+
+def reference_scores(eager_model, input_ids: torch.Tensor, prefix: int, n: int, m: int, normalize: bool):
+    """Per layer ``[num_heads, n]``: mean over the question rows of the eager attention to each context column."""
+    with torch.no_grad():
+        attentions = eager_model(input_ids=input_ids, output_attentions=True, use_cache=False).attentions
+    total = input_ids.shape[1]
+    assert total == prefix + n + m
+    out = []
+    for weights in attentions:
+        rows = weights[0, :, total - m :, :].double()  # [heads, m, total]
+        if normalize:
+            rows = rows * torch.arange(total - m, total, dtype=torch.float64)[None, :, None]
+        out.append(rows.mean(dim=1)[:, prefix : prefix + n])
+    return out
+
+
+def captured_scores(model, prefix_ids, context_ids, question_ids, normalize: bool, prefill_prefix: bool):
+    m = question_ids.shape[1]
+    capture = QuestionAttentionCapture(question_length=m, first_candidate=prefix_ids.shape[1], normalize_scores=normalize)
+    cache = DynamicCache()
+    decoder = model.get_decoder()
+    with torch.no_grad():
+        if prefill_prefix:  # as the chunk loop does: prefix in the cache, then [chunk ; question] on top
+            decoder(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
+            step = torch.cat((context_ids, question_ids), dim=1)
+        else:
+            step = torch.cat((prefix_ids, context_ids, question_ids), dim=1)
+        with capturing_attention(model):
+            decoder(input_ids=step, past_key_values=cache, use_cache=True, **{CAPTURE_KWARG: capture})
+    scores = []
+    for layer in range(model.config.num_hidden_layers):
+        layer_scores = capture.scores[layer]  # [1, kvh, group, n]
+        assert layer_scores.dtype == torch.float32
+        scores.append(layer_scores.reshape(-1, layer_scores.shape[-1]).double())  # head h = kv * group + g
+    return scores
+
+
+@pytest.mark.parametrize("prefill_prefix", [False, True], ids=["one-pass", "prefix-cached"])
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "norm"])
+def test_question_rows_match_eager(tiny_model, normalize, prefill_prefix):
+    eager = eager_twin(tiny_model)
+    n, m, prefix = CONTEXT.shape[1], QUESTION_IDS.shape[1], PREFIX.shape[1]
+    full = torch.cat((PREFIX, CONTEXT, QUESTION_IDS), dim=1)
+    expected = reference_scores(eager, full, prefix, n, m, normalize)
+    got = captured_scores(tiny_model, PREFIX, CONTEXT, QUESTION_IDS, normalize, prefill_prefix)
+    scale = (prefix + n + m) if normalize else 1.0
+    for layer, (a, b) in enumerate(zip(got, expected)):
+        assert a.shape == b.shape == (tiny_model.config.num_attention_heads, n)
+        torch.testing.assert_close(a / scale, b / scale, atol=1e-5, rtol=1e-4, msg=lambda s, layer=layer: f"layer {layer}: {s}")
+    if tiny_model.config.model_type == "gemma3_text":
+        # The sliding layer (window 16) gives the question rows nothing of the early context.
+        assert float(got[0][:, : n - 16].abs().max()) == 0.0
+        assert float(got[1][:, : n - 16].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("selection", ["per_head", "per_layer", "shared"])
+def test_single_pass_keeps_top_of_reference(tiny_model, tiny_tokenizer, selection):
+    """End to end: a single pass keeps the top-B context columns of the eager reference scores."""
+    budget = 12
+    config = FinchConfig(target_tokens=budget, chunk_size=None, selection=selection, normalize_scores=True, progress=False)
+    cc = FinchCompressor(tiny_model, tiny_tokenizer, config).compress(PASSAGES, QUESTION)
+    prefix, n, m = int(cc.prefix_ids.shape[0]), cc.original_tokens, int(cc.question_ids.shape[0])
+    full = torch.cat((cc.prefix_ids, cc.context_ids, cc.question_ids))[None]
+    reference = reference_scores(eager_twin(tiny_model), full, prefix, n, m, normalize=True)
+    kvh = tiny_model.config.num_key_value_heads
+    group = tiny_model.config.num_attention_heads // kvh
+
+    def top(scores: torch.Tensor) -> torch.Tensor:
+        return scores.topk(budget, dim=-1).indices.sort(dim=-1).values
+
+    if selection == "shared":
+        votes = [layer.mean(dim=0) / layer.mean(dim=0).sum() for layer in reference]
+        expected = top(torch.stack(votes).mean(dim=0))
+        for positions in cc.kept_positions:
+            assert torch.equal(positions, expected.expand(kvh, -1))
+        return
+    for layer, scores in enumerate(reference):
+        if selection == "per_head":
+            expected = top(scores.view(kvh, group, n).mean(dim=1))
+        else:
+            expected = top(scores.mean(dim=0)).expand(kvh, -1)
+        assert torch.equal(cc.kept_positions[layer], expected), f"layer {layer}"
+
+
+def _manual(query, key, scaling, m, first, softcap=None, window=None, normalize=False):
+    """Dense reference over every row, then the last ``m``; query heads expand over KV heads."""
+    group = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(group, dim=1)
+    logits = (query.double() @ k.double().transpose(-1, -2)) * scaling
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    q_len, k_len = query.shape[2], key.shape[2]
+    rows = torch.arange(k_len - q_len, k_len)[:, None]
+    cols = torch.arange(k_len)[None, :]
+    visible = cols <= rows
+    if window is not None:
+        visible &= cols > rows - window
+    weights = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1)[:, :, -m:]
+    if normalize:
+        weights = weights * torch.arange(k_len - m, k_len, dtype=torch.float64)[:, None]
+    return weights.mean(dim=2)[..., first : k_len - m]
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive"])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("window", [None, 7])
+def test_question_row_scores_direct(mask_kind, softcap, window):
+    """The function alone, on random tensors: masks given as None, bool or additive float; soft-capping."""
+    torch.manual_seed(0)
+    batch, heads, kvh, q_len, past, dim, m, first = 1, 4, 2, 9, 11, 8, 4, 3
+    k_len = past + q_len
+    query = torch.randn(batch, heads, q_len, dim) * 2
+    key = torch.randn(batch, kvh, k_len, dim) * 2
+    rows = torch.arange(past, k_len)[:, None]
+    cols = torch.arange(k_len)[None, :]
+    visible = cols <= rows
+    if window is not None:
+        visible &= cols > rows - window
+    mask = None
+    if mask_kind == "bool":
+        mask = visible[None, None]
+    elif mask_kind == "additive":
+        mask = torch.zeros(1, 1, q_len, k_len).masked_fill(~visible, torch.finfo(torch.float32).min)
+    capture = QuestionAttentionCapture(question_length=m, first_candidate=first, normalize_scores=True)
+    got = question_row_scores(None, query, key, mask, 0.35, capture, sliding_window=window, softcap=softcap)
+    expected = _manual(query, key, 0.35, m, first, softcap=softcap, window=window, normalize=True)
+    assert got.shape == (batch, kvh, heads // kvh, k_len - m - first)
+    torch.testing.assert_close(got.double().reshape(batch, heads, -1), expected, atol=1e-5, rtol=1e-5)
