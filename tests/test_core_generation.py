@@ -1,0 +1,148 @@
+"""Answering from a compressed context: parity with `model.generate`, immutability, sampling, stop strings."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from conftest import PASSAGES, QUESTION
+
+from finch_rag import FinchCompressor, FinchConfig
+
+NEW_TOKENS = 12
+
+
+def full_prompt_ids(cc) -> torch.Tensor:
+    return torch.cat((cc.prefix_ids, cc.context_ids, cc.question_ids, cc.suffix_ids))[None]
+
+
+def reference_generate(model, tokenizer, cc, max_new_tokens: int) -> str:
+    ids = full_prompt_ids(cc)
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 16], ids=["single", "chunked"])
+def test_no_compression_matches_model_generate(tiny_model, tiny_tokenizer, chunk_size):
+    compressor = FinchCompressor(tiny_model, tiny_tokenizer, FinchConfig(compression_ratio=0.0, chunk_size=chunk_size, progress=False))
+    cc = compressor.compress(PASSAGES[:2], QUESTION)
+    assert torch.equal(cc.kept_positions[0][0], torch.arange(cc.original_tokens))
+    expected = reference_generate(tiny_model, tiny_tokenizer, cc, NEW_TOKENS)
+    assert expected, "the reference must produce some text for the comparison to mean anything"
+    assert compressor.generate(cc, max_new_tokens=NEW_TOKENS) == expected
+
+
+def test_generation_does_not_mutate_context(tiny_model, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_model, tiny_tokenizer, FinchConfig(target_tokens=20, chunk_size=32, progress=False))
+    cc = compressor.compress(PASSAGES, QUESTION)
+    keys = [k.clone() for k in cc.cache.keys]
+    values = [v.clone() for v in cc.cache.values]
+    positions = [p.clone() for p in cc.kept_positions]
+    first = compressor.generate(cc, max_new_tokens=NEW_TOKENS)
+    streamed = "".join(compressor.stream(cc, max_new_tokens=NEW_TOKENS))
+    second = compressor.generate(cc, max_new_tokens=NEW_TOKENS)
+    assert first == second == streamed
+    for layer in range(len(keys)):
+        assert torch.equal(cc.cache.keys[layer], keys[layer])
+        assert torch.equal(cc.cache.values[layer], values[layer])
+        assert torch.equal(cc.kept_positions[layer], positions[layer])
+    assert cc.cache_length == int(cc.prefix_ids.shape[0]) + 20
+
+
+def test_abandoned_stream_does_not_mutate_context(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
+    cc = compressor.compress(PASSAGES, QUESTION)
+    expected = compressor.generate(cc, max_new_tokens=NEW_TOKENS)
+    stream = compressor.stream(cc, max_new_tokens=NEW_TOKENS)
+    next(stream, None)
+    stream.close()
+    assert compressor.generate(cc, max_new_tokens=NEW_TOKENS) == expected
+
+
+def test_sampling_with_seed_is_repeatable(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_models("qwen2"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
+    cc = compressor.compress(PASSAGES, QUESTION)
+    runs = [compressor.generate(cc, max_new_tokens=NEW_TOKENS, temperature=1.5, seed=seed) for seed in (1, 1, 2, 3, 4)]
+    assert runs[0] == runs[1]
+    assert len(set(runs[1:])) > 1, "different seeds should give different samples on a random model"
+    nucleus = [compressor.generate(cc, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=0.5, seed=7) for _ in range(2)]
+    assert nucleus[0] == nucleus[1]
+    # A tiny nucleus is greedy.
+    greedy = compressor.generate(cc, max_new_tokens=NEW_TOKENS)
+    assert compressor.generate(cc, max_new_tokens=NEW_TOKENS, temperature=1.0, top_p=1e-6, seed=3) == greedy
+
+
+def _text_with_repeated_piece(compressor, cc) -> tuple[str, str]:
+    text = compressor.generate(cc, max_new_tokens=40)
+    assert len(text) >= 6, f"need some generated text, got {text!r}"
+    for size in (2, 1):
+        for start in range(len(text) // 3, len(text) - size):
+            piece = text[start : start + size]
+            if piece.strip():
+                return text, piece
+    pytest.skip(f"no usable stop string in {text!r}")
+
+
+def test_stop_strings_cut_generate_and_stream(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
+    cc = compressor.compress(PASSAGES, QUESTION)
+    text, stop = _text_with_repeated_piece(compressor, cc)
+    expected = text[: text.find(stop)]
+    assert compressor.generate(cc, max_new_tokens=40, stop=[stop]) == expected
+    pieces = list(compressor.stream(cc, max_new_tokens=40, stop=[stop]))
+    assert "".join(pieces) == expected
+    assert all(stop not in piece for piece in pieces)
+    # Several stop strings: the earliest one wins; one that never occurs changes nothing.
+    assert compressor.generate(cc, max_new_tokens=40, stop=["\x01never", stop]) == expected
+    assert compressor.generate(cc, max_new_tokens=40, stop=["\x01never"]) == text
+    # Streaming without stop strings also joins to the plain output.
+    assert "".join(compressor.stream(cc, max_new_tokens=40)) == text
+
+
+def test_generate_refuses_foreign_context(tiny_models, tiny_tokenizer):
+    llama = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
+    qwen = FinchCompressor(tiny_models("qwen2"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
+    cc = llama.compress(PASSAGES, QUESTION)
+    with pytest.raises(ValueError, match="same model"):
+        qwen.generate(cc)
+    with pytest.raises(TypeError, match="CompressedContext"):
+        llama.generate("not a context")  # type: ignore[arg-type]
+    for bad in ({"max_new_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"stop": [""]}):
+        with pytest.raises(ValueError):
+            llama.generate(cc, **bad)
+
+
+def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tokenizer):
+    """Two threads sharing one compressor get what they would get one after the other."""
+    compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, FinchConfig(target_tokens=16, chunk_size=24, progress=False))
+    jobs = [(PASSAGES, QUESTION), (PASSAGES[::-1], "Where does the fox live?")]
+
+    def run(context, question):
+        cc = compressor.compress(context, question)
+        return [p.clone() for p in cc.kept_positions], compressor.generate(cc, max_new_tokens=NEW_TOKENS)
+
+    sequential = [run(*job) for job in jobs]
+    for _ in range(3):
+        results: list = [None, None]
+        errors: list[BaseException] = []
+
+        def worker(index: int) -> None:
+            try:
+                results[index] = run(*jobs[index])
+            except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
+                errors.append(error)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors
+        for (positions, text), (expected_positions, expected_text) in zip(results, sequential):
+            assert text == expected_text
+            for a, b in zip(positions, expected_positions):
+                assert torch.equal(a, b)
