@@ -1,0 +1,157 @@
+"""Bad input fails early with a ValueError/TypeError whose message says what would be right."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import PASSAGES, QUESTION, build_tiny_model
+
+from finch_rag import FinchCompressor, FinchConfig, Passage
+
+
+@pytest.fixture(scope="module")
+def compressor(tiny_models, tiny_tokenizer):
+    return FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=8, progress=False))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"target_tokens": 0}, ValueError, r"target_tokens.*>= 1"),
+        ({"target_tokens": -3}, ValueError, r"target_tokens.*>= 1"),
+        ({"target_tokens": 2.5}, TypeError, r"target_tokens must be an int"),
+        ({"target_tokens": True}, TypeError, r"target_tokens must be an int"),
+        ({"compression_ratio": 1.0}, ValueError, r"\[0, 1\).*0\.75"),
+        ({"compression_ratio": -0.1}, ValueError, r"\[0, 1\)"),
+        ({"compression_ratio": 1.5}, ValueError, r"\[0, 1\)"),
+        ({"compression_ratio": float("nan")}, TypeError, r"compression_ratio"),
+        ({"compression_ratio": "0.5"}, TypeError, r"compression_ratio must be a float"),
+        ({"chunk_size": 0}, ValueError, r"chunk_size must be >= 1.*None"),
+        ({"chunk_size": -1}, ValueError, r"chunk_size must be >= 1"),
+        ({"chunk_size": 8.0}, TypeError, r"chunk_size must be an int"),
+        ({"target_tokens": 8, "compression_ratio": 0.5}, ValueError, r"target_tokens or compression_ratio, not both"),
+        ({"selection": "per_token"}, ValueError, r"per_head.*per_layer.*shared"),
+        ({"smoothing": 0}, ValueError, r"smoothing.*>= 1"),
+        ({"score_layers": ()}, ValueError, r"score_layers"),
+    ],
+)
+def test_config_validation(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        FinchConfig(**kwargs)
+
+
+def test_config_defaults_and_replace():
+    config = FinchConfig()
+    assert config.compression_ratio == 0.75 and config.target_tokens is None
+    switched = config.replace(target_tokens=32)
+    assert (switched.target_tokens, switched.compression_ratio) == (32, None)
+    assert switched.replace(compression_ratio=0.5).target_tokens is None
+    with pytest.raises(ValueError):
+        config.replace(target_tokens=0)
+    assert config.budget(10) == 2 and FinchConfig(target_tokens=50).budget(10) == 10
+    assert FinchConfig(compression_ratio=0.99).budget(10) == 1
+
+
+@pytest.mark.parametrize("context", ["", "   ", [], ["  "], ["", "\n"]], ids=["empty", "blank", "no-passages", "blank-passage", "blanks"])
+def test_empty_context(compressor, context):
+    with pytest.raises(ValueError, match=r"context is empty.*non-empty passage"):
+        compressor.compress(context, QUESTION)
+
+
+@pytest.mark.parametrize("context", [[1, 2], ["ok", 3.5], [None]], ids=["ints", "mixed", "none"])
+def test_non_string_passages(compressor, context):
+    with pytest.raises(TypeError, match=r"passages must be strings.*page_content"):
+        compressor.compress(context, QUESTION)
+
+
+@pytest.mark.parametrize("context", [{"text": "a"}, 42, None], ids=["dict", "int", "none"])
+def test_non_sequence_context(compressor, context):
+    with pytest.raises(TypeError, match=r"context must be a string or a list of strings"):
+        compressor.compress(context, QUESTION)
+
+
+@pytest.mark.parametrize("question", ["", "   \n"])
+def test_empty_question(compressor, question):
+    with pytest.raises(ValueError, match=r"question is empty.*give one"):
+        compressor.compress(PASSAGES, question)
+
+
+def test_non_string_question(compressor):
+    with pytest.raises(TypeError, match="question must be a string"):
+        compressor.compress(PASSAGES, ["what?"])  # type: ignore[arg-type]
+
+
+def test_question_longer_than_window(tiny_tokenizer):
+    model = build_tiny_model("llama", max_position_embeddings=64)
+    compressor = FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=8, chunk_size=8, progress=False))
+    with pytest.raises(ValueError, match=r"window of 64.*Shorten the question"):
+        compressor.compress(PASSAGES[0], QUESTION * 4)
+    with pytest.raises(ValueError, match=r"window of 64.*Shorten the question"):
+        compressor.compress_ids(list(range(10, 20)), list(range(10, 80)))
+
+
+def test_chunk_too_large_for_window(tiny_tokenizer):
+    model = build_tiny_model("llama", max_position_embeddings=64)
+    compressor = FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=8, chunk_size=None, progress=False))
+    with pytest.raises(ValueError, match=r"past the model's window of 64.*Lower chunk_size"):
+        compressor.compress_ids(list(range(10, 110)), [20, 21, 22])
+
+
+def test_chat_template_required_but_missing(tiny_models, tiny_tokenizer_no_template):
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer_no_template, FinchConfig(target_tokens=8, progress=False))
+    with pytest.raises(ValueError, match=r"no chat template.*chat_template=None"):
+        compressor.compress(PASSAGES, QUESTION, config=FinchConfig(target_tokens=8, chat_template=True, progress=False))
+    # chat_template=None falls back to a plain prompt.
+    cc = compressor.compress(PASSAGES, QUESTION)
+    assert cc.kept_tokens == 8
+    assert tiny_tokenizer_no_template.decode(cc.suffix_ids).endswith("Answer:")
+
+
+def test_chat_template_false_and_system_prompt(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=8, progress=False))
+    plain = compressor.compress(PASSAGES, QUESTION, config=FinchConfig(target_tokens=8, chat_template=False, progress=False))
+    assert "<|user|>" not in tiny_tokenizer.decode(plain.prefix_ids)
+    chat = compressor.compress(
+        PASSAGES, QUESTION, config=FinchConfig(target_tokens=8, system_prompt="Be brief.", progress=False)
+    )
+    prefix = tiny_tokenizer.decode(chat.prefix_ids)
+    assert prefix.startswith("<bos><|system|>\nBe brief.<|end|>\n<|user|>")
+    assert tiny_tokenizer.decode(chat.suffix_ids) == "<|end|>\n<|assistant|>\n"
+    assert tiny_tokenizer.decode(chat.question_ids).endswith("Question: " + QUESTION)
+
+
+def test_compressor_construction_errors(tiny_models, tiny_tokenizer):
+    with pytest.raises(ValueError, match="needs the model's tokenizer"):
+        FinchCompressor(tiny_models("llama"), None)
+    with pytest.raises(ValueError, match="together with its model"):
+        FinchCompressor(None, tiny_tokenizer)
+    with pytest.raises(TypeError, match="config must be a FinchConfig"):
+        FinchCompressor(tiny_models("llama"), tiny_tokenizer, {"target_tokens": 8})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("context_ids", "question_ids", "error"),
+    [
+        ([], [5], ValueError),
+        ([5, 6], [], ValueError),
+        ("abc", [5], TypeError),
+        ([5.0, 6.0], [5], TypeError),
+    ],
+)
+def test_compress_ids_validation(compressor, context_ids, question_ids, error):
+    with pytest.raises(error):
+        compressor.compress_ids(context_ids, question_ids)
+
+
+def test_passage_weights_validation(compressor):
+    with pytest.raises(ValueError, match="passage_weights has 1 values for 4 passages"):
+        compressor.compress(PASSAGES, QUESTION, passage_weights=[1.0])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        compressor.compress(PASSAGES, QUESTION, passage_weights=[1.0, -1.0, 1.0, 1.0])
+
+
+def test_passage_objects_with_titles(compressor):
+    passages = [Passage("The secret code is 4817.", title="Codes"), "Bananas are yellow fruits."]
+    cc = compressor.compress(passages, QUESTION)
+    assert cc.context_text.startswith("Codes\nThe secret code is 4817.")
+    start, end = cc.passage_text_spans[0]
+    assert cc.context_text[start:end] == "The secret code is 4817."
