@@ -1,0 +1,355 @@
+"""`FinchRAG`: retrieve passages, compress them with FINCH for the question, answer from the compressed cache.
+
+Top-k truncation keeps the best retrieved passages whole until the window is full. `FinchRAG` retrieves
+more, packs them in retrieval rank order (each passage's title before its text) and lets the model keep
+the ``B`` key/value entries the question attends to most, wherever they sit. Based on FINCH (Corallo &
+Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from .compressor import FinchCompressor
+from .config import FinchConfig
+from .context import CompressedContext
+from .prompts import Passage
+from .retrieval import Document, EmbeddingRetriever, RetrievedPassage, Retriever
+
+logger = logging.getLogger(__name__)
+
+Allocation = Literal["global", "retrieval_weighted"]
+ALLOCATIONS: tuple[str, ...] = ("global", "retrieval_weighted")
+
+NO_CONTEXT_ANSWER = "No relevant context was found to answer this question."
+
+
+@dataclass(frozen=True)
+class RankWeighting:
+    """Retrieval prior for ``allocation="retrieval_weighted"``: a weight per passage from its rank.
+
+    Passage ``r`` (1-based) gets ``w_r = max(floor, exp(-(r - 1) / tau))``, and every token score of that
+    passage is multiplied by ``w_r`` before selection, so a lower-ranked passage must draw proportionally
+    more question attention to keep its entries. With the default ``tau = 4`` the weights are 1, 0.78,
+    0.61, 0.47, 0.37, ... and rank 9 gets 0.14. Not in the paper, and not tuned yet: a heuristic starting point.
+
+    Parameters
+    ----------
+    tau : float
+        Decay length in ranks; larger is flatter (``inf`` would be plain FINCH).
+    floor : float
+        Lowest weight any passage gets, in ``[0, 1]``.
+    """
+
+    tau: float = 4.0
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
+            raise ValueError(f"tau is a decay length in ranks and must be > 0, got {self.tau!r}.")
+        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
+            raise ValueError(f"floor is the lowest passage weight and must be in [0, 1], got {self.floor!r}.")
+
+
+def rank_weights(ranks: Sequence[int], weighting: RankWeighting = RankWeighting()) -> list[float]:
+    """One weight per passage from its 1-based retrieval rank (see `RankWeighting`)."""
+    if any(isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 for rank in ranks):
+        raise ValueError(f"ranks are 1-based integers, got {list(ranks)}.")
+    return [max(weighting.floor, math.exp(-(rank - 1) / weighting.tau)) for rank in ranks]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A passage the answer was compressed from.
+
+    Attributes
+    ----------
+    text, title, metadata
+        As retrieved.
+    score : float or None
+        Retrieval score (``None`` for passages given directly, see `FinchRAG.answer_from`).
+    rank : int
+        1-based retrieval rank, which is also the passage's place in the packed context.
+    kept_fraction : float
+        Fraction of this passage's KV entries (over its tokens, layers and KV heads) that survived compression.
+    """
+
+    text: str
+    title: str | None
+    metadata: dict[str, Any]
+    score: float | None
+    rank: int
+    kept_fraction: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What `FinchRAG.ask` returns.
+
+    Attributes
+    ----------
+    question : str
+    text : str
+        The generated answer, or `NO_CONTEXT_ANSWER` when nothing was retrieved.
+    sources : list of Source
+        The passages in packing (rank) order, each with its retrieval score and kept fraction.
+    compressed : CompressedContext or None
+        The compressed cache, for inspection or more answers (``compressor.generate(answer.compressed)``);
+        ``None`` when nothing was retrieved.
+    stats : dict
+        ``retrieval_seconds``, ``compression_seconds``, ``generation_seconds``, ``total_seconds``,
+        ``tokens_before`` (context tokens retrieved), ``tokens_after`` (kept per layer and KV head),
+        ``compression_factor``, ``passages``, ``chunks``, ``peak_kv_entries``, ``allocation``.
+    """
+
+    question: str
+    text: str
+    sources: list[Source]
+    compressed: CompressedContext | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_context(self) -> bool:
+        """False when nothing was retrieved and the answer is `NO_CONTEXT_ANSWER`."""
+        return self.compressed is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class FinchRAG:
+    """Retrieval-augmented generation whose context is compressed by FINCH for each question.
+
+    Parameters
+    ----------
+    documents : iterable of Document, optional
+        Strings or ``(text, metadata)`` pairs, added to the retriever (which must then have ``add``).
+        The title written before each passage is metadata ``"title"``, else ``"source"``.
+    retriever : Retriever, optional
+        Default: an `EmbeddingRetriever` on the embedded all-MiniLM-L6-v2 (offline), built on first use.
+    compressor : FinchCompressor, optional
+        Default: ``FinchCompressor`` on `load_model()`, the embedded SmolLM2-135M-Instruct (offline).
+    config : FinchConfig, optional
+        Budget and chunking for every question. Default: the compressor's config.
+    top_k : int
+        Passages retrieved per question. FINCH pays off when this is larger than what would fit whole.
+    allocation : {"global", "retrieval_weighted"}
+        ``"global"``: plain FINCH, every token competes for the budget on question attention alone.
+        ``"retrieval_weighted"``: each passage's token scores are multiplied by a rank prior (`RankWeighting`).
+    weighting : RankWeighting, optional
+        Parameters of the rank prior; default ``RankWeighting()``.
+    max_new_tokens : int
+        Length limit of each answer.
+
+    Notes
+    -----
+    Errors and empty results: an empty or non-string question is a `ValueError` / `TypeError`, and so is
+    asking a retriever that reports an empty corpus (``len(retriever) == 0``). When the retriever returns no
+    passage for a question, `ask` does not call the model and returns an `Answer` whose ``text`` is
+    `NO_CONTEXT_ANSWER`, with no sources, ``compressed=None`` and ``has_context`` False.
+
+    Several threads may call `ask` on one instance: it keeps no per-call state, the default retriever
+    locks its index, and compression and generation on one model are serialised by the model's lock.
+    """
+
+    def __init__(
+        self,
+        documents: Iterable[Document] | None = None,
+        *,
+        retriever: Retriever | None = None,
+        compressor: FinchCompressor | None = None,
+        config: FinchConfig | None = None,
+        top_k: int = 8,
+        allocation: Allocation = "global",
+        weighting: RankWeighting | None = None,
+        max_new_tokens: int = 64,
+    ) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}.")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}.")
+        if config is not None and not isinstance(config, FinchConfig):
+            raise TypeError(f"config must be a FinchConfig, got {type(config).__name__}.")
+        if weighting is not None and not isinstance(weighting, RankWeighting):
+            raise TypeError(f"weighting must be a RankWeighting, got {type(weighting).__name__}.")
+        if isinstance(documents, (str, bytes)):
+            raise TypeError("documents is a list of documents; wrap a single string in a list.")
+        if retriever is not None and not isinstance(retriever, Retriever):
+            raise TypeError(
+                f"retriever must have retrieve(query, top_k) -> list[RetrievedPassage], got {type(retriever).__name__}."
+            )
+        if compressor is not None and not isinstance(compressor, FinchCompressor):
+            raise TypeError(f"compressor must be a FinchCompressor, got {type(compressor).__name__}.")
+
+        self._retriever = retriever
+        self._retriever_lock = threading.Lock()
+        self._progress = config.progress if config is not None else True
+        if documents is not None:
+            self.add(documents)
+        self.compressor = compressor if compressor is not None else FinchCompressor(config=config)
+        self.config = config or self.compressor.config
+        self.top_k = top_k
+        self.allocation: Allocation = allocation
+        self.weighting = weighting or RankWeighting()
+        self.max_new_tokens = max_new_tokens
+
+    # --------------------------------------------------------------- corpus
+    @property
+    def retriever(self) -> Retriever:
+        """The retriever; the default `EmbeddingRetriever` is built on first use, so `answer_from` never loads it."""
+        if self._retriever is None:
+            with self._retriever_lock:
+                if self._retriever is None:
+                    self._retriever = EmbeddingRetriever(progress=self._progress)
+        return self._retriever
+
+    def add(self, documents: Iterable[Document]) -> None:
+        """Add documents to the retriever's index."""
+        add = getattr(self.retriever, "add", None)
+        if add is None:
+            raise TypeError(
+                f"{type(self.retriever).__name__} has no add(); index the documents in the retriever itself."
+            )
+        add(documents)
+
+    def retrieve(self, question: str) -> list[RetrievedPassage]:
+        """The passages `ask` would compress for ``question``, best first."""
+        _check_question(question)
+        size = _corpus_size(self.retriever)
+        if size == 0:
+            raise ValueError("The corpus is empty: give FinchRAG(documents=[...]) or call add() before asking.")
+        passages = list(self.retriever.retrieve(question, self.top_k))
+        for passage in passages:
+            if not isinstance(passage, RetrievedPassage):
+                raise TypeError(f"The retriever returned a {type(passage).__name__}; it must return RetrievedPassage.")
+        return sorted(passages, key=lambda passage: passage.rank)
+
+    # -------------------------------------------------------------- answers
+    def ask(self, question: str) -> Answer:
+        """Retrieve, compress for ``question`` and answer (see the class notes for empty cases)."""
+        started = time.perf_counter()
+        passages = self.retrieve(question)
+        return self._answer(question, passages, started, retrieval_seconds=time.perf_counter() - started)
+
+    def ask_many(self, questions: Sequence[str]) -> list[Answer]:
+        """`ask` each question in turn (FINCH compresses per question, so nothing is shared)."""
+        if isinstance(questions, str):
+            raise TypeError("ask_many takes a list of questions; use ask() for one.")
+        bar = tqdm(
+            questions,
+            desc="finch-rag: questions",
+            unit="question",
+            disable=not self.config.progress or len(questions) < 2,
+        )
+        return [self.ask(question) for question in bar]
+
+    def answer_from(self, question: str, passages: Sequence[RetrievedPassage | Passage | str]) -> Answer:
+        """Compress the given passages for ``question`` and answer, skipping retrieval.
+
+        Passages keep the order given, which is their rank (1-based) for ``"retrieval_weighted"``; a
+        `RetrievedPassage` keeps its own score and rank. No passages gives the no-context `Answer`.
+        """
+        started = time.perf_counter()
+        _check_question(question)
+        if isinstance(passages, str):
+            raise TypeError("passages is a list; wrap a single string in a list.")
+        retrieved = [_as_retrieved(passage, index) for index, passage in enumerate(passages)]
+        return self._answer(question, retrieved, started, retrieval_seconds=0.0)
+
+    def _answer(
+        self, question: str, passages: list[RetrievedPassage], started: float, retrieval_seconds: float
+    ) -> Answer:
+        if not passages:
+            logger.warning("No passage retrieved for %r; answering without calling the model.", question)
+            return Answer(question, NO_CONTEXT_ANSWER, [], None, self._stats(retrieval_seconds, started))
+        weights = None
+        if self.allocation == "retrieval_weighted":
+            weights = rank_weights([passage.rank for passage in passages], self.weighting)
+        compress_started = time.perf_counter()
+        compressed = self.compressor.compress(
+            [passage.to_passage() for passage in passages], question, config=self.config, passage_weights=weights
+        )
+        compression_seconds = time.perf_counter() - compress_started
+        generate_started = time.perf_counter()
+        text = self.compressor.generate(compressed, max_new_tokens=self.max_new_tokens).strip()
+        generation_seconds = time.perf_counter() - generate_started
+        fractions = compressed.passage_kept_fractions()
+        sources = [
+            Source(p.text, p.title, dict(p.metadata), p.score, p.rank, fraction)
+            for p, fraction in zip(passages, fractions, strict=True)
+        ]
+        stats = self._stats(retrieval_seconds, started, compressed, compression_seconds, generation_seconds)
+        logger.debug("Answered %r: %s", question, stats)
+        return Answer(question, text, sources, compressed, stats)
+
+    def _stats(
+        self,
+        retrieval_seconds: float,
+        started: float,
+        compressed: CompressedContext | None = None,
+        compression_seconds: float = 0.0,
+        generation_seconds: float = 0.0,
+    ) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "retrieval_seconds": retrieval_seconds,
+            "compression_seconds": compression_seconds,
+            "generation_seconds": generation_seconds,
+            "total_seconds": time.perf_counter() - started,
+            "tokens_before": 0,
+            "tokens_after": 0,
+            "compression_factor": 1.0,
+            "passages": 0,
+            "chunks": 0,
+            "peak_kv_entries": 0,
+            "allocation": self.allocation,
+        }
+        if compressed is not None:
+            stats.update(
+                tokens_before=compressed.original_tokens,
+                tokens_after=compressed.kept_tokens,
+                compression_factor=compressed.compression_factor,
+                passages=len(compressed.passages or ()),
+                chunks=compressed.cache.num_chunks,
+                peak_kv_entries=compressed.cache.peak_kv_entries,
+            )
+        return stats
+
+    def __repr__(self) -> str:
+        return (
+            f"FinchRAG(retriever={self._retriever!r}, compressor={self.compressor!r}, top_k={self.top_k}, "
+            f"allocation={self.allocation!r})"
+        )
+
+
+def _check_question(question: str) -> None:
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a string, got {type(question).__name__}.")
+    if not question.strip():
+        raise ValueError("The question is empty: FINCH compresses the context for a question, so give one.")
+
+
+def _corpus_size(retriever: Retriever) -> int | None:
+    try:
+        return len(retriever)  # type: ignore[arg-type]
+    except TypeError:  # a retriever that does not know its size
+        return None
+
+
+def _as_retrieved(passage: RetrievedPassage | Passage | str, index: int) -> RetrievedPassage:
+    if isinstance(passage, RetrievedPassage):
+        return passage
+    if isinstance(passage, Passage):
+        return RetrievedPassage(passage.text, passage.title, dict(passage.metadata), None, index + 1)
+    if isinstance(passage, str):
+        return RetrievedPassage(passage, None, {}, None, index + 1)
+    raise TypeError(f"passages[{index}] is a {type(passage).__name__}; give strings, Passage or RetrievedPassage.")
