@@ -1,0 +1,151 @@
+"""The ``finch-rag`` command line: argument handling and output on a tiny model; ``demo``/``ask`` end to end (slow)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import PASSAGES, QUESTION, build_tiny_model, build_tiny_tokenizer
+
+from finch_rag.cli import build_parser, load_demo_corpus, main
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and its tokenizer saved to disk, so ``--model PATH`` loads it like any local model."""
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model("llama").save_pretrained(directory)
+    build_tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> list[Path]:
+    paths = []
+    for name, text in (("fox.txt", PASSAGES[0]), ("france.txt", PASSAGES[1]), ("fruit.txt", PASSAGES[2])):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def _file_args(paths: list[Path]) -> list[str]:
+    return [arg for path in paths for arg in ("--file", str(path))]
+
+
+# ------------------------------------------------------------------------------------ fast: tiny model
+def test_ask_prints_answer_sources_and_stats(
+    tiny_model_dir: Path, files: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    level = logging.getLogger("finch_rag").level
+    argv = ["ask", *_file_args(files), QUESTION, "--model", str(tiny_model_dir), "--target-tokens", "20"]
+    assert main([*argv, "--chunk-size", "32", "--max-new-tokens", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"Q: {QUESTION}" in out and "\nA: " in out
+    # One source line per file, in the order given, titled by file name, with no retrieval score.
+    sources = re.findall(r"^\s+(\d+)\. (\S+)\s+score\s+-\s+kept\s+(\d+)%$", out, flags=re.M)
+    assert [(rank, title) for rank, title, _ in sources] == [("1", "fox.txt"), ("2", "france.txt"), ("3", "fruit.txt")]
+    assert all(0 <= int(kept) <= 100 for _, _, kept in sources)
+    match = re.search(r"Compression: (\d+) -> 20 context tokens \((\d+\.\d)x\) in (\d+) chunk", out)
+    assert match and int(match[1]) > 20 and int(match[3]) >= 2
+    assert re.search(r"Time: retrieval 0\.00 s, compression \d+\.\d\d s, generation \d+\.\d\d s", out)
+    assert logging.getLogger("finch_rag").level == level  # main() leaves logging as it found it
+
+
+def test_ask_quiet_prints_only_the_answer(
+    tiny_model_dir: Path, files: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["ask", *_file_args(files[:1]), QUESTION, "--model", str(tiny_model_dir), "--max-new-tokens", "2", "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1 and "Compression" not in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ratio", "1.5"], "compression_ratio"),
+        (["--chunk-size", "0"], "chunk_size"),
+        (["--target-tokens", "0"], "target_tokens"),
+    ],
+)
+def test_ask_bad_options_fail_cleanly(
+    files: list[Path], extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ask", *_file_args(files), QUESTION, *extra]) == 2
+    assert re.search(rf"^finch-rag: error: .*{message}", capsys.readouterr().err)
+
+
+def test_ask_missing_or_empty_file_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ask", "--file", str(tmp_path / "nope.txt"), QUESTION]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    assert main(["ask", "--file", str(empty), QUESTION]) == 2
+    assert "empty.txt is empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # a subcommand is required
+        ["ask", QUESTION],  # --file is required
+        ["ask", "--file", "a.txt", QUESTION, "--ratio", "0.5", "--target-tokens", "8"],  # one budget only
+        ["demo", "--allocation", "local"],
+        ["bench"],  # not a command yet
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+
+
+def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert "demo" in out and "ask" in out
+
+
+def test_demo_corpus_ships_with_answerable_questions() -> None:
+    corpus = load_demo_corpus()
+    passages = corpus["passages"]
+    assert 12 <= len(passages) <= 20
+    assert len({p["title"] for p in passages}) == len(passages)
+    assert all(p["title"].strip() and len(p["text"].split()) >= 30 for p in passages)
+    assert 2 <= len(corpus["questions"]) <= 3
+    for item in corpus["questions"]:
+        assert any(item["expected"] in p["text"] for p in passages), item
+
+
+# ------------------------------------------------------------------------ slow: the embedded models
+@pytest.mark.slow
+def test_demo_runs_offline_and_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\nQ: ") + out.startswith("Q: ") == 3 and out.count("\nA: ") == 3
+    answers = re.findall(r"^A: (.*)$", out, flags=re.M)
+    assert "Port Ellery" in answers[0] and "Mount Caddow" in answers[1], answers
+    assert "Geography of Tarrowen" in out and "kept" in out
+    assert len(re.findall(r"\(2\.0x\)", out)) == 3
+    assert out.count("Time: retrieval") == 3
+
+
+@pytest.mark.slow
+def test_ask_files_with_the_embedded_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    by_title = {p["title"]: p["text"] for p in load_demo_corpus()["passages"]}
+    paths = []
+    for name, title in (("geography.txt", "Geography of Tarrowen"), ("food.txt", "Food"), ("sport.txt", "Sport")):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(by_title[title], encoding="utf-8")
+    argv = ["ask", *_file_args(paths), "What is the highest mountain on Tarrowen?", "--ratio", "0.25"]
+    # The 135M model drops the name at 2x on this three-passage context in one chunk; 1.3x keeps it.
+    assert main([*argv, "--max-new-tokens", "32", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    answer: Any = re.search(r"^A: (.*)$", out, flags=re.M)
+    assert answer and "Mount Caddow" in answer[1], out
+    assert "geography.txt" in out and "food.txt" in out and "(1.3x)" in out and "Time: retrieval" in out
