@@ -8,6 +8,18 @@ from .pipeline import Answer, FinchRAG, RankWeighting, Source
 from .prompts import Passage
 from .retrieval import EmbeddingRetriever, RetrievedPassage, Retriever
 
-__all__ = ["CompressedContext", "FinchCompressor", "FinchConfig", "Passage", "load_model"]
-__all__ += ["Answer", "EmbeddingRetriever", "FinchRAG", "RankWeighting", "RetrievedPassage", "Retriever", "Source"]
+__all__ = [
+    "Answer",
+    "CompressedContext",
+    "EmbeddingRetriever",
+    "FinchCompressor",
+    "FinchConfig",
+    "FinchRAG",
+    "Passage",
+    "RankWeighting",
+    "RetrievedPassage",
+    "Retriever",
+    "Source",
+    "load_model",
+]
 __version__ = "0.1.0"
