@@ -113,16 +113,21 @@ class CompressedContext:
             rows.append(row / positions.shape[0])
         return torch.stack(rows)
 
-    def _token_range(self, passage: int | None) -> tuple[int, int]:
+    def passage_tokens(self, passage: int | None) -> torch.Tensor:
+        """``[n]`` bool: the tokens of one passage's own text (no title, no separator), or all tokens."""
         if passage is None:
-            return 0, self.original_tokens
-        if self.passage_token_starts is None:
+            return torch.ones(self.original_tokens, dtype=torch.bool)
+        if self.passage_text_spans is None:
             raise ValueError("This context was built from token ids; it has no passages.")
-        if not 0 <= passage < len(self.passage_token_starts):
-            raise IndexError(f"passage {passage} out of range (0..{len(self.passage_token_starts) - 1}).")
-        starts = self.passage_token_starts
-        end = starts[passage + 1] if passage + 1 < len(starts) else self.original_tokens
-        return starts[passage], end
+        if not 0 <= passage < len(self.passage_text_spans):
+            raise IndexError(f"passage {passage} out of range (0..{len(self.passage_text_spans) - 1}).")
+        start, end = self.passage_text_spans[passage]
+        return self._tokens_overlapping(start, end)
+
+    def _tokens_overlapping(self, char_start: int, char_end: int) -> torch.Tensor:
+        assert self.token_offsets is not None
+        offsets = torch.tensor(self.token_offsets, dtype=torch.long).reshape(-1, 2)
+        return (offsets[:, 0] < char_end) & (offsets[:, 1] > char_start)
 
     def kept_text(self, threshold: float = 0.5, passage: int | None = None, gap: str = " … ") -> str:
         """Extractive view: the context tokens kept by at least ``threshold`` of the (layer, KV head) pairs.
@@ -131,11 +136,9 @@ class CompressedContext:
         """
         if not 0 < threshold <= 1:
             raise ValueError(f"threshold is a fraction of (layer, KV head) pairs and must be in (0, 1], got {threshold}.")
-        first, last = self._token_range(passage)
-        kept = (self.kept_mask()[first:last] >= threshold - 1e-6).tolist()
+        kept = ((self.kept_mask() >= threshold - 1e-6) & self.passage_tokens(passage)).tolist()
         runs: list[tuple[int, int]] = []
-        for offset, is_kept in enumerate(kept):
-            token = first + offset
+        for token, is_kept in enumerate(kept):
             if not is_kept:
                 continue
             if runs and runs[-1][1] == token:
@@ -159,26 +162,24 @@ class CompressedContext:
         if self.passage_text_spans is None or self.token_offsets is None:
             raise ValueError("kept_fraction needs a context built from passages (compress(), not compress_ids()).")
         selected = torch.zeros(self.original_tokens, dtype=torch.bool)
-        starts = torch.tensor([offset[0] for offset in self.token_offsets])
-        ends = torch.tensor([offset[1] for offset in self.token_offsets])
         for passage, char_start, char_end in spans:
             if not 0 <= passage < len(self.passage_text_spans):
                 raise IndexError(f"passage {passage} out of range (0..{len(self.passage_text_spans) - 1}).")
             base = self.passage_text_spans[passage][0]
-            selected |= (starts < base + char_end) & (ends > base + char_start)
+            selected |= self._tokens_overlapping(base + char_start, base + char_end)
         if not selected.any():
             raise ValueError(f"The spans {list(spans)} cover no context token.")
         return float(self.kept_mask()[selected].mean())
 
     def passage_kept_fractions(self) -> list[float]:
         """For each passage, the fraction of its tokens' KV entries that survived."""
-        if self.passage_token_starts is None:
+        if self.passage_text_spans is None:
             return []
         mask = self.kept_mask()
         fractions = []
-        for index in range(len(self.passage_token_starts)):
-            start, end = self._token_range(index)
-            fractions.append(float(mask[start:end].mean()) if end > start else 0.0)
+        for index in range(len(self.passage_text_spans)):
+            tokens = self.passage_tokens(index)
+            fractions.append(float(mask[tokens].mean()) if tokens.any() else 0.0)
         return fractions
 
     def __repr__(self) -> str:
