@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PASSAGES, QUESTION, eager_twin
+from conftest import PASSAGES, QUESTION, build_tiny_model, eager_twin
 from transformers import DynamicCache
 
 from finch_rag import FinchCompressor, FinchConfig
@@ -75,6 +75,27 @@ def test_question_rows_match_eager(tiny_model, normalize, prefill_prefix):
         # The sliding layer (window 16) gives the question rows nothing of the early context.
         assert float(got[0][:, : n - 16].abs().max()) == 0.0
         assert float(got[1][:, : n - 16].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides"),
+    [
+        ("mistral", {"sliding_window": 16}),
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1}),
+        ("qwen3", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1}),
+    ],
+)
+def test_question_rows_match_eager_sliding_variants(arch, overrides):
+    """Sliding windows on every layer (Mistral) or on upper layers only (Qwen2/3 ``max_window_layers``)."""
+    model = build_tiny_model(arch, **overrides)
+    n, m, prefix = CONTEXT.shape[1], QUESTION_IDS.shape[1], PREFIX.shape[1]
+    full = torch.cat((PREFIX, CONTEXT, QUESTION_IDS), dim=1)
+    expected = reference_scores(eager_twin(model), full, prefix, n, m, normalize=True)
+    got = captured_scores(model, PREFIX, CONTEXT, QUESTION_IDS, normalize=True, prefill_prefix=True)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a / full.shape[1], b / full.shape[1], atol=1e-5, rtol=1e-4)
+    windowed = [float(a[:, : n - 16].abs().max()) == 0.0 for a in got]
+    assert windowed == ([True, True] if arch == "mistral" else [False, True])
 
 
 @pytest.mark.parametrize("selection", ["per_head", "per_layer", "shared"])

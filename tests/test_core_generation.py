@@ -103,6 +103,45 @@ def test_stop_strings_cut_generate_and_stream(tiny_models, tiny_tokenizer):
     assert "".join(compressor.stream(cc, max_new_tokens=40)) == text
 
 
+@pytest.fixture(scope="module")
+def byte_tokenizer():
+    """Byte-level BPE with the full byte alphabet (no model needed): multi-byte characters span tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eos>"], show_progress=False
+    )
+    backend.train_from_iterator(["plain ascii text"], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+
+
+@pytest.mark.parametrize(
+    ("text", "stop", "expected"),
+    [
+        ("naïve café 日本語 ok", [], "naïve café 日本語 ok"),
+        # Core bug (generation.py:106-108): while the last character is incomplete ("\ufffd"), the held-back
+        # partial stop ("日") is released, so "日" leaks before the stop "日本" is found.
+        ("naïve café 日本語 ok", ["日本"], "naïve café "),
+        ("abcSTOPdef", ["STOP"], "abc"),
+        ("abcSTdef", ["STOP"], "abcSTdef"),  # a partial match is released once it cannot complete
+        ("ab<eos>cd", [], "abcd"),
+        ("xyz", ["y", "x"], ""),
+    ],
+)
+def test_stream_text_utf8_and_stops(byte_tokenizer, text, stop, expected):
+    from finch_rag.generation import stream_text
+
+    ids = byte_tokenizer(text, add_special_tokens=False).input_ids
+    pieces = list(stream_text(byte_tokenizer, iter(ids), stop))
+    assert "".join(pieces) == expected
+    assert all("\ufffd" not in piece for piece in pieces), pieces
+    assert all(piece for piece in pieces)
+
+
 def test_generate_refuses_foreign_context(tiny_models, tiny_tokenizer):
     llama = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
     qwen = FinchCompressor(tiny_models("qwen2"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))

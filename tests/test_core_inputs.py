@@ -51,6 +51,13 @@ def test_config_defaults_and_replace():
     assert FinchConfig(compression_ratio=0.99).budget(10) == 1
 
 
+@pytest.mark.parametrize(("ratio", "n", "expected"), [(0.9, 100, 10), (0.8, 10, 2), (0.9, 1000, 100), (0.75, 100, 25), (0.5, 7, 3)])
+def test_ratio_budget_is_floor_of_exact_product(ratio, n, expected):
+    """B = floor(n * (1 - r)) in exact arithmetic. Core bug (config.py:108): ``1 - 0.9`` is 0.0999..98 in floating
+    point, so 10x compression of 100 tokens keeps 9; round the product before flooring."""
+    assert FinchConfig(compression_ratio=ratio).budget(n) == expected
+
+
 @pytest.mark.parametrize("context", ["", "   ", [], ["  "], ["", "\n"]], ids=["empty", "blank", "no-passages", "blank-passage", "blanks"])
 def test_empty_context(compressor, context):
     with pytest.raises(ValueError, match=r"context is empty.*non-empty passage"):
