@@ -32,9 +32,7 @@ def test_passage_token_spans(cc, tiny_tokenizer):
 
 
 def test_kept_fraction_of_whole_passage_matches_passage_fractions(cc):
-    """Core bug (context.py `passage_kept_fractions`): it averages over ``_token_range(i)``, which runs up to the
-    next passage's start and so also counts the separator (and title) tokens, while ``kept_fraction`` counts
-    only tokens overlapping the passage's own text."""
+    """Both count the tokens overlapping the passage's own text: not the separator, not the title."""
     fractions = cc.passage_kept_fractions()
     assert len(fractions) == len(PASSAGES)
     for index, passage in enumerate(PASSAGES):
