@@ -52,6 +52,10 @@ def test_budget_and_peak(tiny_model, tiny_tokenizer, selection, normalize, chunk
     num_kv_heads = tiny_model.config.num_key_value_heads
 
     _check_kept_positions(cc, BUDGET, num_kv_heads, heads_equal=selection != "per_head")
+    assert cc.cache.kept_scores is not None
+    for scores in cc.cache.kept_scores:
+        assert scores.shape == (num_kv_heads, BUDGET)
+        assert torch.isfinite(scores).all() and (scores >= 0).all()
     assert cc.kept_tokens == BUDGET
     assert cc.cache_length == prefix + BUDGET
     assert cc.compression_factor == pytest.approx(n / BUDGET)
@@ -105,6 +109,7 @@ def test_no_compression_when_context_fits(tiny_model, tiny_tokenizer, how, chunk
     }[how]
     cc = compressor.compress(PASSAGES[1], QUESTION, config=config)
     assert cc.original_tokens == n
+    assert cc.cache.kept_scores is None
     num_kv_heads = tiny_model.config.num_key_value_heads
     for positions in cc.kept_positions:
         assert torch.equal(positions, torch.arange(n).expand(num_kv_heads, n))

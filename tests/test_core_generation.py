@@ -156,17 +156,21 @@ def test_generate_refuses_foreign_context(tiny_models, tiny_tokenizer):
 
 
 def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tokenizer):
-    """Two threads sharing one compressor get what they would get one after the other."""
-    compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, FinchConfig(target_tokens=16, chunk_size=24, progress=False))
-    jobs = [(PASSAGES, QUESTION), (PASSAGES[::-1], "Where does the fox live?")]
+    """Threads sharing one compressor, or two compressors on one model, get what they would get one after the
+    other (the capture switches the shared model's attention implementation, so the per-model lock matters)."""
+    model = tiny_models("gemma3")
+    config = FinchConfig(target_tokens=16, chunk_size=24, progress=False)
+    compressor = FinchCompressor(model, tiny_tokenizer, config)
+    other = FinchCompressor(model, tiny_tokenizer, config.replace(selection="per_head"))
+    jobs = [(compressor, PASSAGES, QUESTION), (compressor, PASSAGES[::-1], "Where does the fox live?"), (other, PASSAGES, QUESTION)]
 
-    def run(context, question):
-        cc = compressor.compress(context, question)
-        return [p.clone() for p in cc.kept_positions], compressor.generate(cc, max_new_tokens=NEW_TOKENS)
+    def run(finch, context, question):
+        cc = finch.compress(context, question)
+        return [p.clone() for p in cc.kept_positions], "".join(finch.stream(cc, max_new_tokens=NEW_TOKENS))
 
     sequential = [run(*job) for job in jobs]
     for _ in range(3):
-        results: list = [None, None]
+        results: list = [None] * len(jobs)
         errors: list[BaseException] = []
 
         def worker(index: int) -> None:
@@ -175,7 +179,7 @@ def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tok
             except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
                 errors.append(error)
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import PASSAGES, QUESTION, build_tiny_model
 
 from finch_rag import FinchCompressor, FinchConfig
 from finch_rag.compression.rotation import _find_rotary_module
@@ -72,3 +72,20 @@ def test_answer_past_window_is_refused(tiny_tokenizer):
     cc = compressor.compress_ids([i % 100 + 12 for i in range(128)], QUESTION_IDS, PREFIX, suffix_ids=SUFFIX)
     with pytest.raises(ValueError, match=r"window of 64.*Lower max_new_tokens"):
         compressor.generate(cc, max_new_tokens=WINDOW)
+
+
+def test_string_api_beyond_the_window(tiny_tokenizer):
+    """Through compress(): chat-template prefix, passages three times the window, answer within the window."""
+    window = 128
+    model = build_tiny_model("gemma3", max_position_embeddings=window)
+    compressor = FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=16, chunk_size=16, progress=False))
+    passages = PASSAGES * 8
+    with record_positions(model) as positions:
+        cc = compressor.compress(passages, QUESTION)
+        answer = compressor.generate(cc, max_new_tokens=8)
+    assert cc.original_tokens > 3 * window
+    prefix, m, suffix = int(cc.prefix_ids.shape[0]), int(cc.question_ids.shape[0]), int(cc.suffix_ids.shape[0])
+    assert cc.stats["peak_kv_entries"] <= prefix + 16 + 16 + m
+    compress_bound, answer_bound = prefix + 16 + 16 + m, prefix + 16 + m + suffix + 8
+    assert max(positions) < max(compress_bound, answer_bound) <= window
+    assert isinstance(answer, str)
