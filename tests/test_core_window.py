@@ -89,3 +89,19 @@ def test_string_api_beyond_the_window(tiny_tokenizer):
     compress_bound, answer_bound = prefix + 16 + 16 + m, prefix + 16 + m + suffix + 8
     assert max(positions) < max(compress_bound, answer_bound) <= window
     assert isinstance(answer, str)
+
+
+def test_single_pass_that_fits_the_window_is_accepted(tiny_tokenizer):
+    """A single pass holds |P| + n + m entries (no earlier survivors), so 4 + 50 + 6 = 60 fits a window of 64.
+
+    Core bug (compressor.py:202, `_check_fits`): the bound adds the budget to the chunk even when one chunk
+    holds the whole context, so it claims position 68 and refuses. For ``chunk >= n`` the peak is
+    ``prefix + context + question``.
+    """
+    model = build_tiny_model("llama", max_position_embeddings=WINDOW)
+    compressor = FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=8, chunk_size=None, progress=False))
+    context = [i % 100 + 12 for i in range(50)]
+    with record_positions(model) as positions:
+        cc = compressor.compress_ids(context, QUESTION_IDS, PREFIX)
+    assert cc.stats["peak_kv_entries"] == len(PREFIX) + 50 + len(QUESTION_IDS)
+    assert max(positions) < WINDOW
