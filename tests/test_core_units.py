@@ -153,3 +153,27 @@ def test_score_layers_vote_in_shared_selection(tiny_models, tiny_tokenizer):
     assert all_layers.kept_tokens == last.kept_tokens == 10
     with pytest.raises(ValueError, match="score_layers contains 5"):
         compressor.compress(PASSAGES, QUESTION, config=base.replace(score_layers=(5,)))
+
+
+@pytest.mark.parametrize("selection", ["per_head", "shared"])
+def test_chunked_layer0_entries_are_kept_tokens_at_packed_positions(tiny_model, tiny_tokenizer, selection):
+    """Layer 0's key and value depend only on the token and its position. After any number of chunks, entry j of
+    the packed cache must be exactly the kept token ``context[kept[j]]`` computed at position ``|P| + j``: this
+    checks gathering, the order of survivors and the accumulated re-rotation across steps."""
+    config = FinchConfig(target_tokens=20, chunk_size=16, selection=selection, progress=False)
+    cc = FinchCompressor(tiny_model, tiny_tokenizer, config).compress(PASSAGES, QUESTION)
+    assert cc.stats["num_chunks"] > 5
+    prefix = int(cc.prefix_ids.shape[0])
+    positions = cc.kept_positions[0]
+    for head in range(positions.shape[0]):
+        tokens = torch.cat((cc.prefix_ids, cc.context_ids[positions[head]]))[None]
+        reference = DynamicCache()
+        with torch.no_grad():
+            # Only layer 0 is compared, and its K/V do not depend on earlier tokens.
+            tiny_model.get_decoder()(input_ids=tokens, past_key_values=reference, use_cache=True)
+        torch.testing.assert_close(
+            cc.cache.keys[0][:, head, prefix:], reference.layers[0].keys[:, head, prefix:], atol=2e-5, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            cc.cache.values[0][:, head, prefix:], reference.layers[0].values[:, head, prefix:], atol=1e-6, rtol=1e-6
+        )
