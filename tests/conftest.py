@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny random models for every supported architecture, a tiny offline tokenizer, and
-the real embedded model (session-scoped, for ``@pytest.mark.slow`` tests only).
+"""Shared fixtures: tiny random models, a tiny offline tokenizer, and the real embedded model.
+
+The real model (session-scoped) is for ``@pytest.mark.slow`` tests only.
 
 The tiny models follow transformers' own model tests: a config with a vocabulary of 128, hidden size 32,
 2 layers, 4 query heads over 2 KV heads, float32, SDPA attention, eval mode, fixed seed. Nothing here
@@ -90,7 +91,9 @@ def tiny_config(arch: str, **overrides: Any) -> Any:
     elif arch == "qwen3":
         config = Qwen3Config(**{**common, "head_dim": 16, "rope_parameters": _rope(), **overrides})
     elif arch == "mistral":
-        config = MistralConfig(**{**common, "head_dim": 8, "sliding_window": None, "rope_parameters": _rope(), **overrides})
+        config = MistralConfig(
+            **{**common, "head_dim": 8, "sliding_window": None, "rope_parameters": _rope(), **overrides}
+        )
     elif arch == "phi3":
         # Partial rotary: only the first half of each head's dimensions is rotated.
         phi = {**common, "original_max_position_embeddings": common["max_position_embeddings"]}
@@ -119,7 +122,9 @@ def tiny_config(arch: str, **overrides: Any) -> Any:
     return config
 
 
-def build_tiny_model(arch: str, attn_implementation: str = "sdpa", seed: int = SEED, **overrides: Any) -> PreTrainedModel:
+def build_tiny_model(
+    arch: str, attn_implementation: str = "sdpa", seed: int = SEED, **overrides: Any
+) -> PreTrainedModel:
     """A tiny random causal LM for ``arch``: float32, eval mode, deterministic weights for a given seed."""
     from transformers import (
         Gemma3ForCausalLM,

@@ -40,7 +40,9 @@ def reference_scores(eager_model, input_ids: torch.Tensor, prefix: int, n: int, 
 
 def captured_scores(model, prefix_ids, context_ids, question_ids, normalize: bool, prefill_prefix: bool):
     m = question_ids.shape[1]
-    capture = QuestionAttentionCapture(question_length=m, first_candidate=prefix_ids.shape[1], normalize_scores=normalize)
+    capture = QuestionAttentionCapture(
+        question_length=m, first_candidate=prefix_ids.shape[1], normalize_scores=normalize
+    )
     cache = DynamicCache()
     decoder = model.get_decoder()
     with torch.no_grad():
@@ -68,9 +70,11 @@ def test_question_rows_match_eager(tiny_model, normalize, prefill_prefix):
     expected = reference_scores(eager, full, prefix, n, m, normalize)
     got = captured_scores(tiny_model, PREFIX, CONTEXT, QUESTION_IDS, normalize, prefill_prefix)
     scale = (prefix + n + m) if normalize else 1.0
-    for layer, (a, b) in enumerate(zip(got, expected)):
+    for layer, (a, b) in enumerate(zip(got, expected, strict=True)):
         assert a.shape == b.shape == (tiny_model.config.num_attention_heads, n)
-        torch.testing.assert_close(a / scale, b / scale, atol=1e-5, rtol=1e-4, msg=lambda s, layer=layer: f"layer {layer}: {s}")
+        torch.testing.assert_close(
+            a / scale, b / scale, atol=1e-5, rtol=1e-4, msg=lambda s, layer=layer: f"layer {layer}: {s}"
+        )
     if tiny_model.config.model_type == "gemma3_text":
         # The sliding layer (window 16) gives the question rows nothing of the early context.
         assert float(got[0][:, : n - 16].abs().max()) == 0.0
@@ -92,7 +96,7 @@ def test_question_rows_match_eager_sliding_variants(arch, overrides):
     full = torch.cat((PREFIX, CONTEXT, QUESTION_IDS), dim=1)
     expected = reference_scores(eager_twin(model), full, prefix, n, m, normalize=True)
     got = captured_scores(model, PREFIX, CONTEXT, QUESTION_IDS, normalize=True, prefill_prefix=True)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a / full.shape[1], b / full.shape[1], atol=1e-5, rtol=1e-4)
     windowed = [float(a[:, : n - 16].abs().max()) == 0.0 for a in got]
     assert windowed == ([True, True] if arch == "mistral" else [False, True])
@@ -102,7 +106,9 @@ def test_question_rows_match_eager_sliding_variants(arch, overrides):
 def test_single_pass_keeps_top_of_reference(tiny_model, tiny_tokenizer, selection):
     """End to end: a single pass keeps the top-B context columns of the eager reference scores."""
     budget = 12
-    config = FinchConfig(target_tokens=budget, chunk_size=None, selection=selection, normalize_scores=True, progress=False)
+    config = FinchConfig(
+        target_tokens=budget, chunk_size=None, selection=selection, normalize_scores=True, progress=False
+    )
     cc = FinchCompressor(tiny_model, tiny_tokenizer, config).compress(PASSAGES, QUESTION)
     prefix, n, m = int(cc.prefix_ids.shape[0]), cc.original_tokens, int(cc.question_ids.shape[0])
     full = torch.cat((cc.prefix_ids, cc.context_ids, cc.question_ids))[None]

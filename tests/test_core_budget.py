@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PASSAGES, QUESTION
-
 from transformers import DynamicCache
 
 from finch_rag import FinchCompressor, FinchConfig
@@ -91,7 +90,9 @@ def test_chunk_at_least_context_equals_single_pass(tiny_model, tiny_tokenizer, s
 
 
 def test_compression_ratio_budget(tiny_models, tiny_tokenizer):
-    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(compression_ratio=0.75, progress=False))
+    compressor = FinchCompressor(
+        tiny_models("llama"), tiny_tokenizer, FinchConfig(compression_ratio=0.75, progress=False)
+    )
     cc = compressor.compress(PASSAGES, QUESTION)
     assert cc.kept_tokens == cc.original_tokens // 4  # floor(n * (1 - r))
     assert cc.compression_factor == pytest.approx(cc.original_tokens / cc.kept_tokens)
@@ -136,12 +137,16 @@ def test_iterative_budget_keeps_survivors_competing(tiny_models, tiny_tokenizer)
 def test_compress_ids_without_prefix(tiny_models, tiny_tokenizer):
     compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=10, chunk_size=16))
     context = list(range(10, 90))
-    cc = compressor.compress_ids(context, [20, 21, 22], config=FinchConfig(target_tokens=10, chunk_size=16, progress=False))
+    cc = compressor.compress_ids(
+        context, [20, 21, 22], config=FinchConfig(target_tokens=10, chunk_size=16, progress=False)
+    )
     assert cc.prefix_ids.numel() == 0
     assert cc.cache_length == 10
     _check_kept_positions(cc, 10, 2, heads_equal=True)
     tensor_cc = compressor.compress_ids(
-        torch.tensor(context), torch.tensor([[20, 21, 22]]), config=FinchConfig(target_tokens=10, chunk_size=16, progress=False)
+        torch.tensor(context),
+        torch.tensor([[20, 21, 22]]),
+        config=FinchConfig(target_tokens=10, chunk_size=16, progress=False),
     )
-    for a, b in zip(cc.kept_positions, tensor_cc.kept_positions):
+    for a, b in zip(cc.kept_positions, tensor_cc.kept_positions, strict=True):
         assert torch.equal(a, b)

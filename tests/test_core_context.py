@@ -11,7 +11,9 @@ from finch_rag import FinchCompressor, FinchConfig, Passage
 
 @pytest.fixture(scope="module")
 def compressor(tiny_models, tiny_tokenizer):
-    return FinchCompressor(tiny_models("qwen3"), tiny_tokenizer, FinchConfig(target_tokens=30, chunk_size=40, progress=False))
+    return FinchCompressor(
+        tiny_models("qwen3"), tiny_tokenizer, FinchConfig(target_tokens=30, chunk_size=40, progress=False)
+    )
 
 
 @pytest.fixture(scope="module", params=["per_head", "shared"])
@@ -56,7 +58,11 @@ def test_kept_fraction_of_span(cc):
     passage = PASSAGES[1]
     start = passage.index("4817")
     fraction = cc.kept_fraction([(1, start, start + 4)])
-    tokens = [t for t, (a, b) in enumerate(cc.token_offsets) if a < cc.passage_text_spans[1][0] + start + 4 and b > cc.passage_text_spans[1][0] + start]
+    tokens = [
+        t
+        for t, (a, b) in enumerate(cc.token_offsets)
+        if a < cc.passage_text_spans[1][0] + start + 4 and b > cc.passage_text_spans[1][0] + start
+    ]
     assert fraction == pytest.approx(float(cc.kept_mask()[tokens].mean()))
 
 

@@ -28,7 +28,9 @@ def reference_generate(model, tokenizer, cc, max_new_tokens: int) -> str:
 
 @pytest.mark.parametrize("chunk_size", [None, 16], ids=["single", "chunked"])
 def test_no_compression_matches_model_generate(tiny_model, tiny_tokenizer, chunk_size):
-    compressor = FinchCompressor(tiny_model, tiny_tokenizer, FinchConfig(compression_ratio=0.0, chunk_size=chunk_size, progress=False))
+    compressor = FinchCompressor(
+        tiny_model, tiny_tokenizer, FinchConfig(compression_ratio=0.0, chunk_size=chunk_size, progress=False)
+    )
     cc = compressor.compress(PASSAGES[:2], QUESTION)
     assert torch.equal(cc.kept_positions[0][0], torch.arange(cc.original_tokens))
     expected = reference_generate(tiny_model, tiny_tokenizer, cc, NEW_TOKENS)
@@ -37,7 +39,9 @@ def test_no_compression_matches_model_generate(tiny_model, tiny_tokenizer, chunk
 
 
 def test_generation_does_not_mutate_context(tiny_model, tiny_tokenizer):
-    compressor = FinchCompressor(tiny_model, tiny_tokenizer, FinchConfig(target_tokens=20, chunk_size=32, progress=False))
+    compressor = FinchCompressor(
+        tiny_model, tiny_tokenizer, FinchConfig(target_tokens=20, chunk_size=32, progress=False)
+    )
     cc = compressor.compress(PASSAGES, QUESTION)
     keys = [k.clone() for k in cc.cache.keys]
     values = [v.clone() for v in cc.cache.values]
@@ -113,7 +117,10 @@ def byte_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eos>"], show_progress=False
+        vocab_size=300,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<eos>"],
+        show_progress=False,
     )
     backend.train_from_iterator(["plain ascii text"], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
@@ -156,13 +163,20 @@ def test_generate_refuses_foreign_context(tiny_models, tiny_tokenizer):
 
 
 def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tokenizer):
-    """Threads sharing one compressor, or two compressors on one model, get what they would get one after the
-    other (the capture switches the shared model's attention implementation, so the per-model lock matters)."""
+    """Concurrent compress + generate give the sequential results.
+
+    Threads share one compressor, or two compressors share one model: the capture switches the shared model's
+    attention implementation, so the per-model lock matters.
+    """
     model = tiny_models("gemma3")
     config = FinchConfig(target_tokens=16, chunk_size=24, progress=False)
     compressor = FinchCompressor(model, tiny_tokenizer, config)
     other = FinchCompressor(model, tiny_tokenizer, config.replace(selection="per_head"))
-    jobs = [(compressor, PASSAGES, QUESTION), (compressor, PASSAGES[::-1], "Where does the fox live?"), (other, PASSAGES, QUESTION)]
+    jobs = [
+        (compressor, PASSAGES, QUESTION),
+        (compressor, PASSAGES[::-1], "Where does the fox live?"),
+        (other, PASSAGES, QUESTION),
+    ]
 
     def run(finch, context, question):
         cc = finch.compress(context, question)
@@ -173,7 +187,7 @@ def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tok
         results: list = [None] * len(jobs)
         errors: list[BaseException] = []
 
-        def worker(index: int) -> None:
+        def worker(index: int, results: list = results, errors: list = errors) -> None:
             try:
                 results[index] = run(*jobs[index])
             except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
@@ -185,7 +199,7 @@ def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tok
         for thread in threads:
             thread.join(timeout=60)
         assert not errors, errors
-        for (positions, text), (expected_positions, expected_text) in zip(results, sequential):
+        for (positions, text), (expected_positions, expected_text) in zip(results, sequential, strict=True):
             assert text == expected_text
-            for a, b in zip(positions, expected_positions):
+            for a, b in zip(positions, expected_positions, strict=True):
                 assert torch.equal(a, b)

@@ -51,14 +51,21 @@ def test_config_defaults_and_replace():
     assert FinchConfig(compression_ratio=0.99).budget(10) == 1
 
 
-@pytest.mark.parametrize(("ratio", "n", "expected"), [(0.9, 100, 10), (0.8, 10, 2), (0.9, 1000, 100), (0.75, 100, 25), (0.5, 7, 3)])
+@pytest.mark.parametrize(
+    ("ratio", "n", "expected"), [(0.9, 100, 10), (0.8, 10, 2), (0.9, 1000, 100), (0.75, 100, 25), (0.5, 7, 3)]
+)
 def test_ratio_budget_is_floor_of_exact_product(ratio, n, expected):
-    """B = floor(n * (1 - r)) in exact arithmetic. Core bug (config.py:108): ``1 - 0.9`` is 0.0999..98 in floating
-    point, so 10x compression of 100 tokens keeps 9; round the product before flooring."""
+    """B = floor(n * (1 - r)) in exact arithmetic.
+
+    Core bug (config.py:108): ``1 - 0.9`` is 0.0999..98 in floating point, so 10x compression of 100 tokens
+    keeps 9; round the product before flooring.
+    """
     assert FinchConfig(compression_ratio=ratio).budget(n) == expected
 
 
-@pytest.mark.parametrize("context", ["", "   ", [], ["  "], ["", "\n"]], ids=["empty", "blank", "no-passages", "blank-passage", "blanks"])
+@pytest.mark.parametrize(
+    "context", ["", "   ", [], ["  "], ["", "\n"]], ids=["empty", "blank", "no-passages", "blank-passage", "blanks"]
+)
 def test_empty_context(compressor, context):
     with pytest.raises(ValueError, match=r"context is empty.*non-empty passage"):
         compressor.compress(context, QUESTION)
@@ -104,7 +111,9 @@ def test_chunk_too_large_for_window(tiny_tokenizer):
 
 
 def test_chat_template_required_but_missing(tiny_models, tiny_tokenizer_no_template):
-    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer_no_template, FinchConfig(target_tokens=8, progress=False))
+    compressor = FinchCompressor(
+        tiny_models("llama"), tiny_tokenizer_no_template, FinchConfig(target_tokens=8, progress=False)
+    )
     with pytest.raises(ValueError, match=r"no chat template.*chat_template=None"):
         compressor.compress(PASSAGES, QUESTION, config=FinchConfig(target_tokens=8, chat_template=True, progress=False))
     # chat_template=None falls back to a plain prompt.
@@ -115,7 +124,9 @@ def test_chat_template_required_but_missing(tiny_models, tiny_tokenizer_no_templ
 
 def test_chat_template_false_and_system_prompt(tiny_models, tiny_tokenizer):
     compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=8, progress=False))
-    plain = compressor.compress(PASSAGES, QUESTION, config=FinchConfig(target_tokens=8, chat_template=False, progress=False))
+    plain = compressor.compress(
+        PASSAGES, QUESTION, config=FinchConfig(target_tokens=8, chat_template=False, progress=False)
+    )
     assert "<|user|>" not in tiny_tokenizer.decode(plain.prefix_ids)
     chat = compressor.compress(
         PASSAGES, QUESTION, config=FinchConfig(target_tokens=8, system_prompt="Be brief.", progress=False)

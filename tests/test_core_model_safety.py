@@ -43,7 +43,9 @@ def _assert_untouched(model, before: dict) -> None:
 def test_model_left_unmodified(arch, tiny_tokenizer, selection):
     model = build_tiny_model(arch)  # a private copy: this test inspects it closely
     before = _snapshot(model)
-    compressor = FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=16, chunk_size=32, selection=selection, progress=False))
+    compressor = FinchCompressor(
+        model, tiny_tokenizer, FinchConfig(target_tokens=16, chunk_size=32, selection=selection, progress=False)
+    )
     cc = compressor.compress(PASSAGES, QUESTION)
     compressor.generate(cc, max_new_tokens=4)
     list(compressor.stream(cc, max_new_tokens=4))
@@ -98,4 +100,3 @@ def test_eager_attention_is_refused(tiny_tokenizer):
         compressor.compress(PASSAGES, QUESTION)
     assert "eager" in str(error.value)
     assert model.config._attn_implementation == "eager"
-

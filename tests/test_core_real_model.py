@@ -38,7 +38,9 @@ def test_no_compression_matches_model_generate(real_model):
 def test_compress_and_answer(real_model, selection):
     model, tokenizer = real_model
     budget, chunk = 64, 128
-    compressor = FinchCompressor(model, tokenizer, FinchConfig(target_tokens=budget, chunk_size=chunk, selection=selection, progress=False))
+    compressor = FinchCompressor(
+        model, tokenizer, FinchConfig(target_tokens=budget, chunk_size=chunk, selection=selection, progress=False)
+    )
     context = FILLER * 4 + [NEEDLE] + FILLER * 4
     cc = compressor.compress(context, QUESTION)
     n, prefix, m = cc.original_tokens, int(cc.prefix_ids.shape[0]), int(cc.question_ids.shape[0])
@@ -56,7 +58,7 @@ def test_compress_and_answer(real_model, selection):
     first = compressor.generate(cc, max_new_tokens=10)
     assert first.strip()
     assert compressor.generate(cc, max_new_tokens=10) == first
-    assert all(torch.equal(a, b) for a, b in zip(cc.cache.keys, keys))
+    assert all(torch.equal(a, b) for a, b in zip(cc.cache.keys, keys, strict=True))
 
 
 def test_question_rows_match_eager_on_real_model(real_model):
@@ -70,5 +72,7 @@ def test_question_rows_match_eager_on_real_model(real_model):
     expected = reference_scores(eager, full, prefix.shape[1], n, m, normalize=True)
     got = captured_scores(model, prefix, context, question, normalize=True, prefill_prefix=True)
     scale = full.shape[1]
-    for layer, (a, b) in enumerate(zip(got, expected)):
-        torch.testing.assert_close(a / scale, b / scale, atol=1e-5, rtol=1e-4, msg=lambda s, layer=layer: f"layer {layer}: {s}")
+    for layer, (a, b) in enumerate(zip(got, expected, strict=True)):
+        torch.testing.assert_close(
+            a / scale, b / scale, atol=1e-5, rtol=1e-4, msg=lambda s, layer=layer: f"layer {layer}: {s}"
+        )

@@ -21,24 +21,30 @@ def _cached_keys(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> 
 
 @pytest.mark.parametrize("shift", [37, -11, 150])
 def test_rerotate_uniform_shift_every_layer(tiny_model, shift):
-    """Shifting every position by the same amount leaves hidden states unchanged (RoPE is relative), so the
-    cached keys of every layer at ``p + shift`` are the keys at ``p`` rotated by ``shift``."""
+    """Every layer's keys at ``p + shift`` are the keys at ``p`` rotated by ``shift``.
+
+    Shifting every position by the same amount leaves hidden states unchanged (RoPE is relative).
+    """
     rotation = KeyRotation.from_model(tiny_model)
     length = TOKENS.shape[1]
     start = 20
     at_p = _cached_keys(tiny_model, TOKENS, torch.arange(start, start + length)[None])
     at_q = _cached_keys(tiny_model, TOKENS, torch.arange(start + shift, start + shift + length)[None])
-    for layer, (keys_p, keys_q) in enumerate(zip(at_p, at_q)):
+    for layer, (keys_p, keys_q) in enumerate(zip(at_p, at_q, strict=True)):
         assert not torch.allclose(keys_p, keys_q, atol=1e-3), "positions must matter"
         moved = rotation.rerotate(layer, keys_p, torch.full(keys_p.shape[:3], shift))
-        torch.testing.assert_close(moved, keys_q, atol=2e-5, rtol=1e-5, msg=lambda m, layer=layer: f"layer {layer}: {m}")
+        torch.testing.assert_close(
+            moved, keys_q, atol=2e-5, rtol=1e-5, msg=lambda m, layer=layer: f"layer {layer}: {m}"
+        )
         # A scalar shift broadcasts the same way.
         torch.testing.assert_close(rotation.rerotate(layer, keys_p, torch.tensor(shift)), moved, atol=1e-6, rtol=0)
 
 
 def test_rerotate_per_token_shift_layer0(tiny_model):
-    """Layer 0's keys depend on the token and its own position only, so scattered positions can be packed:
-    each key moves by its own ``q - p`` (forwards and backwards), as `_pack_layer` does."""
+    """Each key moves by its own ``q - p``, forwards and backwards, as `_pack_layer` does.
+
+    Layer 0's keys depend on the token and its own position only, so scattered positions can be compared.
+    """
     rotation = KeyRotation.from_model(tiny_model)
     length = TOKENS.shape[1]
     old = torch.tensor(sorted(torch.randperm(120, generator=torch.Generator().manual_seed(0))[:length].tolist()))

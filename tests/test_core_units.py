@@ -37,7 +37,7 @@ def test_chunk_bounds(n, size, starts, expected):
     assert bounds == expected
     if bounds:
         assert bounds[0][0] == 0 and bounds[-1][1] == n
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
         assert all(0 < end - start <= (size or n) for start, end in bounds)
 
 
@@ -98,8 +98,10 @@ def test_resolve_layers():
 
 @pytest.mark.parametrize("selection", ["per_head", "per_layer", "shared"])
 def test_single_pass_cache_is_gathered_and_rerotated(tiny_model, tiny_tokenizer, selection):
-    """With one chunk the packed cache is the prefill of [P; C; Q] restricted to the kept entries, each key
-    re-rotated from its original position to its packed one, and values copied as they were."""
+    """With one chunk the packed cache is the prefill of [P; C; Q] restricted to the kept entries.
+
+    Each key is re-rotated from its original position to its packed one; values are copied as they were.
+    """
     config = FinchConfig(target_tokens=12, chunk_size=None, selection=selection, progress=False)
     cc = FinchCompressor(tiny_model, tiny_tokenizer, config).compress(PASSAGES, QUESTION)
     prefix = int(cc.prefix_ids.shape[0])
@@ -124,9 +126,12 @@ def test_single_pass_cache_is_gathered_and_rerotated(tiny_model, tiny_tokenizer,
 @pytest.mark.parametrize("selection", ["per_head", "shared"])
 @pytest.mark.parametrize("chunk_size", [None, 24])
 def test_passage_weights_steer_selection(tiny_models, tiny_tokenizer, selection, chunk_size):
-    """A zero prior removes a passage from the competition. In a single pass only the weighted passage
-    survives; chunked, earlier zero-weight tokens are evicted once weighted ones compete, but the chunks after
-    the weighted passage must still fill the growing budget with whatever they hold."""
+    """A zero prior removes a passage from the competition.
+
+    In a single pass only the weighted passage survives; chunked, earlier zero-weight tokens are evicted once
+    weighted ones compete, but the chunks after the weighted passage must still fill the growing budget with
+    whatever they hold.
+    """
     compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer)
     config = FinchConfig(target_tokens=10, chunk_size=chunk_size, selection=selection, progress=False)
     cc = compressor.compress(PASSAGES, QUESTION, config=config, passage_weights=[0.0, 0.0, 1.0, 0.0])
@@ -157,9 +162,11 @@ def test_score_layers_vote_in_shared_selection(tiny_models, tiny_tokenizer):
 
 @pytest.mark.parametrize("selection", ["per_head", "shared"])
 def test_chunked_layer0_entries_are_kept_tokens_at_packed_positions(tiny_model, tiny_tokenizer, selection):
-    """Layer 0's key and value depend only on the token and its position. After any number of chunks, entry j of
-    the packed cache must be exactly the kept token ``context[kept[j]]`` computed at position ``|P| + j``: this
-    checks gathering, the order of survivors and the accumulated re-rotation across steps."""
+    """After any number of chunks, layer-0 entry j is the kept token ``context[kept[j]]`` at position ``|P| + j``.
+
+    Layer 0's key and value depend only on the token and its position, so this checks gathering, the order of
+    survivors and the accumulated re-rotation across steps.
+    """
     config = FinchConfig(target_tokens=20, chunk_size=16, selection=selection, progress=False)
     cc = FinchCompressor(tiny_model, tiny_tokenizer, config).compress(PASSAGES, QUESTION)
     assert cc.stats["num_chunks"] > 5

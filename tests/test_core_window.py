@@ -62,7 +62,7 @@ def test_context_three_times_the_window(arch, tiny_tokenizer, selection):
     assert isinstance("".join(tokens), str)
 
     # The cached keys are finite (no position past the RoPE table, no NaN from empty softmax rows).
-    for keys, values in zip(cc.cache.keys, cc.cache.values):
+    for keys, values in zip(cc.cache.keys, cc.cache.values, strict=True):
         assert torch.isfinite(keys).all() and torch.isfinite(values).all()
 
 
