@@ -58,6 +58,11 @@ class FinchCompressor:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or FinchConfig()
+        if model.config._attn_implementation == "eager":
+            raise NotImplementedError(
+                "finch-rag does not run on eager attention (it would materialise every attention row). "
+                "Load the model with attn_implementation='sdpa' (or 'flash_attention_2' on a GPU)."
+            )
         self._rotation = KeyRotation.from_model(model)  # fails early on models without RoPE
         self._lock = model_lock(model)
         self._eos_ids = eos_token_ids(model, tokenizer)
@@ -198,13 +203,15 @@ class FinchCompressor:
                 f"does not fit the model's window of {window} tokens. Shorten the question."
             )
         budget = config.budget(context)
-        chunk = config.chunk_size or context
-        peak_position = prefix + (context if context <= budget else budget + min(chunk, context)) + question
+        chunk = min(config.chunk_size or context, context)
+        # A single pass has no earlier survivors next to its chunk; the chunked loop holds up to B of them.
+        held = context if context <= budget or chunk == context else budget + chunk
+        peak_position = prefix + held + question
         if peak_position > window:
+            fix = "Lower chunk_size or target_tokens." if chunk < context else "Set chunk_size (e.g. 512) to read it in chunks."
             raise ValueError(
-                f"Compression would reach position {peak_position} (prefix {prefix} + budget {budget} + chunk "
-                f"{min(chunk, context)} + question {question}), past the model's window of {window}. "
-                "Lower chunk_size (chunk_size=None reads the whole context at once) or target_tokens."
+                f"Compression would reach position {peak_position} (prefix {prefix} + {held} context entries + "
+                f"question {question}), past the model's window of {window}. {fix}"
             )
 
     # ------------------------------------------------------------- generation

@@ -105,7 +105,8 @@ class FinchConfig:
         if self.target_tokens is not None:
             return min(self.target_tokens, context_length)
         assert self.compression_ratio is not None  # set in __post_init__
-        return max(1, math.floor(context_length * (1 - self.compression_ratio)))
+        # round() first: 100 * (1 - 0.9) is 9.999999999999998 in floating point, and must give 10.
+        return max(1, math.floor(round(context_length * (1 - self.compression_ratio), 6)))
 
     def replace(self, **changes: Any) -> FinchConfig:
         """A copy with ``changes`` applied and validated. Switching budget mode clears the other one."""

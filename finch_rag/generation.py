@@ -103,9 +103,10 @@ def stream_text(tokenizer: PreTrainedTokenizerBase, token_ids: Iterator[int], st
                 if cut > emitted:
                     yield text[emitted:cut]
                 return
-            safe = len(text) - _partial_stop_length(text, stop)
-            if text.endswith("\ufffd"):
-                safe = min(safe, len(text) - 1)
+            # An incomplete UTF-8 character decodes as U+FFFD: hold it back, and look for a partial stop
+            # string only in the stable text before it.
+            stable = text[:-1] if text.endswith("\ufffd") else text
+            safe = len(stable) - _partial_stop_length(stable, stop)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe

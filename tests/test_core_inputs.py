@@ -106,8 +106,11 @@ def test_question_longer_than_window(tiny_tokenizer):
 def test_chunk_too_large_for_window(tiny_tokenizer):
     model = build_tiny_model("llama", max_position_embeddings=64)
     compressor = FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=8, chunk_size=None, progress=False))
-    with pytest.raises(ValueError, match=r"past the model's window of 64.*Lower chunk_size"):
+    with pytest.raises(ValueError, match=r"past the model's window of 64.*Set chunk_size"):
         compressor.compress_ids(list(range(10, 110)), [20, 21, 22])
+    chunked = compressor.config.replace(chunk_size=60)
+    with pytest.raises(ValueError, match=r"past the model's window of 64.*Lower chunk_size"):
+        compressor.compress_ids(list(range(10, 110)), [20, 21, 22], config=chunked)
 
 
 def test_chat_template_required_but_missing(tiny_models, tiny_tokenizer_no_template):

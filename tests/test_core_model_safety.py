@@ -95,8 +95,7 @@ def test_gpt2_without_rope_is_refused(tiny_tokenizer):
 
 def test_eager_attention_is_refused(tiny_tokenizer):
     model = build_tiny_model("llama", attn_implementation="eager")
-    compressor = FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=8, progress=False))
     with pytest.raises(NotImplementedError, match="sdpa") as error:
-        compressor.compress(PASSAGES, QUESTION)
+        FinchCompressor(model, tiny_tokenizer, FinchConfig(target_tokens=8, progress=False))
     assert "eager" in str(error.value)
     assert model.config._attn_implementation == "eager"
