@@ -43,7 +43,8 @@ class FinchConfig:
         Not in the paper.
     score_layers : tuple of int, optional
         Layers whose scores vote in ``"shared"`` selection (negative indices count from the end).
-        ``None`` uses every layer.
+        ``None`` uses every layer that attends to the whole context (sliding-window layers, whose question
+        rows cannot see earlier survivors, do not vote).
     chat_template : bool or None
         Wrap the prompt in the tokenizer's chat template. ``None`` uses it when the tokenizer has one.
     system_prompt : str, optional

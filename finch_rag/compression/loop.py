@@ -120,7 +120,7 @@ def compress_cache(
         )
 
     rotation = rotation or KeyRotation.from_model(model)
-    voting_layers = resolve_layers(config.score_layers, num_layers)
+    voting_layers = resolve_layers(config.score_layers, num_layers, getattr(text_config, "layer_types", None))
     question_length = question_ids.shape[1]
     bounds = chunk_bounds(context_length, config.chunk_size, passage_starts)
     kept_positions: list[torch.Tensor] = []  # per layer [1, kvh, B_t]

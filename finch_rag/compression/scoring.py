@@ -54,9 +54,18 @@ def smooth_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
     return smoothed[..., : shape[-1]].reshape(shape)
 
 
-def resolve_layers(score_layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    """Turn ``score_layers`` (negative indices allowed, ``None`` for all) into sorted layer indices."""
+def resolve_layers(score_layers: Sequence[int] | None, num_layers: int, layer_types: Sequence[str] | None = None) -> list[int]:
+    """Turn ``score_layers`` (negative indices allowed) into sorted layer indices.
+
+    ``None`` means every layer that sees the whole context: sliding-window layers (Gemma 3's local layers)
+    cannot see earlier survivors from the question rows, so their votes would only say "keep the most
+    recent". A model made only of sliding layers votes with all of them.
+    """
     if score_layers is None:
+        if layer_types is not None:
+            global_layers = [i for i, kind in enumerate(layer_types[:num_layers]) if kind != "sliding_attention"]
+            if global_layers:
+                return global_layers
         return list(range(num_layers))
     resolved = set()
     for layer in score_layers:

@@ -1,0 +1,157 @@
+"""Helpers shared by the benchmarks: where the data lives, answer scoring, result files.
+
+Answer scoring follows the official SQuAD v1.1 evaluation script (lower-case, strip punctuation and
+articles, collapse whitespace), so EM and F1 are comparable with published numbers.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+DATA_ENV = "FINCH_RAG_DATA"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESULTS_DIR = REPO_ROOT / "docs" / "results"
+
+
+# ------------------------------------------------------------------ data
+def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
+    """The benchmark data folder.
+
+    Looked up in order: ``path``, ``$FINCH_RAG_DATA``, ``../shared/data`` beside the repository root,
+    ``../shared/data`` from the working directory. The data never lives inside the repository.
+    """
+    if path is not None:
+        resolved = Path(path).expanduser().resolve()
+        if not resolved.is_dir():
+            raise FileNotFoundError(f"Data folder {resolved} does not exist (from --data / data_dir={path!r}).")
+        return resolved
+    candidates = []
+    if os.environ.get(DATA_ENV):
+        candidates.append(Path(os.environ[DATA_ENV]).expanduser())
+    candidates += [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    tried = ", ".join(str(candidate) for candidate in candidates)
+    raise FileNotFoundError(
+        f"No benchmark data folder found (tried {tried}). Pass --data PATH or set ${DATA_ENV} to the folder that "
+        "holds paul_graham_essays/, squad-v1.1-dev-part.json and hotpotqa-dev-distractor-part.json."
+    )
+
+
+# --------------------------------------------------------------- scoring
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(char for char in text if char not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    """Token-level F1 between the normalised prediction and gold answer."""
+    predicted = normalize_answer(prediction).split()
+    expected = normalize_answer(gold).split()
+    common = collections.Counter(predicted) & collections.Counter(expected)
+    overlap = sum(common.values())
+    if not predicted or not expected:
+        return float(predicted == expected)
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(predicted), overlap / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def contains_gold(prediction: str, gold: str) -> float:
+    """1 when the normalised gold answer occurs in the normalised prediction (whole words)."""
+    expected = normalize_answer(gold)
+    if not expected:
+        return 0.0
+    return float(f" {expected} " in f" {normalize_answer(prediction)} ")
+
+
+def best_over_golds(metric: Any, prediction: str, golds: Sequence[str]) -> float:
+    """The best score of ``metric(prediction, gold)`` over the gold answers (SQuAD's convention)."""
+    if not golds:
+        raise ValueError("At least one gold answer is needed to score a prediction.")
+    return max(metric(prediction, gold) for gold in golds)
+
+
+def answer_scores(prediction: str, golds: Sequence[str]) -> dict[str, float]:
+    """``{"contains": ..., "em": ..., "f1": ...}`` for one prediction."""
+    return {
+        "contains": best_over_golds(contains_gold, prediction, golds),
+        "em": best_over_golds(exact_match, prediction, golds),
+        "f1": best_over_golds(f1_score, prediction, golds),
+    }
+
+
+# ----------------------------------------------------------- aggregation
+def mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items) if items else float("nan")
+
+
+def group_means(
+    records: Sequence[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Average ``metrics`` over records grouped by ``keys`` (first-seen order); adds ``n``."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(tuple(record.get(key) for key in keys), []).append(record)
+    rows = []
+    for group_key, members in groups.items():
+        row: dict[str, Any] = dict(zip(keys, group_key))
+        row["n"] = len(members)
+        for metric in metrics:
+            values = [member[metric] for member in members if member.get(metric) is not None]
+            row[metric] = mean(values) if values else None
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------- outputs
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 2) -> str:
+    """A GitHub Markdown table of ``rows`` restricted to ``columns``; floats get ``digits`` decimals."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(payload, indent=1, sort_keys=False) + "\n")
+    return target
+
+
+def machine_description() -> str:
+    """CPU count, torch threads and accelerator, for result files."""
+    import platform
+
+    import torch
+
+    accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, {accelerator}"
+    )

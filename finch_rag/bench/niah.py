@@ -1,0 +1,831 @@
+"""Needle in a haystack: can the model still find one inserted fact after compression?
+
+A short fact (the needle) is inserted at a chosen depth into Paul Graham's essays cut to a chosen
+token length on sentence boundaries. The context is compressed for the needle's question, the model
+answers from the compressed cache, and each record holds:
+
+- ``contains``: 1 when a gold answer occurs in the answer (SQuAD normalisation), plus ``em`` and ``f1``;
+- ``retention``: the fraction of the needle's KV entries that survived (`CompressedContext.kept_fraction`),
+  averaged over layers and KV heads, and ``retention_per_layer``.
+
+Methods, at the same budget ``B`` (context KV entries per layer and KV head):
+
+- ``finch``: the compressor's own config (the library default) at each ratio;
+- ``finchpress``: ``selection="per_head", chunk_size=None, normalize_scores=True``, which keeps the same
+  entries as kvpress's ``FinchPress``;
+- ``full``: no compression (only where the whole prompt fits the model's window);
+- controls ``random``, ``recency`` (the last ``B``), ``first`` (the first ``B``): the same chunk loop as
+  FINCH with a fixed rule in place of attention scores (see `control_context`);
+- any ``label:key=value,...`` spec: the compressor's config with those `FinchConfig` fields changed,
+  e.g. ``shared_s21:selection=shared,smoothing=21,chunk_size=512``; ``score_layers=upper`` is the
+  upper half of the layers, ``score_layers=a..b`` a range (inclusive), ``none`` is ``None``.
+
+Reproduce the selection study with ``python -m finch_rag.bench.niah --methods study ...`` (see
+``docs/results/selection_study.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from .._locks import model_lock
+from ..compression.chunking import chunk_bounds
+from ..compression.loop import CompressedCache, decoder_of
+from ..compression.rotation import KeyRotation
+from ..compression.selection import select_top, step_budget
+from ..compressor import FinchCompressor
+from ..config import FinchConfig
+from ..context import CompressedContext
+from ..prompts import Passage, as_passages, build_prompt
+from .common import (
+    RESULTS_DIR,
+    answer_scores,
+    data_dir,
+    group_means,
+    machine_description,
+    markdown_table,
+    write_json,
+)
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- needles
+@dataclass(frozen=True)
+class Needle:
+    """One inserted fact, the question that asks for it and the accepted answers."""
+
+    key: str
+    text: str
+    question: str
+    answers: tuple[str, ...]
+
+
+NEEDLES: tuple[Needle, ...] = (
+    Needle(
+        "lasagna",
+        "The secret ingredient in Grandma Rosa's lasagna is smoked paprika.",
+        "What is the secret ingredient in Grandma Rosa's lasagna?",
+        ("smoked paprika",),
+    ),
+    Needle(
+        "vault",
+        "The access code for the Halvorsen observatory vault is 7413.",
+        "What is the access code for the Halvorsen observatory vault?",
+        ("7413",),
+    ),
+    Needle(
+        "bakery",
+        "In 1998 Marguerite Okonkwo moved her bakery from Lisbon to the city of Tampere.",
+        "To which city did Marguerite Okonkwo move her bakery?",
+        ("Tampere",),
+    ),
+    Needle(
+        "mascot",
+        "The mascot of the Pellington Rowing Club is a purple walrus named Gus.",
+        "What animal is the mascot of the Pellington Rowing Club?",
+        ("walrus",),
+    ),
+    Needle(
+        "lighthouse",
+        "The lighthouse on Corvel Island was first lit in the winter of 1871.",
+        "In which year was the lighthouse on Corvel Island first lit?",
+        ("1871",),
+    ),
+    Needle(
+        "helmet",
+        "The folding bicycle helmet was invented by an engineer named Ingrid Solberg.",
+        "Who invented the folding bicycle helmet?",
+        ("Ingrid Solberg", "Solberg"),
+    ),
+)
+
+
+def needles_by_key(keys: Iterable[str] | None) -> list[Needle]:
+    """The built-in needles named by ``keys`` (all of them for ``None``)."""
+    if keys is None:
+        return list(NEEDLES)
+    known = {needle.key: needle for needle in NEEDLES}
+    unknown = [key for key in keys if key not in known]
+    if unknown:
+        raise ValueError(f"Unknown needle(s) {unknown}; known needles are {sorted(known)}.")
+    return [known[key] for key in keys]
+
+
+# --------------------------------------------------------------- haystack
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|[A-Z]|$)")
+
+
+class Haystack:
+    """The essays concatenated in file-name order, tokenised once, cut on sentence boundaries."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, data: str | Path | None = None) -> None:
+        folder = data_dir(data) / "paul_graham_essays"
+        files = sorted(folder.glob("*.txt"))
+        if not files:
+            raise FileNotFoundError(f"No essays (*.txt) in {folder}.")
+        self.text = "\n\n".join(path.read_text(encoding="utf-8").strip() for path in files)
+        self.tokenizer = tokenizer
+        offsets = tokenizer(self.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        self._token_ends = [end for _, end in offsets]
+        self._boundaries = [0] + [match.end() for match in _SENTENCE_END.finditer(self.text)]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self._token_ends)
+
+    def cut(self, tokens: int) -> str:
+        """The longest prefix of at most ``tokens`` tokens that ends on a sentence boundary."""
+        if tokens > self.num_tokens:
+            raise ValueError(f"The essays hold {self.num_tokens} tokens; a haystack of {tokens} was asked for.")
+        char_limit = self._token_ends[tokens - 1]
+        index = bisect.bisect_right(self._boundaries, char_limit) - 1
+        return self.text[: self._boundaries[max(index, 0)]]
+
+    def with_needle(self, tokens: int, needle: Needle, depth: float) -> tuple[str, int, int]:
+        """``(context, needle_start, needle_end)``: about ``tokens`` tokens with the needle at ``depth``.
+
+        The needle goes in at the sentence boundary nearest to ``depth`` (a fraction of the characters).
+        """
+        if not 0 <= depth <= 1:
+            raise ValueError(f"depth is a fraction of the haystack and must be in [0, 1], got {depth}.")
+        needle_tokens = len(self.tokenizer(" " + needle.text + " ", add_special_tokens=False).input_ids)
+        hay = self.cut(tokens - needle_tokens)
+        boundaries = [b for b in self._boundaries if b <= len(hay)]
+        target = depth * len(hay)
+        point = min(boundaries, key=lambda boundary: (abs(boundary - target), boundary))
+        before, after = hay[:point], hay[point:]
+        lead = " " if before and not before[-1].isspace() else ""
+        trail = " " if after and not after[0].isspace() else ""
+        start = len(before) + len(lead)
+        context = before + lead + needle.text + trail + after
+        return context, start, start + len(needle.text)
+
+
+def split_passages(
+    tokenizer: PreTrainedTokenizerBase, context: str, span: tuple[int, int], passage_tokens: int | None
+) -> tuple[list[str], tuple[int, int, int]]:
+    """Cut ``context`` into passages of about ``passage_tokens`` tokens on sentence boundaries.
+
+    Returns the passages and the needle's ``(passage_index, char_start, char_end)``. The needle is never
+    split: cuts fall on sentence boundaries outside it.
+    """
+    if passage_tokens is None:
+        return [context], (0, span[0], span[1])
+    offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    ends = [end for _, end in offsets]
+    boundaries = [m.end() for m in _SENTENCE_END.finditer(context) if not span[0] < m.end() < span[1]]
+    cuts, last = [0], 0
+    for boundary in boundaries:
+        if bisect.bisect_left(ends, boundary) - bisect.bisect_left(ends, last) >= passage_tokens:
+            cuts.append(boundary)
+            last = boundary
+    cuts.append(len(context))
+    passages, where = [], (0, 0, 0)
+    for start, end in zip(cuts, cuts[1:]):
+        piece = context[start:end]
+        lead = len(piece) - len(piece.lstrip())
+        text = piece.strip()
+        if not text:
+            continue
+        if start <= span[0] < end:
+            where = (len(passages), span[0] - start - lead, span[1] - start - lead)
+        passages.append(text)
+    return passages, where
+
+
+# ----------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class Method:
+    """A way to fill the budget: ``kind`` is ``"finch"`` (with `FinchConfig` changes), ``"full"`` or ``"control"``."""
+
+    name: str
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+FINCHPRESS = {
+    "selection": "per_head",
+    "chunk_size": None,
+    "normalize_scores": True,
+    "smoothing": 1,
+    "score_layers": None,
+}
+
+BUILTIN_METHODS: dict[str, Method] = {
+    "finch": Method("finch", "finch"),
+    "finchpress": Method("finchpress", "finch", FINCHPRESS),
+    "full": Method("full", "full"),
+    "random": Method("random", "control", {"rule": "random"}),
+    "recency": Method("recency", "control", {"rule": "recency"}),
+    "first": Method("first", "control", {"rule": "first"}),
+}
+
+_SHARED = {"selection": "shared", "chunk_size": 512, "normalize_scores": True, "score_layers": None}
+# The selection study (docs/results/selection_study.md): `--methods study`.
+STUDY_METHODS: dict[str, Method] = {
+    "finchpress": BUILTIN_METHODS["finchpress"],
+    "per_head_c512": Method("per_head_c512", "finch", {**FINCHPRESS, "chunk_size": 512}),
+    "per_layer_c512": Method("per_layer_c512", "finch", {**FINCHPRESS, "selection": "per_layer", "chunk_size": 512}),
+    "per_head_c512_s21": Method("per_head_c512_s21", "finch", {**FINCHPRESS, "chunk_size": 512, "smoothing": 21}),
+    "shared_s1": Method("shared_s1", "finch", {**_SHARED, "smoothing": 1}),
+    "shared_s9": Method("shared_s9", "finch", {**_SHARED, "smoothing": 9}),
+    "shared_s21": Method("shared_s21", "finch", {**_SHARED, "smoothing": 21}),
+    "shared_s41": Method("shared_s41", "finch", {**_SHARED, "smoothing": 41}),
+    "shared_s21_upper": Method("shared_s21_upper", "finch", {**_SHARED, "smoothing": 21, "score_layers": "upper"}),
+    "shared_s21_nonorm": Method("shared_s21_nonorm", "finch", {**_SHARED, "smoothing": 21, "normalize_scores": False}),
+    "shared_s21_single": Method("shared_s21_single", "finch", {**_SHARED, "smoothing": 21, "chunk_size": None}),
+}
+METHOD_GROUPS: dict[str, list[str]] = {
+    "study": list(STUDY_METHODS),
+    "baselines": ["full", "finch", "finchpress", "random", "recency", "first"],
+}
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    lowered = raw.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if key == "score_layers":
+        if lowered in ("upper", "lower", "all"):
+            return None if lowered == "all" else lowered
+        if ".." in lowered:
+            first, last = (int(part) for part in lowered.split(".."))
+            return tuple(range(first, last + 1))
+        return tuple(int(part) for part in lowered.replace("+", " ").split())
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parse_method(spec: str) -> Method:
+    """A built-in or study method by name, or ``label:key=value,...`` (`FinchConfig` fields)."""
+    if spec in BUILTIN_METHODS:
+        return BUILTIN_METHODS[spec]
+    if spec in STUDY_METHODS:
+        return STUDY_METHODS[spec]
+    if ":" not in spec:
+        known = sorted({*BUILTIN_METHODS, *STUDY_METHODS, *METHOD_GROUPS})
+        raise ValueError(f"Unknown method {spec!r}: use one of {known} or 'label:key=value,...'.")
+    label, _, body = spec.partition(":")
+    options = {}
+    for item in filter(None, body.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"In method {spec!r}, {item!r} is not key=value.")
+        options[key.strip()] = _parse_value(key.strip(), raw)
+    return Method(label.strip(), "finch", options)
+
+
+def expand_methods(specs: Iterable[str]) -> list[Method]:
+    methods: list[Method] = []
+    for spec in specs:
+        names = METHOD_GROUPS.get(spec, [spec])
+        methods += [parse_method(name) for name in names]
+    return methods
+
+
+def method_config(base: FinchConfig, method: Method, num_layers: int, ratio: float) -> FinchConfig:
+    """``base`` with the method's options and the ratio applied (no progress bars)."""
+    options = {key: value for key, value in method.options.items() if key != "rule"}
+    layers = options.get("score_layers")
+    if layers == "upper":
+        options["score_layers"] = tuple(range(num_layers // 2, num_layers))
+    elif layers == "lower":
+        options["score_layers"] = tuple(range(num_layers // 2))
+    return base.replace(compression_ratio=ratio, progress=False, **options)
+
+
+# ---------------------------------------------------------------- controls
+def control_context(
+    compressor: FinchCompressor,
+    passages: Sequence[str | Passage],
+    question: str,
+    rule: str,
+    config: FinchConfig,
+    seed: int = 0,
+) -> CompressedContext:
+    """A `CompressedContext` whose kept positions follow a fixed ``rule`` instead of attention.
+
+    ``rule`` is ``"random"`` (a uniformly random set of ``B`` positions, fixed by ``seed``), ``"recency"``
+    (the last ``B``) or ``"first"`` (the first ``B``). It runs FINCH's chunk loop with the same chunk size
+    and step budgets ``B_t``, so the controls pay the same memory bound and see the same eviction history
+    as FINCH; only the choice differs. Each position gets a fixed priority and the ``B_t`` candidates with
+    the highest priority survive each step, so the final set is exactly the rule's set over the whole
+    context.
+    """
+    if rule not in ("random", "recency", "first"):
+        raise ValueError(f"rule must be 'random', 'recency' or 'first', got {rule!r}.")
+    model, tokenizer = compressor.model, compressor.tokenizer
+    items = as_passages(list(passages))
+    parts = build_prompt(
+        tokenizer, items, question, chat_template=config.chat_template, system_prompt=config.system_prompt
+    )
+    n = len(parts.context_ids)
+    budget = config.budget(n)
+    if rule == "random":
+        priority = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+    elif rule == "recency":
+        priority = torch.arange(n, dtype=torch.float32)
+    else:
+        priority = -torch.arange(n, dtype=torch.float32)
+    device = compressor.device
+    rotation = KeyRotation.from_model(model)
+    decoder = decoder_of(model)
+    context_ids = torch.tensor([parts.context_ids], device=device)
+    bounds = chunk_bounds(n, config.chunk_size, parts.passage_token_starts)
+    started = time.perf_counter()
+    cache = DynamicCache()
+    kept = torch.zeros(0, dtype=torch.long)
+    peak = 0
+    with model_lock(model), torch.inference_mode():
+        if parts.prefix_ids:
+            decoder(input_ids=torch.tensor([parts.prefix_ids], device=device), past_key_values=cache, use_cache=True)
+        prefix_length = len(parts.prefix_ids)
+        for start, end in bounds:
+            decoder(input_ids=context_ids[:, start:end], past_key_values=cache, use_cache=True)
+            peak = max(peak, cache.get_seq_length())
+            candidates = torch.cat((kept, torch.arange(start, end)))
+            keep = min(step_budget(budget, end, n), candidates.shape[0])
+            chosen = select_top(priority[candidates], keep)
+            kept = candidates[chosen]
+            if keep < candidates.shape[0]:
+                for layer in range(len(cache.layers)):
+                    _pack_layer(cache, layer, chosen.to(device), prefix_length, rotation)
+    layers = cache.layers
+    return CompressedContext(
+        cache=CompressedCache(
+            keys=[layer.keys for layer in layers],
+            values=[layer.values for layer in layers],
+            prefix_length=prefix_length,
+            kept_positions=[kept.to(device).expand(layer.keys.shape[1], -1) for layer in layers],
+            kept_scores=None,
+            peak_kv_entries=peak,
+            num_chunks=len(bounds),
+            seconds=time.perf_counter() - started,
+        ),
+        prefix_ids=torch.tensor(parts.prefix_ids, dtype=torch.long),
+        context_ids=torch.tensor(parts.context_ids, dtype=torch.long),
+        question_ids=torch.tensor(parts.question_ids, dtype=torch.long),
+        suffix_ids=torch.tensor(parts.suffix_ids, dtype=torch.long),
+        config=config,
+        tokenizer=tokenizer,
+        model_name=compressor.model_name,
+        question=question,
+        passages=items,
+        context_text=parts.context_text,
+        token_offsets=parts.token_offsets,
+        passage_text_spans=parts.passage_text_spans,
+        passage_token_starts=parts.passage_token_starts,
+    )
+
+
+def _pack_layer(
+    cache: DynamicCache, layer: int, chosen: torch.Tensor, prefix_length: int, rotation: KeyRotation
+) -> None:
+    """Keep the prefix and the ``chosen`` candidates (ascending), re-rotated to contiguous positions."""
+    entry = cache.layers[layer]
+    index = chosen + prefix_length
+    shift = torch.arange(chosen.shape[0], device=chosen.device) - chosen
+    keys = rotation.rerotate(layer, entry.keys.index_select(2, index), shift)
+    entry.keys = torch.cat((entry.keys[:, :, :prefix_length], keys), dim=2)
+    entry.values = torch.cat((entry.values[:, :, :prefix_length], entry.values.index_select(2, index)), dim=2)
+
+
+# -------------------------------------------------------------------- runs
+def needle_retention(compressed: CompressedContext, span: tuple[int, int, int]) -> tuple[float, list[float]]:
+    """Fraction of the needle's KV entries kept: overall, and per layer."""
+    overall = compressed.kept_fraction([span])
+    assert compressed.token_offsets is not None and compressed.passage_text_spans is not None
+    base = compressed.passage_text_spans[span[0]][0]
+    starts = torch.tensor([offset[0] for offset in compressed.token_offsets])
+    ends = torch.tensor([offset[1] for offset in compressed.token_offsets])
+    mask = (starts < base + span[2]) & (ends > base + span[1])
+    per_layer = compressed.kept_per_layer()[:, mask].mean(dim=1)
+    return overall, [round(float(value), 4) for value in per_layer]
+
+
+def _record_key(record: Mapping[str, Any]) -> str:
+    return json.dumps(
+        [record["method"], record["length"], record["depth"], record["needle"], record["ratio"], record["passages"]]
+    )
+
+
+def run_niah(
+    compressor: FinchCompressor,
+    lengths: Sequence[int] = (1500, 4000),
+    depths: Sequence[float] = (0.1, 0.5, 0.9),
+    methods: Sequence[str | Method] = ("full", "finch", "finchpress", "random", "recency", "first"),
+    ratios: Sequence[float] = (0.75, 0.9),
+    needles: Sequence[Needle] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    data: str | Path | None = None,
+    passage_tokens: int | None = None,
+    max_new_tokens: int = 24,
+    answer: bool = True,
+    journal: str | Path | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (needle, length, depth, method, ratio) case and return one record per case.
+
+    Parameters
+    ----------
+    compressor : FinchCompressor
+        Its config is the base of every ``finch`` method (the ratio and the method's options override it).
+    lengths : sequence of int
+        Context lengths in tokens (haystack plus needle).
+    depths : sequence of float
+        Where the needle goes, as a fraction of the haystack (0 = start, 1 = end).
+    methods : sequence of str or Method
+        See the module docstring; group names ``"study"`` and ``"baselines"`` expand.
+    ratios : sequence of float
+        Compression ratios (fraction removed): 0.75 is 4x, 0.9 is 10x. ``full`` ignores them.
+    needles : sequence of Needle, optional
+        Default: the built-in `NEEDLES`; ``limit`` keeps the first ``limit`` of them.
+    seed : int
+        Seeds torch and the ``random`` control.
+    passage_tokens : int, optional
+        Split the haystack into passages of about this many tokens (default: one passage).
+    answer : bool
+        ``False`` skips decoding and records only the needle retention (much faster).
+    journal : path, optional
+        A JSON-lines file: every record is appended as soon as it is done, and records already there are
+        not run again, so an interrupted run resumes.
+    """
+    torch.manual_seed(seed)
+    resolved = expand_methods([m for m in methods if isinstance(m, str)]) + [
+        m for m in methods if isinstance(m, Method)
+    ]
+    chosen_needles = list(needles if needles is not None else NEEDLES)[: limit if limit else None]
+    num_layers = compressor.model.config.get_text_config(decoder=True).num_hidden_layers
+    haystack = Haystack(compressor.tokenizer, data)
+    done: dict[str, dict[str, Any]] = {}
+    journal_path = Path(journal) if journal else None
+    if journal_path and journal_path.exists():
+        for line in journal_path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                done[_record_key(record)] = record
+    window = compressor.context_window
+    jobs = []
+    for length in lengths:
+        for depth in depths:
+            for needle in chosen_needles:
+                for method in resolved:
+                    for ratio in [0.0] if method.kind == "full" else ratios:
+                        jobs.append((length, depth, needle, method, ratio))
+    from tqdm.auto import tqdm
+
+    records = []
+    case_cache: dict[tuple[int, float, str], tuple[list[str], tuple[int, int, int]]] = {}
+    for length, depth, needle, method, ratio in tqdm(jobs, desc="niah", unit="case", disable=not progress):
+        key = _record_key(
+            {
+                "method": method.name,
+                "length": length,
+                "depth": depth,
+                "needle": needle.key,
+                "ratio": ratio,
+                "passages": passage_tokens,
+            }
+        )
+        if key in done:
+            records.append(done[key])
+            continue
+        if (length, depth, needle.key) not in case_cache:
+            context, start, end = haystack.with_needle(length, needle, depth)
+            case_cache = {
+                (length, depth, needle.key): split_passages(compressor.tokenizer, context, (start, end), passage_tokens)
+            }
+        passages, span = case_cache[(length, depth, needle.key)]
+        record: dict[str, Any] = {
+            "method": method.name,
+            "kind": method.kind,
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in method.options.items()},
+            "length": length,
+            "depth": depth,
+            "needle": needle.key,
+            "ratio": ratio,
+            "passages": passage_tokens,
+            "num_passages": len(passages),
+        }
+        config = method_config(compressor.config, Method(method.name, method.kind, {}), num_layers, ratio)
+        if method.kind == "finch":
+            config = method_config(compressor.config, method, num_layers, ratio)
+        record["config"] = {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in config.to_dict().items()
+            if k not in ("progress", "system_prompt", "chat_template")
+        }
+        if method.kind == "full" and window:
+            parts = build_prompt(
+                compressor.tokenizer,
+                as_passages(passages),
+                needle.question,
+                chat_template=config.chat_template,
+                system_prompt=config.system_prompt,
+            )
+            needed = sum(map(len, (parts.prefix_ids, parts.context_ids, parts.question_ids, parts.suffix_ids)))
+            if needed + max_new_tokens > window:
+                record.update(
+                    skipped=f"the full prompt needs {needed + max_new_tokens} positions, past the window of {window}"
+                )
+                _finish(record, records, journal_path, on_record)
+                continue
+        started = time.perf_counter()
+        try:
+            if method.kind == "control":
+                compressed = control_context(
+                    compressor, passages, needle.question, method.options["rule"], config, seed
+                )
+            else:
+                compressed = compressor.compress(passages, needle.question, config=config)
+        except ValueError as error:  # e.g. the full context does not fit the window
+            record.update(skipped=str(error))
+            _finish(record, records, journal_path, on_record)
+            continue
+        record["compress_s"] = round(time.perf_counter() - started, 3)
+        record["context_tokens"] = compressed.original_tokens
+        record["kept_tokens"] = compressed.kept_tokens
+        record["num_chunks"] = compressed.cache.num_chunks
+        record["retention"], record["retention_per_layer"] = needle_retention(compressed, span)
+        if answer:
+            needed = (
+                compressed.cache_length + len(compressed.question_ids) + len(compressed.suffix_ids) + max_new_tokens
+            )
+            if window and needed > window:
+                record.update(skipped=f"answering needs {needed} positions, past the window of {window}")
+            else:
+                started = time.perf_counter()
+                text = compressor.generate(compressed, max_new_tokens=max_new_tokens)
+                record["generate_s"] = round(time.perf_counter() - started, 3)
+                record["answer"] = text
+                record.update(answer_scores(text, needle.answers))
+        _finish(record, records, journal_path, on_record)
+    return records
+
+
+def _finish(
+    record: dict[str, Any],
+    records: list[dict[str, Any]],
+    journal: Path | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    records.append(record)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        with journal.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if on_record is not None:
+        on_record(record)
+    logger.info(
+        "%s len=%s depth=%s needle=%s ratio=%s -> contains=%s retention=%s answer=%r",
+        record["method"],
+        record["length"],
+        record["depth"],
+        record["needle"],
+        record["ratio"],
+        record.get("contains"),
+        None if "retention" not in record else round(record["retention"], 3),
+        record.get("answer", record.get("skipped")),
+    )
+
+
+# ------------------------------------------------------------------ output
+SUMMARY_METRICS = ("contains", "em", "f1", "retention", "compress_s", "generate_s")
+
+
+def summarize(
+    records: Sequence[Mapping[str, Any]], by: Sequence[str] = ("method", "ratio", "length")
+) -> list[dict[str, Any]]:
+    """Mean metrics per group, over the records that ran (skipped ones are counted apart)."""
+    ran = [record for record in records if "skipped" not in record]
+    rows = group_means(ran, list(by), SUMMARY_METRICS)
+    for row in rows:
+        row["x"] = "full" if row.get("ratio") == 0.0 else (f"{1 / (1 - row['ratio']):.0f}x" if "ratio" in row else None)
+    return rows
+
+
+def overview_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """One row per method, one column per (length, compression): "accuracy / needle retention"."""
+    ran = [record for record in records if "skipped" not in record]
+    settings = sorted({(r["length"], r["ratio"]) for r in ran if r["ratio"] != 0.0})
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in ran):
+        row: dict[str, Any] = {"method": method}
+        for length, ratio in settings:
+            cases = [r for r in ran if r["method"] == method and r["length"] == length and r["ratio"] in (ratio, 0.0)]
+            scored = [r["contains"] for r in cases if r.get("contains") is not None]
+            accuracy = f"{sum(scored) / len(scored):.2f}" if scored else "-"
+            retention = f"{sum(r['retention'] for r in cases) / len(cases):.2f}" if cases else "-"
+            row[f"{length} tok, {1 / (1 - ratio):.0f}x"] = f"{accuracy} / {retention}" if cases else "-"
+        rows.append(row)
+    columns = ["method"] + [f"{length} tok, {1 / (1 - ratio):.0f}x" for length, ratio in settings]
+    return markdown_table(rows, columns)
+
+
+def markdown_report(records: Sequence[Mapping[str, Any]], title: str = "Needle in a haystack") -> str:
+    """Tables: overview; per method and ratio; per method, ratio and length; per method, ratio and depth."""
+    sections = [f"# {title}", ""]
+    sections += [
+        "## Overview: contains-gold accuracy / needle retention",
+        "",
+        "(`full` is uncompressed, so its cells repeat across compression columns.)",
+        "",
+        overview_table(records),
+        "",
+    ]
+    columns = ["method", "x", "n", "contains", "retention", "f1", "compress_s", "generate_s"]
+    sections += [
+        "## By method and compression",
+        "",
+        markdown_table(summarize(records, ("method", "ratio")), columns),
+        "",
+    ]
+    sections += [
+        "## By context length",
+        "",
+        markdown_table(summarize(records, ("method", "ratio", "length")), ["method", "x", "length", *columns[2:6]]),
+        "",
+        "## By needle depth",
+        "",
+        markdown_table(summarize(records, ("method", "ratio", "depth")), ["method", "x", "depth", *columns[2:6]]),
+        "",
+    ]
+    skipped = [record for record in records if "skipped" in record]
+    if skipped:
+        reasons = sorted({f"{r['method']} at {r['length']} tokens: {r['skipped']}" for r in skipped})
+        sections += ["## Skipped", "", *[f"- {reason}" for reason in reasons], ""]
+    return "\n".join(sections)
+
+
+def plot_heatmaps(records: Sequence[Mapping[str, Any]], path: str | Path, metric: str = "contains") -> Path:
+    """PNG grid of depth x length heatmaps of ``metric``: one row per ratio, one column per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ran = [record for record in records if "skipped" not in record and record.get(metric) is not None]
+    methods = list(dict.fromkeys(record["method"] for record in ran))
+    ratios = sorted({record["ratio"] for record in ran if record["ratio"] != 0.0}) or [0.0]
+    lengths = sorted({record["length"] for record in ran})
+    depths = sorted({record["depth"] for record in ran})
+    figure, axes = plt.subplots(
+        len(ratios), len(methods), figsize=(1.2 + 1.9 * len(methods), 0.6 + 1.9 * len(ratios)), squeeze=False
+    )
+    image = None
+    for row, ratio in enumerate(ratios):
+        for column, method in enumerate(methods):
+            axis = axes[row][column]
+            grid = torch.full((len(depths), len(lengths)), float("nan"))
+            for i, depth in enumerate(depths):
+                for j, length in enumerate(lengths):
+                    values = [
+                        r[metric]
+                        for r in ran
+                        if r["method"] == method
+                        and r["depth"] == depth
+                        and r["length"] == length
+                        and (r["ratio"] == ratio or r["ratio"] == 0.0)
+                    ]
+                    if values:
+                        grid[i, j] = sum(values) / len(values)
+            image = axis.imshow(grid.numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+            for i in range(len(depths)):
+                for j in range(len(lengths)):
+                    if not torch.isnan(grid[i, j]):
+                        axis.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
+            axis.set_xticks(range(len(lengths)), [str(length) for length in lengths], fontsize=7)
+            axis.set_yticks(range(len(depths)), [f"{depth:.0%}" for depth in depths] if column == 0 else [], fontsize=7)
+            label = "full context" if method == "full" else f"{1 / (1 - ratio):.0f}x"
+            axis.set_title(f"{method}\n{label}", fontsize=8)
+            if column == 0:
+                axis.set_ylabel("needle depth", fontsize=8)
+            if row == len(ratios) - 1:
+                axis.set_xlabel("context tokens", fontsize=8)
+    if image is not None:
+        figure.colorbar(image, ax=axes, shrink=0.6, label=metric)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return target
+
+
+def write_results(
+    records: Sequence[Mapping[str, Any]],
+    out: str | Path = RESULTS_DIR,
+    name: str = "niah",
+    meta: Mapping[str, Any] | None = None,
+    plot: bool = True,
+) -> dict[str, Path]:
+    """Write ``{name}.json`` (records, summary, machine), ``{name}.md`` and ``{name}.png`` under ``out``."""
+    folder = Path(out)
+    info = {"machine": machine_description(), **(meta or {})}
+    paths = {
+        "json": write_json(
+            folder / f"{name}.json",
+            {"meta": info, "summary": summarize(records, ("method", "ratio", "length")), "records": list(records)},
+        )
+    }
+    report = markdown_report(records)
+    header = "\n".join(
+        f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in info.items()
+    )
+    paths["md"] = folder / f"{name}.md"
+    paths["md"].write_text(report.replace("\n", f"\n\n{header}\n", 1) + "\n")
+    if plot:
+        paths["png"] = plot_heatmaps(records, folder / f"{name}.png")
+    return paths
+
+
+# --------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finch_rag.bench.niah", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data beside the repository)")
+    parser.add_argument("--model", help="model path or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1500, 4000], help="context lengths in tokens")
+    parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9], help="needle depths in [0, 1]")
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.75, 0.9], help="compression ratios (removed)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=METHOD_GROUPS["baselines"],
+        help="methods: finch, finchpress, full, random, recency, first, a study name, the groups 'study' or "
+        "'baselines', or 'label:key=value,...' with FinchConfig fields",
+    )
+    parser.add_argument("--needles", nargs="+", help=f"needle keys (default: all of {[n.key for n in NEEDLES]})")
+    parser.add_argument("--limit", type=int, help="use only the first LIMIT needles")
+    parser.add_argument("--passage-tokens", type=int, help="split the haystack into passages of about this size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--no-answer", action="store_true", help="record needle retention only, no decoding")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 needle, 1,500 tokens, depth 0.5")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
+    parser.add_argument("--name", default="niah", help="output file stem")
+    parser.add_argument("--journal", help="JSON-lines file to resume from (default: OUT/NAME.jsonl)")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.lengths, args.depths, args.limit = [1500], [0.5], 1
+
+    from ..models import load_model
+
+    model, tokenizer = load_model(args.model) if args.model else load_model()
+    compressor = FinchCompressor(model, tokenizer)
+    journal = args.journal or str(Path(args.out) / f"{args.name}.jsonl")
+    records = run_niah(
+        compressor,
+        lengths=args.lengths,
+        depths=args.depths,
+        methods=args.methods,
+        ratios=args.ratios,
+        needles=needles_by_key(args.needles),
+        limit=args.limit,
+        seed=args.seed,
+        progress=not args.quiet,
+        data=args.data,
+        passage_tokens=args.passage_tokens,
+        max_new_tokens=args.max_new_tokens,
+        answer=not args.no_answer,
+        journal=journal,
+    )
+    meta = {
+        "command": "python -m finch_rag.bench.niah " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": compressor.model_name,
+        "default_config": {k: v for k, v in compressor.config.to_dict().items() if k != "progress"},
+    }
+    paths = write_results(records, args.out, args.name, meta=meta, plot=not args.no_plot)
+    print(markdown_report(records))
+    print("\nwrote " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
