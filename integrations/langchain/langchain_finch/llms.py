@@ -12,13 +12,13 @@ from typing import Any
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.retrieval import title_of
+from finch_rag.shared import check_compressor, merged_config, shared_compressor
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from ._shared import check_compressor, merged_config, shared_compressor
 from .document_compressors import CACHE_KEY
 
 logger = logging.getLogger(__name__)
