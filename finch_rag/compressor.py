@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ._locks import model_lock
-from .compression.loop import compress_cache
+from .compression.loop import CompressionRequest, compress_batch
 from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
@@ -20,7 +21,19 @@ from .store import ContextStore, context_store
 
 logger = logging.getLogger(__name__)
 
-IdsLike = "torch.Tensor | Sequence[int]"
+
+
+@dataclass
+class _Prepared:
+    """One request's prompt parts as token ids, before compression."""
+
+    prefix_ids: list[int]
+    context_ids: list[int]
+    question_ids: list[int]
+    suffix_ids: list[int]
+    passage_starts: Sequence[int] = ()
+    token_weights: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class FinchCompressor:
@@ -66,6 +79,8 @@ class FinchCompressor:
         self._rotation = KeyRotation.from_model(model)  # fails early on models without RoPE
         self._lock = model_lock(model)
         self._eos_ids = eos_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self._eos_ids, default=0)
+        self._pad_token_id = int(pad)
 
     @property
     def model_name(self) -> str:
@@ -103,30 +118,42 @@ class FinchCompressor:
         passage's tokens before selection; `FinchRAG` derives it from retrieval ranks.
         """
         config = config or self.config
-        passages = as_passages(context)
-        parts = build_prompt(
-            self.tokenizer, passages, question, chat_template=config.chat_template, system_prompt=config.system_prompt
-        )
-        token_weights = None
-        if passage_weights is not None:
-            token_weights = _token_weights(passage_weights, parts.passage_token_starts, len(parts.context_ids))
-        return self._compress(
-            parts.prefix_ids,
-            parts.context_ids,
-            parts.question_ids,
-            parts.suffix_ids,
-            config,
-            passage_starts=parts.passage_token_starts,
-            token_weights=token_weights,
-            extra={
-                "question": question,
-                "passages": passages,
-                "context_text": parts.context_text,
-                "token_offsets": parts.token_offsets,
-                "passage_text_spans": parts.passage_text_spans,
-                "passage_token_starts": parts.passage_token_starts,
-            },
-        )
+        return self._run([self._prepare(context, question, config, passage_weights)], config)[0]
+
+    def compress_batch(
+        self,
+        contexts: Sequence[str | Sequence[PassageLike]],
+        questions: Sequence[str],
+        *,
+        config: FinchConfig | None = None,
+        passage_weights: Sequence[Sequence[float] | None] | None = None,
+        batch_size: int = 8,
+    ) -> list[CompressedContext]:
+        """`compress` for several (context, question) pairs, run ``batch_size`` at a time as padded batches.
+
+        Each result equals what `compress` gives for that pair alone (up to float rounding in the padded
+        matrix products). Batching pays off on a GPU; on a CPU it mostly saves per-call overhead.
+        """
+        if isinstance(contexts, str) or isinstance(questions, str):
+            raise TypeError("compress_batch takes a list of contexts and a list of questions; use compress() for one.")
+        if len(contexts) != len(questions):
+            raise ValueError(
+                f"Got {len(contexts)} contexts for {len(questions)} questions; give one context per question."
+            )
+        if passage_weights is not None and len(passage_weights) != len(contexts):
+            raise ValueError(f"passage_weights has {len(passage_weights)} entries for {len(contexts)} contexts.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        config = config or self.config
+        weights = passage_weights if passage_weights is not None else [None] * len(contexts)
+        prepared = [
+            self._prepare(context, question, config, weight)
+            for context, question, weight in zip(contexts, questions, weights, strict=True)
+        ]
+        results: list[CompressedContext] = []
+        for start in range(0, len(prepared), batch_size):
+            results += self._run(prepared[start : start + batch_size], config)
+        return results
 
     def compress_ids(
         self,
@@ -141,57 +168,86 @@ class FinchCompressor:
 
         ``suffix_ids`` (optional) is fed after the question when answering.
         """
-        return self._compress(
-            _as_ids(prefix_ids, "prefix_ids", allow_empty=True),
-            _as_ids(context_ids, "context_ids"),
-            _as_ids(question_ids, "question_ids"),
-            _as_ids(suffix_ids, "suffix_ids", allow_empty=True),
-            config or self.config,
+        prepared = _Prepared(
+            prefix_ids=_as_ids(prefix_ids, "prefix_ids", allow_empty=True),
+            context_ids=_as_ids(context_ids, "context_ids"),
+            question_ids=_as_ids(question_ids, "question_ids"),
+            suffix_ids=_as_ids(suffix_ids, "suffix_ids", allow_empty=True),
+        )
+        config = config or self.config
+        return self._run([prepared], config)[0]
+
+    def _prepare(
+        self,
+        context: str | Sequence[PassageLike],
+        question: str,
+        config: FinchConfig,
+        passage_weights: Sequence[float] | None,
+    ) -> _Prepared:
+        passages = as_passages(context)
+        parts = build_prompt(
+            self.tokenizer, passages, question, chat_template=config.chat_template, system_prompt=config.system_prompt
+        )
+        token_weights = None
+        if passage_weights is not None:
+            token_weights = _token_weights(passage_weights, parts.passage_token_starts, len(parts.context_ids))
+        return _Prepared(
+            prefix_ids=parts.prefix_ids,
+            context_ids=parts.context_ids,
+            question_ids=parts.question_ids,
+            suffix_ids=parts.suffix_ids,
+            passage_starts=parts.passage_token_starts,
+            token_weights=token_weights,
+            extra={
+                "question": question,
+                "passages": passages,
+                "context_text": parts.context_text,
+                "token_offsets": parts.token_offsets,
+                "passage_text_spans": parts.passage_text_spans,
+                "passage_token_starts": parts.passage_token_starts,
+            },
         )
 
-    def _compress(
-        self,
-        prefix_ids: list[int],
-        context_ids: list[int],
-        question_ids: list[int],
-        suffix_ids: list[int],
-        config: FinchConfig,
-        passage_starts: Sequence[int] = (),
-        token_weights: torch.Tensor | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> CompressedContext:
-        if not context_ids:
-            raise ValueError("The context is empty: give at least one context token to compress.")
-        if not question_ids:
-            raise ValueError("The question is empty: FINCH compresses the context for a question, so give one.")
-        self._check_fits(len(prefix_ids), len(context_ids), len(question_ids), len(suffix_ids), config)
+    def _run(self, prepared: list[_Prepared], config: FinchConfig) -> list[CompressedContext]:
+        for item in prepared:
+            if not item.context_ids:
+                raise ValueError("The context is empty: give at least one context token to compress.")
+            if not item.question_ids:
+                raise ValueError("The question is empty: FINCH compresses the context for a question, so give one.")
+            self._check_fits(
+                len(item.prefix_ids), len(item.context_ids), len(item.question_ids), len(item.suffix_ids), config
+            )
         device = self.device
 
         def tensor(ids: list[int]) -> torch.Tensor:
             return torch.tensor([ids], dtype=torch.long, device=device)
 
-        with self._lock, torch.inference_mode():
-            cache = compress_cache(
-                self.model,
-                tensor(prefix_ids),
-                tensor(context_ids),
-                tensor(question_ids),
-                config,
-                passage_starts=passage_starts,
-                rotation=self._rotation,
-                token_weights=None if token_weights is None else token_weights.to(device),
+        requests = [
+            CompressionRequest(
+                prefix_ids=tensor(item.prefix_ids),
+                context_ids=tensor(item.context_ids),
+                question_ids=tensor(item.question_ids),
+                passage_starts=item.passage_starts,
+                token_weights=None if item.token_weights is None else item.token_weights.to(device),
             )
-        return CompressedContext(
-            cache=cache,
-            prefix_ids=torch.tensor(prefix_ids, dtype=torch.long),
-            context_ids=torch.tensor(context_ids, dtype=torch.long),
-            question_ids=torch.tensor(question_ids, dtype=torch.long),
-            suffix_ids=torch.tensor(suffix_ids, dtype=torch.long),
-            config=config,
-            tokenizer=self.tokenizer,
-            model_name=self.model_name,
-            **(extra or {}),
-        )
+            for item in prepared
+        ]
+        with self._lock, torch.inference_mode():
+            caches = compress_batch(self.model, requests, config, self._rotation, pad_token_id=self._pad_token_id)
+        return [
+            CompressedContext(
+                cache=cache,
+                prefix_ids=torch.tensor(item.prefix_ids, dtype=torch.long),
+                context_ids=torch.tensor(item.context_ids, dtype=torch.long),
+                question_ids=torch.tensor(item.question_ids, dtype=torch.long),
+                suffix_ids=torch.tensor(item.suffix_ids, dtype=torch.long),
+                config=config,
+                tokenizer=self.tokenizer,
+                model_name=self.model_name,
+                **item.extra,
+            )
+            for item, cache in zip(prepared, caches, strict=True)
+        ]
 
     def _check_fits(self, prefix: int, context: int, question: int, suffix: int, config: FinchConfig) -> None:
         window = self.context_window
@@ -208,7 +264,9 @@ class FinchCompressor:
         held = context if context <= budget or chunk == context else budget + chunk
         peak_position = prefix + held + question
         if peak_position > window:
-            fix = "Lower chunk_size or target_tokens." if chunk < context else "Set chunk_size (e.g. 512) to read it in chunks."
+            fix = "Lower chunk_size or target_tokens."
+            if chunk == context:
+                fix = "Set chunk_size (e.g. 512) to read it in chunks."
             raise ValueError(
                 f"Compression would reach position {peak_position} (prefix {prefix} + {held} context entries + "
                 f"question {question}), past the model's window of {window}. {fix}"
@@ -276,7 +334,7 @@ def _token_weights(weights: Sequence[float], passage_starts: Sequence[int], cont
     if not torch.isfinite(values).all() or (values < 0).any():
         raise ValueError(f"passage_weights must be finite and >= 0, got {list(weights)}.")
     ends = list(passage_starts[1:]) + [context_length]
-    lengths = torch.tensor([end - start for start, end in zip(passage_starts, ends)])
+    lengths = torch.tensor([end - start for start, end in zip(passage_starts, ends, strict=True)])
     return values.repeat_interleave(lengths)
 
 

@@ -39,6 +39,16 @@ class QuestionAttentionCapture:
         prefix and are not scored.
     normalize_scores : bool
         Multiply each row by its 0-based absolute position (kvpress's convention) before averaging rows.
+    question_mask : torch.Tensor, optional
+        ``[batch, m]`` bool, which of the trailing rows are real question tokens (padded batches).
+    row_positions : torch.Tensor, optional
+        ``[batch, m]`` absolute position of each question row, used by ``normalize_scores``. Default: the
+        row's key index, right when the cache holds no padding.
+    question_rows : torch.Tensor, optional
+        ``[batch, m]`` index of each question row among the step's query rows. Default: the last ``m``.
+    last_column : int, optional
+        Scores cover columns ``first_candidate .. last_column - 1``. Default: up to the question's own
+        columns, ``k_len - m``.
     scores : dict[int, torch.Tensor]
         Filled during the forward pass: layer index -> ``[batch, num_kv_heads, group_size, n_candidates]``
         in float32, the mean over question rows of each query head's attention to each candidate column.
@@ -48,6 +58,9 @@ class QuestionAttentionCapture:
     first_candidate: int
     normalize_scores: bool = True
     question_mask: torch.Tensor | None = None
+    row_positions: torch.Tensor | None = None
+    question_rows: torch.Tensor | None = None
+    last_column: int | None = None
     scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -75,23 +88,30 @@ def question_row_scores(
     Returns
     -------
     torch.Tensor
-        ``[batch, num_kv_heads, group_size, k_len - m - first_candidate]``, float32.
+        ``[batch, num_kv_heads, group_size, last_column - first_candidate]``, float32.
     """
     m = capture.question_length
     batch, num_heads, q_len, head_dim = query.shape
     num_kv_heads, k_len = key.shape[1], key.shape[2]
     group = num_heads // num_kv_heads
+    # Index of each question row among this step's query rows: the last m, unless a padded batch says.
+    if capture.question_rows is not None:
+        query_rows = capture.question_rows.to(key.device)
+    else:
+        query_rows = torch.arange(q_len - m, q_len, device=key.device).expand(batch, m)
+    rows = query.gather(2, query_rows[:, None, :, None].expand(batch, num_heads, m, head_dim))
     # Grouped layout avoids repeating K for every query head of a group.
-    rows = query[:, :, q_len - m :, :].reshape(batch, num_kv_heads, group * m, head_dim)
+    rows = rows.reshape(batch, num_kv_heads, group * m, head_dim)
     logits = torch.matmul(rows.float(), key.float().transpose(-1, -2)) * scaling
     logits = logits.view(batch, num_kv_heads, group, m, k_len)
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
 
-    # Absolute index of each question row among the keys.
-    row_positions = torch.arange(k_len - m, k_len, device=key.device)
+    # Key index of each question row: this step's rows follow the cached columns.
+    row_positions = k_len - q_len + query_rows  # [b, m]
     if attention_mask is not None and attention_mask.dim() == 4:
-        rows_mask = attention_mask[:, :, -m:, -k_len:]
+        step_mask = attention_mask[..., -q_len:, -k_len:]
+        rows_mask = step_mask.gather(2, query_rows[:, None, :, None].expand(-1, step_mask.shape[1], m, k_len))
         if rows_mask.dtype == torch.bool:
             additive = torch.zeros(rows_mask.shape, dtype=torch.float32, device=key.device)
             additive = additive.masked_fill(~rows_mask, float("-inf"))
@@ -100,14 +120,15 @@ def question_row_scores(
         logits = logits + additive.unsqueeze(2)  # [b, 1 or kvh, 1, m, k] broadcasts over the group axis
     else:
         columns = torch.arange(k_len, device=key.device)
-        visible = columns[None, :] <= row_positions[:, None]
+        visible = columns[None, None, :] <= row_positions[:, :, None]
         if sliding_window is not None:
-            visible &= columns[None, :] > row_positions[:, None] - sliding_window
-        logits = logits.masked_fill(~visible, float("-inf"))
+            visible &= columns[None, None, :] > row_positions[:, :, None] - sliding_window
+        logits = logits.masked_fill(~visible[:, None, None], float("-inf"))
 
     weights = torch.softmax(logits, dim=-1)
     if capture.normalize_scores:
-        weights = weights * row_positions.to(weights.dtype)[:, None]
+        positions = capture.row_positions if capture.row_positions is not None else row_positions
+        weights = weights * positions.to(weights.dtype)[:, None, None, :, None]
     if capture.question_mask is not None:
         # Padded question rows (batched requests) must not vote.
         row_weight = capture.question_mask.to(weights.dtype)[:, None, None, :, None]
@@ -115,7 +136,8 @@ def question_row_scores(
         column_scores = weights.sum(dim=3) / row_weight.sum(dim=3).clamp(min=1)
     else:
         column_scores = weights.mean(dim=3)
-    return column_scores[..., capture.first_candidate : k_len - m]
+    last_column = k_len - m if capture.last_column is None else capture.last_column
+    return column_scores[..., capture.first_candidate : last_column]
 
 
 def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,15 +6,20 @@ fed again when answering), attention weights come from a capturing twin of SDPA 
 attention, the protected prefix is never scored, and the selection may be shared across layers
 (`FinchConfig.selection`).
 
-Memory bound: during a step the cache holds ``|P| + B_{t-1} + |c_t| + m <= |P| + B + S + m`` entries
-and activations cover ``|c_t| + m`` tokens, whatever the context length.
+Several requests run in lockstep as one padded batch (`compress_batch`): at each step every active
+request contributes its next chunk and its question, laid out as
+``[cache | cache padding | chunk | padding | question]`` with explicit positions, so each request sees
+exactly what it would see alone. One request is the same code with no padding.
+
+Memory bound: during a step the cache holds ``|P| + B_{t-1} + |c_t| + m <= |P| + B + S + m`` real
+entries per request and activations cover ``|c_t| + m`` tokens, whatever the context length.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -48,14 +53,65 @@ class CompressedCache:
     seconds: float
 
     def as_cache(self) -> DynamicCache:
-        """A fresh `DynamicCache` over the same tensors. Appending to it never touches ``self``,
-        because `DynamicLayer.update` concatenates into new tensors."""
-        cache = DynamicCache()
-        for layer, (keys, values) in enumerate(zip(self.keys, self.values)):
-            cache.update(keys[:, :, :0], values[:, :, :0], layer)
-            cache.layers[layer].keys = keys
-            cache.layers[layer].values = values
-        return cache
+        """A fresh `DynamicCache` over the same tensors.
+
+        Appending to it never touches ``self``: `DynamicLayer.update` concatenates into new tensors.
+        """
+        return cache_over(self.keys, self.values)
+
+
+def cache_over(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> DynamicCache:
+    """A `DynamicCache` whose layers hold these tensors themselves, without the copy ``update`` would make."""
+    cache = DynamicCache()
+    for layer, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
+        cache.update(layer_keys[:, :, :0], layer_values[:, :, :0], layer)
+        cache.layers[layer].keys = layer_keys
+        cache.layers[layer].values = layer_values
+    return cache
+
+
+@dataclass
+class CompressionRequest:
+    """One context to compress: ``[1, |P|]``, ``[1, n]`` and ``[1, m]`` token ids on the model's device.
+
+    ``passage_starts`` are token offsets where passages begin (chunks end on them when they can);
+    ``token_weights`` is an optional ``[n]`` non-negative prior multiplied onto the scores before
+    selection (`FinchRAG` folds the retriever's ranking in with it).
+    """
+
+    prefix_ids: torch.Tensor
+    context_ids: torch.Tensor
+    question_ids: torch.Tensor
+    passage_starts: Sequence[int] = ()
+    token_weights: torch.Tensor | None = None
+
+
+@dataclass
+class _RequestState:
+    """Per-request progress through the loop."""
+
+    request: CompressionRequest
+    budget: int
+    bounds: list[tuple[int, int]]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    next_chunk: int = 0
+    kept_count: int = 0
+    kept_positions: list[torch.Tensor] = field(default_factory=list)  # per layer [1, kvh, kept]
+    kept_scores: list[torch.Tensor] = field(default_factory=list)
+    peak: int = 0
+
+    @property
+    def prefix_length(self) -> int:
+        return self.request.prefix_ids.shape[1]
+
+    @property
+    def cache_length(self) -> int:
+        return self.prefix_length + self.kept_count
+
+    @property
+    def done(self) -> bool:
+        return self.next_chunk >= len(self.bounds)
 
 
 def decoder_of(model: PreTrainedModel) -> torch.nn.Module:
@@ -73,142 +129,246 @@ def compress_cache(
     rotation: KeyRotation | None = None,
     token_weights: torch.Tensor | None = None,
 ) -> CompressedCache:
-    """Run FINCH over one context and return the compressed cache.
+    """Run FINCH over one context and return the compressed cache (see `compress_batch`)."""
+    request = CompressionRequest(prefix_ids, context_ids, question_ids, passage_starts, token_weights)
+    return compress_batch(model, [request], config, rotation)[0]
+
+
+def compress_batch(
+    model: PreTrainedModel,
+    requests: Sequence[CompressionRequest],
+    config: FinchConfig,
+    rotation: KeyRotation | None = None,
+    pad_token_id: int = 0,
+) -> list[CompressedCache]:
+    """Run FINCH over several contexts in padded batches; each result equals compressing it alone.
 
     Parameters
     ----------
-    prefix_ids, context_ids, question_ids : torch.LongTensor
-        ``[1, |P|]``, ``[1, n]``, ``[1, m]`` on the model's device. The prefix is always kept.
+    model : PreTrainedModel
+        A causal LM with rotary embeddings, attention through transformers' `AttentionInterface`.
+    requests : sequence of CompressionRequest
+        The contexts, each with its prefix (always kept) and question.
     config : FinchConfig
-        Budget, chunk size and selection.
-    passage_starts : sequence of int
-        Token offsets where passages begin, so chunks can end on them.
-    token_weights : torch.Tensor, optional
-        ``[n]`` non-negative prior per context token, multiplied onto the (smoothed) scores before
-        selection; `FinchRAG` uses it to fold the retriever's ranking into the choice.
+        Budget, chunk size and selection, shared by all requests.
+    rotation : KeyRotation, optional
+        The model's RoPE frequencies (read from the model when omitted).
+    pad_token_id : int
+        Token id fed at padded slots; they are masked, so any valid id works.
     """
     started = time.perf_counter()
-    context_length = context_ids.shape[1]
-    prefix_length = prefix_ids.shape[1]
-    budget = config.budget(context_length)
     decoder = decoder_of(model)
     text_config = model.config.get_text_config(decoder=True)
     num_layers = text_config.num_hidden_layers
-    cache = DynamicCache()
-    peak = 0
-
-    if prefix_length:
-        decoder(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
-        peak = prefix_length
-
-    if context_length <= budget:
-        # Nothing to drop: prefill the context as is (in chunks, to bound activations).
-        bounds = chunk_bounds(context_length, config.chunk_size, passage_starts)
-        for start, end in bounds:
-            decoder(input_ids=context_ids[:, start:end], past_key_values=cache, use_cache=True)
-            peak = max(peak, cache.get_seq_length())
-        kept = torch.arange(context_length, device=context_ids.device)
-        return CompressedCache(
-            keys=[layer.keys for layer in cache.layers],
-            values=[layer.values for layer in cache.layers],
-            prefix_length=prefix_length,
-            kept_positions=[kept.expand(layer.keys.shape[1], -1) for layer in cache.layers],
-            kept_scores=None,
-            peak_kv_entries=peak,
-            num_chunks=len(bounds),
-            seconds=time.perf_counter() - started,
-        )
-
     rotation = rotation or KeyRotation.from_model(model)
     voting_layers = resolve_layers(config.score_layers, num_layers, getattr(text_config, "layer_types", None))
-    question_length = question_ids.shape[1]
-    bounds = chunk_bounds(context_length, config.chunk_size, passage_starts)
-    kept_positions: list[torch.Tensor] = []  # per layer [1, kvh, B_t]
-    kept_scores: list[torch.Tensor] = []
-    kept_count = 0
-    progress = tqdm(bounds, desc="finch: compressing", unit="chunk", disable=not config.progress or len(bounds) < 2)
 
-    with capturing_attention(model):
-        for start, end in progress:
-            capture = QuestionAttentionCapture(
-                question_length=question_length,
-                first_candidate=prefix_length,
-                normalize_scores=config.normalize_scores,
-            )
-            step_input = torch.cat((context_ids[:, start:end], question_ids), dim=1)
-            decoder(input_ids=step_input, past_key_values=cache, use_cache=True, **{CAPTURE_KWARG: capture})
-            peak = max(peak, cache.get_seq_length())
-            if len(capture.scores) != num_layers:
-                raise NotImplementedError(
-                    f"{type(model).__name__}: question attention was captured for {len(capture.scores)} of "
-                    f"{num_layers} layers. Its attention layers must call transformers' AttentionInterface and "
-                    "forward keyword arguments to it."
-                )
-            keep = min(step_budget(budget, end, context_length), kept_count + end - start)
-            candidate_positions = _candidate_positions(kept_positions, start, end, cache, num_layers)
-            candidate_weights = None
-            if token_weights is not None:
-                candidate_weights = [token_weights[positions] for positions in candidate_positions]
-            selected, selected_scores = _select(capture, config, voting_layers, num_layers, keep, candidate_weights)
-            kept_positions, kept_scores = [], []
-            for layer in range(num_layers):
-                indices = selected[layer]
-                kept_positions.append(candidate_positions[layer].gather(-1, indices))
-                kept_scores.append(selected_scores[layer])
-                _pack_layer(cache, layer, indices, prefix_length, rotation)
-            kept_count = keep
+    states = []
+    for request in requests:
+        context_length = request.context_ids.shape[1]
+        state = _RequestState(
+            request=request,
+            budget=config.budget(context_length),
+            bounds=chunk_bounds(context_length, config.chunk_size, request.passage_starts),
+            keys=[],
+            values=[],
+        )
+        _prefill(decoder, state, request.prefix_ids)
+        if context_length <= state.budget:
+            # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
+            for start, end in state.bounds:
+                _prefill(decoder, state, request.context_ids[:, start:end])
+            state.kept_count = context_length
+            state.next_chunk = len(state.bounds)
+        states.append(state)
 
-    return CompressedCache(
-        keys=[layer.keys for layer in cache.layers],
-        values=[layer.values for layer in cache.layers],
-        prefix_length=prefix_length,
-        kept_positions=[positions[0] for positions in kept_positions],
-        kept_scores=[scores[0] for scores in kept_scores],
-        peak_kv_entries=peak,
-        num_chunks=len(bounds),
-        seconds=time.perf_counter() - started,
+    total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
+    progress = tqdm(
+        total=total_steps, desc="finch: compressing", unit="chunk", disable=not config.progress or total_steps < 2
     )
+    with capturing_attention(model), progress:
+        while active := [state for state in states if not state.done]:
+            _step(decoder, active, config, voting_layers, num_layers, rotation, pad_token_id)
+            progress.update(len(active))
+
+    seconds = time.perf_counter() - started
+    return [_result(state, seconds) for state in states]
 
 
-def _candidate_positions(
-    kept_positions: list[torch.Tensor], start: int, end: int, cache: DynamicCache, num_layers: int
-) -> list[torch.Tensor]:
-    """Context position of every candidate (previous survivors, then this chunk), per layer and KV head."""
-    candidates = []
-    for layer in range(num_layers):
-        keys = cache.layers[layer].keys
-        chunk = torch.arange(start, end, device=keys.device).expand(keys.shape[0], keys.shape[1], -1)
-        candidates.append(torch.cat((kept_positions[layer], chunk), dim=-1) if kept_positions else chunk)
-    return candidates
+def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Tensor) -> None:
+    """Append ``input_ids`` to the request's cache unchanged (prefix, or an uncompressed context)."""
+    if input_ids.shape[1] == 0:
+        return
+    cache = cache_over(state.keys, state.values)
+    decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    state.keys = [layer.keys for layer in cache.layers]
+    state.values = [layer.values for layer in cache.layers]
+    state.peak = max(state.peak, cache.get_seq_length())
 
 
-def _select(
-    capture: QuestionAttentionCapture,
+def _step(
+    decoder: torch.nn.Module,
+    active: list[_RequestState],
     config: FinchConfig,
     voting_layers: list[int],
     num_layers: int,
+    rotation: KeyRotation,
+    pad_token_id: int,
+) -> None:
+    """Read the next chunk of every active request in one forward pass, then keep the best entries."""
+    device = active[0].request.context_ids.device
+    chunks = [state.request.context_ids[0, slice(*state.bounds[state.next_chunk])] for state in active]
+    questions = [state.request.question_ids[0] for state in active]
+    cache_lengths = [state.cache_length for state in active]
+    max_cache = max(cache_lengths)
+    # Layout per request: [cache padding | cache | chunk | question | padding]. Real tokens stay
+    # contiguous, so distances, and with them sliding windows, are what the request sees alone.
+    step_length = max(chunk.shape[0] + question.shape[0] for chunk, question in zip(chunks, questions, strict=True))
+    max_question = max(question.shape[0] for question in questions)
+    input_ids = torch.full((len(active), step_length), pad_token_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(active), max_cache + step_length), dtype=torch.long, device=device)
+    positions = torch.zeros((len(active), step_length), dtype=torch.long, device=device)
+    question_rows = torch.zeros((len(active), max_question), dtype=torch.long, device=device)
+    question_mask = torch.zeros((len(active), max_question), dtype=torch.bool, device=device)
+    for row, (chunk, question, cache_length) in enumerate(zip(chunks, questions, cache_lengths, strict=True)):
+        length = chunk.shape[0] + question.shape[0]
+        input_ids[row, :length] = torch.cat((chunk, question))
+        attention_mask[row, max_cache - cache_length : max_cache + length] = 1
+        positions[row] = cache_length + torch.arange(step_length, device=device).clamp(max=length - 1)
+        m = question.shape[0]
+        question_rows[row, max_question - m :] = torch.arange(length - m, length, device=device)
+        question_rows[row, : max_question - m] = length - m  # padded rows point at a real one and do not vote
+        question_mask[row, max_question - m :] = True
+    padded = attention_mask.eq(0).any().item()
+
+    cache = _batch_cache(active, max_cache, num_layers)
+    capture = QuestionAttentionCapture(
+        question_length=max_question,
+        first_candidate=0,
+        normalize_scores=config.normalize_scores,
+        question_mask=question_mask if padded else None,
+        row_positions=positions.gather(1, question_rows) if padded else None,
+        question_rows=question_rows if padded else None,
+        last_column=max_cache + step_length,
+    )
+    forward_kwargs: dict[str, object] = {CAPTURE_KWARG: capture}
+    if padded:
+        forward_kwargs |= {"attention_mask": attention_mask, "position_ids": positions}
+    decoder(input_ids=input_ids, past_key_values=cache, use_cache=True, **forward_kwargs)
+    if len(capture.scores) != num_layers:
+        raise NotImplementedError(
+            f"{type(decoder).__name__}: question attention was captured for {len(capture.scores)} of {num_layers} "
+            "layers. Its attention layers must call transformers' AttentionInterface and forward keyword arguments."
+        )
+
+    for row, (state, chunk, question) in enumerate(zip(active, chunks, questions, strict=True)):
+        _keep_best(
+            state, row, chunk.shape[0], question.shape[0], max_cache, cache, capture, config, voting_layers, rotation
+        )
+
+
+def _batch_cache(active: list[_RequestState], max_cache: int, num_layers: int) -> DynamicCache:
+    """The active requests' caches stacked on the batch axis, left-padded with zeros to ``max_cache``."""
+    if max_cache == 0:
+        return DynamicCache()
+    if len(active) == 1:
+        return cache_over(active[0].keys, active[0].values)
+    template = next(state for state in active if state.keys)
+    keys, values = [], []
+    for layer in range(num_layers):
+        like_keys, like_values = template.keys[layer][:, :, :0], template.values[layer][:, :, :0]
+        keys.append(torch.cat([_pad_to(state.keys[layer] if state.keys else like_keys, max_cache) for state in active]))
+        values.append(
+            torch.cat([_pad_to(state.values[layer] if state.values else like_values, max_cache) for state in active])
+        )
+    return cache_over(keys, values)
+
+
+def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - tensor.shape[2]
+    return tensor if missing == 0 else torch.nn.functional.pad(tensor, (0, 0, missing, 0))
+
+
+def _keep_best(
+    state: _RequestState,
+    row: int,
+    chunk_length: int,
+    question_length: int,
+    max_cache: int,
+    cache: DynamicCache,
+    capture: QuestionAttentionCapture,
+    config: FinchConfig,
+    voting_layers: list[int],
+    rotation: KeyRotation,
+) -> None:
+    """Select one request's survivors among its earlier survivors and its chunk, and pack its cache."""
+    prefix_length, previous = state.prefix_length, state.kept_count
+    start, end = state.bounds[state.next_chunk]
+    device = state.request.context_ids.device
+    # Batch columns: the request's cache ends at max_cache (left padding before it), its chunk follows.
+    cache_start = max_cache - state.cache_length
+    candidate_columns = torch.arange(cache_start + prefix_length, max_cache + chunk_length, device=device)
+    keep = min(step_budget(state.budget, end, state.request.context_ids.shape[1]), previous + chunk_length)
+    layer_scores = [
+        capture.scores[layer][row : row + 1].index_select(-1, candidate_columns) for layer in range(len(capture.scores))
+    ]
+    candidate_positions = []
+    for layer in range(len(layer_scores)):
+        num_kv_heads = layer_scores[layer].shape[1]
+        chunk_positions = torch.arange(start, end, device=device).expand(1, num_kv_heads, -1)
+        earlier = state.kept_positions[layer] if state.kept_positions else chunk_positions[..., :0]
+        candidate_positions.append(torch.cat((earlier, chunk_positions), dim=-1))
+    weights = None
+    if state.request.token_weights is not None:
+        weights = [state.request.token_weights[positions] for positions in candidate_positions]
+    selected, selected_scores = _select(layer_scores, config, voting_layers, keep, weights)
+
+    state.peak = max(state.peak, state.cache_length + chunk_length + question_length)
+    state.kept_positions = [candidate_positions[layer].gather(-1, selected[layer]) for layer in range(len(selected))]
+    state.kept_scores = selected_scores
+    packed_keys, packed_values = [], []
+    for layer, indices in enumerate(selected):
+        keys, values = cache.layers[layer].keys[row : row + 1], cache.layers[layer].values[row : row + 1]
+        columns = candidate_columns[indices].unsqueeze(-1)
+        kept_keys = keys.gather(2, columns.expand(-1, -1, -1, keys.shape[-1]))
+        kept_values = values.gather(2, columns.expand(-1, -1, -1, values.shape[-1]))
+        # Candidate i sits at position prefix + i (packing keeps positions contiguous, and the chunk
+        # continues right after the survivors); it moves to prefix + its rank among the kept.
+        shift = torch.arange(indices.shape[-1], device=device) - indices
+        kept_keys = rotation.rerotate(layer, kept_keys, shift)
+        prefix = slice(cache_start, cache_start + prefix_length)
+        packed_keys.append(torch.cat((keys[:, :, prefix], kept_keys), dim=2))
+        packed_values.append(torch.cat((values[:, :, prefix], kept_values), dim=2))
+    state.keys, state.values = packed_keys, packed_values
+    state.kept_count = keep
+    state.next_chunk += 1
+
+
+def _select(
+    layer_scores: list[torch.Tensor],
+    config: FinchConfig,
+    voting_layers: list[int],
     keep: int,
     candidate_weights: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Candidate indices ``[1, kvh, keep]`` to keep per layer, and their scores."""
-    layer_scores = [capture.scores[layer] for layer in range(num_layers)]
     if config.selection == "shared":
         scores = smooth_scores(shared_scores(layer_scores, voting_layers), config.smoothing)
         if candidate_weights is not None:
             # Shared selection keeps the same candidates in every head, so any head's positions will do.
             scores = scores * candidate_weights[0][:, 0]
-        chosen = select_top(scores, keep)  # [b, keep]
+        chosen = select_top(scores, keep)  # [1, keep]
         kept = scores.gather(-1, chosen)
         out_indices, out_scores = [], []
-        for layer in range(num_layers):
-            num_kv_heads = layer_scores[layer].shape[1]
+        for scores_of_layer in layer_scores:
+            num_kv_heads = scores_of_layer.shape[1]
             out_indices.append(chosen.unsqueeze(1).expand(-1, num_kv_heads, -1))
             out_scores.append(kept.unsqueeze(1).expand(-1, num_kv_heads, -1))
         return out_indices, out_scores
     reduce = per_head_scores if config.selection == "per_head" else per_layer_scores
     out_indices, out_scores = [], []
-    for layer, scores in enumerate(layer_scores):
-        head_scores = smooth_scores(reduce(scores), config.smoothing)
+    for layer, scores_of_layer in enumerate(layer_scores):
+        head_scores = smooth_scores(reduce(scores_of_layer), config.smoothing)
         if candidate_weights is not None:
             head_scores = head_scores * candidate_weights[layer]
         chosen = select_top(head_scores, keep)
@@ -217,19 +377,22 @@ def _select(
     return out_indices, out_scores
 
 
-def _pack_layer(
-    cache: DynamicCache, layer: int, indices: torch.Tensor, prefix_length: int, rotation: KeyRotation
-) -> None:
-    """Keep the prefix and the chosen candidates of one layer, packed at contiguous positions."""
-    cache_layer = cache.layers[layer]
-    keys, values = cache_layer.keys, cache_layer.values
-    head_dim = keys.shape[-1]
-    cache_indices = (indices + prefix_length).unsqueeze(-1)
-    kept_keys = keys.gather(2, cache_indices.expand(-1, -1, -1, head_dim))
-    kept_values = values.gather(2, cache_indices.expand(-1, -1, -1, values.shape[-1]))
-    # Candidate i sits at position prefix + i (earlier packing keeps positions contiguous); it moves to
-    # prefix + its rank among the kept.
-    shift = torch.arange(indices.shape[-1], device=indices.device) - indices
-    kept_keys = rotation.rerotate(layer, kept_keys, shift)
-    cache_layer.keys = torch.cat((keys[:, :, :prefix_length], kept_keys), dim=2)
-    cache_layer.values = torch.cat((values[:, :, :prefix_length], kept_values), dim=2)
+def _result(state: _RequestState, seconds: float) -> CompressedCache:
+    context_length = state.request.context_ids.shape[1]
+    if state.kept_positions:
+        kept_positions = [positions[0] for positions in state.kept_positions]
+        kept_scores: list[torch.Tensor] | None = [scores[0] for scores in state.kept_scores]
+    else:  # nothing was compressed
+        kept = torch.arange(context_length, device=state.request.context_ids.device)
+        kept_positions = [kept.expand(keys.shape[1], -1) for keys in state.keys]
+        kept_scores = None
+    return CompressedCache(
+        keys=state.keys,
+        values=state.values,
+        prefix_length=state.prefix_length,
+        kept_positions=kept_positions,
+        kept_scores=kept_scores,
+        peak_kv_entries=state.peak,
+        num_chunks=len(state.bounds),
+        seconds=seconds,
+    )

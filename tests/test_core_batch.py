@@ -1,0 +1,48 @@
+"""Padded batches (`compress_batch`) give what one-at-a-time compression gives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PASSAGES, QUESTION
+
+from finch_rag import FinchCompressor, FinchConfig
+
+# Different lengths everywhere: contexts, passages, questions, and one context that fits the budget.
+CONTEXTS = [
+    PASSAGES,
+    PASSAGES[1:] + PASSAGES[:1] + ["Rivers flow to the sea and the sea is salty and wide."],
+    [PASSAGES[2]],
+    "The secret code is hidden under the old oak tree in the park.",
+]
+QUESTIONS = [QUESTION, "Where does the fox jump?", "What colour are bananas?", "Where is the code?"]
+
+
+@pytest.mark.parametrize("selection", ["per_head", "shared"])
+@pytest.mark.parametrize("chunk_size", [8, None])
+def test_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer, selection, chunk_size):
+    config = FinchConfig(target_tokens=12, chunk_size=chunk_size, selection=selection, smoothing=3, progress=False)
+    compressor = FinchCompressor(tiny_model, tiny_tokenizer, config)
+    batched = compressor.compress_batch(CONTEXTS, QUESTIONS, batch_size=3)
+    assert len(batched) == len(CONTEXTS)
+    for context, question, together in zip(CONTEXTS, QUESTIONS, batched, strict=True):
+        alone = compressor.compress(context, question)
+        assert together.original_tokens == alone.original_tokens
+        assert together.stats["peak_kv_entries"] == alone.stats["peak_kv_entries"]
+        for got, expected in zip(together.kept_positions, alone.kept_positions, strict=True):
+            assert torch.equal(got, expected)
+        for got, expected in zip(together.cache.keys, alone.cache.keys, strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        assert compressor.generate(together, max_new_tokens=6) == compressor.generate(alone, max_new_tokens=6)
+
+
+def test_batch_rejects_mismatched_inputs(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=8, progress=False))
+    with pytest.raises(ValueError, match="one context per question"):
+        compressor.compress_batch(CONTEXTS, QUESTIONS[:2])
+    with pytest.raises(TypeError, match="use compress"):
+        compressor.compress_batch("one context", "one question")
+    with pytest.raises(ValueError, match="batch_size"):
+        compressor.compress_batch(CONTEXTS, QUESTIONS, batch_size=0)
+    with pytest.raises(ValueError, match="question is empty"):
+        compressor.compress_batch(CONTEXTS[:2], [QUESTION, " "])
