@@ -15,7 +15,7 @@ from .compression.loop import CompressionRequest, compress_batch
 from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
-from .generation import SamplingParams, eos_token_ids, generate_token_ids, stream_text
+from .generation import SamplingParams, eos_token_ids, generate_batch_texts, generate_token_ids, stream_text
 from .prompts import PassageLike, as_passages, build_prompt
 from .store import ContextStore, context_store
 
@@ -301,6 +301,38 @@ class FinchCompressor:
         stop: Sequence[str] | None = None,
     ) -> Iterator[str]:
         """Like `generate`, yielding text pieces as they are decoded."""
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
+        )
+        answer_input = self._answer_input(compressed, max_new_tokens)
+        cache = compressed.cache.as_cache()
+        token_ids = generate_token_ids(self.model, cache, answer_input, params, self._eos_ids, self._lock)
+        return stream_text(self.tokenizer, token_ids, params.stop)
+
+    def generate_batch(
+        self,
+        compressed: Sequence[CompressedContext],
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[str]:
+        """`generate` for several compressed contexts at once, decoding them as one padded batch."""
+        if not compressed:
+            return []
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
+        )
+        inputs = [self._answer_input(item, max_new_tokens) for item in compressed]
+        caches = [item.cache.as_cache() for item in compressed]
+        return generate_batch_texts(
+            self.model, self.tokenizer, caches, inputs, params, self._eos_ids, self._lock, self._pad_token_id
+        )
+
+    def _answer_input(self, compressed: CompressedContext, max_new_tokens: int) -> torch.Tensor:
+        """Question and answer cue, ``[1, k]`` on the model's device, after checking the answer fits."""
         if not isinstance(compressed, CompressedContext):
             raise TypeError(f"Expected a CompressedContext from compress(), got {type(compressed).__name__}.")
         if compressed.model_name != self.model_name:
@@ -308,20 +340,15 @@ class FinchCompressor:
                 f"This context was compressed with {compressed.model_name!r}; answer it with a compressor on the "
                 f"same model, not {self.model_name!r}."
             )
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
-        )
-        window = self.context_window
         answer_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0).to(self.device)
+        window = self.context_window
         if window and compressed.cache_length + answer_input.shape[1] + max_new_tokens > window:
             raise ValueError(
                 f"Answering would pass the model's window of {window} positions "
                 f"({compressed.cache_length} cached + {answer_input.shape[1]} question + {max_new_tokens} new). "
                 "Lower max_new_tokens or the budget."
             )
-        cache = compressed.cache.as_cache()
-        token_ids = generate_token_ids(self.model, cache, answer_input, params, self._eos_ids, self._lock)
-        return stream_text(self.tokenizer, token_ids, params.stop)
+        return answer_input
 
     def __repr__(self) -> str:
         return f"FinchCompressor(model={self.model_name!r}, config={self.config})"

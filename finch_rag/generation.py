@@ -133,3 +133,87 @@ def _partial_stop_length(text: str, stop: Sequence[str]) -> int:
                 longest = size
                 break
     return longest
+
+
+def generate_batch_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    caches: Sequence[DynamicCache],
+    answer_inputs: Sequence[torch.Tensor],
+    params: SamplingParams,
+    eos_ids: set[int],
+    lock: threading.RLock,
+    pad_token_id: int = 0,
+) -> list[str]:
+    """Decode several answers at once; each equals what `generate_token_ids` + `stream_text` give alone.
+
+    Each request's question is fed on its own cache first (lengths differ); decoding then runs as one
+    left-padded batch, one token per request per step, until every request has stopped.
+    """
+    device = answer_inputs[0].device
+    rows = len(caches)
+    generators = [
+        torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
+        for _ in range(rows)
+    ]
+    generated: list[list[int]] = [[] for _ in range(rows)]
+    finished = [False] * rows
+
+    def accept(row: int, logits: torch.Tensor) -> None:
+        token = _pick(logits, params, generators[row])
+        if token in eos_ids:
+            finished[row] = True
+            return
+        generated[row].append(token)
+        if params.stop:
+            text = tokenizer.decode(generated[row], skip_special_tokens=True)
+            finished[row] = _first_stop(text, params.stop, 0) is not None
+
+    for row, (cache, answer_input) in enumerate(zip(caches, answer_inputs, strict=True)):
+        with lock, torch.inference_mode():
+            logits = model(input_ids=answer_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        accept(row, logits[0, -1])
+
+    lengths = [cache.get_seq_length() for cache in caches]
+    longest = max(lengths)
+    batch = DynamicCache()
+    for layer in range(len(caches[0].layers)):
+        keys = torch.cat([_left_pad(cache.layers[layer].keys, longest) for cache in caches])
+        values = torch.cat([_left_pad(cache.layers[layer].values, longest) for cache in caches])
+        batch.update(keys[:, :, :0], values[:, :, :0], layer)
+        batch.layers[layer].keys, batch.layers[layer].values = keys, values
+    attention_mask = torch.zeros((rows, longest), dtype=torch.long, device=device)
+    for row, length in enumerate(lengths):
+        attention_mask[row, longest - length :] = 1
+    next_positions = torch.tensor(lengths, device=device)
+
+    for _ in range(params.max_new_tokens - 1):
+        if all(finished):
+            break
+        step_tokens = [tokens[-1] if tokens and not done else pad_token_id for tokens, done in zip(generated, finished)]
+        attention_mask = torch.cat((attention_mask, torch.ones((rows, 1), dtype=torch.long, device=device)), dim=1)
+        with lock, torch.inference_mode():
+            logits = model(
+                input_ids=torch.tensor(step_tokens, device=device).unsqueeze(1),
+                past_key_values=batch,
+                attention_mask=attention_mask,
+                position_ids=next_positions.unsqueeze(1),
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits
+        next_positions = next_positions + 1
+        for row in range(rows):
+            if not finished[row]:
+                accept(row, logits[row, -1])
+
+    texts = []
+    for tokens in generated:
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = _first_stop(text, params.stop, 0) if params.stop else None
+        texts.append(text if cut is None else text[:cut])
+    return texts
+
+
+def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - tensor.shape[2]
+    return tensor if missing == 0 else torch.nn.functional.pad(tensor, (0, 0, missing, 0))

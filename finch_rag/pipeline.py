@@ -241,17 +241,31 @@ class FinchRAG:
         passages = self.retrieve(question)
         return self._answer(question, passages, started, retrieval_seconds=time.perf_counter() - started)
 
-    def ask_many(self, questions: Sequence[str]) -> list[Answer]:
-        """`ask` each question in turn (FINCH compresses per question, so nothing is shared)."""
+    def ask_many(self, questions: Sequence[str], batch_size: int = 8) -> list[Answer]:
+        """Answer several questions, compressing and decoding ``batch_size`` of them at a time.
+
+        Each answer equals what `ask` gives for that question alone (greedy decoding); the batch's
+        compression and generation times are reported in each answer's stats.
+        """
         if isinstance(questions, str):
             raise TypeError("ask_many takes a list of questions; use ask() for one.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        answers: list[Answer] = []
         bar = tqdm(
-            questions,
+            total=len(questions),
             desc="finch-rag: questions",
             unit="question",
             disable=not self.config.progress or len(questions) < 2,
         )
-        return [self.ask(question) for question in bar]
+        with bar:
+            for start in range(0, len(questions), batch_size):
+                batch = questions[start : start + batch_size]
+                started = time.perf_counter()
+                retrieved = [self.retrieve(question) for question in batch]
+                answers += self._answer_batch(batch, retrieved, started, time.perf_counter() - started)
+                bar.update(len(batch))
+        return answers
 
     def answer_from(self, question: str, passages: Sequence[RetrievedPassage | Passage | str]) -> Answer:
         """Compress the given passages for ``question`` and answer, skipping retrieval.
@@ -269,28 +283,51 @@ class FinchRAG:
     def _answer(
         self, question: str, passages: list[RetrievedPassage], started: float, retrieval_seconds: float
     ) -> Answer:
-        if not passages:
-            logger.warning("No passage retrieved for %r; answering without calling the model.", question)
-            return Answer(question, NO_CONTEXT_ANSWER, [], None, self._stats(retrieval_seconds, started))
-        weights = None
-        if self.allocation == "retrieval_weighted":
-            weights = rank_weights([passage.rank for passage in passages], self.weighting)
-        compress_started = time.perf_counter()
-        compressed = self.compressor.compress(
-            [passage.to_passage() for passage in passages], question, config=self.config, passage_weights=weights
-        )
-        compression_seconds = time.perf_counter() - compress_started
-        generate_started = time.perf_counter()
-        text = self.compressor.generate(compressed, max_new_tokens=self.max_new_tokens).strip()
-        generation_seconds = time.perf_counter() - generate_started
-        fractions = compressed.passage_kept_fractions()
-        sources = [
-            Source(p.text, p.title, dict(p.metadata), p.score, p.rank, fraction)
-            for p, fraction in zip(passages, fractions, strict=True)
-        ]
-        stats = self._stats(retrieval_seconds, started, compressed, compression_seconds, generation_seconds)
-        logger.debug("Answered %r: %s", question, stats)
-        return Answer(question, text, sources, compressed, stats)
+        return self._answer_batch([question], [passages], started, retrieval_seconds)[0]
+
+    def _answer_batch(
+        self,
+        questions: Sequence[str],
+        retrieved: Sequence[list[RetrievedPassage]],
+        started: float,
+        retrieval_seconds: float,
+    ) -> list[Answer]:
+        """Compress and answer the questions that found passages together; the others get no-context answers."""
+        answers: list[Answer | None] = [None] * len(questions)
+        with_context = [index for index, passages in enumerate(retrieved) if passages]
+        for index, passages in enumerate(retrieved):
+            if not passages:
+                logger.warning("No passage retrieved for %r; answering without calling the model.", questions[index])
+                stats = self._stats(retrieval_seconds, started)
+                answers[index] = Answer(questions[index], NO_CONTEXT_ANSWER, [], None, stats)
+        if with_context:
+            weights = None
+            if self.allocation == "retrieval_weighted":
+                weights = [rank_weights([p.rank for p in retrieved[index]], self.weighting) for index in with_context]
+            compress_started = time.perf_counter()
+            compressed = self.compressor.compress_batch(
+                [[passage.to_passage() for passage in retrieved[index]] for index in with_context],
+                [questions[index] for index in with_context],
+                config=self.config,
+                passage_weights=weights,
+                batch_size=len(with_context),
+            )
+            compression_seconds = time.perf_counter() - compress_started
+            generate_started = time.perf_counter()
+            if len(compressed) == 1:
+                texts = [self.compressor.generate(compressed[0], max_new_tokens=self.max_new_tokens)]
+            else:
+                texts = self.compressor.generate_batch(compressed, max_new_tokens=self.max_new_tokens)
+            generation_seconds = time.perf_counter() - generate_started
+            for index, item, text in zip(with_context, compressed, texts, strict=True):
+                sources = [
+                    Source(p.text, p.title, dict(p.metadata), p.score, p.rank, fraction)
+                    for p, fraction in zip(retrieved[index], item.passage_kept_fractions(), strict=True)
+                ]
+                stats = self._stats(retrieval_seconds, started, item, compression_seconds, generation_seconds)
+                logger.debug("Answered %r: %s", questions[index], stats)
+                answers[index] = Answer(questions[index], text.strip(), sources, item, stats)
+        return [answer for answer in answers if answer is not None]
 
     def _stats(
         self,

@@ -46,3 +46,23 @@ def test_batch_rejects_mismatched_inputs(tiny_models, tiny_tokenizer):
         compressor.compress_batch(CONTEXTS, QUESTIONS, batch_size=0)
     with pytest.raises(ValueError, match="question is empty"):
         compressor.compress_batch(CONTEXTS[:2], [QUESTION, " "])
+
+
+@pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.9, "seed": 3}], ids=["greedy", "sampled"])
+def test_generate_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer, sampling):
+    compressor = FinchCompressor(tiny_model, tiny_tokenizer, FinchConfig(target_tokens=12, chunk_size=8, progress=False))
+    compressed = compressor.compress_batch(CONTEXTS, QUESTIONS)
+    together = compressor.generate_batch(compressed, max_new_tokens=8, **sampling)
+    alone = [compressor.generate(item, max_new_tokens=8, **sampling) for item in compressed]
+    assert together == alone
+    assert compressor.generate_batch([], max_new_tokens=4) == []
+
+
+def test_generate_batch_honours_stop_strings(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_models("qwen2"), tiny_tokenizer, FinchConfig(target_tokens=12, progress=False))
+    compressed = compressor.compress_batch(CONTEXTS, QUESTIONS)
+    free = compressor.generate_batch(compressed, max_new_tokens=10)
+    stops = [text[2:4] for text in free if len(text) > 4][:1] or ["e"]
+    stopped = compressor.generate_batch(compressed, max_new_tokens=10, stop=stops)
+    assert stopped == [compressor.generate(item, max_new_tokens=10, stop=stops) for item in compressed]
+    assert all(stops[0] not in text for text in stopped)

@@ -233,6 +233,18 @@ def test_ask_many_answers_in_order(rag: FinchRAG) -> None:
     assert answers[1].sources[0].title == "The fox"
     with pytest.raises(TypeError, match="list of questions"):
         rag.ask_many(QUESTION)
+    with pytest.raises(ValueError, match="batch_size"):
+        rag.ask_many([QUESTION], batch_size=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_ask_many_batches_equal_one_at_a_time(rag: FinchRAG, batch_size: int) -> None:
+    questions = [QUESTION, "Where does the fox live?", "What colour are bananas?"]
+    batched = rag.ask_many(questions, batch_size=batch_size)
+    alone = [rag.ask(question) for question in questions]
+    assert [answer.text for answer in batched] == [answer.text for answer in alone]
+    for together, single in zip(batched, alone, strict=True):
+        assert [s.kept_fraction for s in together.sources] == pytest.approx([s.kept_fraction for s in single.sources])
 
 
 def test_answer_from_given_passages_skips_retrieval(compressor: FinchCompressor) -> None:
