@@ -49,7 +49,8 @@ def test_namespace_packaging() -> None:
     for module in ("llama_index.postprocessor.finch", "llama_index.llms.finch"):
         package = Path(importlib.util.find_spec(module).origin).parent
         assert (package / "py.typed").exists()
-        assert not (package.parent / "__init__.py").exists() or package.parent.name != "finch"
+        parent = importlib.import_module(module.rsplit(".", 1)[0])
+        assert getattr(parent, "__file__", None) is None  # a namespace package, shared with llama-index-core
     ours = Path(__file__).resolve().parents[1] / "llama_index"
     assert not any((ours / sub / "__init__.py").exists() for sub in ("", "postprocessor", "llms"))
     import llama_index.core  # noqa: F401 - the namespace still resolves llama-index-core next to us
@@ -191,9 +192,14 @@ def test_llm_compresses_a_qa_prompt_and_chats_plainly(compressor: Any, monkeypat
     assert calls == [question] and not result.additional_kwargs["finch_reused"]
     stored = compressor.store.get(result.additional_kwargs[CACHE_KEY])
     assert stored is not None and stored.kept_tokens == stored.original_tokens // 2
-    reply = llm.chat([ChatMessage(role=MessageRole.USER, content="Say hello.")], max_new_tokens=4)
-    assert calls == [question]  # plain chat: no compression for a question
-    assert (
-        reply.message.content.strip()
-        and reply.additional_kwargs["kept_tokens"] == reply.additional_kwargs["original_tokens"]
-    )
+    hello = [ChatMessage(role=MessageRole.USER, content="Say hello.")]
+    reply = llm.chat(hello, max_new_tokens=4)
+    assert calls == [question]  # plain chat: nothing compressed for a question, the whole prompt is kept
+    assert reply.message.content.strip()
+    assert reply.additional_kwargs["kept_tokens"] == reply.additional_kwargs["original_tokens"]
+
+    async def astream() -> list[str]:
+        return [r.delta async for r in await llm.astream_chat(hello, max_new_tokens=4)]
+
+    deltas = asyncio.run(astream())
+    assert len(deltas) > 1 and "".join(deltas) == reply.message.content

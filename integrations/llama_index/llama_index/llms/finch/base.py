@@ -6,12 +6,13 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig
 from finch_rag.shared import check_compressor, merged_config, shared_compressor
+from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
@@ -162,9 +163,12 @@ class FinchLLM(CustomLLM):
 
         def responses() -> CompletionResponseGen:
             text = ""
-            for piece in pieces:
-                text += piece
-                yield CompletionResponse(text=text, delta=piece, additional_kwargs=prepared.info)
+            try:
+                for piece in pieces:
+                    text += piece
+                    yield CompletionResponse(text=text, delta=piece, additional_kwargs=prepared.info)
+            finally:
+                _close(pieces)
 
         return responses()
 
@@ -198,10 +202,13 @@ class FinchLLM(CustomLLM):
 
         def responses() -> ChatResponseGen:
             text = ""
-            for piece in pieces:
-                text += piece
-                message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                yield ChatResponse(message=message, delta=piece, additional_kwargs=prepared.info)
+            try:
+                for piece in pieces:
+                    text += piece
+                    message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
+                    yield ChatResponse(message=message, delta=piece, additional_kwargs=prepared.info)
+            finally:
+                _close(pieces)
 
         return responses()
 
@@ -229,7 +236,8 @@ class FinchLLM(CustomLLM):
             return self._prepare_qa(*split, system_prompt="\n\n".join(system) or None)
         if self.metadata.is_chat_model:
             return self._plain(self._chat_ids(messages))
-        return self._plain(self._ids(self.messages_to_prompt(messages), special=True))
+        to_prompt = self.messages_to_prompt or generic_messages_to_prompt
+        return self._plain(self._ids(to_prompt(messages), special=True))
 
     def _prepare_qa(self, context: str, question: str, system_prompt: str | None) -> _Prepared:
         """Reuse the stored compression named in ``context``, or compress ``context`` for ``question``."""
@@ -344,13 +352,18 @@ def _prepared(compressed: CompressedContext, reused: bool = False) -> _Prepared:
     return _Prepared(compressed, reused, info)
 
 
-async def _in_thread(responses: Iterator[Any]) -> AsyncIterator[Any]:
+async def _in_thread(responses: Iterator[Any]) -> AsyncGenerator[Any, None]:
     """Drive a blocking generator from a worker thread, one item at a time, so the event loop stays free."""
     done = object()
     try:
         while (item := await asyncio.to_thread(next, responses, done)) is not done:
             yield item
     finally:
-        close = getattr(responses, "close", None)
-        if close is not None:
-            close()
+        _close(responses)
+
+
+def _close(iterator: Iterator[Any]) -> None:
+    """Close a generator early (stops decoding when the consumer stops reading)."""
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
