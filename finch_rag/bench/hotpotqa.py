@@ -105,9 +105,7 @@ BASELINES = [
     "per_head:sel=per_head",
     "global:sel=shared",
 ]
-SWEEP = [
-    f"shared_s{s}_{L}:sel=shared,s={s},L={L}" for s in (1, 9, 21) for L in ("all", "upper")
-]
+SWEEP = [f"shared_s{s}_{L}:sel=shared,s={s},L={L}" for s in (1, 9, 21) for L in ("all", "upper")]
 PRIORS = [
     f"prior_t{tau:g}_f{floor:g}_s{s}:s={s},tau={tau},floor={floor}"
     for s in (9,)
@@ -129,6 +127,18 @@ REVERSED = [
     "rev_norm_t2_s9:s=9,norm=1,tau=2,order=rev",
     "rev_per_head:sel=per_head,order=rev",
 ]
+COMBOS = [
+    "upper_t2_s9:s=9,L=upper,tau=2",
+    "upper_t2_s21:s=21,L=upper,tau=2",
+    "upper_t4_s21:s=21,L=upper,tau=4",
+    "rev_s9_upper:s=9,L=upper,order=rev",
+    "rev_s21_upper:s=21,L=upper,order=rev",
+    "rev_s21:s=21,order=rev",
+    "rev_t4_s21_upper:s=21,L=upper,tau=4,order=rev",
+    "rev_t8_s21_upper:s=21,L=upper,tau=8,order=rev",
+    "rev_norm_s21_upper:s=21,L=upper,norm=1,order=rev",
+    "rev_reserve0.25_s21_upper:s=21,L=upper,reserve=0.25,order=rev",
+]
 RESERVE = [
     "reserve0.25_t2_s9:s=9,tau=2,reserve=0.25",
     "reserve0.5_s9:s=9,reserve=0.5",
@@ -136,7 +146,7 @@ RESERVE = [
 ]
 GROUPS = {
     "baselines": BASELINES,
-    "prune": BASELINES + SWEEP + PRIORS + NORM + REVERSED + RESERVE,
+    "prune": BASELINES + SWEEP + PRIORS + NORM + REVERSED + COMBOS + RESERVE,
 }
 
 
@@ -363,6 +373,7 @@ def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     model_seconds = 0.0
+
     def result() -> dict[str, Any]:
         return {
             "settings": vars(args) | {"methods": resolve_methods(args.methods)},
@@ -384,12 +395,21 @@ def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
             for order in orders:
                 packed[order].layer_scores = capture_scores(compressor, packed[order], base)
         model_seconds += time.perf_counter() - t0
-        common = {"index": q_index, "qid": question.qid, "n": n, "gold_ranks": question.gold_ranks, "type": record.get("type")}
+        common = {
+            "index": q_index,
+            "qid": question.qid,
+            "n": n,
+            "gold_ranks": question.gold_ranks,
+            "type": record.get("type"),
+        }
         for label in args.budgets:
             budget = budget_of(label, n)
             if with_truncation:
-                rows.append(common | {"method": "truncation", "budget": label, "B": budget}
-                            | metrics(truncation_mask(packed["rank"], budget), packed["rank"]))
+                rows.append(
+                    common
+                    | {"method": "truncation", "budget": label, "B": budget}
+                    | metrics(truncation_mask(packed["rank"], budget), packed["rank"])
+                )
             for design in designs:
                 p = packed[design.order]
                 if args.mode == "sim":
@@ -402,10 +422,13 @@ def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
                         target_tokens=budget,
                         selection=design.sel,
                         smoothing=design.s,
-                        score_layers=None if design.L == "all" else tuple(range(-(compressor.model.config.num_hidden_layers // 2), 0)),
+                        score_layers=None
+                        if design.L == "all"
+                        else tuple(range(-(compressor.model.config.num_hidden_layers // 2), 0)),
                     )
-                    cc = compressor.compress(p.passages, question.question, config=config,
-                                             passage_weights=design.weights(p.ranks))
+                    cc = compressor.compress(
+                        p.passages, question.question, config=config, passage_weights=design.weights(p.ranks)
+                    )
                     mask = cc.kept_mask()
                     model_seconds += time.perf_counter() - t1
                 rows.append(common | {"method": design.label, "budget": label, "B": budget} | metrics(mask, p))
