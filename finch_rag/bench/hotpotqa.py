@@ -14,7 +14,6 @@ Metrics, per question and then averaged:
 - ``top_passage``/``last_passage``: kept fraction of the rank-1 passage and of the last-packed passage.
 
 Methods:
-
 - ``truncation``: passages in rank order until ``B`` tokens, the last one cut; computed exactly from the
   token counts of the same prompt (`build_prompt`), no model run;
 - FINCH designs, a spec ``label:key=value,...`` (see `Design`): ``sel`` (shared | per_head),
