@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 Selection = Literal["per_head", "per_layer", "shared"]
 SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared")
+LayerSet = Literal["upper_half", "all"]
+LAYER_SETS: tuple[str, ...] = ("upper_half", "all")
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,11 @@ class FinchConfig:
         Width of a moving average over the token axis of the scores before selection (``1`` = off).
         Neighbouring tokens then survive together, which keeps spans such as names and numbers whole.
         Not in the paper.
-    score_layers : tuple of int, optional
-        Layers whose scores vote in ``"shared"`` selection (negative indices count from the end).
-        ``None`` uses every layer that attends to the whole context (sliding-window layers, whose question
-        rows cannot see earlier survivors, do not vote).
+    score_layers : "upper_half", "all" or tuple of int
+        Layers whose scores vote in ``"shared"`` selection: the upper half of the layers (the default,
+        measured best in ``docs/results/selection_study.md``), all of them, or explicit indices (negative
+        ones count from the end). Sliding-window layers, whose question rows cannot see earlier survivors,
+        never vote unless named explicitly.
     chat_template : bool or None
         Wrap the prompt in the tokenizer's chat template. ``None`` uses it when the tokenizer has one.
     system_prompt : str, optional
@@ -58,8 +61,8 @@ class FinchConfig:
     chunk_size: int | None = 512
     selection: Selection = "shared"
     normalize_scores: bool = True
-    smoothing: int = 1
-    score_layers: tuple[int, ...] | None = None
+    smoothing: int = 21
+    score_layers: tuple[int, ...] | LayerSet = "upper_half"
     chat_template: bool | None = None
     system_prompt: str | None = None
     progress: bool = True
@@ -95,9 +98,16 @@ class FinchConfig:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}.")
         if isinstance(self.smoothing, bool) or not isinstance(self.smoothing, int) or self.smoothing < 1:
             raise ValueError(f"smoothing is a window width in tokens and must be an int >= 1, got {self.smoothing!r}.")
-        if self.score_layers is not None:
+        if self.score_layers is None:  # accepted for "every layer", the pre-0.1 spelling
+            object.__setattr__(self, "score_layers", "all")
+        elif isinstance(self.score_layers, str):
+            if self.score_layers not in LAYER_SETS:
+                raise ValueError(
+                    f"score_layers must be one of {LAYER_SETS} or a tuple of layer indices, got {self.score_layers!r}."
+                )
+        else:
             layers = tuple(self.score_layers)
-            if not layers or not all(isinstance(layer, int) for layer in layers):
+            if not layers or not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
                 raise ValueError(f"score_layers must be a non-empty tuple of layer indices, got {self.score_layers!r}.")
             object.__setattr__(self, "score_layers", layers)
 

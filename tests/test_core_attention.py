@@ -107,7 +107,13 @@ def test_single_pass_keeps_top_of_reference(tiny_model, tiny_tokenizer, selectio
     """End to end: a single pass keeps the top-B context columns of the eager reference scores."""
     budget = 12
     config = FinchConfig(
-        target_tokens=budget, chunk_size=None, selection=selection, normalize_scores=True, progress=False
+        target_tokens=budget,
+        chunk_size=None,
+        selection=selection,
+        normalize_scores=True,
+        smoothing=1,
+        score_layers="all",
+        progress=False,
     )
     cc = FinchCompressor(tiny_model, tiny_tokenizer, config).compress(PASSAGES, QUESTION)
     prefix, n, m = int(cc.prefix_ids.shape[0]), cc.original_tokens, int(cc.question_ids.shape[0])

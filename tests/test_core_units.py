@@ -184,3 +184,26 @@ def test_chunked_layer0_entries_are_kept_tokens_at_packed_positions(tiny_model, 
         torch.testing.assert_close(
             cc.cache.values[0][:, head, prefix:], reference.layers[0].values[:, head, prefix:], atol=1e-6, rtol=1e-6
         )
+
+
+@pytest.mark.parametrize(
+    ("score_layers", "expected"),
+    [("upper_half", [2, 3]), ("all", [0, 1, 2, 3]), (None, [0, 1, 2, 3]), ((0, -1), [0, 3])],
+)
+def test_resolve_layer_sets(score_layers, expected):
+    assert resolve_layers(score_layers, 4) == expected
+
+
+def test_layer_sets_leave_out_sliding_layers():
+    types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    assert resolve_layers("upper_half", 4, types) == [3]
+    assert resolve_layers("all", 4, types) == [1, 3]
+    assert resolve_layers((0, 2), 4, types) == [0, 2]  # explicit indices are taken as given
+    assert resolve_layers("upper_half", 2, ["sliding_attention"] * 2) == [1]
+
+
+def test_score_layers_validation():
+    with pytest.raises(ValueError, match="upper_half"):
+        FinchConfig(score_layers="lower")
+    with pytest.raises(ValueError, match="layer indices"):
+        FinchConfig(score_layers=())

@@ -54,19 +54,24 @@ def smooth_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
     return smoothed[..., : shape[-1]].reshape(shape)
 
 
-def resolve_layers(score_layers: Sequence[int] | None, num_layers: int, layer_types: Sequence[str] | None = None) -> list[int]:
-    """Turn ``score_layers`` (negative indices allowed) into sorted layer indices.
+def resolve_layers(
+    score_layers: Sequence[int] | str | None, num_layers: int, layer_types: Sequence[str] | None = None
+) -> list[int]:
+    """Turn ``score_layers`` into sorted layer indices.
 
-    ``None`` means every layer that sees the whole context: sliding-window layers (Gemma 3's local layers)
-    cannot see earlier survivors from the question rows, so their votes would only say "keep the most
-    recent". A model made only of sliding layers votes with all of them.
+    ``"upper_half"`` and ``"all"`` (``None`` too) name layer sets; sliding-window layers (Gemma 3's local
+    layers) are left out of them, because their question rows cannot see earlier survivors and would only
+    vote "keep the most recent". A model made only of sliding layers votes with all of its set. Explicit
+    indices (negative ones count from the end) are taken as given.
     """
-    if score_layers is None:
+    if score_layers is None or isinstance(score_layers, str):
+        first = num_layers // 2 if score_layers == "upper_half" else 0
+        chosen = list(range(first, num_layers))
         if layer_types is not None:
-            global_layers = [i for i, kind in enumerate(layer_types[:num_layers]) if kind != "sliding_attention"]
+            global_layers = [layer for layer in chosen if layer_types[layer] != "sliding_attention"]
             if global_layers:
                 return global_layers
-        return list(range(num_layers))
+        return chosen
     resolved = set()
     for layer in score_layers:
         index = layer + num_layers if layer < 0 else layer
