@@ -54,8 +54,8 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--allocation",
         choices=ALLOCATIONS,
-        default="global",
-        help="global: plain FINCH; retrieval_weighted: scale each passage's scores by a rank prior",
+        default="retrieval_weighted",
+        help="retrieval_weighted (default): the best passage is packed next to the question; global: plain FINCH",
     )
     common.add_argument("--quiet", "-q", action="store_true", help="print only the answers; log warnings only")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -34,35 +34,49 @@ NO_CONTEXT_ANSWER = "No relevant context was found to answer this question."
 
 @dataclass(frozen=True)
 class RankWeighting:
-    """Retrieval prior for ``allocation="retrieval_weighted"``: a weight per passage from its rank.
+    """How ``allocation="retrieval_weighted"`` folds the retriever's ranking into FINCH's selection.
 
-    Passage ``r`` (1-based) gets ``w_r = max(floor, exp(-(r - 1) / tau))``, and every token score of that
-    passage is multiplied by ``w_r`` before selection, so a lower-ranked passage must draw proportionally
-    more question attention to keep its entries. With the default ``tau = 4`` the weights are 1, 0.78,
-    0.61, 0.47, 0.37, ... and rank 9 gets 0.14. Not in the paper, and not tuned yet: a heuristic starting point.
+    Two levers, measured on HotpotQA in ``docs/results/allocation_study.md``:
+
+    - ``reverse_packing``: pack the best-ranked passage last, right before the question. The question's
+      attention favours what it has just read (the last packed passage keeps most of its tokens whatever
+      its rank), so this turns that recency bias into a rank prior. It is what wins there.
+    - ``tau``: multiply every token score of the passage of rank ``r`` (1-based) by
+      ``max(floor, exp(-(r - 1) / tau))`` before selection, so a lower-ranked passage must draw
+      proportionally more attention to keep its entries. ``None`` (the default) applies no factor: on top
+      of reverse packing it added nothing, and ``tau <= 4`` made things worse.
+
+    Not in the paper.
 
     Parameters
     ----------
-    tau : float
-        Decay length in ranks; larger is flatter (``inf`` would be plain FINCH).
+    reverse_packing : bool
+        Pack passages from the lowest rank to the best, so rank 1 sits next to the question.
+    tau : float, optional
+        Decay length in ranks of the score factor; ``None`` for no factor.
     floor : float
-        Lowest weight any passage gets, in ``[0, 1]``.
+        Lowest factor any passage gets, in ``[0, 1]``.
     """
 
-    tau: float = 4.0
+    reverse_packing: bool = True
+    tau: float | None = None
     floor: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
-            raise ValueError(f"tau is a decay length in ranks and must be > 0, got {self.tau!r}.")
+        if self.tau is not None and (
+            isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0
+        ):
+            raise ValueError(f"tau is a decay length in ranks and must be > 0 (or None), got {self.tau!r}.")
         if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
             raise ValueError(f"floor is the lowest passage weight and must be in [0, 1], got {self.floor!r}.")
 
 
-def rank_weights(ranks: Sequence[int], weighting: RankWeighting = RankWeighting()) -> list[float]:
-    """One weight per passage from its 1-based retrieval rank (see `RankWeighting`)."""
+def rank_weights(ranks: Sequence[int], weighting: RankWeighting = RankWeighting(tau=4.0)) -> list[float]:
+    """One score factor per passage from its 1-based retrieval rank (see `RankWeighting`)."""
     if any(isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 for rank in ranks):
         raise ValueError(f"ranks are 1-based integers, got {list(ranks)}.")
+    if weighting.tau is None:
+        return [1.0 for _ in ranks]
     return [max(weighting.floor, math.exp(-(rank - 1) / weighting.tau)) for rank in ranks]
 
 
@@ -77,7 +91,8 @@ class Source:
     score : float or None
         Retrieval score (``None`` for passages given directly, see `FinchRAG.answer_from`).
     rank : int
-        1-based retrieval rank, which is also the passage's place in the packed context.
+        1-based retrieval rank. Sources are listed by rank; the packed order may differ
+        (`RankWeighting.reverse_packing`).
     kept_fraction : float
         Fraction of this passage's KV entries (over its tokens, layers and KV heads) that survived compression.
     """
@@ -142,8 +157,10 @@ class FinchRAG:
     top_k : int
         Passages retrieved per question. FINCH pays off when this is larger than what would fit whole.
     allocation : {"global", "retrieval_weighted"}
-        ``"global"``: plain FINCH, every token competes for the budget on question attention alone.
-        ``"retrieval_weighted"``: each passage's token scores are multiplied by a rank prior (`RankWeighting`).
+        ``"retrieval_weighted"`` (default): the retriever's ranking shapes the selection (`RankWeighting`:
+        the best passage is packed next to the question, optionally with a rank factor on the scores).
+        ``"global"``: plain FINCH, passages packed in rank order and every token competing for the budget
+        on question attention alone.
     weighting : RankWeighting, optional
         Parameters of the rank prior; default ``RankWeighting()``.
     max_new_tokens : int
@@ -168,7 +185,7 @@ class FinchRAG:
         compressor: FinchCompressor | None = None,
         config: FinchConfig | None = None,
         top_k: int = 8,
-        allocation: Allocation = "global",
+        allocation: Allocation = "retrieval_weighted",
         weighting: RankWeighting | None = None,
         max_new_tokens: int = 64,
     ) -> None:
@@ -301,12 +318,13 @@ class FinchRAG:
                 stats = self._stats(retrieval_seconds, started)
                 answers[index] = Answer(questions[index], NO_CONTEXT_ANSWER, [], None, stats)
         if with_context:
+            packing = [self._packing_order(retrieved[index]) for index in with_context]
             weights = None
-            if self.allocation == "retrieval_weighted":
-                weights = [rank_weights([p.rank for p in retrieved[index]], self.weighting) for index in with_context]
+            if self.allocation == "retrieval_weighted" and self.weighting.tau is not None:
+                weights = [rank_weights([passage.rank for passage in packed], self.weighting) for packed in packing]
             compress_started = time.perf_counter()
             compressed = self.compressor.compress_batch(
-                [[passage.to_passage() for passage in retrieved[index]] for index in with_context],
+                [[passage.to_passage() for passage in packed] for packed in packing],
                 [questions[index] for index in with_context],
                 config=self.config,
                 passage_weights=weights,
@@ -319,15 +337,21 @@ class FinchRAG:
             else:
                 texts = self.compressor.generate_batch(compressed, max_new_tokens=self.max_new_tokens)
             generation_seconds = time.perf_counter() - generate_started
-            for index, item, text in zip(with_context, compressed, texts, strict=True):
+            for index, packed, item, text in zip(with_context, packing, compressed, texts, strict=True):
+                kept = dict(zip((id(p) for p in packed), item.passage_kept_fractions(), strict=True))
                 sources = [
-                    Source(p.text, p.title, dict(p.metadata), p.score, p.rank, fraction)
-                    for p, fraction in zip(retrieved[index], item.passage_kept_fractions(), strict=True)
+                    Source(p.text, p.title, dict(p.metadata), p.score, p.rank, kept[id(p)]) for p in retrieved[index]
                 ]
                 stats = self._stats(retrieval_seconds, started, item, compression_seconds, generation_seconds)
                 logger.debug("Answered %r: %s", questions[index], stats)
                 answers[index] = Answer(questions[index], text.strip(), sources, item, stats)
         return [answer for answer in answers if answer is not None]
+
+    def _packing_order(self, passages: list[RetrievedPassage]) -> list[RetrievedPassage]:
+        """Passages in the order they are packed into the context (see `RankWeighting.reverse_packing`)."""
+        if self.allocation == "retrieval_weighted" and self.weighting.reverse_packing:
+            return passages[::-1]
+        return passages
 
     def _stats(
         self,

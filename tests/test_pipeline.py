@@ -172,15 +172,16 @@ def test_ask_returns_answer_with_sources_and_stats(rag: FinchRAG) -> None:
     assert scores == sorted(scores, reverse=True)
     assert answer.sources[0].title == "France"  # "secret code" lives in the France passage
     cc = answer.compressed
-    assert [s.kept_fraction for s in answer.sources] == pytest.approx(cc.passage_kept_fractions())
+    # The default allocation packs the best passage last, next to the question, each title before its text;
+    # sources stay in rank order with their own kept fractions.
+    assert cc.passages == [Passage(s.text, s.title, s.metadata) for s in reversed(answer.sources)]
+    assert cc.context_text.endswith("France\n" + PASSAGES[1])
+    assert [s.kept_fraction for s in reversed(answer.sources)] == pytest.approx(cc.passage_kept_fractions())
     assert all(0.0 <= s.kept_fraction <= 1.0 for s in answer.sources)
-    # Packed in rank order, each title before its text.
-    assert cc.passages == [Passage(s.text, s.title, s.metadata) for s in answer.sources]
-    assert cc.context_text.startswith("France\n" + PASSAGES[1])
     stats = answer.stats
     assert stats["tokens_before"] == cc.original_tokens > BUDGET
     assert stats["tokens_after"] == cc.kept_tokens == BUDGET
-    assert stats["passages"] == 3 and stats["allocation"] == "global" and stats["chunks"] >= 1
+    assert stats["passages"] == 3 and stats["allocation"] == "retrieval_weighted" and stats["chunks"] >= 1
     for key in ("retrieval_seconds", "compression_seconds", "generation_seconds"):
         assert 0 <= stats[key] <= stats["total_seconds"]
     # Per passage, the fraction is over the passage's own text tokens; all entries together make the budget.
@@ -198,7 +199,7 @@ def test_retrieval_weighted_allocation_favours_top_ranks(compressor: FinchCompre
         top_k=4,
         max_new_tokens=2,
         allocation="retrieval_weighted",
-        weighting=RankWeighting(tau=1e-3),
+        weighting=RankWeighting(tau=1e-3, reverse_packing=False),
         config=compressor.config.replace(chunk_size=None),
     )
     answer = steep.ask(QUESTION)
@@ -215,9 +216,17 @@ def test_retrieval_weighted_allocation_favours_top_ranks(compressor: FinchCompre
         compressor=compressor,
         top_k=4,
         max_new_tokens=2,
+        allocation="global",
         config=compressor.config.replace(chunk_size=None),
     )
-    assert any(source.kept_fraction > 0 for source in plain.ask(QUESTION).sources[1:])
+    plain_answer = plain.ask(QUESTION)
+    assert any(source.kept_fraction > 0 for source in plain_answer.sources[1:])
+    assert plain_answer.compressed.passages[0].text == first.text  # rank order
+
+
+def test_rank_prior_off_by_default() -> None:
+    assert RankWeighting().tau is None and RankWeighting().reverse_packing
+    assert rank_weights([1, 2, 3], RankWeighting()) == [1.0, 1.0, 1.0]
 
 
 def _passage_lengths(answer: Answer) -> list[int]:
