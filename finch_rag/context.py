@@ -15,6 +15,9 @@ from .compression.loop import CompressedCache
 from .config import FinchConfig
 from .prompts import Passage
 
+STATS_KEYS = ("finch_kept_fraction", "finch_tokens_before", "finch_tokens_after")
+"""Per-passage statistics (`CompressedContext.passage_stats`) that the integrations add to each output's metadata."""
+
 
 @dataclass(eq=False)
 class CompressedContext:
@@ -181,6 +184,19 @@ class CompressedContext:
             tokens = self.passage_tokens(index)
             fractions.append(float(mask[tokens].mean()) if tokens.any() else 0.0)
         return fractions
+
+    def passage_stats(self) -> list[dict[str, Any]]:
+        """Per passage, the `STATS_KEYS` statistics.
+
+        ``finch_kept_fraction`` is `passage_kept_fractions`' value; ``finch_tokens_before`` the tokens of the
+        passage's own text (not its title); ``finch_tokens_after`` is ``round(kept_fraction * tokens_before)``,
+        the entries kept per layer and KV head on average.
+        """
+        stats = []
+        for index, fraction in enumerate(self.passage_kept_fractions()):
+            before = int(self.passage_tokens(index).sum())
+            stats.append(dict(zip(STATS_KEYS, (fraction, before, round(fraction * before)), strict=True)))
+        return stats
 
     def __repr__(self) -> str:
         return (

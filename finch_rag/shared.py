@@ -8,10 +8,13 @@ model).
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .compressor import FinchCompressor
 from .config import FinchConfig
+from .context import STATS_KEYS, CompressedContext
+from .prompts import Passage
 
 _lock = threading.Lock()
 _compressors: dict[str | None, FinchCompressor] = {}
@@ -53,3 +56,62 @@ def merged_config(base: FinchConfig, explicit: dict[str, Any]) -> FinchConfig:
             f"(got target_tokens={changes['target_tokens']}, compression_ratio={changes['compression_ratio']})."
         )
     return base.replace(**changes) if changes else base
+
+
+class CompressorHandle:
+    """A front end's compressor: the one it was given, or one loaded by model name on first use.
+
+    The four integration classes (LangChain and LlamaIndex LLMs, document compressor, node postprocessor) each hold
+    one as a private attribute. Loading is lazy and thread-safe (double-checked lock), so building a front end and
+    reading its `config` never loads a model.
+
+    Parameters
+    ----------
+    compressor : FinchCompressor, optional
+        An already built compressor; not with ``model_name`` (see `check_compressor`).
+    model_name : str, optional
+        Model for `shared_compressor` when no compressor is given (``None``: the embedded default).
+    """
+
+    def __init__(self, compressor: Any = None, model_name: str | None = None) -> None:
+        self._compressor = check_compressor(compressor, model_name)
+        self.model_name = model_name
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> FinchCompressor | None:
+        """The compressor if it was given or already loaded, else ``None`` (never loads)."""
+        return self._compressor
+
+    def get(self) -> FinchCompressor:
+        """The compressor, loaded from ``model_name`` on first use unless one was given."""
+        if self._compressor is None:
+            with self._lock:
+                if self._compressor is None:
+                    self._compressor = shared_compressor(self.model_name)
+        return self._compressor
+
+    def config(self, explicit: Mapping[str, Any]) -> FinchConfig:
+        """The compressor's config (or `FinchConfig`'s defaults, without loading) with ``explicit`` applied."""
+        base = self._compressor.config if self._compressor is not None else FinchConfig()
+        return merged_config(base, dict(explicit))
+
+    def compress_for_query(
+        self, passages: Sequence[Passage], query: str, config: FinchConfig, threshold: float
+    ) -> tuple[CompressedContext | None, list[tuple[str, dict[str, Any]]]]:
+        """Compress ``passages`` together for ``query``: the common step of the document compressors.
+
+        Returns the compressed context, put in the compressor's store (``None`` when nothing was compressed), and
+        per passage, in order, its kept text (`CompressedContext.kept_text` at ``threshold``) and its
+        `CompressedContext.passage_stats`. No passages give ``(None, [])``; passages that are all blank give
+        ``""`` and zero statistics each, without loading a model.
+        """
+        if not passages:
+            return None, []
+        if not any(passage.text.strip() for passage in passages):
+            return None, [("", dict(zip(STATS_KEYS, (0.0, 0, 0), strict=True))) for _ in passages]
+        compressor = self.get()
+        compressed = compressor.compress(list(passages), query, config=config)
+        compressor.store.put(compressed)
+        texts = [compressed.kept_text(threshold, passage=index) for index in range(len(passages))]
+        return compressed, list(zip(texts, compressed.passage_stats(), strict=True))

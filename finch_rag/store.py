@@ -8,6 +8,8 @@ around one model share it, two models never mix.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -16,7 +18,15 @@ import torch
 
 from .context import CompressedContext
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_CAPACITY = 16
+
+CACHE_KEY = "finch_cache_key"
+"""Metadata key under which the integrations tag each output with `CompressedContext.cache_key`."""
+
+CACHE_KEY_PATTERN = re.compile(r"finch-[0-9a-f]{24}")
+"""A compressed context's key (`CompressedContext.cache_key`: ``finch-`` and 24 hex digits), e.g. in a prompt."""
 
 
 class ContextStore:
@@ -44,6 +54,25 @@ class ContextStore:
             if compressed is not None:
                 self._items.move_to_end(key)
             return compressed
+
+    def find(self, key: str, question: str, passages: int | None = None) -> CompressedContext | None:
+        """The context stored under ``key`` if it can be reused, else ``None`` (the reason is logged at debug level).
+
+        Reusable means compressed for ``question`` (surrounding whitespace aside) and, when ``passages`` is given,
+        from that many passages.
+        """
+        compressed = self.get(key)
+        if compressed is None:
+            logger.debug("%s is no longer in the store; compressing again.", key)
+            return None
+        if (compressed.question or "").strip() != question.strip():
+            logger.debug("%s was compressed for another question; compressing again.", key)
+            return None
+        held = len(compressed.passages or ())
+        if passages is not None and held != passages:
+            logger.debug("%s holds %d passages, not %d; compressing again.", key, held, passages)
+            return None
+        return compressed
 
     def __contains__(self, key: object) -> bool:
         with self._lock:

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
+from finch_rag import FinchCompressor, FinchConfig, Passage
 from finch_rag.retrieval import title_of
-from finch_rag.shared import check_compressor, merged_config, shared_compressor
+from finch_rag.shared import CompressorHandle
+from finch_rag.store import CACHE_KEY
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
-
-CACHE_KEY = "finch_cache_key"
-"""Metadata key of the compressed context's `CompressedContext.cache_key` on every output document."""
 
 
 class FinchDocumentCompressor(BaseDocumentCompressor):
@@ -59,60 +56,42 @@ class FinchDocumentCompressor(BaseDocumentCompressor):
     model_name: str | None = Field(None, description="Model to load (None: the embedded default).")
     progress: bool = Field(False, description="Show a tqdm bar over chunks.")
 
-    _compressor: FinchCompressor | None = PrivateAttr(default=None)
-    _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _handle: CompressorHandle = PrivateAttr()
 
     def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._compressor = check_compressor(compressor, self.model_name)
+        self._handle = CompressorHandle(compressor, self.model_name)
         self.config  # noqa: B018 - validate the option combination now, not on first use
+
+    @property
+    def _compressor(self) -> FinchCompressor | None:
+        """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
+        return self._handle.loaded
 
     @property
     def compressor(self) -> FinchCompressor:
         """The `FinchCompressor`, loaded from ``model_name`` on first use unless one was given."""
-        if self._compressor is None:
-            with self._build_lock:
-                if self._compressor is None:
-                    self._compressor = shared_compressor(self.model_name)
-        return self._compressor
+        return self._handle.get()
 
     @property
     def config(self) -> FinchConfig:
         """The compressor's config (or `FinchConfig`'s defaults) with this object's options applied."""
-        base = self._compressor.config if self._compressor is not None else FinchConfig()
         explicit = {name: getattr(self, name) for name in self.model_fields_set} | {"progress": self.progress}
-        return merged_config(base, explicit)
+        return self._handle.config(explicit)
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
         """One document per input, in order, with the kept text and ``finch_*`` metadata (see the class)."""
         documents = list(documents)
-        if not documents:
-            return []
-        if not any(document.page_content.strip() for document in documents):
-            return [_with_stats(document, "", 0.0, 0, None) for document in documents]
         passages = [Passage(d.page_content, title_of(d.metadata), dict(d.metadata)) for d in documents]
-        compressor = self.compressor
-        compressed = compressor.compress(passages, query, config=self.config)
-        key = compressor.store.put(compressed)
-        return [
-            _with_stats(document, compressed.kept_text(self.threshold, passage=index), fraction, before, key)
-            for index, (document, fraction, before) in enumerate(
-                zip(documents, compressed.passage_kept_fractions(), _passage_lengths(compressed), strict=True)
-            )
-        ]
+        compressed, outputs = self._handle.compress_for_query(passages, query, self.config, self.threshold)
+        key = compressed.cache_key if compressed is not None else None
+        return [_with_stats(document, text, stats, key) for document, (text, stats) in zip(documents, outputs)]
 
 
-def _passage_lengths(compressed: CompressedContext) -> list[int]:
-    return [int(compressed.passage_tokens(index).sum()) for index in range(len(compressed.passages or ()))]
-
-
-def _with_stats(document: Document, text: str, fraction: float, before: int, key: str | None) -> Document:
-    metadata = dict(document.metadata)
-    metadata.update(
-        finch_kept_fraction=fraction, finch_tokens_before=before, finch_tokens_after=round(fraction * before)
-    )
+def _with_stats(document: Document, text: str, stats: dict[str, Any], key: str | None) -> Document:
+    metadata = dict(document.metadata) | stats
     if key is not None:
         metadata[CACHE_KEY] = key
     return Document(page_content=text, metadata=metadata, id=document.id)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,14 +10,13 @@ from typing import Any
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.retrieval import title_of
-from finch_rag.shared import check_compressor, merged_config, shared_compressor
+from finch_rag.shared import CompressorHandle
+from finch_rag.store import CACHE_KEY, CACHE_KEY_PATTERN
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr
-
-from .document_compressors import CACHE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +27,6 @@ The prompt is cut at the *last* occurrence, so the context may itself contain th
 ``"Context:"`` label and a trailing ``"Answer:"`` cue are removed, so the usual RAG template
 ``"Context:\\n{context}\\n\\nQuestion: {question}\\nAnswer:"`` works as it is.
 """
-
-CACHE_KEY_PATTERN = re.compile(r"finch-[0-9a-f]{24}")
-"""A compressed context's key (`CompressedContext.cache_key`, ``finch-`` and 24 hex digits) in a prompt."""
 
 _SAMPLING_OPTIONS = ("max_new_tokens", "temperature", "top_p", "seed")
 
@@ -96,30 +90,29 @@ class FinchLLM(BaseLLM):
     question_delimiter: str = Field(QUESTION_DELIMITER, min_length=1, description="Ends the context in a prompt.")
     progress: bool = Field(False, description="Show a tqdm bar over chunks.")
 
-    _compressor: FinchCompressor | None = PrivateAttr(default=None)
-    _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _handle: CompressorHandle = PrivateAttr()
 
     def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._compressor = check_compressor(compressor, self.model_name)
+        self._handle = CompressorHandle(compressor, self.model_name)
         self.config  # noqa: B018 - validate the option combination now, not on first use
 
     # ------------------------------------------------------------ components
     @property
+    def _compressor(self) -> FinchCompressor | None:
+        """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
+        return self._handle.loaded
+
+    @property
     def compressor(self) -> FinchCompressor:
         """The `FinchCompressor`, loaded from ``model_name`` on first use unless one was given."""
-        if self._compressor is None:
-            with self._build_lock:
-                if self._compressor is None:
-                    self._compressor = shared_compressor(self.model_name)
-        return self._compressor
+        return self._handle.get()
 
     @property
     def config(self) -> FinchConfig:
         """The compressor's config (or `FinchConfig`'s defaults) with this object's options applied."""
-        base = self._compressor.config if self._compressor is not None else FinchConfig()
         explicit = {name: getattr(self, name) for name in self.model_fields_set} | {"progress": self.progress}
-        return merged_config(base, explicit)
+        return self._handle.config(explicit)
 
     @property
     def _llm_type(self) -> str:
@@ -236,21 +229,7 @@ class FinchLLM(BaseLLM):
 
     def _stored(self, key: str | None, question: str, passages: int | None) -> CompressedContext | None:
         """The stored context under ``key`` if it was compressed for this question (and these passages)."""
-        if not key:
-            return None
-        compressed = self.compressor.store.get(key)
-        if compressed is None:
-            logger.debug("%s is no longer in the store; compressing again.", key)
-            return None
-        if (compressed.question or "").strip() != question.strip():
-            logger.debug("%s was compressed for another question; compressing again.", key)
-            return None
-        if passages is not None and len(compressed.passages or ()) != passages:
-            logger.debug(
-                "%s holds %d passages, not %d; compressing again.", key, len(compressed.passages or ()), passages
-            )
-            return None
-        return compressed
+        return self.compressor.store.find(key, question, passages) if key else None
 
 
 def split_prompt(prompt: str, delimiter: str = QUESTION_DELIMITER) -> tuple[str, str]:

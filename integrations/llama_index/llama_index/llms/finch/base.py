@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig
-from finch_rag.shared import check_compressor, merged_config, shared_compressor
+from finch_rag.shared import CompressorHandle
+from finch_rag.store import CACHE_KEY, CACHE_KEY_PATTERN
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -28,8 +28,6 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT_TMPL
-
-from llama_index.postprocessor.finch.base import CACHE_KEY, CACHE_KEY_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +91,11 @@ class FinchLLM(CustomLLM):
     )
     progress: bool = Field(False, description="Show a tqdm bar over chunks.")
 
-    _compressor: FinchCompressor | None = PrivateAttr(default=None)
-    _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _handle: CompressorHandle = PrivateAttr()
 
     def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._compressor = check_compressor(compressor, self.model_name)
+        self._handle = CompressorHandle(compressor, self.model_name)
         _template_pieces(self.qa_template)  # a template without both fields is an error now, not on first use
         self.config  # noqa: B018 - validate the option combination now, not on first use
 
@@ -108,20 +105,20 @@ class FinchLLM(CustomLLM):
 
     # ------------------------------------------------------------ components
     @property
+    def _compressor(self) -> FinchCompressor | None:
+        """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
+        return self._handle.loaded
+
+    @property
     def compressor(self) -> FinchCompressor:
         """The `FinchCompressor`, loaded from ``model_name`` on first use unless one was given."""
-        if self._compressor is None:
-            with self._build_lock:
-                if self._compressor is None:
-                    self._compressor = shared_compressor(self.model_name)
-        return self._compressor
+        return self._handle.get()
 
     @property
     def config(self) -> FinchConfig:
         """The compressor's config (or `FinchConfig`'s defaults) with this object's options applied."""
-        base = self._compressor.config if self._compressor is not None else FinchConfig()
         explicit = {name: getattr(self, name) for name in self.model_fields_set} | {"progress": self.progress}
-        return merged_config(base, explicit)
+        return self._handle.config(explicit)
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -263,22 +260,7 @@ class FinchLLM(CustomLLM):
         if len(set(found)) > 1:
             logger.debug("The context names %d compressions; compressing it again as one.", len(set(found)))
             return None
-        compressed = self.compressor.store.get(found[0])
-        if compressed is None:
-            logger.debug("%s is no longer in the store; compressing again.", found[0])
-            return None
-        if (compressed.question or "").strip() != question.strip():
-            logger.debug("%s was compressed for another question; compressing again.", found[0])
-            return None
-        if len(compressed.passages or ()) != len(found):
-            logger.debug(
-                "%s holds %d nodes, the prompt %d; compressing again.",
-                found[0],
-                len(compressed.passages or ()),
-                len(found),
-            )
-            return None
-        return compressed
+        return self.compressor.store.find(found[0], question, len(found))
 
     def _plain(self, ids: list[int]) -> _Prepared:
         """Plain generation through the public API: a "compression" whose budget keeps every token.

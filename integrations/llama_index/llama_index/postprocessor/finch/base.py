@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import re
-import threading
 from typing import Any
 
-from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
+from finch_rag import FinchCompressor, FinchConfig, Passage
+from finch_rag.context import STATS_KEYS
 from finch_rag.retrieval import title_of
-from finch_rag.shared import check_compressor, merged_config, shared_compressor
+from finch_rag.shared import CompressorHandle
+from finch_rag.store import CACHE_KEY, CACHE_KEY_PATTERN
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-CACHE_KEY = "finch_cache_key"
-"""Metadata key of the compressed context's `CompressedContext.cache_key` on every output node.
+__all__ = ["CACHE_KEY", "CACHE_KEY_PATTERN", "STATS_KEYS", "FinchNodePostprocessor"]
 
-It is left visible in ``MetadataMode.LLM`` (the text a response synthesizer puts in ``{context_str}``), which is
-how `llama_index.llms.finch.FinchLLM` finds the stored compression instead of compressing again.
-"""
-
-CACHE_KEY_PATTERN = re.compile(r"finch-[0-9a-f]{24}")
-"""A compressed context's key (`CompressedContext.cache_key`: ``finch-`` and 24 hex digits) inside a prompt."""
-
-STATS_KEYS = ("finch_kept_fraction", "finch_tokens_before", "finch_tokens_after")
-"""Statistics added to each node's metadata; excluded from the LLM and embedding views of the node."""
+# `CACHE_KEY` is left visible in ``MetadataMode.LLM`` (the text a response synthesizer puts in ``{context_str}``),
+# which is how `llama_index.llms.finch.FinchLLM` finds the stored compression instead of compressing again;
+# `STATS_KEYS` are excluded from the LLM and embedding views of each node.
 
 
 class FinchNodePostprocessor(BaseNodePostprocessor):
@@ -69,12 +62,11 @@ class FinchNodePostprocessor(BaseNodePostprocessor):
     model_name: str | None = Field(None, description="Model to load (None: the embedded default).")
     progress: bool = Field(False, description="Show a tqdm bar over chunks.")
 
-    _compressor: FinchCompressor | None = PrivateAttr(default=None)
-    _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _handle: CompressorHandle = PrivateAttr()
 
     def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._compressor = check_compressor(compressor, self.model_name)
+        self._handle = CompressorHandle(compressor, self.model_name)
         self.config  # noqa: B018 - validate the option combination now, not on first use
 
     @classmethod
@@ -82,20 +74,20 @@ class FinchNodePostprocessor(BaseNodePostprocessor):
         return "FinchNodePostprocessor"
 
     @property
+    def _compressor(self) -> FinchCompressor | None:
+        """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
+        return self._handle.loaded
+
+    @property
     def compressor(self) -> FinchCompressor:
         """The `FinchCompressor`, loaded from ``model_name`` on first use unless one was given."""
-        if self._compressor is None:
-            with self._build_lock:
-                if self._compressor is None:
-                    self._compressor = shared_compressor(self.model_name)
-        return self._compressor
+        return self._handle.get()
 
     @property
     def config(self) -> FinchConfig:
         """The compressor's config (or `FinchConfig`'s defaults) with this object's options applied."""
-        base = self._compressor.config if self._compressor is not None else FinchConfig()
         explicit = {name: getattr(self, name) for name in self.model_fields_set} | {"progress": self.progress}
-        return merged_config(base, explicit)
+        return self._handle.config(explicit)
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -106,33 +98,19 @@ class FinchNodePostprocessor(BaseNodePostprocessor):
                 "FinchNodePostprocessor compresses the nodes for a query: call postprocess_nodes(nodes, "
                 "query_bundle=QueryBundle(query_str)) or postprocess_nodes(nodes, query_str=...)."
             )
-        if not nodes:
-            return []
         texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
-        if not any(text.strip() for text in texts):
-            return [_with_stats(item, "", 0.0, 0, None) for item in nodes]
         passages = [Passage(text, title_of(item.node.metadata)) for item, text in zip(nodes, texts)]
-        compressor = self.compressor
-        compressed = compressor.compress(passages, query_bundle.query_str, config=self.config)
-        key = compressor.store.put(compressed)
-        return [
-            _with_stats(item, compressed.kept_text(self.threshold, passage=index), fraction, before, key)
-            for index, (item, fraction, before) in enumerate(
-                zip(nodes, compressed.passage_kept_fractions(), _passage_lengths(compressed), strict=True)
-            )
-        ]
+        compressed, outputs = self._handle.compress_for_query(
+            passages, query_bundle.query_str, self.config, self.threshold
+        )
+        key = compressed.cache_key if compressed is not None else None
+        return [_with_stats(item, text, stats, key) for item, (text, stats) in zip(nodes, outputs)]
 
 
-def _passage_lengths(compressed: CompressedContext) -> list[int]:
-    return [int(compressed.passage_tokens(index).sum()) for index in range(len(compressed.passages or ()))]
-
-
-def _with_stats(item: NodeWithScore, text: str, fraction: float, before: int, key: str | None) -> NodeWithScore:
+def _with_stats(item: NodeWithScore, text: str, stats: dict[str, Any], key: str | None) -> NodeWithScore:
     node = item.node.model_copy(deep=True)
     node.set_content(text)
-    node.metadata.update(
-        finch_kept_fraction=fraction, finch_tokens_before=before, finch_tokens_after=round(fraction * before)
-    )
+    node.metadata.update(stats)
     node.excluded_llm_metadata_keys = _extend(node.excluded_llm_metadata_keys, list(STATS_KEYS))
     node.excluded_embed_metadata_keys = _extend(node.excluded_embed_metadata_keys, [*STATS_KEYS, CACHE_KEY])
     if key is not None:
