@@ -91,7 +91,7 @@ def test_missing_delimiter_is_a_clear_error() -> None:
 @pytest.fixture(scope="module")
 def full_answer(compressor: Any) -> str:
     """The greedy answer to the bell question over the whole town, from a plain ``invoke``."""
-    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=12)
+    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=20)
     return llm.invoke(PROMPT.format(context=town_context(), question=QUESTIONS[0][0]))
 
 
@@ -129,7 +129,7 @@ def test_compression_retriever_then_llm_compresses_once(
         base_retriever=vector_store.as_retriever(search_kwargs={"k": 6}),
     )
     question, answer = QUESTIONS[0]
-    llm = FinchLLM(compressor=compressor, retriever=retriever, compression_ratio=RATIO, max_new_tokens=12)
+    llm = FinchLLM(compressor=compressor, retriever=retriever, compression_ratio=RATIO, max_new_tokens=20)
     calls = count_compressions(monkeypatch, compressor)
     result = llm.generate([question])
     assert calls == [question]  # the retriever's compression only: the LLM reused it
@@ -149,7 +149,7 @@ def test_plain_retriever_compresses_in_the_llm(
         retriever=vector_store.as_retriever(search_kwargs={"k": 8}),
         top_k=6,
         compression_ratio=RATIO,
-        max_new_tokens=12,
+        max_new_tokens=20,
     )
     calls = count_compressions(monkeypatch, compressor)
     question, answer = QUESTIONS[1]
@@ -159,7 +159,7 @@ def test_plain_retriever_compresses_in_the_llm(
 
 @pytest.mark.slow
 def test_lcel_chain_stream_and_callbacks(compressor: Any, full_answer: str) -> None:
-    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=12)
+    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=20)
     chain = PROMPT | llm | StrOutputParser()
     inputs = {"context": town_context(), "question": QUESTIONS[0][0]}
     text = chain.invoke(inputs)
@@ -174,7 +174,7 @@ def test_lcel_chain_stream_and_callbacks(compressor: Any, full_answer: str) -> N
 
 @pytest.mark.slow
 def test_stop_cuts_in_both_paths(compressor: Any, full_answer: str) -> None:
-    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=12)
+    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=20)
     prompt = PROMPT.format(context=town_context(), question=QUESTIONS[0][0])
     full = full_answer
     stop = "Hannah"
@@ -193,7 +193,7 @@ def test_ainvoke_and_cache_key_in_prompt(
         town_documents, question
     )
     context = "\n\n".join(f"[{d.metadata[CACHE_KEY]}] {d.page_content}" for d in docs)
-    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=12)
+    llm = FinchLLM(compressor=compressor, compression_ratio=RATIO, max_new_tokens=20)
     calls = count_compressions(monkeypatch, compressor)
     text = asyncio.run(llm.ainvoke(PROMPT.format(context=context, question=question)))
     assert answer in text
