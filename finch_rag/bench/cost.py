@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         for method in ("finch", "full"):
             output = subprocess.run(
                 [sys.executable, "-m", "finch_rag.bench.cost", *passthrough, "--worker", method, str(length)],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             records.append(json.loads(output.strip().splitlines()[-1]))
             print(json.dumps(records[-1]), file=sys.stderr)
@@ -155,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cost.json").write_text(json.dumps({"machine": machine, "args": vars(args), "records": records}, indent=2))
     table = _markdown(records, machine, args)
-    (out / "cost.md").write_text("# Cost: Finch vs full-context prefill\n\nCommand: `python -m finch_rag.bench.cost "
-                                 + " ".join(passthrough) + "`\n\n" + table)
+    (out / "cost.md").write_text(
+        "# Cost: Finch vs full-context prefill\n\nCommand: `python -m finch_rag.bench.cost "
+        + " ".join(passthrough)
+        + "`\n\n"
+        + table
+    )
     print(table)
     return 0
 
