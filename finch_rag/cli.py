@@ -62,6 +62,23 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
+# Suite name -> (module under finch_rag.bench with a main(argv), one-line description).
+BENCH_SUITES = {
+    "niah": ("niah", "needle in a haystack over the essays, depth x length"),
+    "hotpotqa": ("hotpotqa", "multi-hop evidence retention and all-hops coverage vs top-k truncation"),
+    "cost": ("cost", "time and memory against context length, Finch vs full prefill"),
+}
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import importlib
+
+    module = importlib.import_module(f"finch_rag.bench.{BENCH_SUITES[args.suite][0]}")
+    status = module.main(list(args.suite_args))
+    if status:
+        raise CLIError(f"bench {args.suite} exited with status {status}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finch-rag",
@@ -99,8 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="the question")
     ask.set_defaults(handler=_ask)
 
-    # TODO(bench): `finch-rag bench ...` is registered here once finch_rag/bench/ lands; its handler lives
-    # there and writes JSON, Markdown and PNG under docs/results/ (DESIGN.md section 3).
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark suite; writes JSON, Markdown and PNG under docs/results/",
+        description="Benchmark suites (each takes --help): "
+        + ", ".join(f"{name}: {text}" for name, (_, text) in BENCH_SUITES.items()),
+    )
+    bench.add_argument("suite", choices=list(BENCH_SUITES), help="which suite")
+    bench.add_argument(
+        "suite_args", nargs=argparse.REMAINDER, help="options of the suite (see finch-rag bench SUITE --help)"
+    )
+    bench.set_defaults(handler=_bench, quiet=False, no_progress=False)
     return parser
 
 

@@ -149,3 +149,11 @@ def test_ask_files_with_the_embedded_model(tmp_path: Path, capsys: pytest.Captur
     answer: Any = re.search(r"^A: (.*)$", out, flags=re.M)
     assert answer and "Mount Caddow" in answer[1], out
     assert "geography.txt" in out and "food.txt" in out and "(1.3x)" in out and "Time: retrieval" in out
+
+
+@pytest.mark.parametrize("suite", ["niah", "hotpotqa", "cost"])
+def test_bench_dispatches_to_suite(suite: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", suite, "--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
