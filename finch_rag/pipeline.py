@@ -23,6 +23,7 @@ from .config import FinchConfig
 from .context import CompressedContext
 from .prompts import Passage
 from .retrieval import Document, EmbeddingRetriever, RetrievedPassage, Retriever
+from .shared import pack_best_last
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ class FinchRAG:
     def _packing_order(self, passages: list[RetrievedPassage]) -> list[RetrievedPassage]:
         """Passages in the order they are packed into the context (see `RankWeighting.reverse_packing`)."""
         if self.allocation == "retrieval_weighted" and self.weighting.reverse_packing:
-            return passages[::-1]
+            return pack_best_last(passages)
         return passages
 
     def _stats(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from .compressor import FinchCompressor
 from .config import FinchConfig
@@ -20,6 +20,8 @@ _lock = threading.Lock()
 _compressors: dict[str | None, FinchCompressor] = {}
 
 # Front-end options that map one to one onto `FinchConfig` fields.
+T = TypeVar("T")
+
 CONFIG_FIELDS = ("target_tokens", "compression_ratio", "chunk_size", "progress")
 
 
@@ -101,8 +103,10 @@ class CompressorHandle:
     ) -> tuple[CompressedContext | None, list[tuple[str, dict[str, Any]]]]:
         """Compress ``passages`` together for ``query``: the common step of the document compressors.
 
+        ``passages`` come best first, as retrievers return them; they are packed in reverse, so the best one
+        sits next to the question, whose attention favours what it read last (see `pack_best_last`).
         Returns the compressed context, put in the compressor's store (``None`` when nothing was compressed), and
-        per passage, in order, its kept text (`CompressedContext.kept_text` at ``threshold``) and its
+        per passage, in the given order, its kept text (`CompressedContext.kept_text` at ``threshold``) and its
         `CompressedContext.passage_stats`. No passages give ``(None, [])``; passages that are all blank give
         ``""`` and zero statistics each, without loading a model.
         """
@@ -111,7 +115,17 @@ class CompressorHandle:
         if not any(passage.text.strip() for passage in passages):
             return None, [("", dict(zip(STATS_KEYS, (0.0, 0, 0), strict=True))) for _ in passages]
         compressor = self.get()
-        compressed = compressor.compress(list(passages), query, config=config)
+        compressed = compressor.compress(pack_best_last(passages), query, config=config)
         compressor.store.put(compressed)
         texts = [compressed.kept_text(threshold, passage=index) for index in range(len(passages))]
-        return compressed, list(zip(texts, compressed.passage_stats(), strict=True))
+        packed = list(zip(texts, compressed.passage_stats(), strict=True))
+        return compressed, pack_best_last(packed)  # reversing again restores the given order
+
+
+def pack_best_last(items: Sequence[T]) -> list[T]:
+    """Ranked items (best first) in packing order: best last, right before the question.
+
+    The question's attention favours the passages it read last, so packing the best one there turns that
+    recency bias into a rank prior (``docs/results/allocation_study.md``). Its own inverse.
+    """
+    return list(items)[::-1]

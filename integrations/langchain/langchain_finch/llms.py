@@ -10,7 +10,7 @@ from typing import Any
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.retrieval import title_of
-from finch_rag.shared import CompressorHandle
+from finch_rag.shared import CompressorHandle, pack_best_last
 from finch_rag.store import CACHE_KEY, CACHE_KEY_PATTERN
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import BaseLLM
@@ -209,7 +209,7 @@ class FinchLLM(BaseLLM):
             if reused is not None:
                 return _Prepared(reused, reused=True)
             passages = [Passage(d.page_content, title_of(d.metadata), dict(d.metadata)) for d in documents]
-            return _Prepared(self._compress(passages, question))
+            return _Prepared(self._compress(pack_best_last(passages), question))
 
         context, question = split_prompt(prompt, self.question_delimiter)
         keys = set(CACHE_KEY_PATTERN.findall(context))
