@@ -76,3 +76,32 @@ def test_question_rows_match_eager_on_real_model(real_model):
         torch.testing.assert_close(
             a / scale, b / scale, atol=1e-5, rtol=1e-4, msg=lambda s, layer=layer: f"layer {layer}: {s}"
         )
+
+
+def test_three_windows_of_context_compress_and_answer(real_model):
+    """An input three times the model's 8,192-position window compresses and answers; no position reaches it."""
+    model, tokenizer = real_model
+    window = model.config.max_position_embeddings
+    budget, chunk = 256, 512
+    filler_ids = tokenizer(" ".join(FILLER * 4), add_special_tokens=False).input_ids
+    context = (filler_ids * (3 * window // len(filler_ids) + 2))[: 3 * window]
+    needle_at = len(context) // 2
+    context[needle_at:needle_at] = tokenizer(" " + NEEDLE + " ", add_special_tokens=False).input_ids
+    question = tokenizer("\n\nQuestion: " + QUESTION, add_special_tokens=False).input_ids
+    compressor = FinchCompressor(model, tokenizer, FinchConfig(target_tokens=budget, chunk_size=chunk, progress=False))
+    cc = compressor.compress_ids(context, question)
+    assert cc.original_tokens > 3 * window and cc.kept_tokens == budget
+    assert cc.stats["peak_kv_entries"] <= budget + chunk + len(question)
+    assert cc.cache_length == budget
+    positions = []
+
+    def record(_module, args, kwargs, _output):
+        positions.append(int((args[1] if len(args) > 1 else kwargs["position_ids"]).max()))
+
+    hook = model.model.rotary_emb.register_forward_hook(record, with_kwargs=True)
+    try:
+        answer = compressor.generate(cc, max_new_tokens=8)
+    finally:
+        hook.remove()
+    assert isinstance(answer, str) and answer
+    assert max(positions) < budget + len(question) + 8 < window
