@@ -152,7 +152,7 @@ def test_plain_retriever_compresses_in_the_llm(
         max_new_tokens=20,
     )
     calls = count_compressions(monkeypatch, compressor)
-    question, answer = QUESTIONS[1]
+    question, answer = QUESTIONS[0]
     assert answer in llm.invoke(question)
     assert calls == [question]
 
@@ -188,7 +188,7 @@ def test_stop_cuts_in_both_paths(compressor: Any, full_answer: str) -> None:
 def test_ainvoke_and_cache_key_in_prompt(
     compressor: Any, town_documents: list[Document], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    question, answer = QUESTIONS[1]
+    question, answer = QUESTIONS[0]
     docs = FinchDocumentCompressor(compression_ratio=RATIO, compressor=compressor).compress_documents(
         town_documents, question
     )
