@@ -138,7 +138,9 @@ class CompressedContext:
         Runs of kept tokens are joined with ``gap``. ``passage`` restricts it to one passage.
         """
         if not 0 < threshold <= 1:
-            raise ValueError(f"threshold is a fraction of (layer, KV head) pairs and must be in (0, 1], got {threshold}.")
+            raise ValueError(
+                f"threshold is a fraction of (layer, KV head) pairs and must be in (0, 1], got {threshold}."
+            )
         kept = ((self.kept_mask() >= threshold - 1e-6) & self.passage_tokens(passage)).tolist()
         runs: list[tuple[int, int]] = []
         for token, is_kept in enumerate(kept):

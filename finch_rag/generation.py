@@ -190,7 +190,10 @@ def generate_batch_texts(
     for _ in range(params.max_new_tokens - 1):
         if all(finished):
             break
-        step_tokens = [tokens[-1] if tokens and not done else pad_token_id for tokens, done in zip(generated, finished)]
+        step_tokens = [
+            tokens[-1] if tokens and not done else pad_token_id
+            for tokens, done in zip(generated, finished, strict=True)
+        ]
         attention_mask = torch.cat((attention_mask, torch.ones((rows, 1), dtype=torch.long, device=device)), dim=1)
         with lock, torch.inference_mode():
             logits = model(

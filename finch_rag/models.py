@@ -29,7 +29,10 @@ _DEFAULT_ALIASES = {None, "default", DEFAULT_MODEL.lower(), "smollm2"}
 
 
 def cache_dir() -> Path:
-    """Where converted models live: ``$FINCH_RAG_CACHE``, else ``$XDG_CACHE_HOME/finch-rag``, else ``~/.cache/finch-rag``."""
+    """Where converted models live.
+
+    ``$FINCH_RAG_CACHE``, else ``$XDG_CACHE_HOME/finch-rag``, else ``~/.cache/finch-rag``.
+    """
     configured = os.environ.get("FINCH_RAG_CACHE")
     if configured:
         return Path(configured).expanduser()
@@ -59,7 +62,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _auto_settings(device: torch.device, dtype: torch.dtype | str | None, attn_implementation: str | None) -> dict[str, Any]:
+def _auto_settings(
+    device: torch.device, dtype: torch.dtype | str | None, attn_implementation: str | None
+) -> dict[str, Any]:
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):

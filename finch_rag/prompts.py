@@ -33,7 +33,7 @@ class Passage:
         return f"{self.title}\n" if self.title else ""
 
 
-PassageLike = Union[str, Passage]
+PassageLike = Union[str, Passage]  # noqa: UP007 - a runtime alias, and the package supports Python 3.10
 
 
 def as_passages(context: str | Sequence[PassageLike]) -> list[Passage]:
@@ -114,9 +114,9 @@ def build_prompt(
     chat_template: bool | None = None,
     system_prompt: str | None = None,
 ) -> PromptParts:
-    """Split the full prompt for ``passages`` and ``question`` into token ranges.
+    r"""Split the full prompt for ``passages`` and ``question`` into token ranges.
 
-    The question segment starts with the text between context and question (``"\\n\\nQuestion: "``), so
+    The question segment starts with the text between context and question (``"\n\nQuestion: "``), so
     it reads naturally after any chunk.
     """
     if not isinstance(question, str):

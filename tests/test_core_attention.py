@@ -128,7 +128,7 @@ def test_single_pass_keeps_top_of_reference(tiny_model, tiny_tokenizer, selectio
     if selection == "shared":
         # Sliding-window layers do not vote (their question rows cannot see the whole context).
         layer_types = getattr(tiny_model.config, "layer_types", None) or ["full_attention"] * len(reference)
-        voting = [layer for layer, kind in zip(reference, layer_types) if kind != "sliding_attention"]
+        voting = [layer for layer, kind in zip(reference, layer_types, strict=True) if kind != "sliding_attention"]
         votes = [layer.mean(dim=0) / layer.mean(dim=0).sum() for layer in voting]
         expected = top(torch.stack(votes).mean(dim=0))
         for positions in cc.kept_positions:

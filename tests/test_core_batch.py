@@ -50,7 +50,8 @@ def test_batch_rejects_mismatched_inputs(tiny_models, tiny_tokenizer):
 
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.8, "top_p": 0.9, "seed": 3}], ids=["greedy", "sampled"])
 def test_generate_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer, sampling):
-    compressor = FinchCompressor(tiny_model, tiny_tokenizer, FinchConfig(target_tokens=12, chunk_size=8, progress=False))
+    config = FinchConfig(target_tokens=12, chunk_size=8, progress=False)
+    compressor = FinchCompressor(tiny_model, tiny_tokenizer, config)
     compressed = compressor.compress_batch(CONTEXTS, QUESTIONS)
     together = compressor.generate_batch(compressed, max_new_tokens=8, **sampling)
     alone = [compressor.generate(item, max_new_tokens=8, **sampling) for item in compressed]

@@ -112,7 +112,7 @@ def group_means(
         groups.setdefault(tuple(record.get(key) for key in keys), []).append(record)
     rows = []
     for group_key, members in groups.items():
-        row: dict[str, Any] = dict(zip(keys, group_key))
+        row: dict[str, Any] = dict(zip(keys, group_key, strict=True))
         row["n"] = len(members)
         for metric in metrics:
             values = [member[metric] for member in members if member.get(metric) is not None]

@@ -96,7 +96,8 @@ def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
 def _markdown(records: list[dict[str, Any]], machine: str, args: argparse.Namespace) -> str:
     by_key = {(r["method"], r["context_tokens"]): r for r in records}
     lines = [
-        f"Machine: {machine}. Model: {args.model or 'SmolLM2-135M-Instruct (embedded default)'}, B={args.target_tokens}, "
+        f"Machine: {machine}. Model: {args.model or 'SmolLM2-135M-Instruct (embedded default)'}, "
+        f"B={args.target_tokens}, "
         f"S={args.chunk_size}, {args.new_tokens} answer tokens, median of {args.repeats}.",
         "",
         "| context tokens | Finch compress s | full prefill s | compress / prefill | Finch compress+answer s "

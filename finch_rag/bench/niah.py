@@ -45,7 +45,6 @@ from .._locks import model_lock
 from ..compression.chunking import chunk_bounds
 from ..compression.loop import CompressedCache, decoder_of
 from ..compression.rotation import KeyRotation
-from ..compression.selection import select_top, step_budget
 from ..compressor import FinchCompressor
 from ..config import FinchConfig
 from ..context import CompressedContext
@@ -194,8 +193,9 @@ def split_passages(
             cuts.append(boundary)
             last = boundary
     cuts.append(len(context))
-    passages, where = [], (0, 0, 0)
-    for start, end in zip(cuts, cuts[1:]):
+    passages: list[str] = []
+    where = (0, 0, 0)
+    for start, end in zip(cuts[:-1], cuts[1:], strict=True):
         piece = context[start:end]
         lead = len(piece) - len(piece.lstrip())
         text = piece.strip()
@@ -326,11 +326,13 @@ def control_context(
     """A `CompressedContext` whose kept positions follow a fixed ``rule`` instead of attention.
 
     ``rule`` is ``"random"`` (a uniformly random set of ``B`` positions, fixed by ``seed``), ``"recency"``
-    (the last ``B``) or ``"first"`` (the first ``B``). It runs FINCH's chunk loop with the same chunk size
-    and step budgets ``B_t``, so the controls pay the same memory bound and see the same eviction history
-    as FINCH; only the choice differs. Each position gets a fixed priority and the ``B_t`` candidates with
-    the highest priority survive each step, so the final set is exactly the rule's set over the whole
-    context.
+    (the last ``B``) or ``"first"`` (the first ``B``). The rule fixes the final set up front; the context
+    is then read in chunks of ``config.chunk_size`` like FINCH, and after each chunk every entry outside
+    that set is evicted and the survivors are re-rotated to contiguous positions. So the controls keep
+    exactly the rule's ``B`` entries, their cache never holds more than ``|P| + B + S`` entries (FINCH's
+    bound), and later chunks are read over an already-evicted cache, as with FINCH. Unlike FINCH there is
+    no per-step budget ``B_t``: a fixed rule has nothing to gain from re-competing, and with ``B_t`` the
+    early chunks could not keep their share of the first ``B`` tokens.
     """
     if rule not in ("random", "recency", "first"):
         raise ValueError(f"rule must be 'random', 'recency' or 'first', got {rule!r}.")
@@ -342,11 +344,13 @@ def control_context(
     n = len(parts.context_ids)
     budget = config.budget(n)
     if rule == "random":
-        priority = torch.rand(n, generator=torch.Generator().manual_seed(seed))
+        final = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:budget]
     elif rule == "recency":
-        priority = torch.arange(n, dtype=torch.float32)
+        final = torch.arange(n - budget, n)
     else:
-        priority = -torch.arange(n, dtype=torch.float32)
+        final = torch.arange(budget)
+    in_final = torch.zeros(n, dtype=torch.bool)
+    in_final[final] = True
     device = compressor.device
     rotation = KeyRotation.from_model(model)
     decoder = decoder_of(model)
@@ -364,19 +368,19 @@ def control_context(
             decoder(input_ids=context_ids[:, start:end], past_key_values=cache, use_cache=True)
             peak = max(peak, cache.get_seq_length())
             candidates = torch.cat((kept, torch.arange(start, end)))
-            keep = min(step_budget(budget, end, n), candidates.shape[0])
-            chosen = select_top(priority[candidates], keep)
+            chosen = in_final[candidates].nonzero().flatten()
             kept = candidates[chosen]
-            if keep < candidates.shape[0]:
+            if chosen.shape[0] < candidates.shape[0]:
                 for layer in range(len(cache.layers)):
                     _pack_layer(cache, layer, chosen.to(device), prefix_length, rotation)
-    layers = cache.layers
+    layer_kv = [_layer_kv(cache, layer) for layer in range(len(cache.layers))]
+    keys, values = [kv[0] for kv in layer_kv], [kv[1] for kv in layer_kv]
     return CompressedContext(
         cache=CompressedCache(
-            keys=[layer.keys for layer in layers],
-            values=[layer.values for layer in layers],
+            keys=keys,
+            values=values,
             prefix_length=prefix_length,
-            kept_positions=[kept.to(device).expand(layer.keys.shape[1], -1) for layer in layers],
+            kept_positions=[kept.to(device).expand(layer_keys.shape[1], -1) for layer_keys in keys],
             kept_scores=None,
             peak_kv_entries=peak,
             num_chunks=len(bounds),
@@ -402,12 +406,24 @@ def _pack_layer(
     cache: DynamicCache, layer: int, chosen: torch.Tensor, prefix_length: int, rotation: KeyRotation
 ) -> None:
     """Keep the prefix and the ``chosen`` candidates (ascending), re-rotated to contiguous positions."""
-    entry = cache.layers[layer]
+    keys, values = _layer_kv(cache, layer)
     index = chosen + prefix_length
     shift = torch.arange(chosen.shape[0], device=chosen.device) - chosen
-    keys = rotation.rerotate(layer, entry.keys.index_select(2, index), shift)
-    entry.keys = torch.cat((entry.keys[:, :, :prefix_length], keys), dim=2)
-    entry.values = torch.cat((entry.values[:, :, :prefix_length], entry.values.index_select(2, index)), dim=2)
+    kept_keys = rotation.rerotate(layer, keys.index_select(2, index), shift)
+    entry: Any = cache.layers[layer]
+    entry.keys = torch.cat((keys[:, :, :prefix_length], kept_keys), dim=2)
+    entry.values = torch.cat((values[:, :, :prefix_length], values.index_select(2, index)), dim=2)
+
+
+def _layer_kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    entry = cache.layers[layer]
+    keys, values = getattr(entry, "keys", None), getattr(entry, "values", None)
+    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+        raise NotImplementedError(
+            f"Cache layer {layer} is a {type(entry).__name__} without key/value tensors; the controls need "
+            "full-attention cache layers."
+        )
+    return keys, values
 
 
 # -------------------------------------------------------------------- runs
@@ -463,15 +479,26 @@ def run_niah(
         Compression ratios (fraction removed): 0.75 is 4x, 0.9 is 10x. ``full`` ignores them.
     needles : sequence of Needle, optional
         Default: the built-in `NEEDLES`; ``limit`` keeps the first ``limit`` of them.
+    limit : int, optional
+        Use only the first ``limit`` needles.
     seed : int
         Seeds torch and the ``random`` control.
+    progress : bool
+        A tqdm bar over cases.
+    data : path, optional
+        The benchmark data folder (see `finch_rag.bench.common.data_dir`).
     passage_tokens : int, optional
         Split the haystack into passages of about this many tokens (default: one passage).
+    max_new_tokens : int
+        Answer length limit (greedy decoding).
     answer : bool
         ``False`` skips decoding and records only the needle retention (much faster).
     journal : path, optional
         A JSON-lines file: every record is appended as soon as it is done, and records already there are
-        not run again, so an interrupted run resumes.
+        not run again, so an interrupted run resumes. Records are matched by method name, so give
+        differently configured methods different names.
+    on_record : callable, optional
+        Called with each record as soon as it is done.
     """
     torch.manual_seed(seed)
     resolved = expand_methods([m for m in methods if isinstance(m, str)]) + [
@@ -485,8 +512,8 @@ def run_niah(
     if journal_path and journal_path.exists():
         for line in journal_path.read_text().splitlines():
             if line.strip():
-                record = json.loads(line)
-                done[_record_key(record)] = record
+                previous = json.loads(line)
+                done[_record_key(previous)] = previous
     window = compressor.context_window
     jobs = []
     for length in lengths:
@@ -766,6 +793,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finch_rag.bench.niah", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="benchmark data folder (default: ../shared/data beside the repository)")
     parser.add_argument("--model", help="model path or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--config",
+        help="change the base FinchConfig (what 'finch', the controls and 'label:...' methods start from), "
+        "e.g. 'smoothing=21,score_layers=upper'",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[1500, 4000], help="context lengths in tokens")
     parser.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9], help="needle depths in [0, 1]")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.75, 0.9], help="compression ratios (removed)")
@@ -798,7 +830,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..models import load_model
 
     model, tokenizer = load_model(args.model) if args.model else load_model()
-    compressor = FinchCompressor(model, tokenizer)
+    base = parse_method(f"finch:{args.config}") if args.config else BUILTIN_METHODS["finch"]
+    num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    compressor = FinchCompressor(model, tokenizer, method_config(FinchConfig(), base, num_layers, 0.75))
     journal = args.journal or str(Path(args.out) / f"{args.name}.jsonl")
     records = run_niah(
         compressor,
