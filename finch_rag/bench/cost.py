@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -125,6 +126,16 @@ def _markdown(records: list[dict[str, Any]], machine: str, args: argparse.Namesp
     return "\n".join(lines) + "\n"
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args)))
         return 0
-    machine = f"{platform.machine()} CPU, {platform.processor() or 'unknown'}, torch threads={args.threads}"
+    machine = f"{_cpu_name()}, {os.cpu_count()} cores, no GPU used, torch threads={args.threads}"
     records = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for length in args.lengths:
