@@ -19,7 +19,7 @@ comp = FinchCompressor(model, tok)
 total = equal = 0; jacc = []
 for case, r in zip(cases, ref):
     k = r["n_kept_context"]
-    cfg = FinchConfig(target_tokens=k, chunk_size=None, selection="per_head", normalize_scores=True, progress=False)
+    cfg = FinchConfig(target_tokens=k, chunk_size=None, selection="per_head", normalize_scores=True, smoothing=1, progress=False)
     cc = comp.compress_ids(case["context_ids"], case["question_ids"], config=cfg)
     for layer, heads in enumerate(r["layers"]):
         for head, ref_pos in enumerate(heads):
