@@ -122,11 +122,23 @@ def load_model(
     return model, tokenizer
 
 
+def converted_dir(gguf_path: Path) -> Path:
+    """Where the safetensors copy of ``gguf_path`` lives in the cache.
+
+    Keyed by the file's content (size, first and last MiB), not its path, so the same model installed in
+    another virtual environment reuses the conversion.
+    """
+    digest = hashlib.sha256(str(gguf_path.stat().st_size).encode())
+    with gguf_path.open("rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, gguf_path.stat().st_size - (1 << 20)))
+        digest.update(handle.read())
+    return cache_dir() / "models" / f"{gguf_path.stem}-{digest.hexdigest()[:12]}"
+
+
 def _converted_gguf(gguf_path: Path) -> Path:
     """Safetensors copy of a GGUF model in the cache, converting it on first use."""
-    stat = gguf_path.stat()
-    fingerprint = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{fingerprint}"
+    target = converted_dir(gguf_path)
     if (target / "config.json").is_file():
         return target
     logger.info("Converting %s to safetensors in %s (once; about 20-40 s on a CPU)", gguf_path.name, target)

@@ -71,9 +71,8 @@ def test_default_model_loads_offline(real_model):
 @pytest.mark.slow
 def test_second_load_uses_safetensors_cache(real_model, monkeypatch):
     """After the first load, the converted copy is reused: the GGUF file is not dequantised again."""
-    gguf = finch_models.default_gguf_path()
-    cached = [p for p in (finch_models.cache_dir() / "models").iterdir() if p.name.startswith(gguf.stem)]
-    assert len(cached) == 1, cached
+    cached = [finch_models.converted_dir(finch_models.default_gguf_path())]
+    assert cached[0].is_dir(), cached
     files = {p.name for p in cached[0].iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     assert not list(cached[0].parent.glob(".converting-*")), "a half-written conversion was left behind"
