@@ -510,10 +510,7 @@ def run_niah(
     done: dict[str, dict[str, Any]] = {}
     journal_path = Path(journal) if journal else None
     if journal_path and journal_path.exists():
-        for line in journal_path.read_text().splitlines():
-            if line.strip():
-                previous = json.loads(line)
-                done[_record_key(previous)] = previous
+        done = {_record_key(previous): previous for previous in read_journal(journal_path)}
     window = compressor.context_window
     jobs = []
     for length in lengths:
@@ -611,6 +608,11 @@ def run_niah(
                 record.update(answer_scores(text, needle.answers))
         _finish(record, records, journal_path, on_record)
     return records
+
+
+def read_journal(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines journal written by `run_niah`."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def _finish(
@@ -720,7 +722,11 @@ def plot_heatmaps(records: Sequence[Mapping[str, Any]], path: str | Path, metric
     lengths = sorted({record["length"] for record in ran})
     depths = sorted({record["depth"] for record in ran})
     figure, axes = plt.subplots(
-        len(ratios), len(methods), figsize=(1.2 + 1.9 * len(methods), 0.6 + 1.9 * len(ratios)), squeeze=False
+        len(ratios),
+        len(methods),
+        figsize=(1.5 + 2.1 * len(methods), 0.8 + 2.3 * len(ratios)),
+        squeeze=False,
+        layout="constrained",
     )
     image = None
     for row, ratio in enumerate(ratios):
@@ -747,7 +753,7 @@ def plot_heatmaps(records: Sequence[Mapping[str, Any]], path: str | Path, metric
             axis.set_xticks(range(len(lengths)), [str(length) for length in lengths], fontsize=7)
             axis.set_yticks(range(len(depths)), [f"{depth:.0%}" for depth in depths] if column == 0 else [], fontsize=7)
             label = "full context" if method == "full" else f"{1 / (1 - ratio):.0f}x"
-            axis.set_title(f"{method}\n{label}", fontsize=8)
+            axis.set_title(f"{method}\n{label}", fontsize=7)
             if column == 0:
                 axis.set_ylabel("needle depth", fontsize=8)
             if row == len(ratios) - 1:
@@ -818,7 +824,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 needle, 1,500 tokens, depth 0.5")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument("--name", default="niah", help="output file stem")
-    parser.add_argument("--journal", help="JSON-lines file to resume from (default: OUT/NAME.jsonl)")
+    parser.add_argument("--journal", help="JSON-lines file: append each record, resume from it after a stop")
+    parser.add_argument(
+        "--report-only", action="store_true", help="run nothing: write the results of the records in --journal"
+    )
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -826,6 +835,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.lengths, args.depths, args.limit = [1500], [0.5], 1
+    command = "python -m finch_rag.bench.niah " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        if not args.journal:
+            parser.error("--report-only needs --journal")
+        records = read_journal(args.journal)
+        paths = write_results(records, args.out, args.name, meta={"command": command}, plot=not args.no_plot)
+        print("wrote " + ", ".join(str(path) for path in paths.values()))
+        return 0
 
     from ..models import load_model
 
@@ -833,7 +850,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = parse_method(f"finch:{args.config}") if args.config else BUILTIN_METHODS["finch"]
     num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
     compressor = FinchCompressor(model, tokenizer, method_config(FinchConfig(), base, num_layers, 0.75))
-    journal = args.journal or str(Path(args.out) / f"{args.name}.jsonl")
     records = run_niah(
         compressor,
         lengths=args.lengths,
@@ -848,12 +864,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         passage_tokens=args.passage_tokens,
         max_new_tokens=args.max_new_tokens,
         answer=not args.no_answer,
-        journal=journal,
+        journal=args.journal,
     )
     meta = {
-        "command": "python -m finch_rag.bench.niah " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "model": compressor.model_name,
-        "default_config": {k: v for k, v in compressor.config.to_dict().items() if k != "progress"},
+        "base_config": {k: v for k, v in compressor.config.to_dict().items() if k != "progress"},
     }
     paths = write_results(records, args.out, args.name, meta=meta, plot=not args.no_plot)
     print(markdown_report(records))
