@@ -144,14 +144,25 @@ def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     return target
 
 
-def machine_description() -> str:
-    """CPU count, torch threads and accelerator, for result files."""
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     import platform
 
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
+def machine_description() -> str:
+    """CPU, core count, torch threads and accelerator, for result files."""
     import torch
 
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__} with "
+        f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, {accelerator}"
     )

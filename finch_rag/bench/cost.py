@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -20,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .common import cpu_name, data_dir
 
 DEFAULT_OUT = Path("docs/results")
 _QUESTION = "What does the author say about how startups should choose what to work on?"
@@ -49,7 +50,7 @@ def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
     model, tokenizer = load_model(args.model)
     config = FinchConfig(target_tokens=args.target_tokens, chunk_size=args.chunk_size, progress=False)
     compressor = FinchCompressor(model, tokenizer, config)
-    context = _haystack_ids(tokenizer, Path(args.data), length)
+    context = _haystack_ids(tokenizer, data_dir(args.data), length)
     # The same prompt parts as compress() builds, around a long context of raw token ids.
     parts = build_prompt(tokenizer, [Passage("placeholder")], _QUESTION)
     prefix_ids, question_ids, suffix_ids = parts.prefix_ids, parts.question_ids, parts.suffix_ids
@@ -126,16 +127,6 @@ def _markdown(records: list[dict[str, Any]], machine: str, args: argparse.Namesp
     return "\n".join(lines) + "\n"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{platform.machine()} CPU"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
@@ -145,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    parser.add_argument("--data", default=None, help="data folder (default: $FINCH_RAG_DATA, else ../shared/data)")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args)))
         return 0
-    machine = f"{_cpu_name()}, {os.cpu_count()} cores, no GPU used, torch threads={args.threads}"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch threads={args.threads}"
     records = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for length in args.lengths:
