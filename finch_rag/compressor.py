@@ -22,7 +22,6 @@ from .store import ContextStore, context_store
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class _Prepared:
     """One request's prompt parts as token ids, before compression."""
@@ -285,9 +284,7 @@ class FinchCompressor:
     ) -> str:
         """Answer from ``compressed``; it is not modified, so answering twice greedily gives the same text."""
         return "".join(
-            self.stream(
-                compressed, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop
-            )
+            self.stream(compressed, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
         )
 
     def stream(

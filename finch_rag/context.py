@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .compression.loop import CompressedCache
 from .config import FinchConfig
-from .prompts import Passage
+from .prompts import Passage, span_token_mask
 
 STATS_KEYS = ("finch_kept_fraction", "finch_tokens_before", "finch_tokens_after")
 """Per-passage statistics (`CompressedContext.passage_stats`) that the integrations add to each output's metadata."""
@@ -158,23 +158,32 @@ class CompressedContext:
             return self.context_text[self.token_offsets[start][0] : self.token_offsets[end - 1][1]]
         return self.tokenizer.decode(self.context_ids[start:end].tolist())
 
+    def span_tokens(self, spans: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+        """``[n]`` bool: the context tokens overlapping ``spans``.
+
+        ``spans`` holds ``(passage_index, char_start, char_end)`` in that passage's own text.
+        """
+        if self.passage_text_spans is None or self.token_offsets is None:
+            raise ValueError("Spans need a context built from passages (compress(), not compress_ids()).")
+        return span_token_mask(self.token_offsets, self.passage_text_spans, spans)
+
     def kept_fraction(self, spans: Sequence[tuple[int, int, int]]) -> float:
         """Fraction of the KV entries of the tokens overlapping ``spans`` that survived.
 
         ``spans`` holds ``(passage_index, char_start, char_end)`` in that passage's own text. The result
         averages over those tokens, layers and KV heads.
         """
-        if self.passage_text_spans is None or self.token_offsets is None:
-            raise ValueError("kept_fraction needs a context built from passages (compress(), not compress_ids()).")
-        selected = torch.zeros(self.original_tokens, dtype=torch.bool)
-        for passage, char_start, char_end in spans:
-            if not 0 <= passage < len(self.passage_text_spans):
-                raise IndexError(f"passage {passage} out of range (0..{len(self.passage_text_spans) - 1}).")
-            base = self.passage_text_spans[passage][0]
-            selected |= self._tokens_overlapping(base + char_start, base + char_end)
+        selected = self.span_tokens(spans)
         if not selected.any():
             raise ValueError(f"The spans {list(spans)} cover no context token.")
         return float(self.kept_mask()[selected].mean())
+
+    def kept_fraction_per_layer(self, spans: Sequence[tuple[int, int, int]]) -> list[float]:
+        """`kept_fraction` for each layer (averaged over that layer's KV heads)."""
+        selected = self.span_tokens(spans)
+        if not selected.any():
+            raise ValueError(f"The spans {list(spans)} cover no context token.")
+        return self.kept_per_layer()[:, selected].mean(dim=1).tolist()
 
     def passage_kept_fractions(self) -> list[float]:
         """For each passage, the fraction of its tokens' KV entries that survived."""

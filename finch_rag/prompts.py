@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 INSTRUCTION = "Answer the question using the context below. Be concise."
@@ -72,6 +73,30 @@ class PromptParts:
     token_offsets: list[tuple[int, int]]  # (char_start, char_end) of each context token in context_text
     passage_text_spans: list[tuple[int, int]]  # where each passage's own text sits in context_text
     passage_token_starts: list[int]
+
+    def span_tokens(self, spans: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+        """``[n]`` bool: the context tokens overlapping ``spans`` (see `span_token_mask`)."""
+        return span_token_mask(self.token_offsets, self.passage_text_spans, spans)
+
+
+def span_token_mask(
+    token_offsets: Sequence[tuple[int, int]],
+    passage_text_spans: Sequence[tuple[int, int]],
+    spans: Sequence[tuple[int, int, int]],
+) -> torch.Tensor:
+    """``[n]`` bool: the context tokens that overlap any ``(passage_index, char_start, char_end)`` span.
+
+    Character offsets are in that passage's own text; ``passage_text_spans`` places each passage's text in the
+    packed context and ``token_offsets`` each token. Raises ``IndexError`` for a passage out of range.
+    """
+    offsets = torch.tensor(list(token_offsets), dtype=torch.long).reshape(-1, 2)
+    selected = torch.zeros(offsets.shape[0], dtype=torch.bool)
+    for passage, char_start, char_end in spans:
+        if not 0 <= passage < len(passage_text_spans):
+            raise IndexError(f"passage {passage} out of range (0..{len(passage_text_spans) - 1}).")
+        base = passage_text_spans[passage][0]
+        selected |= (offsets[:, 0] < base + char_end) & (offsets[:, 1] > base + char_start)
+    return selected
 
 
 def uses_chat_template(tokenizer: PreTrainedTokenizerBase, requested: bool | None) -> bool:

@@ -34,21 +34,17 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from .._locks import model_lock
-from ..compression.chunking import chunk_bounds
-from ..compression.loop import CompressedCache, decoder_of
-from ..compression.rotation import KeyRotation
 from ..compressor import FinchCompressor
 from ..config import FinchConfig
 from ..context import CompressedContext
-from ..prompts import Passage, as_passages, build_prompt
+from ..prompts import as_passages, build_prompt
 from .common import (
     RESULTS_DIR,
     answer_scores,
@@ -57,6 +53,16 @@ from .common import (
     machine_description,
     markdown_table,
     write_json,
+)
+from .methods import (
+    BUILTIN_METHODS,
+    FINCHPRESS,
+    METHOD_GROUPS,
+    Method,
+    control_context,
+    expand_methods,
+    method_config,
+    parse_method,
 )
 
 logger = logging.getLogger(__name__)
@@ -208,32 +214,6 @@ def split_passages(
 
 
 # ----------------------------------------------------------------- methods
-@dataclass(frozen=True)
-class Method:
-    """A way to fill the budget: ``kind`` is ``"finch"`` (with `FinchConfig` changes), ``"full"`` or ``"control"``."""
-
-    name: str
-    kind: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-FINCHPRESS = {
-    "selection": "per_head",
-    "chunk_size": None,
-    "normalize_scores": True,
-    "smoothing": 1,
-    "score_layers": None,
-}
-
-BUILTIN_METHODS: dict[str, Method] = {
-    "finch": Method("finch", "finch"),
-    "finchpress": Method("finchpress", "finch", FINCHPRESS),
-    "full": Method("full", "full"),
-    "random": Method("random", "control", {"rule": "random"}),
-    "recency": Method("recency", "control", {"rule": "recency"}),
-    "first": Method("first", "control", {"rule": "first"}),
-}
-
 _SHARED = {"selection": "shared", "chunk_size": 512, "normalize_scores": True, "score_layers": None}
 # The selection study (docs/results/selection_study.md): `--methods study`.
 STUDY_METHODS: dict[str, Method] = {
@@ -245,185 +225,11 @@ STUDY_METHODS: dict[str, Method] = {
     "shared_s9": Method("shared_s9", "finch", {**_SHARED, "smoothing": 9}),
     "shared_s21": Method("shared_s21", "finch", {**_SHARED, "smoothing": 21}),
     "shared_s41": Method("shared_s41", "finch", {**_SHARED, "smoothing": 41}),
-    "shared_s21_upper": Method("shared_s21_upper", "finch", {**_SHARED, "smoothing": 21, "score_layers": "upper"}),
+    "shared_s21_upper": Method("shared_s21_upper", "finch", {**_SHARED, "smoothing": 21, "score_layers": "upper_half"}),
     "shared_s21_nonorm": Method("shared_s21_nonorm", "finch", {**_SHARED, "smoothing": 21, "normalize_scores": False}),
     "shared_s21_single": Method("shared_s21_single", "finch", {**_SHARED, "smoothing": 21, "chunk_size": None}),
 }
-METHOD_GROUPS: dict[str, list[str]] = {
-    "study": list(STUDY_METHODS),
-    "baselines": ["full", "finch", "finchpress", "random", "recency", "first"],
-}
-
-
-def _parse_value(key: str, raw: str) -> Any:
-    lowered = raw.strip().lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if key == "score_layers":
-        if lowered in ("upper", "lower", "all"):
-            return None if lowered == "all" else lowered
-        if ".." in lowered:
-            first, last = (int(part) for part in lowered.split(".."))
-            return tuple(range(first, last + 1))
-        return tuple(int(part) for part in lowered.replace("+", " ").split())
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def parse_method(spec: str) -> Method:
-    """A built-in or study method by name, or ``label:key=value,...`` (`FinchConfig` fields)."""
-    if spec in BUILTIN_METHODS:
-        return BUILTIN_METHODS[spec]
-    if spec in STUDY_METHODS:
-        return STUDY_METHODS[spec]
-    if ":" not in spec:
-        known = sorted({*BUILTIN_METHODS, *STUDY_METHODS, *METHOD_GROUPS})
-        raise ValueError(f"Unknown method {spec!r}: use one of {known} or 'label:key=value,...'.")
-    label, _, body = spec.partition(":")
-    options = {}
-    for item in filter(None, body.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"In method {spec!r}, {item!r} is not key=value.")
-        options[key.strip()] = _parse_value(key.strip(), raw)
-    return Method(label.strip(), "finch", options)
-
-
-def expand_methods(specs: Iterable[str]) -> list[Method]:
-    methods: list[Method] = []
-    for spec in specs:
-        names = METHOD_GROUPS.get(spec, [spec])
-        methods += [parse_method(name) for name in names]
-    return methods
-
-
-def method_config(base: FinchConfig, method: Method, num_layers: int, ratio: float) -> FinchConfig:
-    """``base`` with the method's options and the ratio applied (no progress bars)."""
-    options = {key: value for key, value in method.options.items() if key != "rule"}
-    layers = options.get("score_layers")
-    if layers == "upper":
-        options["score_layers"] = tuple(range(num_layers // 2, num_layers))
-    elif layers == "lower":
-        options["score_layers"] = tuple(range(num_layers // 2))
-    return base.replace(compression_ratio=ratio, progress=False, **options)
-
-
-# ---------------------------------------------------------------- controls
-def control_context(
-    compressor: FinchCompressor,
-    passages: Sequence[str | Passage],
-    question: str,
-    rule: str,
-    config: FinchConfig,
-    seed: int = 0,
-) -> CompressedContext:
-    """A `CompressedContext` whose kept positions follow a fixed ``rule`` instead of attention.
-
-    ``rule`` is ``"random"`` (a uniformly random set of ``B`` positions, fixed by ``seed``), ``"recency"``
-    (the last ``B``) or ``"first"`` (the first ``B``). The rule fixes the final set up front; the context
-    is then read in chunks of ``config.chunk_size`` like FINCH, and after each chunk every entry outside
-    that set is evicted and the survivors are re-rotated to contiguous positions. So the controls keep
-    exactly the rule's ``B`` entries, their cache never holds more than ``|P| + B + S`` entries (FINCH's
-    bound), and later chunks are read over an already-evicted cache, as with FINCH. Unlike FINCH there is
-    no per-step budget ``B_t``: a fixed rule has nothing to gain from re-competing, and with ``B_t`` the
-    early chunks could not keep their share of the first ``B`` tokens.
-    """
-    if rule not in ("random", "recency", "first"):
-        raise ValueError(f"rule must be 'random', 'recency' or 'first', got {rule!r}.")
-    model, tokenizer = compressor.model, compressor.tokenizer
-    items = as_passages(list(passages))
-    parts = build_prompt(
-        tokenizer, items, question, chat_template=config.chat_template, system_prompt=config.system_prompt
-    )
-    n = len(parts.context_ids)
-    budget = config.budget(n)
-    if rule == "random":
-        final = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:budget]
-    elif rule == "recency":
-        final = torch.arange(n - budget, n)
-    else:
-        final = torch.arange(budget)
-    in_final = torch.zeros(n, dtype=torch.bool)
-    in_final[final] = True
-    device = compressor.device
-    rotation = KeyRotation.from_model(model)
-    decoder = decoder_of(model)
-    context_ids = torch.tensor([parts.context_ids], device=device)
-    bounds = chunk_bounds(n, config.chunk_size, parts.passage_token_starts)
-    started = time.perf_counter()
-    cache = DynamicCache()
-    kept = torch.zeros(0, dtype=torch.long)
-    peak = 0
-    with model_lock(model), torch.inference_mode():
-        if parts.prefix_ids:
-            decoder(input_ids=torch.tensor([parts.prefix_ids], device=device), past_key_values=cache, use_cache=True)
-        prefix_length = len(parts.prefix_ids)
-        for start, end in bounds:
-            decoder(input_ids=context_ids[:, start:end], past_key_values=cache, use_cache=True)
-            peak = max(peak, cache.get_seq_length())
-            candidates = torch.cat((kept, torch.arange(start, end)))
-            chosen = in_final[candidates].nonzero().flatten()
-            kept = candidates[chosen]
-            if chosen.shape[0] < candidates.shape[0]:
-                for layer in range(len(cache.layers)):
-                    _pack_layer(cache, layer, chosen.to(device), prefix_length, rotation)
-    layer_kv = [_layer_kv(cache, layer) for layer in range(len(cache.layers))]
-    keys, values = [kv[0] for kv in layer_kv], [kv[1] for kv in layer_kv]
-    return CompressedContext(
-        cache=CompressedCache(
-            keys=keys,
-            values=values,
-            prefix_length=prefix_length,
-            kept_positions=[kept.to(device).expand(layer_keys.shape[1], -1) for layer_keys in keys],
-            kept_scores=None,
-            peak_kv_entries=peak,
-            num_chunks=len(bounds),
-            seconds=time.perf_counter() - started,
-        ),
-        prefix_ids=torch.tensor(parts.prefix_ids, dtype=torch.long),
-        context_ids=torch.tensor(parts.context_ids, dtype=torch.long),
-        question_ids=torch.tensor(parts.question_ids, dtype=torch.long),
-        suffix_ids=torch.tensor(parts.suffix_ids, dtype=torch.long),
-        config=config,
-        tokenizer=tokenizer,
-        model_name=compressor.model_name,
-        question=question,
-        passages=items,
-        context_text=parts.context_text,
-        token_offsets=parts.token_offsets,
-        passage_text_spans=parts.passage_text_spans,
-        passage_token_starts=parts.passage_token_starts,
-    )
-
-
-def _pack_layer(
-    cache: DynamicCache, layer: int, chosen: torch.Tensor, prefix_length: int, rotation: KeyRotation
-) -> None:
-    """Keep the prefix and the ``chosen`` candidates (ascending), re-rotated to contiguous positions."""
-    keys, values = _layer_kv(cache, layer)
-    index = chosen + prefix_length
-    shift = torch.arange(chosen.shape[0], device=chosen.device) - chosen
-    kept_keys = rotation.rerotate(layer, keys.index_select(2, index), shift)
-    entry: Any = cache.layers[layer]
-    entry.keys = torch.cat((keys[:, :, :prefix_length], kept_keys), dim=2)
-    entry.values = torch.cat((values[:, :, :prefix_length], values.index_select(2, index)), dim=2)
-
-
-def _layer_kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    entry = cache.layers[layer]
-    keys, values = getattr(entry, "keys", None), getattr(entry, "values", None)
-    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
-        raise NotImplementedError(
-            f"Cache layer {layer} is a {type(entry).__name__} without key/value tensors; the controls need "
-            "full-attention cache layers."
-        )
-    return keys, values
+STUDY_GROUPS = {"study": list(STUDY_METHODS)}
 
 
 # -------------------------------------------------------------------- runs
@@ -501,9 +307,7 @@ def run_niah(
         Called with each record as soon as it is done.
     """
     torch.manual_seed(seed)
-    resolved = expand_methods([m for m in methods if isinstance(m, str)]) + [
-        m for m in methods if isinstance(m, Method)
-    ]
+    resolved = expand_methods(methods, extra=STUDY_METHODS, groups=STUDY_GROUPS)
     chosen_needles = list(needles if needles is not None else NEEDLES)[: limit if limit else None]
     num_layers = compressor.model.config.get_text_config(decoder=True).num_hidden_layers
     haystack = Haystack(compressor.tokenizer, data)
@@ -554,9 +358,7 @@ def run_niah(
             "passages": passage_tokens,
             "num_passages": len(passages),
         }
-        config = method_config(compressor.config, Method(method.name, method.kind, {}), num_layers, ratio)
-        if method.kind == "finch":
-            config = method_config(compressor.config, method, num_layers, ratio)
+        config = method_config(compressor.config, method, num_layers, ratio=ratio)
         record["config"] = {
             k: (list(v) if isinstance(v, tuple) else v)
             for k, v in config.to_dict().items()
@@ -847,9 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..models import load_model
 
     model, tokenizer = load_model(args.model) if args.model else load_model()
-    base = parse_method(f"finch:{args.config}") if args.config else BUILTIN_METHODS["finch"]
+    base = parse_method(f"finch:{args.config}", STUDY_METHODS) if args.config else BUILTIN_METHODS["finch"]
     num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
-    compressor = FinchCompressor(model, tokenizer, method_config(FinchConfig(), base, num_layers, 0.75))
+    compressor = FinchCompressor(model, tokenizer, method_config(FinchConfig(), base, num_layers, ratio=0.75))
     records = run_niah(
         compressor,
         lengths=args.lengths,

@@ -1,4 +1,4 @@
-"""HotpotQA allocation study: how much multi-hop evidence survives at equal budget?
+"""HotpotQA allocation study, behind the default allocation: how much multi-hop evidence survives?
 
 Setting (see ``docs/results/allocation_study.md``): for each HotpotQA dev (distractor) question, its 10
 paragraphs are ranked by all-MiniLM-L6-v2 similarity to the question (`EmbeddingRetriever` over that
@@ -29,15 +29,13 @@ which is exactly what `FinchCompressor.compress` keeps with ``chunk_size=None`` 
 ``chunk_size=512`` chunk loop and ``passage_weights`` (designs with ``norm=1`` or ``reserve`` are not
 expressible there and are skipped).
 
-Run: ``python -m finch_rag.bench.hotpotqa --limit 40 --methods prune --out docs/results/hotpotqa_prune``.
+Run: ``python -m finch_rag.bench.allocation --limit 40 --methods prune --out docs/results/hotpotqa_prune``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -53,8 +51,8 @@ from ..compression.scoring import per_head_scores, resolve_layers, shared_scores
 from ..config import FinchConfig
 from ..prompts import Passage, PromptParts, build_prompt
 from .common import data_dir, machine_description, markdown_table, mean, write_json
+from .qa import Example, budget_of, load_hotpotqa
 
-DATA_FILE = "hotpotqa-dev-distractor-part.json"
 DEFAULT_BUDGETS = ("4x", "128", "256", "512")
 
 
@@ -158,54 +156,6 @@ def resolve_methods(names: Sequence[str]) -> list[str]:
     return out
 
 
-# --------------------------------------------------------------------- data
-@dataclass
-class Question:
-    qid: str
-    question: str
-    passages: list[Passage]  # rank order
-    ranks: list[int]
-    support: list[tuple[int, int, int]]  # (passage index in rank order, char start, char end)
-    gold_ranks: list[int]
-
-
-def load_questions(path: Path, limit: int | None, seed: int) -> list[dict[str, Any]]:
-    records = json.loads(path.read_text())
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    chosen = order[:limit] if limit else order
-    return [records[i] for i in chosen]
-
-
-def prepare(record: dict[str, Any], embedder: Any) -> Question:
-    from ..retrieval import EmbeddingRetriever
-
-    texts, spans_by_title = [], {}
-    for title, sentences in record["context"]:
-        cursor, spans = 0, []
-        pieces = []
-        for sentence in sentences:
-            piece = sentence.strip()
-            spans.append((cursor, cursor + len(piece)))
-            pieces.append(piece)
-            cursor += len(piece) + 1
-        texts.append((title, " ".join(pieces)))
-        spans_by_title[title] = spans
-    retriever = EmbeddingRetriever([(text, {"title": title}) for title, text in texts], model=embedder, progress=False)
-    retrieved = retriever.retrieve(record["question"], len(texts))
-    passages = [Passage(p.text, p.title) for p in retrieved]
-    index_of = {p.title: i for i, p in enumerate(retrieved)}
-    support, gold = [], set()
-    for title, sentence in record["supporting_facts"]:
-        if title not in index_of or sentence >= len(spans_by_title[title]):
-            continue  # a few HotpotQA facts point past the paragraph
-        start, end = spans_by_title[title][sentence]
-        if end > start:
-            support.append((index_of[title], start, end))
-            gold.add(index_of[title] + 1)
-    return Question(record["_id"], record["question"], passages, [p.rank for p in retrieved], support, sorted(gold))
-
-
 # ------------------------------------------------------------------ scoring
 @dataclass
 class Packed:
@@ -218,7 +168,7 @@ class Packed:
     layer_scores: list[torch.Tensor] | None = None
 
 
-def pack(question: Question, order: str, tokenizer: Any, config: FinchConfig) -> Packed:
+def pack(question: Example, order: str, tokenizer: Any, config: FinchConfig) -> Packed:
     count = len(question.passages)
     perm = list(range(count)) if order == "rank" else list(reversed(range(count)))
     passages = [question.passages[i] for i in perm]
@@ -229,7 +179,7 @@ def pack(question: Question, order: str, tokenizer: Any, config: FinchConfig) ->
     starts = torch.tensor([o[0] for o in parts.token_offsets])
     ends = torch.tensor([o[1] for o in parts.token_offsets])
     masks = []
-    for passage, char_start, char_end in question.support:
+    for passage, char_start, char_end in question.evidence:
         base = parts.passage_text_spans[position[passage]][0]
         masks.append((starts < base + char_end) & (ends > base + char_start))
     n = len(parts.context_ids)
@@ -238,7 +188,7 @@ def pack(question: Question, order: str, tokenizer: Any, config: FinchConfig) ->
     for index in range(count):
         passage_ids[bounds[index] : bounds[index + 1]] = index
     support = torch.stack(masks).any(0) if masks else torch.zeros(n, dtype=torch.bool)
-    return Packed(parts, masks, support, passage_ids, [question.ranks[i] for i in perm], passages)
+    return Packed(parts, masks, support, passage_ids, [i + 1 for i in perm], passages)
 
 
 def capture_scores(compressor: Any, packed: Packed, config: FinchConfig) -> list[torch.Tensor]:
@@ -345,29 +295,16 @@ def metrics(mask: torch.Tensor, packed: Packed) -> dict[str, float]:
     }
 
 
-def budget_of(label: str, n: int) -> int:
-    if label.endswith("x"):
-        return max(1, math.floor(n / float(label[:-1])))
-    return min(int(label), n)
-
-
 # --------------------------------------------------------------------- main
 def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
     from ..compressor import FinchCompressor
-    from ..retrieval import EmbeddingRetriever
 
     torch.set_num_threads(args.threads)
-    path = Path(args.data)
-    if path.is_dir():
-        path = path / DATA_FILE
-    elif not path.exists():
-        path = data_dir() / DATA_FILE
     designs = [Design.parse(spec) for spec in resolve_methods(args.methods) if spec != "truncation"]
     with_truncation = "truncation" in resolve_methods(args.methods)
     base = FinchConfig(progress=False, chunk_size=args.chunk_size)
     compressor = FinchCompressor(config=base)
-    embedder = EmbeddingRetriever(progress=False).model
-    records = load_questions(path, args.limit, args.seed)
+    questions = load_hotpotqa(data_dir(args.data), args.limit, args.seed)
     orders = sorted({d.order for d in designs} | {"rank"})
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -383,9 +320,8 @@ def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
             "records": rows,
         }
 
-    for q_index, record in enumerate(records):
-        question = prepare(record, embedder)
-        if not question.support:
+    for q_index, question in enumerate(questions):
+        if not question.evidence:
             continue
         packed = {order: pack(question, order, compressor.tokenizer, base) for order in orders}
         n = len(packed["rank"].parts.context_ids)
@@ -398,8 +334,8 @@ def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
             "index": q_index,
             "qid": question.qid,
             "n": n,
-            "gold_ranks": question.gold_ranks,
-            "type": record.get("type"),
+            "gold_ranks": question.info["gold_ranks"],
+            "type": question.info["type"],
         }
         for label in args.budgets:
             budget = budget_of(label, n)
@@ -432,7 +368,7 @@ def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
                     model_seconds += time.perf_counter() - t1
                 rows.append(common | {"method": design.label, "budget": label, "B": budget} | metrics(mask, p))
         if (q_index + 1) % 5 == 0:
-            print(f"{q_index + 1}/{len(records)} questions, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            print(f"{q_index + 1}/{len(questions)} questions, {time.perf_counter() - started:.0f} s", file=sys.stderr)
             if on_progress is not None:
                 on_progress(result(), partial=True)
 
@@ -477,7 +413,7 @@ def markdown(result: dict[str, Any], table: list[dict[str, Any]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=None, help=f"{DATA_FILE} or its folder (default: ../shared/data)")
+    parser.add_argument("--data", default=None, help="benchmark data folder (default: ../shared/data)")
     parser.add_argument("--limit", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--budgets", nargs="+", default=list(DEFAULT_BUDGETS))
@@ -487,8 +423,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="docs/results/hotpotqa", help="path prefix for .json and .md")
     args = parser.parse_args(argv)
-    if args.data is None:
-        args.data = str(data_dir() / DATA_FILE)
     if args.mode == "sim":
         args.chunk_size = None
     out = Path(args.out)
