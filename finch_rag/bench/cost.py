@@ -39,6 +39,18 @@ def _haystack_ids(tokenizer: Any, data_dir: Path, length: int) -> list[int]:
     return ids[:length]
 
 
+def _decode_seconds(model: Any, cache: Any, logits: Any, steps: int) -> float:
+    """Seconds for ``steps`` greedy single-token steps on ``cache`` (no early stop, so both methods do equal work)."""
+    import torch
+
+    with torch.inference_mode():
+        started = time.perf_counter()
+        for _ in range(steps):
+            token = logits[:, -1].argmax(-1, keepdim=True)
+            logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+        return time.perf_counter() - started
+
+
 def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import DynamicCache
@@ -58,7 +70,7 @@ def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     record: dict[str, Any] = {"method": method, "context_tokens": length, "rss_after_load_mb": rss_loaded}
     window = compressor.context_window
-    prefill_s, decode_s, peak_entries = [], [], 0
+    prefill_s, decode_s, per_token_s, peak_entries = [], [], [], 0
     for _ in range(args.repeats):
         if method == "finch":
             started = time.perf_counter()
@@ -68,6 +80,11 @@ def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
             started = time.perf_counter()
             compressor.generate(compressed, max_new_tokens=args.new_tokens)
             decode_s.append(time.perf_counter() - started)
+            cache = compressed.cache.as_cache()
+            answer_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0)
+            with torch.inference_mode():
+                logits = model(input_ids=answer_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            per_token_s.append(_decode_seconds(model, cache, logits, args.new_tokens) / args.new_tokens)
         else:
             full = prefix_ids + context + question_ids + suffix_ids
             if len(full) + args.new_tokens > window:
@@ -80,14 +97,12 @@ def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
                 logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
                 prefill_s.append(time.perf_counter() - started)
                 peak_entries = cache.get_seq_length()
-                started = time.perf_counter()
-                for _ in range(args.new_tokens):
-                    token = logits[:, -1].argmax(-1, keepdim=True)
-                    logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
-                decode_s.append(time.perf_counter() - started)
+                decode_s.append(_decode_seconds(model, cache, logits, args.new_tokens))
+                per_token_s.append(decode_s[-1] / args.new_tokens)
     record |= {
         "prefill_or_compress_s": statistics.median(prefill_s),
         "answer_s": statistics.median(decode_s),
+        "decode_ms_per_token": 1000 * statistics.median(per_token_s),
         "peak_kv_entries": peak_entries,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "repeats": args.repeats,
@@ -124,7 +139,55 @@ def _markdown(records: list[dict[str, Any]], machine: str, args: argparse.Namesp
             f"{full_total:.2f} | {finch_total / full_total:.2f} | {finch['peak_kv_entries']} | "
             f"{full['peak_kv_entries']} | {finch['peak_rss_mb']:.0f} | {full['peak_rss_mb']:.0f} |"
         )
+    lines += [
+        "",
+        f"Decoding speed: ms per generated token over {args.new_tokens} greedy steps on the cache (after the "
+        "question), median of the repeats; full context decodes over every context entry, Finch over B.",
+        "",
+        "| context tokens | Finch ms/token | full ms/token | Finch / full |",
+        "|---:|---:|---:|---:|",
+    ]
+    for length in args.lengths:
+        finch, full = by_key.get(("finch", length), {}), by_key.get(("full", length), {})
+        finch_ms = finch.get("decode_ms_per_token")
+        full_ms = full.get("decode_ms_per_token")
+        ratio = f"{finch_ms / full_ms:.2f}" if finch_ms and full_ms else "-"
+        lines.append(
+            f"| {length} | {finch_ms:.1f} | {f'{full_ms:.1f}' if full_ms else 'impossible'} | {ratio} |"
+            if finch_ms
+            else f"| {length} | - | - | - |"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _plot(records: list[dict[str, Any]], path: Path) -> Path:
+    """PNG: compress/prefill seconds and peak RSS against context length, Finch vs full."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.4), layout="constrained")
+    panels = (
+        ("prefill_or_compress_s", "compress / prefill seconds"),
+        ("peak_rss_mb", "peak process RSS (MB)"),
+        ("peak_kv_entries", "peak KV entries per layer and head"),
+    )
+    for axis, (key, label) in zip(axes, panels, strict=True):
+        for method, name in (("finch", "Finch (B=256, S=512)"), ("full", "full-context prefill")):
+            points = sorted(
+                (r["context_tokens"], r[key]) for r in records if r["method"] == method and "skipped" not in r
+            )
+            if points:
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("context tokens")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "cost.json").write_text(json.dumps({"machine": machine, "args": vars(args), "records": records}, indent=2))
     table = _markdown(records, machine, args)
+    _plot(records, out / "cost.png")
     (out / "cost.md").write_text(
         "# Cost: Finch vs full-context prefill\n\nCommand: `python -m finch_rag.bench.cost "
         + " ".join(passthrough)

@@ -308,6 +308,9 @@ def run_niah(
     """
     torch.manual_seed(seed)
     resolved = expand_methods(methods, extra=STUDY_METHODS, groups=STUDY_GROUPS)
+    if any(method.kind == "truncation" for method in resolved):
+        logger.info("niah: 'truncation' of one haystack is the 'first' control; running that instead.")
+        resolved = [m for m in resolved if m.kind != "truncation"]
     chosen_needles = list(needles if needles is not None else NEEDLES)[: limit if limit else None]
     num_layers = compressor.model.config.get_text_config(decoder=True).num_hidden_layers
     haystack = Haystack(compressor.tokenizer, data)

@@ -238,7 +238,10 @@ def _packed(example: Example, method: Method) -> tuple[list[Passage], list[Span]
 
 
 def _truncated(parts: PromptParts, passages: Sequence[Passage], budget: int) -> list[Passage]:
-    """Passages in order until ``budget`` context tokens, the last one cut at a token boundary."""
+    """Passages in order until ``budget`` context tokens, the last one cut at a token boundary.
+
+    A budget that ends inside the first passage's title keeps that title and one character of text.
+    """
     end_char = parts.token_offsets[budget - 1][1]
     kept = []
     for passage, (start, end) in zip(passages, parts.passage_text_spans, strict=True):
@@ -528,7 +531,10 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
     suite = suite or args.suite
     if args.quick:
         args.limit, args.budgets = QUICK["limit"], QUICK["budgets"]
-    command = f"finch-rag bench {suite} " + " ".join(sys.argv[2:] if argv is None else argv)
+    if argv is None:
+        command = "python -m finch_rag.bench.qa " + " ".join(sys.argv[1:])
+    else:
+        command = f"finch-rag bench {suite} " + " ".join(argv)
     name = args.name or suite
     if args.report_only:
         if not args.journal:

@@ -1,0 +1,68 @@
+"""Every suite at a small size, one after another: about 10 minutes on 2 CPU cores, or ``--smoke`` in about one.
+
+Each suite writes its JSON, Markdown and PNG under ``--out`` (default ``docs/results/quick``) as it would on its
+own; the commands below are what runs. The full-size runs and their commands are in ``docs/results/README.md``.
+
+    finch-rag bench quick
+    finch-rag bench quick --smoke --out /tmp/finch-smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .common import RESULTS_DIR
+
+QUICK: list[tuple[str, list[str]]] = [
+    ("squad", ["--limit", "3", "--budgets", "4x", "8x", "16x", "32x", "--methods", "all"]),
+    ("rag-squad", ["--limit", "2", "--top-k", "4", "--budgets", "4x", "8x", "16x", "32x", "--methods", "all"]),
+    ("hotpotqa", ["--limit", "1", "--budgets", "4x", "8x", "16x", "32x", "--methods", "all"]),
+    ("niah", ["--lengths", "1000", "--depths", "0.5", "--limit", "1", "--methods", "full", "finch", "recency"]),
+    ("cost", ["--lengths", "1024", "2048", "--repeats", "1", "--threads", "1"]),
+    ("batch", ["--requests", "4", "--batch-sizes", "1", "4", "--top-k", "2"]),
+]
+SMOKE: list[tuple[str, list[str]]] = [
+    ("squad", ["--limit", "1", "--budgets", "4x", "--methods", "full", "truncation", "finch", "first"]),
+    ("hotpotqa", ["--limit", "1", "--budgets", "8x", "--methods", "truncation", "finch", "--no-answer"]),
+    ("niah", ["--lengths", "600", "--depths", "0.5", "--limit", "1", "--methods", "finch", "--ratios", "0.75"]),
+]
+MODULES = {"squad": "qa", "rag-squad": "qa", "hotpotqa": "qa", "niah": "niah", "cost": "cost", "batch": "batch"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="finch-rag bench quick", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="the ~1-minute run that `make test` does")
+    parser.add_argument("--out", help="output folder (default: docs/results/quick, or docs/results/smoke)")
+    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data beside the repository)")
+    parser.add_argument("--model", help="model path or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else QUICK
+    out = Path(args.out or RESULTS_DIR / ("smoke" if args.smoke else "quick"))
+    shared = ["--out", str(out)]
+    shared += ["--data", args.data] if args.data else []
+    shared += ["--model", args.model] if args.model else []
+    started = time.perf_counter()
+    for suite, options in plan:
+        module = importlib.import_module(f"finch_rag.bench.{MODULES[suite]}")
+        suite_argv = [*options, *shared]
+        if suite not in ("cost", "batch"):
+            suite_argv.append("--quiet")
+        if args.smoke:
+            suite_argv += ["--max-new-tokens", "4"] if suite != "niah" else ["--max-new-tokens", "4", "--no-plot"]
+        print(f"\n=== finch-rag bench {suite} {' '.join(suite_argv)}", file=sys.stderr)
+        suite_started = time.perf_counter()
+        status = module.main(suite_argv, suite=suite) if MODULES[suite] == "qa" else module.main(suite_argv)
+        print(f"=== {suite}: {time.perf_counter() - suite_started:.0f} s", file=sys.stderr)
+        if status:
+            return status
+    print(f"\nAll suites done in {time.perf_counter() - started:.0f} s; results under {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
