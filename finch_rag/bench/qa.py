@@ -286,8 +286,13 @@ def run_example(
     base = compressor.config
     tokenizer = compressor.tokenizer
     num_layers = compressor.model.config.get_text_config(decoder=True).num_hidden_layers
-    prompt = {"chat_template": base.chat_template, "system_prompt": base.system_prompt}
-    rank_parts = build_prompt(tokenizer, example.passages, example.question, **prompt)
+    rank_parts = build_prompt(
+        tokenizer,
+        example.passages,
+        example.question,
+        chat_template=base.chat_template,
+        system_prompt=base.system_prompt,
+    )
     n = len(rank_parts.context_ids)
     common = {
         "suite": example.suite,
@@ -377,6 +382,10 @@ def run_suite(
         done = {_record_key(r): r for r in map(json.loads, journal_path.read_text().splitlines()) if r}
     records = []
     for example in tqdm(examples, desc=examples[0].suite if examples else "qa", unit="q", disable=not progress):
+
+        def already_done(method: str, label: str, key: tuple[str, str] = (example.suite, example.qid)) -> bool:
+            return (*key, method, label) in done
+
         previous = [r for key, r in done.items() if key[:2] == (example.suite, example.qid)]
         fresh = run_example(
             compressor,
@@ -386,7 +395,7 @@ def run_suite(
             max_new_tokens=max_new_tokens,
             answer=answer,
             seed=seed,
-            skip=lambda method, label, key=(example.suite, example.qid): (*key, method, label) in done,
+            skip=already_done,
         )
         if journal_path is not None and fresh:
             journal_path.parent.mkdir(parents=True, exist_ok=True)
