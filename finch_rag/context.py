@@ -6,7 +6,7 @@ import hashlib
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -156,7 +156,8 @@ class CompressedContext:
     def _text_of(self, start: int, end: int) -> str:
         if self.context_text is not None and self.token_offsets is not None:
             return self.context_text[self.token_offsets[start][0] : self.token_offsets[end - 1][1]]
-        return self.tokenizer.decode(self.context_ids[start:end].tolist())
+        # One sequence decodes to a str; `decode` is annotated for batches too.
+        return cast(str, self.tokenizer.decode(self.context_ids[start:end].tolist()))
 
     def span_tokens(self, spans: Sequence[tuple[int, int, int]]) -> torch.Tensor:
         """``[n]`` bool: the context tokens overlapping ``spans``.

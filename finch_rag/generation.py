@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from .compression.loop import attention_layer, layer_tensors
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def stream_text(tokenizer: PreTrainedTokenizerBase, token_ids: Iterator[int], st
     try:
         for token in token_ids:
             generated.append(token)
-            text = tokenizer.decode(generated, skip_special_tokens=True)
+            text = _decode(tokenizer, generated)
             cut = _first_stop(text, stop, emitted - longest_stop)
             if cut is not None:
                 if cut > emitted:
@@ -110,13 +113,18 @@ def stream_text(tokenizer: PreTrainedTokenizerBase, token_ids: Iterator[int], st
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
-        text = tokenizer.decode(generated, skip_special_tokens=True)
+        text = _decode(tokenizer, generated)
         if len(text) > emitted:
             yield text[emitted:]
     finally:
         close = getattr(token_ids, "close", None)
         if close is not None:
             close()
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, token_ids: list[int]) -> str:
+    # One sequence decodes to a str; `decode` is annotated for batches too.
+    return cast(str, tokenizer.decode(token_ids, skip_special_tokens=True))
 
 
 def _first_stop(text: str, stop: Sequence[str], search_from: int) -> int | None:
@@ -166,7 +174,7 @@ def generate_batch_texts(
             return
         generated[row].append(token)
         if params.stop:
-            text = tokenizer.decode(generated[row], skip_special_tokens=True)
+            text = _decode(tokenizer, generated[row])
             finished[row] = _first_stop(text, params.stop, 0) is not None
 
     for row, (cache, answer_input) in enumerate(zip(caches, answer_inputs, strict=True)):
@@ -178,10 +186,12 @@ def generate_batch_texts(
     longest = max(lengths)
     batch = DynamicCache()
     for layer in range(len(caches[0].layers)):
-        keys = torch.cat([_left_pad(cache.layers[layer].keys, longest) for cache in caches])
-        values = torch.cat([_left_pad(cache.layers[layer].values, longest) for cache in caches])
+        tensors = [layer_tensors(cache, layer) for cache in caches]
+        keys = torch.cat([_left_pad(layer_keys, longest) for layer_keys, _ in tensors])
+        values = torch.cat([_left_pad(layer_values, longest) for _, layer_values in tensors])
         batch.update(keys[:, :, :0], values[:, :, :0], layer)
-        batch.layers[layer].keys, batch.layers[layer].values = keys, values
+        batch_layer = attention_layer(batch, layer)
+        batch_layer.keys, batch_layer.values = keys, values
     attention_mask = torch.zeros((rows, longest), dtype=torch.long, device=device)
     for row, length in enumerate(lengths):
         attention_mask[row, longest - length :] = 1
@@ -211,7 +221,7 @@ def generate_batch_texts(
 
     texts = []
     for tokens in generated:
-        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        text = _decode(tokenizer, tokens)
         cut = _first_stop(text, params.stop, 0) if params.stop else None
         texts.append(text if cut is None else text[:cut])
     return texts

@@ -103,6 +103,7 @@ def load_model(
     """
     resolved_device = resolve_device(device)
     settings = _auto_settings(resolved_device, dtype, attn_implementation) | model_kwargs
+    directory: Path | str
     if name_or_path is None or str(name_or_path).lower() in _DEFAULT_ALIASES - {None}:
         directory = _converted_gguf(default_gguf_path())
     elif str(name_or_path).endswith(".gguf"):
@@ -116,7 +117,7 @@ def load_model(
             directory = str(name_or_path)  # a hub id
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, **settings)
-    model.to(resolved_device).eval()
+    model.to(resolved_device).eval()  # type: ignore[arg-type]  # functools.wraps drops the bound self from `to`
     if name_or_path is None or str(name_or_path).lower() in _DEFAULT_ALIASES:
         model.name_or_path = DEFAULT_MODEL  # not the cache path of the converted copy
     return model, tokenizer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -116,7 +116,8 @@ def _template_pieces(tokenizer: PreTrainedTokenizerBase, chat: bool, system_prom
         messages = [{"role": "user", "content": user}]
         if system_prompt is not None:
             messages.insert(0, {"role": "system", "content": system_prompt})
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # Untokenized, one conversation renders to a str; the annotation covers every mode.
+        rendered = cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
     else:
         bos = tokenizer.bos_token if tokenizer.bos_token and _adds_bos(tokenizer) else ""
         system = f"{system_prompt}\n\n" if system_prompt else ""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
@@ -154,7 +154,8 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
         capture: QuestionAttentionCapture | None = kwargs.pop(CAPTURE_KWARG, None)
         if capture is not None:
             layer_scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-            capture.scores[module.layer_idx] = question_row_scores(
+            layer = cast(int, module.layer_idx)  # Module attributes are typed Tensor | Module
+            capture.scores[layer] = question_row_scores(
                 module,
                 query,
                 key,
@@ -182,7 +183,8 @@ def _register(base_implementation: str) -> str:
         mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(base_implementation)
         if mask_function is None:
             raise NotImplementedError(f"No attention-mask function is registered for {base_implementation!r}.")
-        ALL_MASK_ATTENTION_FUNCTIONS.register(key, mask_function)
+        # transformers' unannotated mapping infers as dict[str, function], which is no Callable to mypy.
+        ALL_MASK_ATTENTION_FUNCTIONS.register(key, cast(Callable[..., Any], mask_function))
     return key
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import CacheLayerMixin
 
 from ..config import FinchConfig
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
@@ -65,9 +66,26 @@ def cache_over(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> 
     cache = DynamicCache()
     for layer, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
         cache.update(layer_keys[:, :, :0], layer_values[:, :, :0], layer)
-        cache.layers[layer].keys = layer_keys
-        cache.layers[layer].values = layer_values
+        entry = attention_layer(cache, layer)
+        entry.keys = layer_keys
+        entry.values = layer_values
     return cache
+
+
+def attention_layer(cache: DynamicCache, layer: int) -> CacheLayerMixin:
+    """``cache.layers[layer]`` as a key/value layer (transformers also types it as linear-attention or dummy)."""
+    entry = cache.layers[layer]
+    if not isinstance(entry, CacheLayerMixin):
+        raise TypeError(f"Cache layer {layer} is a {type(entry).__name__}; finch-rag needs key/value attention layers.")
+    return entry
+
+
+def layer_tensors(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values that ``cache.layers[layer]`` holds."""
+    entry = attention_layer(cache, layer)
+    if entry.keys is None or entry.values is None:
+        raise ValueError(f"Cache layer {layer} holds no keys and values.")
+    return entry.keys, entry.values
 
 
 @dataclass
@@ -201,8 +219,8 @@ def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Te
         return
     cache = cache_over(state.keys, state.values)
     decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    state.keys = [layer.keys for layer in cache.layers]
-    state.values = [layer.values for layer in cache.layers]
+    state.keys = [layer_tensors(cache, layer)[0] for layer in range(len(cache.layers))]
+    state.values = [layer_tensors(cache, layer)[1] for layer in range(len(cache.layers))]
     state.peak = max(state.peak, cache.get_seq_length())
 
 
@@ -328,7 +346,8 @@ def _keep_best(
     state.kept_scores = selected_scores
     packed_keys, packed_values = [], []
     for layer, indices in enumerate(selected):
-        keys, values = cache.layers[layer].keys[row : row + 1], cache.layers[layer].values[row : row + 1]
+        layer_keys, layer_values = layer_tensors(cache, layer)
+        keys, values = layer_keys[row : row + 1], layer_values[row : row + 1]
         columns = candidate_columns[indices].unsqueeze(-1)
         kept_keys = keys.gather(2, columns.expand(-1, -1, -1, keys.shape[-1]))
         kept_values = values.gather(2, columns.expand(-1, -1, -1, values.shape[-1]))

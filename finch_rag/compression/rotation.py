@@ -10,6 +10,7 @@ exactly the key the model would have computed at ``q``, because RoPE rotations c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from transformers import PreTrainedModel
@@ -72,7 +73,8 @@ class KeyRotation:
 
 def _find_rotary_module(model: PreTrainedModel) -> torch.nn.Module:
     base = model.get_decoder() if hasattr(model, "get_decoder") else model
-    candidates = [base.rotary_emb] if hasattr(base, "rotary_emb") else []
+    # Module attributes are typed Tensor | Module; `rotary_emb` is the rotary module.
+    candidates = [cast(torch.nn.Module, base.rotary_emb)] if hasattr(base, "rotary_emb") else []
     candidates += [module for name, module in base.named_modules() if type(module).__name__.endswith("RotaryEmbedding")]
     if not candidates:
         raise NotImplementedError(
