@@ -151,7 +151,7 @@ def test_ask_files_with_the_embedded_model(tmp_path: Path, capsys: pytest.Captur
     assert "geography.txt" in out and "food.txt" in out and "(1.3x)" in out and "Time: retrieval" in out
 
 
-@pytest.mark.parametrize("suite", ["niah", "hotpotqa", "cost"])
+@pytest.mark.parametrize("suite", ["squad", "rag-squad", "hotpotqa", "niah", "cost", "batch", "quick"])
 def test_bench_dispatches_to_suite(suite: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", suite, "--help"])
