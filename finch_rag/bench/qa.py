@@ -512,6 +512,9 @@ def build_parser(suite: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=50, help="questions (drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--start", type=int, default=0, help="skip the first START of the --limit questions (split a run in parts)"
+    )
+    parser.add_argument(
         "--budgets", nargs="+", default=["4x", "8x", "16x", "32x"], help="compression factors like 4x or B like 256"
     )
     parser.add_argument(
@@ -558,7 +561,7 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
     model, tokenizer = load_model(args.model) if args.model else load_model()
     compressor = FinchCompressor(model, tokenizer, FinchConfig(progress=False))
     started = time.perf_counter()
-    examples = load_suite(suite, args.data, args.limit, args.seed, args.top_k)
+    examples = load_suite(suite, args.data, args.limit, args.seed, args.top_k)[args.start :]
     records = run_suite(
         compressor,
         examples,
