@@ -484,6 +484,9 @@ def write_results(
     """``{name}.json`` (meta, summary, records), ``{name}.md`` and ``{name}.png`` under ``out``."""
     folder = Path(out)
     info = {"machine": machine_description(), **meta}
+    ranks = {r["qid"]: r["gold_rank"] for r in records if "gold_rank" in r}
+    if ranks:
+        info["gold paragraph retrieved (recall@k)"] = round(sum(v is not None for v in ranks.values()) / len(ranks), 3)
     paths = {
         "json": write_json(folder / f"{name}.json", {"meta": info, "summary": summarize(records), "records": records})
     }
@@ -551,8 +554,16 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
     if args.report_only:
         if not args.journal:
             raise SystemExit("--report-only needs --journal")
+        torch.set_num_threads(args.threads)  # so the machine line names the run's thread count
         records = [json.loads(line) for line in Path(args.journal).read_text().splitlines() if line.strip()]
-        paths = write_results(records, args.out, name, {"command": command}, plot=not args.no_plot)
+        run_command = command.replace(" --report-only", "")
+        meta = {
+            "command": run_command,
+            "model": args.model or "SmolLM2-135M-Instruct (embedded default)",
+            "questions": len({r["qid"] for r in records}),
+            "report": "from --journal",
+        }
+        paths = write_results(records, args.out, name, meta, plot=not args.no_plot)
         print("wrote " + ", ".join(map(str, paths.values())))
         return 0
     from ..models import load_model
@@ -579,9 +590,6 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
         "questions": len(examples),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if suite == "rag-squad":
-        ranks = [e.info["gold_rank"] for e in examples]
-        meta["gold paragraph retrieved (recall@k)"] = round(sum(r is not None for r in ranks) / max(1, len(ranks)), 3)
     paths = write_results(records, args.out, name, meta, plot=not args.no_plot)
     print(markdown_report(records, meta))
     print("wrote " + ", ".join(map(str, paths.values())))
