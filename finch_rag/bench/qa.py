@@ -274,7 +274,7 @@ def run_example(
     methods: Sequence[Method],
     budgets: Sequence[str],
     *,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = 32,
     answer: bool = True,
     seed: int = 0,
     skip: Callable[[str, str], bool] | None = None,
@@ -359,7 +359,7 @@ def run_suite(
     methods: Sequence[str | Method],
     budgets: Sequence[str],
     *,
-    max_new_tokens: int = 16,
+    max_new_tokens: int = 32,
     answer: bool = True,
     seed: int = 0,
     progress: bool = True,
@@ -528,7 +528,7 @@ def build_parser(suite: str | None = None) -> argparse.ArgumentParser:
         "'all', 'baselines', 'allocation'; or 'label:key=value,...' with FinchConfig fields",
     )
     parser.add_argument("--top-k", type=int, default=8, help="rag-squad: passages retrieved per question")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (answers stop at a newline)")
     parser.add_argument("--no-answer", action="store_true", help="evidence retention only, no decoding")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help=f"a short run: {QUICK}")
