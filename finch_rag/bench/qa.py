@@ -437,10 +437,54 @@ def markdown_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any
     for budget in budgets:
         table = [r for r in rows if str(r["budget"]) == budget] + full
         lines += [f"## Budget {budget}", "", markdown_table(table, columns), ""]
+    lines += paired_comparison(records, budgets)
     skipped = [r for r in records if "skipped" in r]
     if skipped:
         lines += [f"Skipped records: {len(skipped)} (e.g. {skipped[0]['method']}: {skipped[0]['skipped']})", ""]
     return "\n".join(lines)
+
+
+def paired_comparison(
+    records: Sequence[Mapping[str, Any]], budgets: Sequence[str], method: str = "finch", baseline: str = "truncation"
+) -> list[str]:
+    """Markdown lines: ``method`` minus ``baseline`` per question, mean with a 95% bootstrap interval."""
+    by_key = {(r["qid"], r["method"], str(r["budget"])): r for r in records if "skipped" not in r}
+    metrics = [m for m in ("retention", "all_hops", "contains", "f1") if any(m in r for r in by_key.values())]
+    rows = []
+    generator = random.Random(0)
+    for budget in budgets:
+        pairs = [
+            (by_key[(qid, method, budget)], by_key[(qid, baseline, budget)])
+            for qid, name, label in by_key
+            if name == method and label == budget and (qid, baseline, budget) in by_key
+        ]
+        if not pairs:
+            continue
+        row: dict[str, Any] = {"budget": budget, "questions": len(pairs)}
+        for metric in metrics:
+            differences = [a[metric] - b[metric] for a, b in pairs if metric in a and metric in b]
+            if not differences:
+                continue
+            means = sorted(
+                sum(generator.choices(differences, k=len(differences))) / len(differences) for _ in range(1000)
+            )
+            mean_difference = sum(differences) / len(differences)
+            row[metric] = f"{mean_difference:+.3f} [{means[25]:+.3f}, {means[974]:+.3f}]"
+            if metric == "all_hops":
+                wins = sum(d > 0 for d in differences)
+                row["all_hops won / lost"] = f"{wins} / {sum(d < 0 for d in differences)}"
+        rows.append(row)
+    if not rows:
+        return []
+    columns = ["budget", "questions", *metrics] + (["all_hops won / lost"] if "all_hops" in metrics else [])
+    return [
+        f"## Paired: {method} minus {baseline}",
+        "",
+        "Per question, then the mean and a 95% bootstrap interval (1,000 resamples, seed 0).",
+        "",
+        markdown_table(rows, columns),
+        "",
+    ]
 
 
 def plot_quality(records: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
