@@ -344,7 +344,11 @@ def run_example(
         answered = [record for record in records if "skipped" not in record]
         for record, compressed in zip(answered, contexts, strict=True):
             started = time.perf_counter()
-            text = compressor.generate(compressed, max_new_tokens=max_new_tokens, stop=["\n"])
+            try:
+                text = compressor.generate(compressed, max_new_tokens=max_new_tokens, stop=["\n"])
+            except ValueError as error:  # the answer would pass the model's window
+                record["answer_skipped"] = str(error)
+                continue
             record |= {"generate_s": round(time.perf_counter() - started, 4), "answer": text.strip()}
             record |= answer_scores(text, example.answers)
     return records
