@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from .._locks import model_lock
 from ..compression.chunking import chunk_bounds
-from ..compression.loop import CompressedCache, decoder_of
+from ..compression.loop import CompressedCache, attention_layer, decoder_of, layer_tensors
 from ..compression.rotation import KeyRotation
 from ..compressor import FinchCompressor
 from ..config import FinchConfig
@@ -224,7 +224,7 @@ def control_context(
             if chosen.shape[0] < candidates.shape[0]:
                 for layer in range(len(cache.layers)):
                     _pack_layer(cache, layer, chosen.to(device), prefix_length, rotation)
-    layer_kv = [_layer_kv(cache, layer) for layer in range(len(cache.layers))]
+    layer_kv = [layer_tensors(cache, layer) for layer in range(len(cache.layers))]
     keys, values = [kv[0] for kv in layer_kv], [kv[1] for kv in layer_kv]
     return CompressedContext(
         cache=CompressedCache(
@@ -257,21 +257,10 @@ def _pack_layer(
     cache: DynamicCache, layer: int, chosen: torch.Tensor, prefix_length: int, rotation: KeyRotation
 ) -> None:
     """Keep the prefix and the ``chosen`` candidates (ascending), re-rotated to contiguous positions."""
-    keys, values = _layer_kv(cache, layer)
+    keys, values = layer_tensors(cache, layer)
     index = chosen + prefix_length
     shift = torch.arange(chosen.shape[0], device=chosen.device) - chosen
     kept_keys = rotation.rerotate(layer, keys.index_select(2, index), shift)
-    entry: Any = cache.layers[layer]
+    entry = attention_layer(cache, layer)
     entry.keys = torch.cat((keys[:, :, :prefix_length], kept_keys), dim=2)
     entry.values = torch.cat((values[:, :, :prefix_length], values.index_select(2, index)), dim=2)
-
-
-def _layer_kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    entry = cache.layers[layer]
-    keys, values = getattr(entry, "keys", None), getattr(entry, "values", None)
-    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
-        raise NotImplementedError(
-            f"Cache layer {layer} is a {type(entry).__name__} without key/value tensors; the controls need "
-            "full-attention cache layers."
-        )
-    return keys, values

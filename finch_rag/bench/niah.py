@@ -235,14 +235,8 @@ STUDY_GROUPS = {"study": list(STUDY_METHODS)}
 # -------------------------------------------------------------------- runs
 def needle_retention(compressed: CompressedContext, span: tuple[int, int, int]) -> tuple[float, list[float]]:
     """Fraction of the needle's KV entries kept: overall, and per layer."""
-    overall = compressed.kept_fraction([span])
-    assert compressed.token_offsets is not None and compressed.passage_text_spans is not None
-    base = compressed.passage_text_spans[span[0]][0]
-    starts = torch.tensor([offset[0] for offset in compressed.token_offsets])
-    ends = torch.tensor([offset[1] for offset in compressed.token_offsets])
-    mask = (starts < base + span[2]) & (ends > base + span[1])
-    per_layer = compressed.kept_per_layer()[:, mask].mean(dim=1)
-    return overall, [round(float(value), 4) for value in per_layer]
+    per_layer = compressed.kept_fraction_per_layer([span])
+    return compressed.kept_fraction([span]), [round(value, 4) for value in per_layer]
 
 
 def _record_key(record: Mapping[str, Any]) -> str:

@@ -219,8 +219,9 @@ def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Te
         return
     cache = cache_over(state.keys, state.values)
     decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    state.keys = [layer_tensors(cache, layer)[0] for layer in range(len(cache.layers))]
-    state.values = [layer_tensors(cache, layer)[1] for layer in range(len(cache.layers))]
+    tensors = [layer_tensors(cache, layer) for layer in range(len(cache.layers))]
+    state.keys = [keys for keys, _ in tensors]
+    state.values = [values for _, values in tensors]
     state.peak = max(state.peak, cache.get_seq_length())
 
 
