@@ -307,12 +307,13 @@ def run_example(
     contexts: list[CompressedContext] = []
     for method in methods:
         labels = ["full"] if method.kind == "full" else list(budgets)
+        packed_passages, spans = _packed(example, method)
         for label in labels:
             if skip is not None and skip(method.name, label):
                 continue
             budget = n if label == "full" else budget_of(label, n)
             record = common | {"method": method.name, "budget": label, "B": budget, "factor": n / budget}
-            passages, spans = _packed(example, method)
+            passages = packed_passages
             started = time.perf_counter()
             if method.kind in ("full", "truncation"):
                 if method.kind == "truncation" and budget < n:
