@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .bench import SUITES, run_suite
 from .config import FinchConfig
 from .pipeline import ALLOCATIONS, Answer, FinchRAG
 from .retrieval import RetrievedPassage
@@ -62,25 +63,9 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-# Suite name -> (module under finch_rag.bench whose main(argv, ...) runs it, one-line description).
-BENCH_SUITES = {
-    "squad": ("qa", "single-paragraph SQuAD QA (the paper's setting), every method at equal budget"),
-    "rag-squad": ("qa", "retrieval over all SQuAD paragraphs, then compression vs top-k truncation"),
-    "hotpotqa": ("qa", "multi-hop HotpotQA over 10 ranked paragraphs: evidence, all-hops coverage, answers"),
-    "niah": ("niah", "needle in a haystack over the essays, depth x length"),
-    "cost": ("cost", "time, decode speed and memory against context length, Finch vs full prefill"),
-    "batch": ("batch", "throughput of padded batches (1, 4, 8) against a sequential loop"),
-    "quick": ("quick", "every suite at a small size (about 10 minutes on 2 CPU cores); --smoke is ~1 minute"),
-}
-
-
 def _bench(args: argparse.Namespace) -> None:
-    import importlib
 
-    module_name = BENCH_SUITES[args.suite][0]
-    module = importlib.import_module(f"finch_rag.bench.{module_name}")
-    extra = {"suite": args.suite} if module_name == "qa" else {}
-    status = module.main(list(args.suite_args), **extra)
+    status = run_suite(args.suite, args.suite_args)
     if status:
         raise CLIError(f"bench {args.suite} exited with status {status}")
 
@@ -126,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         help="run a benchmark suite; writes JSON, Markdown and PNG under docs/results/",
         description="Benchmark suites (each takes --help): "
-        + ", ".join(f"{name}: {text}" for name, (_, text) in BENCH_SUITES.items()),
+        + ", ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()),
     )
-    bench.add_argument("suite", choices=list(BENCH_SUITES), help="which suite")
+    bench.add_argument("suite", choices=list(SUITES), help="which suite")
     bench.add_argument(
         "suite_args", nargs=argparse.REMAINDER, help="options of the suite (see finch-rag bench SUITE --help)"
     )

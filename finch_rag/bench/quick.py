@@ -10,12 +10,12 @@ own; the commands below are what runs. The full-size runs and their commands are
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import run_suite
 from .common import RESULTS_DIR
 
 QUICK: list[tuple[str, list[str]]] = [
@@ -31,7 +31,6 @@ SMOKE: list[tuple[str, list[str]]] = [
     ("hotpotqa", ["--limit", "1", "--budgets", "8x", "--methods", "truncation", "finch", "--no-answer"]),
     ("niah", ["--lengths", "600", "--depths", "0.5", "--limit", "1", "--methods", "finch", "--ratios", "0.75"]),
 ]
-MODULES = {"squad": "qa", "rag-squad": "qa", "hotpotqa": "qa", "niah": "niah", "cost": "cost", "batch": "batch"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +47,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared += ["--model", args.model] if args.model else []
     started = time.perf_counter()
     for suite, options in plan:
-        module = importlib.import_module(f"finch_rag.bench.{MODULES[suite]}")
         suite_argv = [*options, *shared]
         if suite not in ("cost", "batch"):
             suite_argv.append("--quiet")
@@ -56,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             suite_argv += ["--max-new-tokens", "4"] if suite != "niah" else ["--max-new-tokens", "4", "--no-plot"]
         print(f"\n=== finch-rag bench {suite} {' '.join(suite_argv)}", file=sys.stderr)
         suite_started = time.perf_counter()
-        status = module.main(suite_argv, suite=suite) if MODULES[suite] == "qa" else module.main(suite_argv)
+        status = run_suite(suite, suite_argv)
         print(f"=== {suite}: {time.perf_counter() - suite_started:.0f} s", file=sys.stderr)
         if status:
             return status
