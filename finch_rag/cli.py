@@ -64,7 +64,6 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _bench(args: argparse.Namespace) -> None:
-
     status = run_suite(args.suite, args.suite_args)
     if status:
         raise CLIError(f"bench {args.suite} exited with status {status}")
