@@ -9,7 +9,7 @@ import torch
 
 from finch_rag import FinchCompressor, FinchConfig, Passage
 from finch_rag.bench.methods import BUILTIN_METHODS, Method, expand_methods, parse_method
-from finch_rag.bench.qa import Example, _truncated, budget_of, run_example
+from finch_rag.bench.qa import Example, _sample, _truncated, budget_of, run_example
 from finch_rag.prompts import build_prompt
 
 PASSAGES = [
@@ -39,6 +39,13 @@ def test_budget_labels():
     for bad in ("0x", "0.5x", "-3", "abc", "4y"):
         with pytest.raises(ValueError, match="compression factor"):
             budget_of(bad, 100)
+
+
+def test_question_samples_are_prefix_stable():
+    """`--limit 94` draws the first 94 questions of a `--limit 200` run, so a stopped run's figures reproduce."""
+    items = list(range(600))
+    assert _sample(items, 200, seed=0)[:94] == _sample(items, 94, seed=0)
+    assert _sample(items, 94, seed=0) != _sample(items, 94, seed=1)
 
 
 def test_methods_by_name_group_and_spec():
