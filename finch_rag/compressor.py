@@ -32,6 +32,7 @@ class _Prepared:
     suffix_ids: list[int]
     passage_starts: Sequence[int] = ()
     token_weights: torch.Tensor | None = None
+    span_ids: torch.Tensor | None = None  # sentence of each context token, for granularity="sentence"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -174,6 +175,11 @@ class FinchCompressor:
             suffix_ids=_as_ids(suffix_ids, "suffix_ids", allow_empty=True),
         )
         config = config or self.config
+        if config.granularity == "sentence":
+            raise ValueError(
+                'granularity="sentence" finds sentences in the text, and compress_ids gets token ids only. '
+                'Use compress() with the text, or config.replace(granularity="token").'
+            )
         return self._run([prepared], config)[0]
 
     def _prepare(
@@ -191,6 +197,7 @@ class FinchCompressor:
         if passage_weights is not None:
             token_weights = _token_weights(passage_weights, parts.passage_token_starts, len(parts.context_ids))
         return _Prepared(
+            span_ids=parts.sentence_ids() if config.granularity == "sentence" else None,
             prefix_ids=parts.prefix_ids,
             context_ids=parts.context_ids,
             question_ids=parts.question_ids,
@@ -228,6 +235,7 @@ class FinchCompressor:
                 question_ids=tensor(item.question_ids),
                 passage_starts=item.passage_starts,
                 token_weights=None if item.token_weights is None else item.token_weights.to(device),
+                span_ids=None if item.span_ids is None else item.span_ids.to(device),
             )
             for item in prepared
         ]

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 Selection = Literal["per_head", "per_layer", "shared"]
 SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared")
+Granularity = Literal["token", "sentence"]
+GRANULARITIES: tuple[str, ...] = ("token", "sentence")
 LayerSet = Literal["upper_half", "all"]
 LAYER_SETS: tuple[str, ...] = ("upper_half", "all")
 
@@ -43,6 +45,12 @@ class FinchConfig:
         Width of a moving average over the token axis of the scores before selection (``1`` = off).
         Neighbouring tokens then survive together, which keeps spans such as names and numbers whole.
         Not in the paper.
+    granularity : {"token", "sentence"}
+        What competes for the budget. ``"token"``: each entry on its own score (after ``smoothing``).
+        ``"sentence"``: each sentence of the passages scores the mean of its tokens' scores, so whole
+        sentences are kept, best first, and only the last one admitted may be cut; ``smoothing`` is then
+        not applied. Needs text to find sentences (`FinchCompressor.compress`, not ``compress_ids``).
+        `FinchRAG`'s default allocation uses it: see ``docs/results/allocation_study.md``. Not in the paper.
     score_layers : "upper_half", "all" or tuple of int
         Layers whose scores vote in ``"shared"`` selection: the upper half of the layers (the default,
         measured best in ``docs/results/selection_study.md``), all of them, or explicit indices (negative
@@ -62,6 +70,7 @@ class FinchConfig:
     selection: Selection = "shared"
     normalize_scores: bool = True
     smoothing: int = 21
+    granularity: Granularity = "token"
     score_layers: tuple[int, ...] | LayerSet = "upper_half"
     chat_template: bool | None = None
     system_prompt: str | None = None
@@ -98,6 +107,8 @@ class FinchConfig:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}.")
         if isinstance(self.smoothing, bool) or not isinstance(self.smoothing, int) or self.smoothing < 1:
             raise ValueError(f"smoothing is a window width in tokens and must be an int >= 1, got {self.smoothing!r}.")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}.")
         if self.score_layers is None:  # accepted for "every layer", the pre-0.1 spelling
             object.__setattr__(self, "score_layers", "all")
         elif isinstance(self.score_layers, str):

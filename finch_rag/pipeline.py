@@ -9,7 +9,6 @@ Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -18,12 +17,12 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from .allocation import RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
 from .prompts import Passage
 from .retrieval import Document, EmbeddingRetriever, RetrievedPassage, Retriever
-from .shared import pack_best_last
 
 logger = logging.getLogger(__name__)
 
@@ -31,54 +30,6 @@ Allocation = Literal["global", "retrieval_weighted"]
 ALLOCATIONS: tuple[str, ...] = ("global", "retrieval_weighted")
 
 NO_CONTEXT_ANSWER = "No relevant context was found to answer this question."
-
-
-@dataclass(frozen=True)
-class RankWeighting:
-    """How ``allocation="retrieval_weighted"`` folds the retriever's ranking into FINCH's selection.
-
-    Two levers, measured on HotpotQA in ``docs/results/allocation_study.md``:
-
-    - ``reverse_packing``: pack the best-ranked passage last, right before the question. The question's
-      attention favours what it has just read (the last packed passage keeps most of its tokens whatever
-      its rank), so this turns that recency bias into a rank prior. It is what wins there.
-    - ``tau``: multiply every token score of the passage of rank ``r`` (1-based) by
-      ``max(floor, exp(-(r - 1) / tau))`` before selection, so a lower-ranked passage must draw
-      proportionally more attention to keep its entries. ``None`` (the default) applies no factor: on top
-      of reverse packing it added nothing, and ``tau <= 4`` made things worse.
-
-    Not in the paper.
-
-    Parameters
-    ----------
-    reverse_packing : bool
-        Pack passages from the lowest rank to the best, so rank 1 sits next to the question.
-    tau : float, optional
-        Decay length in ranks of the score factor; ``None`` for no factor.
-    floor : float
-        Lowest factor any passage gets, in ``[0, 1]``.
-    """
-
-    reverse_packing: bool = True
-    tau: float | None = None
-    floor: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.tau is not None and (
-            isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0
-        ):
-            raise ValueError(f"tau is a decay length in ranks and must be > 0 (or None), got {self.tau!r}.")
-        if isinstance(self.floor, bool) or not isinstance(self.floor, (int, float)) or not 0 <= self.floor <= 1:
-            raise ValueError(f"floor is the lowest passage weight and must be in [0, 1], got {self.floor!r}.")
-
-
-def rank_weights(ranks: Sequence[int], weighting: RankWeighting = RankWeighting(tau=4.0)) -> list[float]:
-    """One score factor per passage from its 1-based retrieval rank (see `RankWeighting`)."""
-    if any(isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 for rank in ranks):
-        raise ValueError(f"ranks are 1-based integers, got {list(ranks)}.")
-    if weighting.tau is None:
-        return [1.0 for _ in ranks]
-    return [max(weighting.floor, math.exp(-(rank - 1) / weighting.tau)) for rank in ranks]
 
 
 @dataclass(frozen=True)
@@ -159,11 +110,11 @@ class FinchRAG:
         Passages retrieved per question. FINCH pays off when this is larger than what would fit whole.
     allocation : {"global", "retrieval_weighted"}
         ``"retrieval_weighted"`` (default): the retriever's ranking shapes the selection (`RankWeighting`:
-        the best passage is packed next to the question, optionally with a rank factor on the scores).
+        the best passage is packed next to the question, and whole sentences compete for the budget).
         ``"global"``: plain FINCH, passages packed in rank order and every token competing for the budget
-        on question attention alone.
+        on question attention alone (with ``config`` as given).
     weighting : RankWeighting, optional
-        Parameters of the rank prior; default ``RankWeighting()``.
+        Parameters of ``"retrieval_weighted"``; default ``RankWeighting()``.
     max_new_tokens : int
         Length limit of each answer.
 
@@ -320,14 +271,16 @@ class FinchRAG:
                 answers[index] = Answer(questions[index], NO_CONTEXT_ANSWER, [], None, stats)
         if with_context:
             packing = [self._packing_order(retrieved[index]) for index in with_context]
-            weights = None
-            if self.allocation == "retrieval_weighted" and self.weighting.tau is not None:
-                weights = [rank_weights([passage.rank for passage in packed], self.weighting) for packed in packing]
+            config, weights = self.config, None
+            if self.allocation == "retrieval_weighted":
+                config = self.weighting.configure(config)
+                if self.weighting.tau is not None:
+                    weights = [self.weighting.weights([passage.rank for passage in packed]) for packed in packing]
             compress_started = time.perf_counter()
             compressed = self.compressor.compress_batch(
                 [[passage.to_passage() for passage in packed] for packed in packing],
                 [questions[index] for index in with_context],
-                config=self.config,
+                config=config,
                 passage_weights=weights,
                 batch_size=len(with_context),
             )
@@ -350,9 +303,7 @@ class FinchRAG:
 
     def _packing_order(self, passages: list[RetrievedPassage]) -> list[RetrievedPassage]:
         """Passages in the order they are packed into the context (see `RankWeighting.reverse_packing`)."""
-        if self.allocation == "retrieval_weighted" and self.weighting.reverse_packing:
-            return pack_best_last(passages)
-        return passages
+        return self.weighting.pack(passages) if self.allocation == "retrieval_weighted" else passages
 
     def _stats(
         self,

@@ -9,6 +9,7 @@ any template works without knowing its markup.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, cast
@@ -20,6 +21,8 @@ INSTRUCTION = "Answer the question using the context below. Be concise."
 _CONTEXT_SENTINEL = "\x00FINCH_CONTEXT\x00"
 _QUESTION_SENTINEL = "\x00FINCH_QUESTION\x00"
 PASSAGE_SEPARATOR = "\n\n"
+# A sentence ends at . ! ? (and any closing quote or bracket) followed by whitespace, or at a line break.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n+")
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,23 @@ class PromptParts:
     def span_tokens(self, spans: Sequence[tuple[int, int, int]]) -> torch.Tensor:
         """``[n]`` bool: the context tokens overlapping ``spans`` (see `span_token_mask`)."""
         return span_token_mask(self.token_offsets, self.passage_text_spans, spans)
+
+    def sentence_ids(self) -> torch.Tensor:
+        """``[n]`` long: the index of the sentence each context token starts in, counted over the context.
+
+        A passage always starts a new sentence, and its title line belongs to its first sentence: a title is
+        worth keeping only with some of its text (measured in ``docs/results/allocation_study.md``). A token
+        belongs to the sentence of its last character, so ``" It"`` goes with the sentence it begins.
+        """
+        cuts = {0}
+        for text_start, text_end in self.passage_text_spans:
+            block_start = self.context_text.rfind(PASSAGE_SEPARATOR, 0, text_start)
+            cuts.add(0 if block_start < 0 else block_start + len(PASSAGE_SEPARATOR))
+            for match in _SENTENCE_END.finditer(self.context_text, text_start, text_end):
+                cuts.add(match.end())
+        boundaries = torch.tensor(sorted(cuts), dtype=torch.long)
+        last_chars = torch.tensor([max(end - 1, 0) for _, end in self.token_offsets], dtype=torch.long)
+        return torch.searchsorted(boundaries, last_chars, right=True) - 1
 
 
 def span_token_mask(

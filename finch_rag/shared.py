@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
+from .allocation import RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import STATS_KEYS, CompressedContext
@@ -20,8 +21,6 @@ _lock = threading.Lock()
 _compressors: dict[str | None, FinchCompressor] = {}
 
 # Front-end options that map one to one onto `FinchConfig` fields.
-T = TypeVar("T")
-
 CONFIG_FIELDS = ("target_tokens", "compression_ratio", "chunk_size", "progress")
 
 
@@ -103,8 +102,9 @@ class CompressorHandle:
     ) -> tuple[CompressedContext | None, list[tuple[str, dict[str, Any]]]]:
         """Compress ``passages`` together for ``query``: the common step of the document compressors.
 
-        ``passages`` come best first, as retrievers return them; they are packed in reverse, so the best one
-        sits next to the question, whose attention favours what it read last (see `pack_best_last`).
+        ``passages`` come best first, as retrievers return them, and share the budget as in `FinchRAG`'s
+        default allocation (`RankWeighting`): packed best last, next to the question, whole sentences
+        competing.
         Returns the compressed context, put in the compressor's store (``None`` when nothing was compressed), and
         per passage, in the given order, its kept text (`CompressedContext.kept_text` at ``threshold``) and its
         `CompressedContext.passage_stats`. No passages give ``(None, [])``; passages that are all blank give
@@ -115,17 +115,9 @@ class CompressorHandle:
         if not any(passage.text.strip() for passage in passages):
             return None, [("", dict(zip(STATS_KEYS, (0.0, 0, 0), strict=True))) for _ in passages]
         compressor = self.get()
-        compressed = compressor.compress(pack_best_last(passages), query, config=config)
+        allocation = RankWeighting()
+        compressed = compressor.compress(allocation.pack(passages), query, config=allocation.configure(config))
         compressor.store.put(compressed)
         texts = [compressed.kept_text(threshold, passage=index) for index in range(len(passages))]
         packed = list(zip(texts, compressed.passage_stats(), strict=True))
-        return compressed, pack_best_last(packed)  # reversing again restores the given order
-
-
-def pack_best_last(items: Sequence[T]) -> list[T]:
-    """Ranked items (best first) in packing order: best last, right before the question.
-
-    The question's attention favours the passages it read last, so packing the best one there turns that
-    recency bias into a rank prior (``docs/results/allocation_study.md``). Its own inverse.
-    """
-    return list(items)[::-1]
+        return compressed, allocation.pack(packed)  # packing again restores the given order

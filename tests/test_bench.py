@@ -51,7 +51,9 @@ def test_question_samples_are_prefix_stable():
 def test_methods_by_name_group_and_spec():
     assert BUILTIN_METHODS["finch"].packing == "best_last" and BUILTIN_METHODS["finch_global"].packing == "rank"
     names = [m.name for m in expand_methods(["allocation", "finch", "random"])]
-    assert names == ["full", "truncation", "finch_global", "finch", "random"], "groups expand once, in order"
+    expected = ["full", "truncation", "finch_global", "finch", "finch_rag", "random"]
+    assert names == expected, "groups expand once, in order"
+    assert BUILTIN_METHODS["finch_rag"].options == {"granularity": "sentence"}
     spec = parse_method("s1:smoothing=1,score_layers=upper,chunk_size=none,packing=rank")
     assert spec == Method("s1", "finch", {"smoothing": 1, "score_layers": "upper_half", "chunk_size": None}, "rank")
     with pytest.raises(ValueError, match="Unknown method"):
@@ -130,3 +132,33 @@ def test_smoke_run_writes_results_for_every_suite(tmp_path):
     assert next(r for r in squad if r["method"] == "full")["retention"] == 1.0
     assert all(0 <= r["f1"] <= 1 for r in squad)
     assert (tmp_path / "squad.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("spec", ["global:sel=shared", "sentences:span=1,L=upper,order=rev", "ph:sel=per_head,s=3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_allocation_study_simulates_what_a_single_pass_keeps(tiny_models, tiny_tokenizer, spec, arch):
+    """The design study's one-capture selection (``--mode sim``) is what `compress` keeps with one chunk.
+
+    (The study runs on the embedded Llama-architecture model; its layer sets ignore sliding-window layers.)
+    """
+    from finch_rag.bench.allocation import Design, capture_scores, kept_mask, pack
+
+    example = Example("hotpotqa", "q", QUESTION, PASSAGES, ["Orla Brant"], EVIDENCE)
+    design = Design.parse(spec)
+    config = FinchConfig(chunk_size=None, progress=False)
+    compressor = FinchCompressor(tiny_models(arch), tiny_tokenizer, config)
+    packed = pack(example, design.order, tiny_tokenizer, config)
+    packed.layer_scores = capture_scores(compressor, packed, config)
+    simulated = kept_mask(design, packed, budget=16)
+    real = compressor.compress(
+        packed.passages,
+        QUESTION,
+        config=config.replace(
+            target_tokens=16,
+            selection=design.sel,
+            smoothing=design.s,
+            granularity="sentence" if design.span else "token",
+            score_layers="all" if design.L == "all" else "upper_half",
+        ),
+    )
+    torch.testing.assert_close(simulated, real.kept_mask())

@@ -20,8 +20,16 @@ QUESTIONS = [QUESTION, "Where does the fox jump?", "What colour are bananas?", "
 
 @pytest.mark.parametrize("selection", ["per_head", "shared"])
 @pytest.mark.parametrize("chunk_size", [8, None])
-def test_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer, selection, chunk_size):
-    config = FinchConfig(target_tokens=12, chunk_size=chunk_size, selection=selection, smoothing=3, progress=False)
+@pytest.mark.parametrize("granularity", ["token", "sentence"])
+def test_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer, selection, chunk_size, granularity):
+    config = FinchConfig(
+        target_tokens=12,
+        chunk_size=chunk_size,
+        selection=selection,
+        smoothing=3,
+        granularity=granularity,
+        progress=False,
+    )
     compressor = FinchCompressor(tiny_model, tiny_tokenizer, config)
     batched = compressor.compress_batch(CONTEXTS, QUESTIONS, batch_size=3)
     assert len(batched) == len(CONTEXTS)

@@ -31,6 +31,7 @@ def compressor(tiny_models, tiny_tokenizer):
         ({"target_tokens": 8, "compression_ratio": 0.5}, ValueError, r"target_tokens or compression_ratio, not both"),
         ({"selection": "per_token"}, ValueError, r"per_head.*per_layer.*shared"),
         ({"smoothing": 0}, ValueError, r"smoothing.*>= 1"),
+        ({"granularity": "paragraph"}, ValueError, r"granularity.*token.*sentence"),
         ({"score_layers": ()}, ValueError, r"score_layers"),
     ],
 )

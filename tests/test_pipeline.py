@@ -25,7 +25,9 @@ from finch_rag import (
     RetrievedPassage,
     Retriever,
 )
-from finch_rag.pipeline import NO_CONTEXT_ANSWER, rank_weights
+from finch_rag.allocation import rank_weights
+from finch_rag.pipeline import NO_CONTEXT_ANSWER
+from finch_rag.prompts import build_prompt
 from finch_rag.retrieval import as_document, default_embedding_model_path, title_of
 
 TITLES = ["The fox", "France", "Bananas", "Rivers"]
@@ -227,6 +229,24 @@ def test_retrieval_weighted_allocation_favours_top_ranks(compressor: FinchCompre
 def test_rank_prior_off_by_default() -> None:
     assert RankWeighting().tau is None and RankWeighting().reverse_packing
     assert rank_weights([1, 2, 3], RankWeighting()) == [1.0, 1.0, 1.0]
+    assert RankWeighting().weights([1, 2]) is None and RankWeighting(tau=1.0).weights([1]) == [1.0]
+    assert RankWeighting().pack([1, 2, 3]) == [3, 2, 1] and RankWeighting(reverse_packing=False).pack([1, 2]) == [1, 2]
+    with pytest.raises(ValueError, match="granularity"):
+        RankWeighting(granularity="word")  # type: ignore[arg-type]
+
+
+def test_default_allocation_keeps_whole_sentences_and_global_keeps_the_config(compressor: FinchCompressor) -> None:
+    retriever = EmbeddingRetriever(DOCUMENTS, model=HashingEncoder(), progress=False)
+    config = compressor.config.replace(chunk_size=None)
+    default = FinchRAG(retriever=retriever, compressor=compressor, top_k=4, max_new_tokens=2, config=config)
+    cc = default.ask(QUESTION).compressed
+    assert cc is not None and cc.config.granularity == "sentence"
+    sentence_of = build_prompt(compressor.tokenizer, cc.passages, QUESTION).sentence_ids()
+    kept = torch.bincount(sentence_of[cc.kept_positions[0][0]], minlength=int(sentence_of.max()) + 1)
+    assert int(((kept > 0) & (kept < torch.bincount(sentence_of))).sum()) <= 1, "only the last sentence may be cut"
+    plain = FinchRAG(retriever=retriever, compressor=compressor, top_k=4, allocation="global", config=config)
+    plain_cc = plain.ask(QUESTION).compressed
+    assert plain_cc is not None and plain_cc.config.granularity == "token"
 
 
 def _passage_lengths(answer: Answer) -> list[int]:

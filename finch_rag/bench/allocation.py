@@ -20,14 +20,16 @@ Methods:
   ``s`` (smoothing), ``L`` (all | upper), ``tau``/``floor`` (rank prior ``max(floor, exp(-(r-1)/tau))``,
   ``tau=inf`` = none), ``norm`` (1: each passage's scores divided by their mean before the prior),
   ``order`` (rank | rev), ``reserve`` (share of ``B`` given to the rank-order head of the context before
-  FINCH chooses the rest).
+  FINCH chooses the rest), ``span`` (0: token scores; 1: sentence means over `PromptParts.sentence_ids`, each
+  title with its passage's first sentence, what ``granularity="sentence"`` does; 2: the same with each title
+  line a sentence of its own).
 
 Two modes. ``--mode sim`` (default): one forward pass per question and packing order captures the
 question's attention (`QuestionAttentionCapture`), and every design and budget is selected from it,
 which is exactly what `FinchCompressor.compress` keeps with ``chunk_size=None`` (checked by
 ``--check``). ``--mode compress``: the real `FinchCompressor.compress` with the library's
-``chunk_size=512`` chunk loop and ``passage_weights`` (designs with ``norm=1`` or ``reserve`` are not
-expressible there and are skipped).
+``chunk_size=512`` chunk loop and ``passage_weights`` (designs with ``norm=1``, ``reserve`` or ``span=2`` are
+not expressible there and are skipped).
 
 Run: ``python -m finch_rag.bench.allocation --limit 40 --methods prune --out docs/results/hotpotqa_prune``.
 """
@@ -47,7 +49,7 @@ import torch
 
 from ..compression.attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from ..compression.loop import decoder_of
-from ..compression.scoring import per_head_scores, resolve_layers, shared_scores, smooth_scores
+from ..compression.scoring import per_head_scores, pool_spans, resolve_layers, shared_scores, smooth_scores
 from ..config import FinchConfig
 from ..prompts import Passage, PromptParts, build_prompt
 from .common import data_dir, machine_description, markdown_table, mean, write_json
@@ -68,6 +70,7 @@ class Design:
     norm: int = 0
     order: str = "rank"
     reserve: float = 0.0
+    span: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> Design:
@@ -75,7 +78,7 @@ class Design:
         fields: dict[str, Any] = {"label": label}
         for item in filter(None, body.split(",")):
             key, _, value = item.partition("=")
-            if key in ("s", "norm"):
+            if key in ("s", "norm", "span"):
                 fields[key] = int(value)
             elif key in ("tau", "floor", "reserve"):
                 fields[key] = float(value)
@@ -93,7 +96,7 @@ class Design:
     def spec(self) -> str:
         return (
             f"sel={self.sel},s={self.s},L={self.L},tau={self.tau},floor={self.floor},norm={self.norm},"
-            f"order={self.order},reserve={self.reserve}"
+            f"order={self.order},reserve={self.reserve},span={self.span}"
         )
 
 
@@ -165,6 +168,7 @@ class Packed:
     passage_ids: torch.Tensor  # [n] passage index (packing order) of each context token
     ranks: list[int]  # rank of each packed passage
     passages: list[Passage]
+    sentence_ids: torch.Tensor  # [n] sentence of each context token
     layer_scores: list[torch.Tensor] | None = None
 
 
@@ -188,7 +192,7 @@ def pack(question: Example, order: str, tokenizer: Any, config: FinchConfig) -> 
     for index in range(count):
         passage_ids[bounds[index] : bounds[index + 1]] = index
     support = torch.stack(masks).any(0) if masks else torch.zeros(n, dtype=torch.bool)
-    return Packed(parts, masks, support, passage_ids, [i + 1 for i in perm], passages)
+    return Packed(parts, masks, support, passage_ids, [i + 1 for i in perm], passages, parts.sentence_ids())
 
 
 def capture_scores(compressor: Any, packed: Packed, config: FinchConfig) -> list[torch.Tensor]:
@@ -247,6 +251,14 @@ def kept_mask(design: Design, packed: Packed, budget: int) -> torch.Tensor:
         reserved = order[: int(design.reserve * budget)]
 
     def finish(scores: torch.Tensor) -> torch.Tensor:  # [..., n] -> kept bool [..., n]
+        if design.span:
+            spans = packed.sentence_ids
+            if design.span == 2:  # ablation: each title line a sentence of its own
+                last_chars = torch.tensor([max(end - 1, 0) for _, end in packed.parts.token_offsets])
+                text_starts = torch.tensor([start for start, _ in packed.parts.passage_text_spans])
+                header = last_chars < text_starts[packed.passage_ids]
+                spans = torch.where(header, -1 - spans, spans)
+            scores = pool_spans(scores, spans)
         if design.norm:
             scores = _per_passage_normalise(scores, packed.passage_ids, count)
         if token_weights is not None:
@@ -350,13 +362,14 @@ def run(args: argparse.Namespace, on_progress: Any = None) -> dict[str, Any]:
                 if args.mode == "sim":
                     mask = kept_mask(design, p, budget)
                 else:
-                    if design.norm or design.reserve:
+                    if design.norm or design.reserve or design.span == 2:
                         continue
                     t1 = time.perf_counter()
                     config = base.replace(
                         target_tokens=budget,
                         selection=design.sel,
                         smoothing=design.s,
+                        granularity="sentence" if design.span else "token",
                         score_layers=None
                         if design.L == "all"
                         else tuple(range(-(compressor.model.config.num_hidden_layers // 2), 0)),

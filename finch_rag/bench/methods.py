@@ -4,15 +4,17 @@ A `Method` is one of these kinds, all held to the same budget ``B`` (context KV 
 DESIGN §4):
 
 - ``finch``: `FinchCompressor.compress` with `FinchConfig` changes (``options``), e.g. ``finch`` (the library
-  default, iterative, chunk loop), ``finch_single`` (one pass over the whole context), ``finchpress``
-  (per-head, single pass: the entries kvpress's ``FinchPress`` keeps) and ``finch_global`` (the default
-  selection over passages packed in retrieval order, i.e. plain FINCH without the pipeline's allocation);
+  default, iterative, chunk loop, best passage packed last), ``finch_rag`` (`FinchRAG`'s default
+  ``retrieval_weighted`` allocation: the same, with whole sentences competing), ``finch_single`` (one pass
+  over the whole context), ``finchpress`` (per-head, single pass: the entries kvpress's ``FinchPress``
+  keeps) and ``finch_global`` (the default selection over passages packed in retrieval order, i.e. plain
+  FINCH without the pipeline's allocation);
 - ``full``: no compression, where the whole prompt fits the model's window;
 - ``truncation``: top-k truncation, passages in retrieval order until ``B`` tokens, the last one cut;
 - ``control``: a fixed rule in place of attention, ``random``, ``recency`` (the last ``B``) or ``first``.
 
 ``packing`` says how retrieved passages (best first) are laid out: ``"best_last"`` is what `FinchRAG`'s
-default ``retrieval_weighted`` allocation does (`finch_rag.shared.pack_best_last`), ``"rank"`` keeps the
+default ``retrieval_weighted`` allocation does (`finch_rag.allocation.pack_best_last`), ``"rank"`` keeps the
 retriever's order. Suites without a ranking (single passage, needle haystack) ignore it.
 """
 
@@ -27,6 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from .._locks import model_lock
+from ..allocation import RankWeighting
 from ..compression.chunking import chunk_bounds
 from ..compression.loop import CompressedCache, attention_layer, decoder_of, layer_tensors
 from ..compression.rotation import KeyRotation
@@ -66,6 +69,7 @@ BUILTIN_METHODS: dict[str, Method] = {
     "full": Method("full", "full"),
     "truncation": Method("truncation", "truncation"),
     "finch": Method("finch", "finch", packing="best_last"),
+    "finch_rag": Method("finch_rag", "finch", {"granularity": RankWeighting().granularity}, packing="best_last"),
     "finch_single": Method("finch_single", "finch", {"chunk_size": None}, packing="best_last"),
     "finch_global": Method("finch_global", "finch"),
     "finchpress": Method("finchpress", "finch", FINCHPRESS),
@@ -73,12 +77,12 @@ BUILTIN_METHODS: dict[str, Method] = {
     "recency": Method("recency", "control", {"rule": "recency"}),
     "first": Method("first", "control", {"rule": "first"}),
 }
-"""Methods by name; ``finch`` is the library's default config and the pipeline's default allocation."""
+"""Methods by name; ``finch`` is the library's default config, ``finch_rag`` `FinchRAG`'s default allocation."""
 
 METHOD_GROUPS: dict[str, list[str]] = {
     "all": ["full", "truncation", "finch", "finch_single", "finch_global", "random", "recency", "first"],
     "baselines": ["full", "finch", "finchpress", "random", "recency", "first"],
-    "allocation": ["full", "truncation", "finch_global", "finch"],
+    "allocation": ["full", "truncation", "finch_global", "finch", "finch_rag"],
 }
 
 

@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 
+from ..allocation import pack_best_last
 from ..compressor import FinchCompressor
 from ..config import FinchConfig
 from ..context import CompressedContext
 from ..prompts import Passage, PromptParts, build_prompt
-from ..shared import pack_best_last
 from .common import (
     RESULTS_DIR,
     answer_scores,
@@ -444,7 +444,11 @@ def markdown_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any
     for budget in budgets:
         table = [r for r in rows if str(r["budget"]) == budget] + full
         lines += [f"## Budget {budget}", "", markdown_table(table, columns), ""]
-    lines += paired_comparison(records, budgets)
+    # The pipeline's default allocation (older runs without it: the library default) against the baselines.
+    default = next((m for m in ("finch_rag", "finch") if any(r["method"] == m for r in records)), None)
+    if default is not None:
+        for baseline in ("truncation", "finch_global"):
+            lines += paired_comparison(records, budgets, default, baseline)
     skipped = [r for r in records if "skipped" in r]
     if skipped:
         lines += [f"Skipped records: {len(skipped)} (e.g. {skipped[0]['method']}: {skipped[0]['skipped']})", ""]

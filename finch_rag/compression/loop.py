@@ -30,7 +30,7 @@ from ..config import FinchConfig
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .chunking import chunk_bounds
 from .rotation import KeyRotation
-from .scoring import per_head_scores, per_layer_scores, resolve_layers, shared_scores, smooth_scores
+from .scoring import per_head_scores, per_layer_scores, pool_spans, resolve_layers, shared_scores, smooth_scores
 from .selection import select_top, step_budget
 
 
@@ -94,7 +94,8 @@ class CompressionRequest:
 
     ``passage_starts`` are token offsets where passages begin (chunks end on them when they can);
     ``token_weights`` is an optional ``[n]`` non-negative prior multiplied onto the scores before
-    selection (`FinchRAG` folds the retriever's ranking in with it).
+    selection (`FinchRAG` folds the retriever's ranking in with it); ``span_ids`` an optional ``[n]`` long
+    label of each token's sentence, which ``granularity="sentence"`` needs.
     """
 
     prefix_ids: torch.Tensor
@@ -102,6 +103,7 @@ class CompressionRequest:
     question_ids: torch.Tensor
     passage_starts: Sequence[int] = ()
     token_weights: torch.Tensor | None = None
+    span_ids: torch.Tensor | None = None
 
 
 @dataclass
@@ -180,6 +182,11 @@ def compress_batch(
     num_layers = text_config.num_hidden_layers
     rotation = rotation or KeyRotation.from_model(model)
     voting_layers = resolve_layers(config.score_layers, num_layers, getattr(text_config, "layer_types", None))
+    if config.granularity == "sentence" and any(request.span_ids is None for request in requests):
+        raise ValueError(
+            'granularity="sentence" needs each context token\'s sentence (CompressionRequest.span_ids). '
+            'FinchCompressor.compress finds them in the text; with raw token ids use granularity="token".'
+        )
 
     states = []
     for request in requests:
@@ -337,10 +344,12 @@ def _keep_best(
         chunk_positions = torch.arange(start, end, device=device).expand(1, num_kv_heads, -1)
         earlier = state.kept_positions[layer] if state.kept_positions else chunk_positions[..., :0]
         candidate_positions.append(torch.cat((earlier, chunk_positions), dim=-1))
-    weights = None
+    weights = spans = None
     if state.request.token_weights is not None:
         weights = [state.request.token_weights[positions] for positions in candidate_positions]
-    selected, selected_scores = _select(layer_scores, config, voting_layers, keep, weights)
+    if config.granularity == "sentence" and state.request.span_ids is not None:
+        spans = [state.request.span_ids[positions] for positions in candidate_positions]
+    selected, selected_scores = _select(layer_scores, config, voting_layers, keep, weights, spans)
 
     state.peak = max(state.peak, state.cache_length + chunk_length + question_length)
     state.kept_positions = [candidate_positions[layer].gather(-1, selected[layer]) for layer in range(len(selected))]
@@ -370,12 +379,22 @@ def _select(
     voting_layers: list[int],
     keep: int,
     candidate_weights: list[torch.Tensor] | None = None,
+    candidate_spans: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Candidate indices ``[1, kvh, keep]`` to keep per layer, and their scores."""
+    """Candidate indices ``[1, kvh, keep]`` to keep per layer, and their scores.
+
+    ``candidate_spans`` (per layer ``[1, kvh, c]``, the sentence of each candidate) switches from token
+    scores to sentence means (`FinchConfig.granularity`).
+    """
+
+    def spread(scores: torch.Tensor, spans: torch.Tensor | None) -> torch.Tensor:
+        return smooth_scores(scores, config.smoothing) if spans is None else pool_spans(scores, spans)
+
     if config.selection == "shared":
-        scores = smooth_scores(shared_scores(layer_scores, voting_layers), config.smoothing)
+        # Shared selection keeps the same candidates in every head, so any head's positions will do.
+        shared_spans = None if candidate_spans is None else candidate_spans[0][:, 0]
+        scores = spread(shared_scores(layer_scores, voting_layers), shared_spans)
         if candidate_weights is not None:
-            # Shared selection keeps the same candidates in every head, so any head's positions will do.
             scores = scores * candidate_weights[0][:, 0]
         chosen = select_top(scores, keep)  # [1, keep]
         kept = scores.gather(-1, chosen)
@@ -388,7 +407,7 @@ def _select(
     reduce = per_head_scores if config.selection == "per_head" else per_layer_scores
     out_indices, out_scores = [], []
     for layer, scores_of_layer in enumerate(layer_scores):
-        head_scores = smooth_scores(reduce(scores_of_layer), config.smoothing)
+        head_scores = spread(reduce(scores_of_layer), None if candidate_spans is None else candidate_spans[layer])
         if candidate_weights is not None:
             head_scores = head_scores * candidate_weights[layer]
         chosen = select_top(head_scores, keep)

@@ -79,3 +79,18 @@ def resolve_layers(
             raise ValueError(f"score_layers contains {layer}, but the model has {num_layers} layers.")
         resolved.add(index)
     return sorted(resolved)
+
+
+def pool_spans(scores: torch.Tensor, span_ids: torch.Tensor) -> torch.Tensor:
+    """Replace each score by the mean score of its span (e.g. its sentence), same shape.
+
+    ``span_ids`` (long, broadcastable to ``scores``) labels each entry's span. Top-k over pooled scores then
+    keeps spans whole, best mean first, and only the last span admitted may be cut.
+    """
+    span_ids = span_ids.expand_as(scores).reshape(-1, scores.shape[-1])
+    flat = scores.reshape(-1, scores.shape[-1])
+    _, labels = torch.unique(span_ids, return_inverse=True)
+    count = int(labels.max()) + 1 if labels.numel() else 0
+    sums = flat.new_zeros(flat.shape[0], count).scatter_add_(1, labels, flat)
+    sizes = flat.new_zeros(flat.shape[0], count).scatter_add_(1, labels, torch.ones_like(flat))
+    return (sums / sizes.clamp(min=1)).gather(1, labels).reshape(scores.shape)

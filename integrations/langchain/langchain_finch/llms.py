@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
+from finch_rag.allocation import RankWeighting
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.retrieval import title_of
-from finch_rag.shared import CompressorHandle, pack_best_last
+from finch_rag.shared import CompressorHandle
 from finch_rag.store import CACHE_KEY, CACHE_KEY_PATTERN
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import BaseLLM
@@ -209,7 +210,8 @@ class FinchLLM(BaseLLM):
             if reused is not None:
                 return _Prepared(reused, reused=True)
             passages = [Passage(d.page_content, title_of(d.metadata), dict(d.metadata)) for d in documents]
-            return _Prepared(self._compress(pack_best_last(passages), question))
+            allocation = RankWeighting()  # FinchRAG's default: best passage last, whole sentences compete
+            return _Prepared(self._compress(allocation.pack(passages), question, allocation.configure(self.config)))
 
         context, question = split_prompt(prompt, self.question_delimiter)
         keys = set(CACHE_KEY_PATTERN.findall(context))
@@ -221,9 +223,11 @@ class FinchLLM(BaseLLM):
             raise ValueError(f"The prompt has no context before {self.question_delimiter!r}; nothing to compress.")
         return _Prepared(self._compress(context, question))
 
-    def _compress(self, context: str | list[Passage], question: str) -> CompressedContext:
+    def _compress(
+        self, context: str | list[Passage], question: str, config: FinchConfig | None = None
+    ) -> CompressedContext:
         compressor = self.compressor
-        compressed = compressor.compress(context, question, config=self.config)
+        compressed = compressor.compress(context, question, config=config or self.config)
         compressor.store.put(compressed)
         return compressed
 

@@ -270,7 +270,7 @@ class FinchLLM(CustomLLM):
         """
         if len(ids) < 2:
             raise ValueError("The prompt is too short to generate from (fewer than two tokens).")
-        config = self.config.replace(target_tokens=len(ids) - 1, chunk_size=None)
+        config = self.config.replace(target_tokens=len(ids) - 1, chunk_size=None, granularity="token")
         compressed = self.compressor.compress_ids(ids[:-1], ids[-1:], config=config)
         return _prepared(compressed)
 
