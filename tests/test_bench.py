@@ -132,6 +132,9 @@ def test_smoke_run_writes_results_for_every_suite(tmp_path):
     assert next(r for r in squad if r["method"] == "full")["retention"] == 1.0
     assert all(0 <= r["f1"] <= 1 for r in squad)
     assert (tmp_path / "squad.png").stat().st_size > 10_000
+    hotpotqa = json.loads((tmp_path / "hotpotqa.json").read_text())["records"]
+    assert {r["method"] for r in hotpotqa} == {"truncation", "finch_rag"}
+    assert all(r["kept_tokens"] == r["B"] for r in hotpotqa), "equal budget"
 
 
 @pytest.mark.parametrize("spec", ["global:sel=shared", "sentences:span=1,L=upper,order=rev", "ph:sel=per_head,s=3"])

@@ -80,7 +80,7 @@ BUILTIN_METHODS: dict[str, Method] = {
 """Methods by name; ``finch`` is the library's default config, ``finch_rag`` `FinchRAG`'s default allocation."""
 
 METHOD_GROUPS: dict[str, list[str]] = {
-    "all": ["full", "truncation", "finch", "finch_single", "finch_global", "random", "recency", "first"],
+    "all": ["full", "truncation", "finch", "finch_rag", "finch_single", "finch_global", "random", "recency", "first"],
     "baselines": ["full", "finch", "finchpress", "random", "recency", "first"],
     "allocation": ["full", "truncation", "finch_global", "finch", "finch_rag"],
 }

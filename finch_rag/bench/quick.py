@@ -28,7 +28,7 @@ QUICK: list[tuple[str, list[str]]] = [
 ]
 SMOKE: list[tuple[str, list[str]]] = [
     ("squad", ["--limit", "1", "--budgets", "4x", "--methods", "full", "truncation", "finch", "first"]),
-    ("hotpotqa", ["--limit", "1", "--budgets", "8x", "--methods", "truncation", "finch", "--no-answer"]),
+    ("hotpotqa", ["--limit", "1", "--budgets", "8x", "--methods", "truncation", "finch_rag", "--no-answer"]),
     ("niah", ["--lengths", "600", "--depths", "0.5", "--limit", "1", "--methods", "finch", "--ratios", "0.75"]),
 ]
 
