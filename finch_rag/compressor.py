@@ -197,13 +197,13 @@ class FinchCompressor:
         if passage_weights is not None:
             token_weights = _token_weights(passage_weights, parts.passage_token_starts, len(parts.context_ids))
         return _Prepared(
-            span_ids=parts.sentence_ids() if config.granularity == "sentence" else None,
             prefix_ids=parts.prefix_ids,
             context_ids=parts.context_ids,
             question_ids=parts.question_ids,
             suffix_ids=parts.suffix_ids,
             passage_starts=parts.passage_token_starts,
             token_weights=token_weights,
+            span_ids=parts.sentence_ids() if config.granularity == "sentence" else None,
             extra={
                 "question": question,
                 "passages": passages,

@@ -1,8 +1,9 @@
 """`FinchRAG`: retrieve passages, compress them with FINCH for the question, answer from the compressed cache.
 
 Top-k truncation keeps the best retrieved passages whole until the window is full. `FinchRAG` retrieves
-more, packs them in retrieval rank order (each passage's title before its text) and lets the model keep
-the ``B`` key/value entries the question attends to most, wherever they sit. Based on FINCH (Corallo &
+more, packs them (each passage's title before its text; by default the best one last, next to the
+question, see `finch_rag.allocation`) and lets the model keep the ``B`` key/value entries the question
+attends to most, wherever they sit. Based on FINCH (Corallo &
 Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
 """
 
@@ -274,8 +275,7 @@ class FinchRAG:
             config, weights = self.config, None
             if self.allocation == "retrieval_weighted":
                 config = self.weighting.configure(config)
-                if self.weighting.tau is not None:
-                    weights = [self.weighting.weights([passage.rank for passage in packed]) for packed in packing]
+                weights = [self.weighting.weights([passage.rank for passage in packed]) for packed in packing]
             compress_started = time.perf_counter()
             compressed = self.compressor.compress_batch(
                 [[passage.to_passage() for passage in packed] for packed in packing],
