@@ -24,6 +24,8 @@ NEEDS = {
     "langchain_rag.ipynb": ("langchain_finch", "langchain_classic"),
     "llamaindex_rag.ipynb": ("llama_index.llms.finch", "llama_index.postprocessor.finch"),
 }
+# Notebooks that read the real benchmark data beside the repository (never inside it), like the benchmarks.
+NEEDS_DATA = {"compression_explorer.ipynb": "squad-v1.1-dev-part.json"}
 
 
 def test_examples_exist() -> None:
@@ -45,6 +47,15 @@ def test_notebook_is_stripped(path: Path) -> None:
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for module in NEEDS.get(path.name, ()):
         pytest.importorskip(module)
+    if path.name in NEEDS_DATA:
+        from finch_rag.bench.common import data_dir
+
+        try:
+            data = data_dir()
+        except FileNotFoundError:
+            pytest.skip("no benchmark data folder (../shared/data or $FINCH_RAG_DATA)")
+        if not (data / NEEDS_DATA[path.name]).is_file():
+            pytest.skip(f"{NEEDS_DATA[path.name]} is not in {data}")
     copy = tmp_path / path.name
     shutil.copy(path, copy)
     notebook = nbformat.read(copy, as_version=4)
