@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_core_attention import captured_scores, reference_scores
+from test_attention import captured_scores, reference_scores
 
 from finch_rag import FinchCompressor, FinchConfig, load_model
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "integrations").glob("*/README.md")])
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)\s*$")
 SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip\b(.*?)-->")
