@@ -1,10 +1,11 @@
 """finch-rag: prompt-guided KV-cache compression (FINCH, TACL 2024) as a retrieval component."""
 
+from .allocation import PassageAllocation, RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
 from .models import load_model
-from .pipeline import Answer, FinchRAG, RankWeighting, Source
+from .pipeline import Answer, FinchRAG, Source
 from .prompts import Passage
 from .retrieval import EmbeddingRetriever, RetrievedPassage, Retriever
 
@@ -16,6 +17,7 @@ __all__ = [
     "FinchConfig",
     "FinchRAG",
     "Passage",
+    "PassageAllocation",
     "RankWeighting",
     "RetrievedPassage",
     "Retriever",

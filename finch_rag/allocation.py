@@ -1,22 +1,37 @@
-"""How retrieved passages share the budget: `FinchRAG`'s ``"retrieval_weighted"`` allocation.
+"""How retrieved passages share the budget: one entry point, `PassageAllocation`, for every front end.
 
 Plain FINCH (``"global"``) packs the passages in rank order and lets every token compete on question
 attention alone. On multi-hop questions that starves the best passages and scatters the budget over
-fragments of many sentences (``docs/results/allocation_study.md``). ``"retrieval_weighted"`` folds the
-retriever's ranking in through the packing order, and makes sentences, not tokens, compete. Not in the
-paper (FINCH: Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
+fragments of many sentences (``docs/results/allocation_study.md``). ``"retrieval_weighted"`` (the default)
+folds the retriever's ranking in through the packing order, and makes sentences, not tokens, compete. Not in
+the paper (FINCH: Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
+
+`FinchRAG` and the four integration classes all call `PassageAllocation.plan`, which returns the passages in
+packing order, the config to compress them with, their score priors, and a way back to the ranked order::
+
+    plan = PassageAllocation().plan(ranked_passages, config)
+    compressed = compressor.compress(plan.packed, question, config=plan.config, passage_weights=plan.passage_weights)
+    per_passage = plan.restore(compressed.passage_stats())   # in the ranked order again
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
 
 from .config import GRANULARITIES, FinchConfig, Granularity
 
 T = TypeVar("T")
+U = TypeVar("U")
+
+RETRIEVAL_WEIGHTED = "retrieval_weighted"
+"""The default allocation: best passage last, whole sentences competing (see `RankWeighting`)."""
+GLOBAL = "global"
+"""Plain FINCH: passages in rank order, every token competing on question attention alone."""
+Allocation = Literal["global", "retrieval_weighted"]
+ALLOCATIONS: tuple[str, ...] = (GLOBAL, RETRIEVAL_WEIGHTED)
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,12 @@ class RankWeighting:
         return None if self.tau is None else rank_weights(ranks, self)
 
 
-def rank_weights(ranks: Sequence[int], weighting: RankWeighting = RankWeighting(tau=4.0)) -> list[float]:
-    """One score factor per passage from its 1-based retrieval rank (see `RankWeighting`)."""
+def rank_weights(ranks: Sequence[int], weighting: RankWeighting | None = None) -> list[float]:
+    """One score factor per passage from its 1-based retrieval rank (see `RankWeighting`).
+
+    The default weighting is ``RankWeighting()``, as everywhere else: it has no rank factor, so every weight is 1.
+    """
+    weighting = weighting if weighting is not None else RankWeighting()
     if any(isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 for rank in ranks):
         raise ValueError(f"ranks are 1-based integers, got {list(ranks)}.")
     if weighting.tau is None:
@@ -86,3 +105,75 @@ def rank_weights(ranks: Sequence[int], weighting: RankWeighting = RankWeighting(
 def pack_best_last(items: Sequence[T]) -> list[T]:
     """Ranked items (best first) in packing order: best last, right before the question. Its own inverse."""
     return list(items)[::-1]
+
+
+@dataclass(frozen=True)
+class AllocationPlan(Generic[T]):
+    """What `PassageAllocation.plan` decides for one request.
+
+    Attributes
+    ----------
+    packed : list
+        The passages in packing order (for ``"retrieval_weighted"``, by default the best one last).
+    config : FinchConfig
+        The config to compress them with (with the allocation's granularity).
+    passage_weights : list of float or None
+        One score prior per *packed* passage (`RankWeighting.weights`), for ``FinchCompressor.compress``'s
+        ``passage_weights``; ``None`` applies none.
+    order : tuple of int
+        ``packed[i]`` is ``ranked[order[i]]``.
+    """
+
+    packed: list[T]
+    config: FinchConfig
+    passage_weights: list[float] | None
+    order: tuple[int, ...] = field(repr=False)
+
+    def restore(self, per_packed: Sequence[U]) -> list[U]:
+        """One value per packed passage (e.g. ``compressed.passage_stats()``) back in the ranked order."""
+        if len(per_packed) != len(self.order):
+            raise ValueError(f"Got {len(per_packed)} values for {len(self.order)} packed passages.")
+        restored: list[U] = list(per_packed)
+        for value, index in zip(per_packed, self.order, strict=True):
+            restored[index] = value
+        return restored
+
+
+@dataclass(frozen=True)
+class PassageAllocation:
+    """How ranked passages share the budget ``B``: the one allocation entry point of `FinchRAG` and the integrations.
+
+    Parameters
+    ----------
+    kind : {"retrieval_weighted", "global"}
+        ``"retrieval_weighted"`` (default): the retriever's ranking shapes the selection as ``weighting`` says (by
+        default the best passage is packed next to the question and whole sentences compete). ``"global"``: plain
+        FINCH, passages packed in rank order, the config as given, no prior.
+    weighting : RankWeighting
+        Parameters of ``"retrieval_weighted"`` (ignored by ``"global"``).
+    """
+
+    kind: Allocation = RETRIEVAL_WEIGHTED
+    weighting: RankWeighting = field(default_factory=RankWeighting)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.kind!r}.")
+        if not isinstance(self.weighting, RankWeighting):
+            raise TypeError(f"weighting must be a RankWeighting, got {type(self.weighting).__name__}.")
+
+    def plan(self, ranked: Sequence[T], config: FinchConfig, ranks: Sequence[int] | None = None) -> AllocationPlan[T]:
+        """Pack ``ranked`` (best first) and derive the config and score priors to compress it with.
+
+        ``ranks`` are the passages' 1-based retrieval ranks (default ``1..n`` in the given order); they only
+        matter for a ``weighting`` with a rank factor (``tau``).
+        """
+        ranked = list(ranked)
+        ranks = list(ranks) if ranks is not None else list(range(1, len(ranked) + 1))
+        if len(ranks) != len(ranked):
+            raise ValueError(f"Got {len(ranks)} ranks for {len(ranked)} passages.")
+        if self.kind == GLOBAL:
+            return AllocationPlan(ranked, config, None, tuple(range(len(ranked))))
+        order = tuple(self.weighting.pack(range(len(ranked))))
+        weights = self.weighting.weights([ranks[index] for index in order])
+        return AllocationPlan([ranked[index] for index in order], self.weighting.configure(config), weights, order)

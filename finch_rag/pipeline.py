@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from .allocation import RankWeighting
+from .allocation import ALLOCATIONS, RETRIEVAL_WEIGHTED, Allocation, PassageAllocation, RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
@@ -27,8 +27,7 @@ from .retrieval import Document, EmbeddingRetriever, RetrievedPassage, Retriever
 
 logger = logging.getLogger(__name__)
 
-Allocation = Literal["global", "retrieval_weighted"]
-ALLOCATIONS: tuple[str, ...] = ("global", "retrieval_weighted")
+__all__ = ["ALLOCATIONS", "NO_CONTEXT_ANSWER", "Allocation", "Answer", "FinchRAG", "RankWeighting", "Source"]
 
 NO_CONTEXT_ANSWER = "No relevant context was found to answer this question."
 
@@ -110,10 +109,11 @@ class FinchRAG:
     top_k : int
         Passages retrieved per question. FINCH pays off when this is larger than what would fit whole.
     allocation : {"global", "retrieval_weighted"}
-        ``"retrieval_weighted"`` (default): the retriever's ranking shapes the selection (`RankWeighting`:
-        the best passage is packed next to the question, and whole sentences compete for the budget).
-        ``"global"``: plain FINCH, passages packed in rank order and every token competing for the budget
-        on question attention alone (with ``config`` as given).
+        How the passages share the budget (`finch_rag.allocation.PassageAllocation`, the same object the
+        integrations use). ``"retrieval_weighted"`` (default): the retriever's ranking shapes the selection
+        (`RankWeighting`: the best passage is packed next to the question, and whole sentences compete for
+        the budget). ``"global"``: plain FINCH, passages packed in rank order and every token competing for
+        the budget on question attention alone (with ``config`` as given).
     weighting : RankWeighting, optional
         Parameters of ``"retrieval_weighted"``; default ``RankWeighting()``.
     max_new_tokens : int
@@ -138,20 +138,17 @@ class FinchRAG:
         compressor: FinchCompressor | None = None,
         config: FinchConfig | None = None,
         top_k: int = 8,
-        allocation: Allocation = "retrieval_weighted",
+        allocation: Allocation = RETRIEVAL_WEIGHTED,
         weighting: RankWeighting | None = None,
         max_new_tokens: int = 64,
     ) -> None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an int >= 1, got {top_k!r}.")
-        if allocation not in ALLOCATIONS:
-            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}.")
         if config is not None and not isinstance(config, FinchConfig):
             raise TypeError(f"config must be a FinchConfig, got {type(config).__name__}.")
-        if weighting is not None and not isinstance(weighting, RankWeighting):
-            raise TypeError(f"weighting must be a RankWeighting, got {type(weighting).__name__}.")
+        passage_allocation = PassageAllocation(allocation, weighting if weighting is not None else RankWeighting())
         if isinstance(documents, (str, bytes)):
             raise TypeError("documents is a list of documents; wrap a single string in a list.")
         if retriever is not None and not isinstance(retriever, Retriever):
@@ -169,8 +166,7 @@ class FinchRAG:
         self.compressor = compressor if compressor is not None else FinchCompressor(config=config)
         self.config = config or self.compressor.config
         self.top_k = top_k
-        self.allocation: Allocation = allocation
-        self.weighting = weighting or RankWeighting()
+        self.passage_allocation = passage_allocation
         self.max_new_tokens = max_new_tokens
 
     # --------------------------------------------------------------- corpus
@@ -271,17 +267,16 @@ class FinchRAG:
                 stats = self._stats(retrieval_seconds, started)
                 answers[index] = Answer(questions[index], NO_CONTEXT_ANSWER, [], None, stats)
         if with_context:
-            packing = [self._packing_order(retrieved[index]) for index in with_context]
-            config, weights = self.config, None
-            if self.allocation == "retrieval_weighted":
-                config = self.weighting.configure(config)
-                weights = [self.weighting.weights([passage.rank for passage in packed]) for packed in packing]
+            plans = [
+                self.passage_allocation.plan(passages, self.config, [passage.rank for passage in passages])
+                for passages in (retrieved[index] for index in with_context)
+            ]
             compress_started = time.perf_counter()
             compressed = self.compressor.compress_batch(
-                [[passage.to_passage() for passage in packed] for packed in packing],
+                [[passage.to_passage() for passage in plan.packed] for plan in plans],
                 [questions[index] for index in with_context],
-                config=config,
-                passage_weights=weights,
+                config=plans[0].config,  # the same for every plan: it depends on the allocation only
+                passage_weights=[plan.passage_weights for plan in plans],
                 batch_size=len(with_context),
             )
             compression_seconds = time.perf_counter() - compress_started
@@ -291,19 +286,26 @@ class FinchRAG:
             else:
                 texts = self.compressor.generate_batch(compressed, max_new_tokens=self.max_new_tokens)
             generation_seconds = time.perf_counter() - generate_started
-            for index, packed, item, text in zip(with_context, packing, compressed, texts, strict=True):
-                kept = dict(zip((id(p) for p in packed), item.passage_kept_fractions(), strict=True))
+            for index, plan, item, text in zip(with_context, plans, compressed, texts, strict=True):
+                kept = plan.restore(item.passage_kept_fractions())
                 sources = [
-                    Source(p.text, p.title, dict(p.metadata), p.score, p.rank, kept[id(p)]) for p in retrieved[index]
+                    Source(p.text, p.title, dict(p.metadata), p.score, p.rank, fraction)
+                    for p, fraction in zip(retrieved[index], kept, strict=True)
                 ]
                 stats = self._stats(retrieval_seconds, started, item, compression_seconds, generation_seconds)
                 logger.debug("Answered %r: %s", questions[index], stats)
                 answers[index] = Answer(questions[index], text.strip(), sources, item, stats)
         return [answer for answer in answers if answer is not None]
 
-    def _packing_order(self, passages: list[RetrievedPassage]) -> list[RetrievedPassage]:
-        """Passages in the order they are packed into the context (see `RankWeighting.reverse_packing`)."""
-        return self.weighting.pack(passages) if self.allocation == "retrieval_weighted" else passages
+    @property
+    def allocation(self) -> Allocation:
+        """``"retrieval_weighted"`` or ``"global"`` (see `PassageAllocation`)."""
+        return self.passage_allocation.kind
+
+    @property
+    def weighting(self) -> RankWeighting:
+        """The parameters of ``"retrieval_weighted"``."""
+        return self.passage_allocation.weighting
 
     def _stats(
         self,
