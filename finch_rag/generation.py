@@ -10,7 +10,7 @@ from typing import cast
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from .compression.loop import attention_layer, layer_tensors
+from .compression.cache import stack_left_padded
 
 
 @dataclass(frozen=True)
@@ -184,14 +184,7 @@ def generate_batch_texts(
 
     lengths = [cache.get_seq_length() for cache in caches]
     longest = max(lengths)
-    batch = DynamicCache()
-    for layer in range(len(caches[0].layers)):
-        tensors = [layer_tensors(cache, layer) for cache in caches]
-        keys = torch.cat([_left_pad(layer_keys, longest) for layer_keys, _ in tensors])
-        values = torch.cat([_left_pad(layer_values, longest) for _, layer_values in tensors])
-        batch.update(keys[:, :, :0], values[:, :, :0], layer)
-        batch_layer = attention_layer(batch, layer)
-        batch_layer.keys, batch_layer.values = keys, values
+    batch = stack_left_padded(caches, longest)
     attention_mask = torch.zeros((rows, longest), dtype=torch.long, device=device)
     for row, length in enumerate(lengths):
         attention_mask[row, longest - length :] = 1
@@ -226,7 +219,3 @@ def generate_batch_texts(
         texts.append(text if cut is None else text[:cut])
     return texts
 
-
-def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - tensor.shape[2]
-    return tensor if missing == 0 else torch.nn.functional.pad(tensor, (0, 0, missing, 0))

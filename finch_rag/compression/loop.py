@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import CacheLayerMixin
 
 from ..config import FinchConfig
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
+from .cache import all_layer_tensors, cache_over, decoder_of, layer_tensors, stack_left_padded
+from .cache import attention_layer as attention_layer  # re-exported until callers import from .cache
 from .chunking import chunk_bounds
 from .rotation import KeyRotation
 from .scoring import per_head_scores, per_layer_scores, pool_spans, resolve_layers, shared_scores, smooth_scores
@@ -59,33 +60,6 @@ class CompressedCache:
         Appending to it never touches ``self``: `DynamicLayer.update` concatenates into new tensors.
         """
         return cache_over(self.keys, self.values)
-
-
-def cache_over(keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> DynamicCache:
-    """A `DynamicCache` whose layers hold these tensors themselves, without the copy ``update`` would make."""
-    cache = DynamicCache()
-    for layer, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
-        cache.update(layer_keys[:, :, :0], layer_values[:, :, :0], layer)
-        entry = attention_layer(cache, layer)
-        entry.keys = layer_keys
-        entry.values = layer_values
-    return cache
-
-
-def attention_layer(cache: DynamicCache, layer: int) -> CacheLayerMixin:
-    """``cache.layers[layer]`` as a key/value layer (transformers also types it as linear-attention or dummy)."""
-    entry = cache.layers[layer]
-    if not isinstance(entry, CacheLayerMixin):
-        raise TypeError(f"Cache layer {layer} is a {type(entry).__name__}; finch-rag needs key/value attention layers.")
-    return entry
-
-
-def layer_tensors(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The keys and values that ``cache.layers[layer]`` holds."""
-    entry = attention_layer(cache, layer)
-    if entry.keys is None or entry.values is None:
-        raise ValueError(f"Cache layer {layer} holds no keys and values.")
-    return entry.keys, entry.values
 
 
 @dataclass
@@ -132,11 +106,6 @@ class _RequestState:
     @property
     def done(self) -> bool:
         return self.next_chunk >= len(self.bounds)
-
-
-def decoder_of(model: PreTrainedModel) -> torch.nn.Module:
-    """The base model without the LM head: compression needs no logits."""
-    return model.get_decoder() if hasattr(model, "get_decoder") else model
 
 
 def compress_cache(
@@ -226,9 +195,7 @@ def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Te
         return
     cache = cache_over(state.keys, state.values)
     decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    tensors = [layer_tensors(cache, layer) for layer in range(len(cache.layers))]
-    state.keys = [keys for keys, _ in tensors]
-    state.values = [values for _, values in tensors]
+    state.keys, state.values = all_layer_tensors(cache)
     state.peak = max(state.peak, cache.get_seq_length())
 
 
@@ -267,7 +234,7 @@ def _step(
         question_mask[row, max_question - m :] = True
     padded = attention_mask.eq(0).any().item()
 
-    cache = _batch_cache(active, max_cache, num_layers)
+    cache = stack_left_padded([(state.keys, state.values) for state in active], max_cache)
     capture = QuestionAttentionCapture(
         question_length=max_question,
         first_candidate=0,
@@ -291,28 +258,6 @@ def _step(
         _keep_best(
             state, row, chunk.shape[0], question.shape[0], max_cache, cache, capture, config, voting_layers, rotation
         )
-
-
-def _batch_cache(active: list[_RequestState], max_cache: int, num_layers: int) -> DynamicCache:
-    """The active requests' caches stacked on the batch axis, left-padded with zeros to ``max_cache``."""
-    if max_cache == 0:
-        return DynamicCache()
-    if len(active) == 1:
-        return cache_over(active[0].keys, active[0].values)
-    template = next(state for state in active if state.keys)
-    keys, values = [], []
-    for layer in range(num_layers):
-        like_keys, like_values = template.keys[layer][:, :, :0], template.values[layer][:, :, :0]
-        keys.append(torch.cat([_pad_to(state.keys[layer] if state.keys else like_keys, max_cache) for state in active]))
-        values.append(
-            torch.cat([_pad_to(state.values[layer] if state.values else like_values, max_cache) for state in active])
-        )
-    return cache_over(keys, values)
-
-
-def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    missing = length - tensor.shape[2]
-    return tensor if missing == 0 else torch.nn.functional.pad(tensor, (0, 0, missing, 0))
 
 
 def _keep_best(

@@ -15,6 +15,8 @@ from typing import cast
 import torch
 from transformers import PreTrainedModel
 
+from .cache import decoder_of
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
@@ -72,7 +74,7 @@ class KeyRotation:
 
 
 def _find_rotary_module(model: PreTrainedModel) -> torch.nn.Module:
-    base = model.get_decoder() if hasattr(model, "get_decoder") else model
+    base = decoder_of(model)
     # Module attributes are typed Tensor | Module; `rotary_emb` is the rotary module.
     candidates = [cast(torch.nn.Module, base.rotary_emb)] if hasattr(base, "rotary_emb") else []
     candidates += [module for name, module in base.named_modules() if type(module).__name__.endswith("RotaryEmbedding")]
