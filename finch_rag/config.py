@@ -6,8 +6,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-Selection = Literal["per_head", "per_layer", "shared"]
-SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared")
+Selection = Literal["per_head", "per_layer", "shared", "random", "recency", "first"]
+SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared", "random", "recency", "first")
 Granularity = Literal["token", "sentence"]
 GRANULARITIES: tuple[str, ...] = ("token", "sentence")
 LayerSet = Literal["upper_half", "all"]
@@ -33,11 +33,15 @@ class FinchConfig:
     chunk_size : int or None
         ``S``, context tokens read per step. ``None`` reads the whole context in one pass (kvpress's
         ``FinchPress``); memory then grows with the context.
-    selection : {"per_head", "per_layer", "shared"}
+    selection : {"per_head", "per_layer", "shared", "random", "recency", "first"}
         ``"per_head"``: each KV head keeps its own columns, scored by the mean over its query group
         (kvpress). ``"per_layer"``: all heads of a layer keep the same columns (the authors' code).
         ``"shared"``: one set of columns for every layer and head; each layer's scores are normalised to
         sum 1, then averaged over ``score_layers``. Not in the paper: see ``docs/algorithm.md``.
+        ``"random"``, ``"recency"`` and ``"first"`` are benchmark controls, not compression methods: they
+        keep a seeded random set, the last or the first ``B`` context tokens, read chunk by chunk without
+        attention (`compression.selection.ControlSelection`). Each name is one policy of
+        `compression.selection`.
     normalize_scores : bool
         Multiply each question row's attention by its 0-based absolute position before averaging
         (kvpress's convention), so late rows are not diluted by the longer softmax.

@@ -17,6 +17,7 @@ entries per request and activations cover ``|c_t| + m`` tokens, whatever the con
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,8 +32,7 @@ from .cache import all_layer_tensors, cache_over, decoder_of, layer_tensors, sta
 from .cache import attention_layer as attention_layer  # re-exported until callers import from .cache
 from .chunking import chunk_bounds
 from .rotation import KeyRotation
-from .scoring import per_head_scores, per_layer_scores, pool_spans, resolve_layers, shared_scores, smooth_scores
-from .selection import select_top, step_budget
+from .selection import CandidateScores, SelectionPolicy, selection_policy
 
 
 @dataclass
@@ -85,6 +85,7 @@ class _RequestState:
     """Per-request progress through the loop."""
 
     request: CompressionRequest
+    index: int
     budget: int
     bounds: list[tuple[int, int]]
     keys: list[torch.Tensor]
@@ -129,6 +130,7 @@ def compress_batch(
     config: FinchConfig,
     rotation: KeyRotation | None = None,
     pad_token_id: int = 0,
+    policy: SelectionPolicy | None = None,
 ) -> list[CompressedCache]:
     """Run FINCH over several contexts in padded batches; each result equals compressing it alone.
 
@@ -144,13 +146,16 @@ def compress_batch(
         The model's RoPE frequencies (read from the model when omitted).
     pad_token_id : int
         Token id fed at padded slots; they are masked, so any valid id works.
+    policy : SelectionPolicy, optional
+        What to keep at each step; default `selection_policy` of ``config`` (``config.selection``).
     """
     started = time.perf_counter()
     decoder = decoder_of(model)
     text_config = model.config.get_text_config(decoder=True)
     num_layers = text_config.num_hidden_layers
     rotation = rotation or KeyRotation.from_model(model)
-    voting_layers = resolve_layers(config.score_layers, num_layers, getattr(text_config, "layer_types", None))
+    if policy is None:
+        policy = selection_policy(config, num_layers, getattr(text_config, "layer_types", None))
     if config.granularity == "sentence" and any(request.span_ids is None for request in requests):
         raise ValueError(
             'granularity="sentence" needs each context token\'s sentence (CompressionRequest.span_ids). '
@@ -158,10 +163,11 @@ def compress_batch(
         )
 
     states = []
-    for request in requests:
+    for index, request in enumerate(requests):
         context_length = request.context_ids.shape[1]
         state = _RequestState(
             request=request,
+            index=index,
             budget=config.budget(context_length),
             bounds=chunk_bounds(context_length, config.chunk_size, request.passage_starts),
             keys=[],
@@ -180,9 +186,10 @@ def compress_batch(
     progress = tqdm(
         total=total_steps, desc="finch: compressing", unit="chunk", disable=not config.progress or total_steps < 2
     )
-    with capturing_attention(model), progress:
+    capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
+    with capture, progress:
         while active := [state for state in states if not state.done]:
-            _step(decoder, active, config, voting_layers, num_layers, rotation, pad_token_id)
+            _step(decoder, active, config, policy, num_layers, rotation, pad_token_id)
             progress.update(len(active))
 
     seconds = time.perf_counter() - started
@@ -203,15 +210,16 @@ def _step(
     decoder: torch.nn.Module,
     active: list[_RequestState],
     config: FinchConfig,
-    voting_layers: list[int],
+    policy: SelectionPolicy,
     num_layers: int,
     rotation: KeyRotation,
     pad_token_id: int,
 ) -> None:
-    """Read the next chunk of every active request in one forward pass, then keep the best entries."""
+    """Read the next chunk of every active request in one forward pass, then keep what the policy picks."""
     device = active[0].request.context_ids.device
     chunks = [state.request.context_ids[0, slice(*state.bounds[state.next_chunk])] for state in active]
-    questions = [state.request.question_ids[0] for state in active]
+    # A policy that needs no attention (a control) needs no question either.
+    questions = [state.request.question_ids[0, : None if policy.needs_attention else 0] for state in active]
     cache_lengths = [state.cache_length for state in active]
     max_cache = max(cache_lengths)
     # Layout per request: [cache padding | cache | chunk | question | padding]. Real tokens stay
@@ -235,28 +243,32 @@ def _step(
     padded = attention_mask.eq(0).any().item()
 
     cache = stack_left_padded([(state.keys, state.values) for state in active], max_cache)
-    capture = QuestionAttentionCapture(
-        question_length=max_question,
-        first_candidate=0,
-        normalize_scores=config.normalize_scores,
-        question_mask=question_mask if padded else None,
-        row_positions=positions.gather(1, question_rows) if padded else None,
-        question_rows=question_rows if padded else None,
-        last_column=max_cache + step_length,
-    )
-    forward_kwargs: dict[str, object] = {CAPTURE_KWARG: capture}
+    forward_kwargs: dict[str, object] = {}
+    capture = None
+    if policy.needs_attention:
+        capture = QuestionAttentionCapture(
+            question_length=max_question,
+            first_candidate=0,
+            normalize_scores=config.normalize_scores,
+            question_mask=question_mask if padded else None,
+            row_positions=positions.gather(1, question_rows) if padded else None,
+            question_rows=question_rows if padded else None,
+            last_column=max_cache + step_length,
+        )
+        forward_kwargs[CAPTURE_KWARG] = capture
     if padded:
         forward_kwargs |= {"attention_mask": attention_mask, "position_ids": positions}
     decoder(input_ids=input_ids, past_key_values=cache, use_cache=True, **forward_kwargs)
-    if len(capture.scores) != num_layers:
+    if capture is not None and len(capture.scores) != num_layers:
         raise NotImplementedError(
             f"{type(decoder).__name__}: question attention was captured for {len(capture.scores)} of {num_layers} "
             "layers. Its attention layers must call transformers' AttentionInterface and forward keyword arguments."
         )
 
     for row, (state, chunk, question) in enumerate(zip(active, chunks, questions, strict=True)):
+        layer_scores = [] if capture is None else [capture.scores[layer][row : row + 1] for layer in range(num_layers)]
         _keep_best(
-            state, row, chunk.shape[0], question.shape[0], max_cache, cache, capture, config, voting_layers, rotation
+            state, row, chunk.shape[0], question.shape[0], max_cache, cache, layer_scores, config, policy, rotation
         )
 
 
@@ -267,25 +279,26 @@ def _keep_best(
     question_length: int,
     max_cache: int,
     cache: DynamicCache,
-    capture: QuestionAttentionCapture,
+    step_scores: list[torch.Tensor],
     config: FinchConfig,
-    voting_layers: list[int],
+    policy: SelectionPolicy,
     rotation: KeyRotation,
 ) -> None:
-    """Select one request's survivors among its earlier survivors and its chunk, and pack its cache."""
+    """Ask the policy which of one request's earlier survivors and chunk tokens to keep, and pack its cache.
+
+    ``step_scores`` are the request's captured scores per layer, ``[1, kvh, g, batch columns]``.
+    """
     prefix_length, previous = state.prefix_length, state.kept_count
     start, end = state.bounds[state.next_chunk]
     device = state.request.context_ids.device
+    context_length = state.request.context_ids.shape[1]
     # Batch columns: the request's cache ends at max_cache (left padding before it), its chunk follows.
     cache_start = max_cache - state.cache_length
     candidate_columns = torch.arange(cache_start + prefix_length, max_cache + chunk_length, device=device)
-    keep = min(step_budget(state.budget, end, state.request.context_ids.shape[1]), previous + chunk_length)
-    layer_scores = [
-        capture.scores[layer][row : row + 1].index_select(-1, candidate_columns) for layer in range(len(capture.scores))
-    ]
+    keep = min(policy.step_keep(state.budget, end, context_length), previous + chunk_length)
     candidate_positions = []
-    for layer in range(len(layer_scores)):
-        num_kv_heads = layer_scores[layer].shape[1]
+    for layer in range(len(cache.layers)):
+        num_kv_heads = layer_tensors(cache, layer)[0].shape[1]
         chunk_positions = torch.arange(start, end, device=device).expand(1, num_kv_heads, -1)
         earlier = state.kept_positions[layer] if state.kept_positions else chunk_positions[..., :0]
         candidate_positions.append(torch.cat((earlier, chunk_positions), dim=-1))
@@ -294,7 +307,22 @@ def _keep_best(
         weights = [state.request.token_weights[positions] for positions in candidate_positions]
     if config.granularity == "sentence" and state.request.span_ids is not None:
         spans = [state.request.span_ids[positions] for positions in candidate_positions]
-    selected, selected_scores = _select(layer_scores, config, voting_layers, keep, weights, spans)
+    candidates = CandidateScores(
+        layer_scores=[scores.index_select(-1, candidate_columns) for scores in step_scores],
+        positions=candidate_positions,
+        weights=weights,
+        spans=spans,
+        context_length=context_length,
+        budget=state.budget,
+        request=state.index,
+    )
+    selected, selected_scores = policy.select(candidates, keep)
+    kept_count = selected[0].shape[-1]
+    if kept_count > keep or any(indices.shape[-1] != kept_count for indices in selected):
+        raise ValueError(
+            f"{type(policy).__name__}.select must keep the same number of candidates (at most {keep}) in every "
+            f"layer and head; it kept {[indices.shape[-1] for indices in selected]}."
+        )
 
     state.peak = max(state.peak, state.cache_length + chunk_length + question_length)
     state.kept_positions = [candidate_positions[layer].gather(-1, selected[layer]) for layer in range(len(selected))]
@@ -314,51 +342,8 @@ def _keep_best(
         packed_keys.append(torch.cat((keys[:, :, prefix], kept_keys), dim=2))
         packed_values.append(torch.cat((values[:, :, prefix], kept_values), dim=2))
     state.keys, state.values = packed_keys, packed_values
-    state.kept_count = keep
+    state.kept_count = kept_count
     state.next_chunk += 1
-
-
-def _select(
-    layer_scores: list[torch.Tensor],
-    config: FinchConfig,
-    voting_layers: list[int],
-    keep: int,
-    candidate_weights: list[torch.Tensor] | None = None,
-    candidate_spans: list[torch.Tensor] | None = None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Candidate indices ``[1, kvh, keep]`` to keep per layer, and their scores.
-
-    ``candidate_spans`` (per layer ``[1, kvh, c]``, the sentence of each candidate) switches from token
-    scores to sentence means (`FinchConfig.granularity`).
-    """
-
-    def spread(scores: torch.Tensor, spans: torch.Tensor | None) -> torch.Tensor:
-        return smooth_scores(scores, config.smoothing) if spans is None else pool_spans(scores, spans)
-
-    if config.selection == "shared":
-        # Shared selection keeps the same candidates in every head, so any head's positions will do.
-        shared_spans = None if candidate_spans is None else candidate_spans[0][:, 0]
-        scores = spread(shared_scores(layer_scores, voting_layers), shared_spans)
-        if candidate_weights is not None:
-            scores = scores * candidate_weights[0][:, 0]
-        chosen = select_top(scores, keep)  # [1, keep]
-        kept = scores.gather(-1, chosen)
-        out_indices, out_scores = [], []
-        for scores_of_layer in layer_scores:
-            num_kv_heads = scores_of_layer.shape[1]
-            out_indices.append(chosen.unsqueeze(1).expand(-1, num_kv_heads, -1))
-            out_scores.append(kept.unsqueeze(1).expand(-1, num_kv_heads, -1))
-        return out_indices, out_scores
-    reduce = per_head_scores if config.selection == "per_head" else per_layer_scores
-    out_indices, out_scores = [], []
-    for layer, scores_of_layer in enumerate(layer_scores):
-        head_scores = spread(reduce(scores_of_layer), None if candidate_spans is None else candidate_spans[layer])
-        if candidate_weights is not None:
-            head_scores = head_scores * candidate_weights[layer]
-        chosen = select_top(head_scores, keep)
-        out_indices.append(chosen)
-        out_scores.append(head_scores.gather(-1, chosen))
-    return out_indices, out_scores
 
 
 def _result(state: _RequestState, seconds: float) -> CompressedCache:
