@@ -1,0 +1,303 @@
+"""``POST /v1/chat/completions``: OpenAI's chat completions, answered from a FINCH-compressed context.
+
+Where the context comes from is `finch_rag.frontends`' chat-context rule, the one `ChatFinch` follows: the
+request's ``documents`` (finch-rag's extension), else the system message (its instruction kept whole, the
+retrieved text compressed), else the question delimiter in the last user message; with none of these it is a
+plain chat. The last user message is the question. Streaming answers are server-sent events in OpenAI's chunk
+format, ending with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .. import Passage, __version__, frontends
+from .compress import resolve_options
+from .engine import Compressed, ContextJob, PromptJob, Sampling
+from .errors import APIError, error_body
+from .schemas import ChatCompletionRequest
+from .state import ServerState
+
+logger = logging.getLogger(__name__)
+
+
+def sampling_of(body: ChatCompletionRequest, state: ServerState) -> Sampling:
+    settings = state.settings
+    return Sampling(
+        max_new_tokens=body.max_completion_tokens or body.max_tokens or settings.default_max_tokens,
+        temperature=settings.default_temperature if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stops(),
+    )
+
+
+async def chat_completion(body: ChatCompletionRequest, request: Request, state: ServerState) -> Response:
+    """Answer one chat-completion request (JSON, or server-sent events with ``stream: true``)."""
+    state.check_model(body.model)
+    body.check_supported()
+    messages = [{"role": message.role, "content": message.text(index)} for index, message in enumerate(body.messages)]
+    passages = _passages(body)
+    state.check_size([message["content"] for message in messages] + [passage.text for passage in passages or []])
+    sampling = sampling_of(body, state)
+    config, allocation = resolve_options(state, body.options())
+    work, config, source = plan_chat(state, messages, passages, config, allocation)
+
+    context = _Context(work, source, allocation, [passage.text.strip() != "" for passage in passages or []])
+    release = state.admit()
+    try:
+        if body.stream:
+            if isinstance(work, ContextJob):
+                context.compressed = await _run(state.engine.compress(work, config, allocation))
+            response: Response = _stream(body, state, context, sampling, release)
+            release = _noop  # the stream releases its place when it ends
+            return response
+        if isinstance(work, ContextJob):
+            context.compressed = await _run(state.engine.compress(work, config, allocation, sampling))
+            answer = context.compressed.answer or ""
+        else:
+            answer = await _run(state.engine.answer_prompt(work, sampling))
+    finally:
+        release()
+    completion_tokens = state.engine.count_tokens(answer)
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": answer},
+        "logprobs": None,
+        "finish_reason": _finish_reason(completion_tokens, sampling),
+    }
+    return JSONResponse(
+        {
+            **_envelope(state, "chat.completion"),
+            "choices": [choice],
+            "usage": context.usage(state, completion_tokens),
+            "finch": context.stats(),
+        }
+    )
+
+
+@dataclass
+class _Context:
+    """One chat request's context: what ran, which rule gave it, and its compression once done."""
+
+    work: ContextJob | PromptJob
+    source: str
+    allocation: str
+    given: list[bool]  # per request document: has text (blank ones are not compressed)
+    compressed: Compressed | None = None
+
+    def usage(self, state: ServerState, completion_tokens: int) -> dict[str, Any]:
+        """OpenAI's usage, plus the KV entries the answer attended to and the context sizes.
+
+        ``prompt_tokens`` is the whole prompt as the model would read it uncompressed; ``kept_kv_entries`` what it
+        read instead (protected prefix, kept context entries, question and answer cue), per layer and KV head.
+        """
+        if self.compressed is not None:
+            context = self.compressed.context
+            fed = context.stats["question_tokens"] + int(context.suffix_ids.shape[0])
+            prompt_tokens = context.stats["prefix_tokens"] + context.original_tokens + fed
+            kept_kv_entries = context.cache_length + fed
+            sizes = {"context_tokens": context.original_tokens, "context_tokens_kept": context.kept_tokens}
+        else:
+            prompt_tokens = kept_kv_entries = len(cast(PromptJob, self.work).prompt_ids)
+            sizes = {"context_tokens": 0, "context_tokens_kept": 0}
+        state.metrics.prompt_tokens.inc(prompt_tokens)
+        state.metrics.completion_tokens.inc(completion_tokens)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "kept_kv_entries": kept_kv_entries,
+            **sizes,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """The ``finch`` field: where the context came from and, when compressed, the compression's statistics.
+
+        ``documents`` has one entry per document of the request's ``documents`` that has text, with its index
+        there; for the system-message and delimiter rules, one per passage found.
+        """
+        stats: dict[str, Any] = {"context_source": self.source}
+        if self.compressed is None:
+            return stats
+        context = self.compressed.context
+        indices = [index for index, has_text in enumerate(self.given) if has_text] if self.source == "documents" else []
+        documents = []
+        for position, stat in enumerate(self.compressed.plan.restore(context.passage_stats())):
+            documents.append(
+                {
+                    "index": indices[position] if indices else position,
+                    "kept_fraction": stat["finch_kept_fraction"],
+                    "tokens_before": stat["finch_tokens_before"],
+                    "tokens_after": stat["finch_tokens_after"],
+                }
+            )
+        return {**stats, **context.stats, "allocation": self.allocation, "documents": documents}
+
+
+def _finish_reason(completion_tokens: int, sampling: Sampling) -> str:
+    # Counted on the answer's text: a stop string or the end token ends it early ("stop").
+    return "length" if completion_tokens >= sampling.max_new_tokens else "stop"
+
+
+def _passages(body: ChatCompletionRequest) -> list[Passage] | None:
+    if body.documents is None:
+        return None
+    return [
+        Passage(document) if isinstance(document, str) else Passage(document.text, document.title, document.metadata)
+        for document in body.documents
+    ]
+
+
+def plan_chat(
+    state: ServerState,
+    messages: list[dict[str, str]],
+    passages: list[Passage] | None,
+    config: frontends.FinchConfig,
+    allocation: str,
+) -> tuple[ContextJob | PromptJob, frontends.FinchConfig, str]:
+    """Where the chat's context comes from (`frontends.chat_context`, `ChatFinch`'s rule) and what runs.
+
+    Returns the work, the config to compress with (the plan's system prompt in it), and the rule's ``source``.
+    With compression off and no documents, the conversation is answered as it is (no context rule applies).
+    """
+    handle = state.engine.handle
+    try:
+        if not state.settings.compression and passages is None:
+            return PromptJob(frontends.chat_prompt_ids(handle.get().tokenizer, _plain_roles(messages))), config, "none"
+        plan = frontends.chat_context(messages, documents=passages)
+        if plan.system_prompt is not None:
+            config = config.replace(system_prompt=plan.system_prompt)
+        if not plan.passages:
+            prepared = handle.chat_context(plan, config, frontends.PassageAllocation(kind=allocation))  # type: ignore[arg-type]
+            return PromptJob(list(prepared.prompt_ids or [])), config, plan.source
+    except (TypeError, ValueError) as error:
+        raise APIError(400, str(error), code="invalid_messages", param="messages") from error
+    return ContextJob(plan.question, plan.passages, tuple(plan.history)), config, plan.source
+
+
+def _plain_roles(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [
+        {**message, "role": "system" if message["role"] == "developer" else message["role"]} for message in messages
+    ]
+
+
+async def _run(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except (TypeError, ValueError) as error:  # the library's errors on user input say what to change
+        raise APIError(400, str(error)) from error
+
+
+def _noop() -> None:
+    return None
+
+
+def _envelope(state: ServerState, kind: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": kind,
+        "created": int(time.time()),
+        "model": state.settings.model_id,
+        "system_fingerprint": f"finch-rag-{__version__}",
+    }
+
+
+# --------------------------------------------------------------------------- streaming
+def _stream(
+    body: ChatCompletionRequest,
+    state: ServerState,
+    context: _Context,
+    sampling: Sampling,
+    release: Callable[[], None],
+) -> StreamingResponse:
+    engine = state.engine
+    work = context.compressed if context.compressed is not None else cast(PromptJob, context.work)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    envelope = _envelope(state, "chat.completion.chunk")
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _event({**envelope, "choices": [choice], **extra})
+
+    async def events() -> AsyncIterator[str]:
+        answer: list[str] = []
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for piece in _threaded(lambda: engine.stream(work, sampling)):
+                answer.append(piece)
+                yield chunk({"content": piece})
+            completion_tokens = engine.count_tokens("".join(answer))
+            usage = context.usage(state, completion_tokens)
+            yield chunk({}, _finish_reason(completion_tokens, sampling), finch=context.stats())
+            if include_usage:
+                yield _event({**envelope, "choices": [], "usage": usage})
+        except (TypeError, ValueError) as error:
+            yield _event(error_body(400, str(error)))
+        except Exception as error:  # noqa: BLE001 - the status line is sent: report in-stream, log the rest
+            logger.exception("A streamed answer failed")
+            yield _event(error_body(500, f"Internal server error ({type(error).__name__}); see the server log."))
+        finally:
+            release()
+        yield "data: [DONE]\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _threaded(make: Callable[[], Iterator[str]]) -> AsyncIterator[str]:
+    """Run a blocking iterator on its own thread and yield its items here, without blocking the event loop.
+
+    When the consumer stops early (the client went away), the thread closes the iterator after its current
+    item, which ends decoding at the next step.
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def produce() -> None:
+        iterator: Iterator[str] | None = None
+        try:
+            iterator = make()
+            for item in iterator:
+                if cancelled.is_set():
+                    break
+                loop.call_soon_threadsafe(items.put_nowait, ("item", item))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            loop.call_soon_threadsafe(items.put_nowait, ("error", error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, ("end", None))
+            except RuntimeError:  # the loop is gone
+                pass
+
+    thread = threading.Thread(target=produce, name="finch-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = await items.get()
+            if kind == "end":
+                break
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        cancelled.set()

@@ -1,0 +1,222 @@
+"""The server's engine: one model, a batcher in front of it, and the front-end calls that do the work.
+
+No algorithm lives here: compression, allocation, prompt building and decoding are `finch_rag.frontends` calls.
+The engine decides only what runs together. Requests with the same compression options (and, when they are
+answered in the batch, the same sampling parameters) are compressed with one padded
+`FinchCompressor.compress_batch` and decoded with one `FinchCompressor.generate_batch`; a streaming request is
+compressed in a batch and decoded alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import frontends
+from ..frontends import AllocationPlan, CompressedContext, FinchCompressor, FinchConfig, Passage, PassageAllocation
+from .batching import Batcher
+from .metrics import ServerMetrics
+from .settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one answer is decoded (OpenAI's names mapped onto `FinchCompressor.generate`'s)."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        """As `frontends.Prepared.stream` takes them."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "stop": list(self.stop) or None,
+        }
+
+
+@dataclass(frozen=True)
+class ContextJob:
+    """Compress ``passages`` (best first) for ``question``; answer too when the batch key has a `Sampling`."""
+
+    question: str
+    passages: list[Passage]
+    history: tuple[dict[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptJob:
+    """Answer a whole prompt, nothing compressed (a plain chat, or the compression-off mode)."""
+
+    prompt_ids: list[int]
+
+
+@dataclass(frozen=True)
+class _ContextKey:
+    config: FinchConfig
+    allocation: str
+    sampling: Sampling | None
+
+
+@dataclass(frozen=True)
+class _PromptKey:
+    sampling: Sampling
+
+
+@dataclass
+class Compressed:
+    """One request's compression: the context, how its documents were packed, and the answer if decoded."""
+
+    context: CompressedContext
+    plan: AllocationPlan[Passage]
+    answer: str | None = None
+
+    def per_document(self, threshold: float) -> list[dict[str, Any]]:
+        """Per document, in the order given: kept text and `CompressedContext.passage_stats`."""
+        packed = len(self.context.passages or [])
+        texts = [self.context.kept_text(threshold, passage=index) for index in range(packed)]
+        stats = self.context.passage_stats()
+        return self.plan.restore([{"text": text, **stat} for text, stat in zip(texts, stats, strict=True)])
+
+
+class Engine:
+    """The model behind one server (or one Ray Serve replica) and the batcher that feeds it.
+
+    Parameters
+    ----------
+    settings : ServerSettings
+        Model, batching and defaults.
+    metrics : ServerMetrics
+        Where batch sizes and queue depth go.
+    compressor : FinchCompressor, optional
+        An already loaded compressor (tests, embedding the app); default: load ``settings.model`` on `start`.
+    """
+
+    def __init__(
+        self, settings: ServerSettings, metrics: ServerMetrics, compressor: FinchCompressor | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._handle = frontends.CompressorHandle(compressor, None if compressor is not None else settings.model)
+        self._batcher = Batcher(
+            self._run,
+            window_s=settings.batch_window_ms / 1000,
+            max_batch_size=settings.max_batch_size,
+            on_batch=self._count_batch,
+            on_waiting=metrics.queue_waiting.set,
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Load the model (if not given) and start the batch worker."""
+        self._handle.get()
+        self._batcher.start()
+
+    def stop(self) -> None:
+        self._batcher.stop()
+
+    @property
+    def compressor(self) -> FinchCompressor:
+        return self._handle.get()
+
+    # ------------------------------------------------------------------- work
+    @property
+    def handle(self) -> frontends.CompressorHandle:
+        return self._handle
+
+    def config(self, explicit: dict[str, Any]) -> FinchConfig:
+        """The server's config with a request's explicit options (``ValueError`` when they are invalid).
+
+        With compression off the budget is the whole context (``compression_ratio=0``): nothing is dropped.
+        """
+        if not self.settings.compression:
+            return self.settings.config.replace(compression_ratio=0.0)
+        options = {name: value for name, value in explicit.items() if name != "allocation"}
+        return frontends.merged_config(self.settings.config, options)
+
+    async def compress(
+        self, job: ContextJob, config: FinchConfig, allocation: str, sampling: Sampling | None = None
+    ) -> Compressed:
+        """Compress (and, with ``sampling``, answer) one request in a batch with others like it."""
+        result: Compressed = await self._batcher.submit(_ContextKey(config, allocation, sampling), job)
+        return result
+
+    async def answer_prompt(self, job: PromptJob, sampling: Sampling) -> str:
+        """Answer a whole prompt (no compression) in the worker's turn."""
+        text: str = await self._batcher.submit(_PromptKey(sampling), job)
+        return text
+
+    def stream(self, work: Compressed | PromptJob, sampling: Sampling) -> Iterator[str]:
+        """Text pieces of the answer, decoded alone (the model lock is taken per step, not per answer)."""
+        if isinstance(work, Compressed):
+            prepared = frontends.Prepared(compressed=work.context)
+        else:
+            prepared = frontends.Prepared(prompt_ids=work.prompt_ids)
+        return prepared.stream(self.compressor, sampling.kwargs())
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` (completion usage is counted on the answer text, after stop strings are cut)."""
+        return len(self.compressor.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+
+    # ------------------------------------------------------------ batch worker
+    def _count_batch(self, key: Hashable, size: int) -> None:
+        if isinstance(key, _ContextKey):
+            self.metrics.batch_size.labels(stage="compress").observe(size)
+        if isinstance(key, _PromptKey) or (isinstance(key, _ContextKey) and key.sampling is not None):
+            self.metrics.batch_size.labels(stage="generate").observe(size)
+
+    def _run(self, key: Hashable, jobs: Sequence[Any]) -> list[Any]:
+        if isinstance(key, _PromptKey):
+            return [self._guard(self._answer_prompt, job, key.sampling) for job in jobs]  # no batched plain decoding
+        if not isinstance(key, _ContextKey):
+            raise TypeError(f"Unknown batch key {key!r}.")
+        try:
+            return self._compress_batch(key, list(jobs))
+        except (ValueError, TypeError):
+            if len(jobs) == 1:
+                raise
+            # One bad request must not fail the others: run them one at a time, each with its own error.
+            return [self._guard(self._compress_batch, key, [job]) for job in jobs]
+
+    @staticmethod
+    def _guard(function: Any, *args: Any) -> Any:
+        try:
+            result = function(*args)
+        except (ValueError, TypeError) as error:
+            return error
+        return result[0] if isinstance(result, list) else result
+
+    def _answer_prompt(self, job: PromptJob, sampling: Sampling) -> str:
+        return frontends.Prepared(prompt_ids=job.prompt_ids).text(self.compressor, sampling.kwargs())
+
+    def _compress_batch(self, key: _ContextKey, jobs: list[ContextJob]) -> list[Compressed]:
+        compressor = self.compressor
+        allocation = PassageAllocation(kind=key.allocation)  # type: ignore[arg-type]  # checked by the schema
+        plans = [allocation.plan(job.passages, key.config) for job in jobs]
+        contexts = compressor.compress_batch(
+            [plan.packed for plan in plans],
+            [job.question for job in jobs],
+            config=plans[0].config,
+            passage_weights=[plan.passage_weights for plan in plans],
+            batch_size=len(jobs),
+            histories=[list(job.history) for job in jobs],
+        )
+        results = [Compressed(context, plan) for context, plan in zip(contexts, plans, strict=True)]
+        if key.sampling is not None:
+            sampling = key.sampling
+            answers = compressor.generate_batch(contexts, **sampling.kwargs())
+            for result, answer in zip(results, answers, strict=True):
+                result.answer = answer
+        for context in contexts:
+            self.metrics.context_tokens.inc(context.original_tokens)
+            self.metrics.kept_tokens.inc(context.kept_tokens)
+        return results

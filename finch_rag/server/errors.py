@@ -1,0 +1,125 @@
+"""Errors in OpenAI's JSON shape, so that OpenAI clients raise their usual exception classes.
+
+Every failure answers ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status a user can act on.
+A 500 means a bug in the server: it is logged with its traceback, and the client gets a clean message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape.
+
+    Parameters
+    ----------
+    status : int
+        HTTP status.
+    message : str
+        What was wrong and what to send instead.
+    code : str, optional
+        Machine-readable code (``"model_not_found"``, ``"invalid_api_key"``, ...).
+    param : str, optional
+        The request field at fault.
+    headers : dict, optional
+        Extra response headers (``Retry-After`` with 429).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.status, self.message, code=self.code, param=self.param)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """``{"error": {...}}`` for ``status``."""
+    kind = _TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _validation_response(error: RequestValidationError) -> JSONResponse:
+    problems = list(error.errors())
+    if any(problem.get("type") == "json_invalid" for problem in problems):
+        detail = problems[0].get("ctx", {}).get("error", "") if problems else ""
+        reason = f" ({detail})" if detail else ""
+        message = f"The request body is not valid JSON{reason}. Send a JSON object."
+        return APIError(400, message, code="invalid_json").response()
+    first = problems[0] if problems else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    messages = []
+    for problem in problems[:5]:
+        where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body") or "body"
+        messages.append(f"{where}: {problem.get('msg', 'invalid value')}")
+    if not location:  # the body as a whole: missing, or not a JSON object (or sent without a JSON content type)
+        message = "The request body must be a JSON object, sent with 'Content-Type: application/json'."
+        return APIError(400, message, code="invalid_json").response()
+    return APIError(422, "Invalid request: " + "; ".join(messages), code="invalid_value", param=param).response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error the app can raise into OpenAI's shape."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _validation_response(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        if error.status_code == 404:
+            message = f"No route {request.method} {request.url.path}. See /docs for the endpoints."
+        elif error.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}."
+        else:
+            message = str(error.detail)
+        return JSONResponse(
+            error_body(error.status_code, message), status_code=error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+        message = f"Internal server error ({type(error).__name__}); the server log has the details."
+        return JSONResponse(error_body(500, message, code="internal_error"), status_code=500)
