@@ -162,6 +162,10 @@ class PassageAllocation:
         if not isinstance(self.weighting, RankWeighting):
             raise TypeError(f"weighting must be a RankWeighting, got {type(self.weighting).__name__}.")
 
+    def configure(self, config: FinchConfig) -> FinchConfig:
+        """The config `plan` compresses with: ``config`` with this allocation's granularity (``"global"``: as is)."""
+        return config if self.kind == GLOBAL else self.weighting.configure(config)
+
     def plan(self, ranked: Sequence[T], config: FinchConfig, ranks: Sequence[int] | None = None) -> AllocationPlan[T]:
         """Pack ``ranked`` (best first) and derive the config and score priors to compress it with.
 
@@ -176,4 +180,4 @@ class PassageAllocation:
             return AllocationPlan(ranked, config, None, tuple(range(len(ranked))))
         order = tuple(self.weighting.pack(range(len(ranked))))
         weights = self.weighting.weights([ranks[index] for index in order])
-        return AllocationPlan([ranked[index] for index in order], self.weighting.configure(config), weights, order)
+        return AllocationPlan([ranked[index] for index in order], self.configure(config), weights, order)

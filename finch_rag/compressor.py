@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._locks import model_lock
 from .compression.loop import CompressionRequest, compress_batch
@@ -16,7 +16,7 @@ from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
 from .generation import SamplingParams, eos_token_ids, generate_batch_texts, generate_token_ids, stream_text
-from .prompts import PassageLike, as_passages, build_prompt
+from .prompts import History, PassageLike, as_passages, build_prompt
 from .store import ContextStore, context_store
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class FinchCompressor:
         *,
         config: FinchConfig | None = None,
         passage_weights: Sequence[float] | None = None,
+        history: History | None = None,
     ) -> CompressedContext:
         """Compress ``context`` (one string or a list of passages) for ``question``.
 
@@ -116,9 +117,12 @@ class FinchCompressor:
         `FinchConfig.chat_template`); each passage's token span is recorded for `kept_fraction`.
         ``passage_weights`` (one non-negative prior per passage) multiplies the attention scores of that
         passage's tokens before selection; `FinchRAG` derives it from retrieval ranks.
+        ``history`` (the earlier turns of a conversation) is rendered by the chat template before the final
+        user turn and lives in the protected prefix: kept whole, never compressed or dropped (`build_prompt`).
+        Passages, question and history are tokenised as plain text: control-token strings stay text.
         """
         config = config or self.config
-        return self._run([self._prepare(context, question, config, passage_weights)], config)[0]
+        return self._run([self._prepare(context, question, config, passage_weights, history)], config)[0]
 
     def compress_batch(
         self,
@@ -128,6 +132,7 @@ class FinchCompressor:
         config: FinchConfig | None = None,
         passage_weights: Sequence[Sequence[float] | None] | None = None,
         batch_size: int = 8,
+        histories: Sequence[History | None] | None = None,
     ) -> list[CompressedContext]:
         """`compress` for several (context, question) pairs, run ``batch_size`` at a time as padded batches.
 
@@ -142,13 +147,16 @@ class FinchCompressor:
             )
         if passage_weights is not None and len(passage_weights) != len(contexts):
             raise ValueError(f"passage_weights has {len(passage_weights)} entries for {len(contexts)} contexts.")
+        if histories is not None and len(histories) != len(contexts):
+            raise ValueError(f"histories has {len(histories)} entries for {len(contexts)} contexts.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         config = config or self.config
         weights = passage_weights if passage_weights is not None else [None] * len(contexts)
+        turns = histories if histories is not None else [None] * len(contexts)
         prepared = [
-            self._prepare(context, question, config, weight)
-            for context, question, weight in zip(contexts, questions, weights, strict=True)
+            self._prepare(context, question, config, weight, history)
+            for context, question, weight, history in zip(contexts, questions, weights, turns, strict=True)
         ]
         results: list[CompressedContext] = []
         for start in range(0, len(prepared), batch_size):
@@ -166,13 +174,14 @@ class FinchCompressor:
     ) -> CompressedContext:
         """Token-level entry point: no template is applied, and with no prefix nothing is protected.
 
-        ``suffix_ids`` (optional) is fed after the question when answering.
+        ``suffix_ids`` (optional) is fed after the question when answering. Every id must be in the model's
+        vocabulary (``ValueError`` otherwise).
         """
         prepared = _Prepared(
-            prefix_ids=_as_ids(prefix_ids, "prefix_ids", allow_empty=True),
-            context_ids=_as_ids(context_ids, "context_ids"),
-            question_ids=_as_ids(question_ids, "question_ids"),
-            suffix_ids=_as_ids(suffix_ids, "suffix_ids", allow_empty=True),
+            prefix_ids=self._vocabulary_ids(prefix_ids, "prefix_ids", allow_empty=True),
+            context_ids=self._vocabulary_ids(context_ids, "context_ids"),
+            question_ids=self._vocabulary_ids(question_ids, "question_ids"),
+            suffix_ids=self._vocabulary_ids(suffix_ids, "suffix_ids", allow_empty=True),
         )
         config = config or self.config
         if config.granularity == "sentence":
@@ -188,10 +197,16 @@ class FinchCompressor:
         question: str,
         config: FinchConfig,
         passage_weights: Sequence[float] | None,
+        history: History | None = None,
     ) -> _Prepared:
         passages = as_passages(context)
         parts = build_prompt(
-            self.tokenizer, passages, question, chat_template=config.chat_template, system_prompt=config.system_prompt
+            self.tokenizer,
+            passages,
+            question,
+            chat_template=config.chat_template,
+            system_prompt=config.system_prompt,
+            history=history,
         )
         token_weights = None
         if passage_weights is not None:
@@ -207,6 +222,7 @@ class FinchCompressor:
             extra={
                 "question": question,
                 "passages": passages,
+                "history": [{"role": turn["role"], "content": turn["content"]} for turn in history or ()],
                 "context_text": parts.context_text,
                 "token_offsets": parts.token_offsets,
                 "passage_text_spans": parts.passage_text_spans,
@@ -335,6 +351,64 @@ class FinchCompressor:
         return generate_batch_texts(
             self.model, self.tokenizer, caches, inputs, params, self._eos_ids, self._lock, self._pad_token_id
         )
+
+    def generate_ids(
+        self,
+        prompt_ids: torch.Tensor | Sequence[int],
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> str:
+        """Plain generation, no compression: the model reads the whole ``prompt_ids`` and continues it.
+
+        For prompts with nothing to compress (a chat turn without context). ``prompt_ids`` is a full prompt,
+        template included (see `finch_rag.prompts.chat_prompt_ids`); every id must be in the vocabulary.
+        """
+        return "".join(
+            self.stream_ids(prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
+        )
+
+    def stream_ids(
+        self,
+        prompt_ids: torch.Tensor | Sequence[int],
+        max_new_tokens: int = 64,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Iterator[str]:
+        """Like `generate_ids`, yielding text pieces as they are decoded."""
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
+        )
+        ids = self._vocabulary_ids(prompt_ids, "prompt_ids")
+        window = self.context_window
+        if window and len(ids) + max_new_tokens > window:
+            raise ValueError(
+                f"The prompt has {len(ids)} tokens and {max_new_tokens} more would be generated, past the model's "
+                f"window of {window} positions. Shorten the prompt or lower max_new_tokens."
+            )
+        prompt = torch.tensor([ids], dtype=torch.long, device=self.device)
+        token_ids = generate_token_ids(self.model, DynamicCache(), prompt, params, self._eos_ids, self._lock)
+        return stream_text(self.tokenizer, token_ids, params.stop)
+
+    def _vocabulary_ids(
+        self, ids: torch.Tensor | Sequence[int] | None, name: str, allow_empty: bool = False
+    ) -> list[int]:
+        """``ids`` as a list, checked to be token ids this model has (an embedding row each)."""
+        values = _as_ids(ids, name, allow_empty)
+        size = self.model.get_input_embeddings().num_embeddings
+        outside = [value for value in values if not 0 <= value < size]
+        if outside:
+            raise ValueError(
+                f"{name} holds ids outside the model's vocabulary (0..{size - 1}): {outside[:5]}. "
+                "Tokenise with this model's tokenizer."
+            )
+        return values
 
     def _answer_input(self, compressed: CompressedContext, max_new_tokens: int) -> torch.Tensor:
         """Question and answer cue, ``[1, k]`` on the model's device, after checking the answer fits."""

@@ -18,6 +18,14 @@ from .prompts import Passage, span_token_mask
 STATS_KEYS = ("finch_kept_fraction", "finch_tokens_before", "finch_tokens_after")
 """Per-passage statistics (`CompressedContext.passage_stats`) that the integrations add to each output's metadata."""
 
+DISPLAY_OPTIONS = ("progress",)
+"""`FinchConfig` fields that change how a compression is shown, not what it keeps."""
+
+
+def compression_settings(config: FinchConfig) -> tuple[tuple[str, Any], ...]:
+    """The fields of ``config`` that decide what a compression keeps (all but `DISPLAY_OPTIONS`), sorted by name."""
+    return tuple(sorted((name, value) for name, value in config.to_dict().items() if name not in DISPLAY_OPTIONS))
+
 
 @dataclass(eq=False)
 class CompressedContext:
@@ -29,6 +37,9 @@ class CompressedContext:
         Per-layer keys/values ``[1, num_kv_heads, |P| + B, head_dim]`` and where each entry came from.
     prefix_ids, context_ids, question_ids, suffix_ids : torch.LongTensor
         1-D token ids of each prompt part (``suffix_ids`` is the assistant-turn cue fed after the question).
+    question, passages, history
+        What it was compressed from (with `FinchCompressor.compress`): the question, the passages in packed
+        order, and the earlier turns of the conversation held in the prefix.
     """
 
     cache: CompressedCache
@@ -41,6 +52,7 @@ class CompressedContext:
     model_name: str = ""
     question: str | None = None
     passages: list[Passage] | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
     context_text: str | None = field(default=None, repr=False)
     token_offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
     passage_text_spans: list[tuple[int, int]] | None = field(default=None, repr=False)
@@ -86,13 +98,13 @@ class CompressedContext:
 
     @property
     def cache_key(self) -> str:
-        """Identifies this compression (model, prompt parts, config) for reuse by the integrations."""
+        """Identifies this compression (model, prompt parts, config but its display options) for reuse."""
         digest = hashlib.sha256()
         digest.update(self.model_name.encode())
         for part in (self.prefix_ids, self.context_ids, self.question_ids, self.suffix_ids):
             digest.update(part.numpy().tobytes())
             digest.update(b"|")
-        digest.update(repr(sorted(self.config.to_dict().items(), key=lambda item: item[0])).encode())
+        digest.update(repr(list(compression_settings(self.config))).encode())
         return "finch-" + digest.hexdigest()[:24]
 
     # ------------------------------------------------------------- inspection

@@ -1,29 +1,116 @@
-"""Helpers for front ends (LangChain, LlamaIndex, CLI) that build compressors from a model name.
+"""The front-end layer: the one core module that the integrations and the server import.
 
-One compressor per model name and process: besides memory, this is what lets a document compressor and
-an LLM wrapper built from the same name share their compressed contexts (`FinchCompressor.store` is per
-model).
+LangChain's `FinchLLM`, `ChatFinch`, `FinchDocumentCompressor` and `FinchRetriever`, LlamaIndex's `FinchLLM` and
+`FinchNodePostprocessor`, and the OpenAI-compatible server are thin: they translate their framework's objects
+(documents, nodes, messages, request bodies) to passages and messages, and call what is here. Everything they
+share lives in this module, once:
+
+- the names they need from the core, re-exported (`FinchCompressor`, `FinchConfig`, `CompressedContext`,
+  `Passage`, `PassageAllocation`, `RankWeighting`, `NO_CONTEXT_ANSWER`, `CACHE_KEY`, `CACHE_KEY_PATTERN`,
+  `STATS_KEYS`, `QUESTION_DELIMITER`, the prompt splitting rules `split_prompt` and `split_templated`,
+  `title_of`, and the tokenisation that keeps untrusted text
+  plain text: `encode_text`, `encode_markup`, `chat_prompt_ids`);
+- `CompressorHandle`: a front end's compressor, given or loaded lazily by model name (one per name and process,
+  so a document compressor and an LLM built from the same name share their compressed contexts), with the steps
+  every front end takes: merge options into a config, plan the allocation and compress passages, find a stored
+  compression by its cache key, and turn a chat request into a compressed context or a plain prompt;
+- `FinchOptions` and `SamplingOptions`: the pydantic fields the integration classes share, declared once;
+- `chat_context`: the rule that says where a chat request's context comes from (`ChatPlan`);
+- `Prepared`: what a prompt turns into (a compressed context, a plain prompt or a fixed answer) and how to
+  stream the answer from it.
+
+Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
-from .allocation import RankWeighting
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from .allocation import ALLOCATIONS, RETRIEVAL_WEIGHTED, Allocation, AllocationPlan, PassageAllocation, RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import STATS_KEYS, CompressedContext
-from .prompts import Passage
+from .pipeline import NO_CONTEXT_ANSWER
+from .prompts import (
+    QUESTION_DELIMITER,
+    History,
+    Passage,
+    chat_prompt_ids,
+    encode_markup,
+    encode_text,
+    split_prompt,
+    split_templated,
+    template_pieces,
+)
+from .retrieval import title_of
+from .store import CACHE_KEY, CACHE_KEY_PATTERN
 
+__all__ = [
+    "ALLOCATIONS",
+    "CACHE_KEY",
+    "CACHE_KEY_PATTERN",
+    "CONFIG_FIELDS",
+    "NO_CONTEXT_ANSWER",
+    "QUESTION_DELIMITER",
+    "RETRIEVAL_WEIGHTED",
+    "SAMPLING_FIELDS",
+    "STATS_KEYS",
+    "Allocation",
+    "AllocationPlan",
+    "ChatPlan",
+    "CompressedContext",
+    "CompressorHandle",
+    "FinchCompressor",
+    "FinchConfig",
+    "FinchOptions",
+    "History",
+    "Passage",
+    "PassageAllocation",
+    "Prepared",
+    "RankWeighting",
+    "SamplingOptions",
+    "as_passage",
+    "chat_context",
+    "chat_prompt_ids",
+    "chat_question",
+    "check_compressor",
+    "close",
+    "encode_markup",
+    "encode_text",
+    "in_thread",
+    "keys_in",
+    "merged_config",
+    "plain_prompt_ids",
+    "shared_compressor",
+    "split_prompt",
+    "split_templated",
+    "strip_keys",
+    "template_pieces",
+    "title_of",
+]
+
+T = TypeVar("T")
 _lock = threading.Lock()
 _compressors: dict[str | None, FinchCompressor] = {}
 
-# Front-end options that map one to one onto `FinchConfig` fields.
 CONFIG_FIELDS = ("target_tokens", "compression_ratio", "chunk_size", "progress")
+"""Front-end options that map one to one onto `FinchConfig` fields."""
+_NONE_MEANS_SOMETHING = ("chunk_size",)  # chunk_size=None is a single pass; elsewhere None means "not set"
+
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "seed")
+"""Decoding options, settable on a front end and per call."""
+
+_KEY_LINE = re.compile(rf"^[ \t]*{CACHE_KEY}:[ \t]*{CACHE_KEY_PATTERN.pattern}[ \t]*\n?", re.MULTILINE)
 
 
+# ------------------------------------------------------------------------------------------ compressors
 def shared_compressor(model_name: str | None = None) -> FinchCompressor:
     """A `FinchCompressor` on ``model_name`` (``None``: the embedded default), loaded once per process."""
     with _lock:
@@ -48,9 +135,16 @@ def check_compressor(compressor: Any, model_name: str | None) -> FinchCompressor
     return compressor
 
 
-def merged_config(base: FinchConfig, explicit: dict[str, Any]) -> FinchConfig:
-    """``base`` with the options the user set explicitly (a budget given in one mode clears the other)."""
-    changes = {name: value for name, value in explicit.items() if name in CONFIG_FIELDS and value is not None}
+def merged_config(base: FinchConfig, explicit: Mapping[str, Any]) -> FinchConfig:
+    """``base`` with the options the user set explicitly (a budget given in one mode clears the other).
+
+    An explicit ``chunk_size=None`` is kept (a single pass); an explicit ``None`` budget means "not set".
+    """
+    changes = {
+        name: value
+        for name, value in explicit.items()
+        if name in CONFIG_FIELDS and (value is not None or name in _NONE_MEANS_SOMETHING)
+    }
     if "target_tokens" in changes and "compression_ratio" in changes:
         raise ValueError(
             "Give target_tokens or compression_ratio, not both "
@@ -59,12 +153,121 @@ def merged_config(base: FinchConfig, explicit: dict[str, Any]) -> FinchConfig:
     return base.replace(**changes) if changes else base
 
 
+# ------------------------------------------------------------------------------------------ passages and keys
+def as_passage(text: str, metadata: Mapping[str, Any] | None = None) -> Passage:
+    """A passage from a framework's document or node: its text, title (metadata ``"title"``, else ``"source"``)."""
+    if not isinstance(text, str):
+        raise TypeError(f"A document's text must be a string, got {type(text).__name__}.")
+    metadata = dict(metadata or {})
+    return Passage(text, title_of(metadata), metadata)
+
+
+def keys_in(text: str) -> list[str]:
+    """The compressed contexts' keys (`CACHE_KEY_PATTERN`) named in ``text``, in order, repeats included."""
+    return CACHE_KEY_PATTERN.findall(text)
+
+
+def strip_keys(text: str) -> str:
+    """``text`` without ``finch_cache_key: ...`` lines (a node's metadata as LlamaIndex writes it) and bare keys."""
+    return CACHE_KEY_PATTERN.sub("", _KEY_LINE.sub("", text)).strip()
+
+
+def _one_key(keys: Iterable[Any]) -> str | None:
+    distinct = {key for key in keys if isinstance(key, str)}
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def close(iterator: Iterator[Any]) -> None:
+    """Close a generator early (stops decoding when the consumer stops reading)."""
+    closer = getattr(iterator, "close", None)
+    if closer is not None:
+        closer()
+
+
+async def in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
+    """Drive a blocking iterator (decoding) from worker threads, one item at a time: the event loop stays free.
+
+    Items arrive as they are produced; closing the async iterator closes ``iterator`` (decoding stops).
+    """
+    done = object()
+    try:
+        while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+            yield item  # type: ignore[misc]
+    finally:
+        close(iterator)
+
+
+def plain_prompt_ids(tokenizer: Any, prompt: str, *, formatted: bool = False) -> list[int]:
+    """Token ids of a completion prompt for plain generation (nothing to compress).
+
+    ``formatted=True``: the caller already applied the chat template, so its markup is markup (`encode_markup`).
+    Otherwise the prompt is the user's turn: rendered with the chat template, or for a model without one the
+    prompt as plain text after the tokenizer's BOS.
+    """
+    if formatted:
+        return encode_markup(tokenizer, prompt)
+    if getattr(tokenizer, "chat_template", None):
+        return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+    return list(encode_text(tokenizer, prompt, add_special_tokens=True).input_ids)
+
+
+# ------------------------------------------------------------------------------------------ prepared answers
+@dataclass(frozen=True)
+class Prepared:
+    """What a prompt turns into: a compressed context, a plain prompt, or a fixed answer; and how to answer.
+
+    Attributes
+    ----------
+    compressed : CompressedContext, optional
+        The context to answer from (stored in ``compressor.store``).
+    prompt_ids : list of int, optional
+        A whole prompt for plain generation (`FinchCompressor.generate_ids`): nothing to compress.
+    answer : str, optional
+        A fixed answer that needs no model (`NO_CONTEXT_ANSWER` when a retriever found nothing).
+    reused : bool
+        ``compressed`` came from the store (no second compression pass).
+    """
+
+    compressed: CompressedContext | None = None
+    prompt_ids: list[int] | None = None
+    answer: str | None = None
+    reused: bool = False
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """``finch_cache_key``, ``finch_reused`` and the compression's `CompressedContext.stats`.
+
+        Plain generation reports its prompt as ``original_tokens`` = ``kept_tokens`` (nothing compressed).
+        """
+        if self.compressed is not None:
+            return {CACHE_KEY: self.compressed.cache_key, "finch_reused": self.reused, **self.compressed.stats}
+        info: dict[str, Any] = {CACHE_KEY: None, "finch_reused": False}
+        if self.prompt_ids is not None:
+            size = len(self.prompt_ids)
+            info |= {"original_tokens": size, "kept_tokens": size, "compression_factor": 1.0, "num_chunks": 0}
+        return info
+
+    def text(self, compressor: FinchCompressor, sampling: Mapping[str, Any]) -> str:
+        """The whole answer (`stream` joined)."""
+        return "".join(self.stream(compressor, sampling))
+
+    def stream(self, compressor: FinchCompressor, sampling: Mapping[str, Any]) -> Iterator[str]:
+        """Text pieces of the answer, decoded with ``sampling`` (`SamplingOptions.sampling`), cut at ``stop``."""
+        if self.compressed is not None:
+            return compressor.stream(self.compressed, **sampling)
+        if self.prompt_ids is not None:
+            return compressor.stream_ids(self.prompt_ids, **sampling)
+        text = self.answer or ""
+        cuts = [index for stop in sampling.get("stop") or () if (index := text.find(stop)) >= 0]
+        return iter([text[: min(cuts)] if cuts else text])
+
+
+# ------------------------------------------------------------------------------------------ the handle
 class CompressorHandle:
     """A front end's compressor: the one it was given, or one loaded by model name on first use.
 
-    The four integration classes (LangChain and LlamaIndex LLMs, document compressor, node postprocessor) each hold
-    one as a private attribute. Loading is lazy and thread-safe (double-checked lock), so building a front end and
-    reading its `config` never loads a model.
+    Every integration class holds one as a private attribute. Loading is lazy and thread-safe (double-checked
+    lock), so building a front end and reading its `config` never loads a model.
 
     Parameters
     ----------
@@ -95,29 +298,394 @@ class CompressorHandle:
     def config(self, explicit: Mapping[str, Any]) -> FinchConfig:
         """The compressor's config (or `FinchConfig`'s defaults, without loading) with ``explicit`` applied."""
         base = self._compressor.config if self._compressor is not None else FinchConfig()
-        return merged_config(base, dict(explicit))
+        return merged_config(base, explicit)
+
+    # ---------------------------------------------------------------- compress
+    def compress(
+        self, context: str | Sequence[Passage], question: str, config: FinchConfig, history: History | None = None
+    ) -> CompressedContext:
+        """Compress as given (no allocation) and put the result in the compressor's store."""
+        compressor = self.get()
+        compressed = compressor.compress(context, question, config=config, history=history)
+        compressor.store.put(compressed)
+        return compressed
+
+    def compress_passages(
+        self,
+        passages: Sequence[Passage],
+        question: str,
+        config: FinchConfig,
+        allocation: PassageAllocation,
+        history: History | None = None,
+    ) -> CompressedContext:
+        """Compress ranked passages (best first) as ``allocation`` plans it; the result goes in the store."""
+        return self._compress_plan(passages, question, config, allocation, history)[0]
+
+    def _compress_plan(
+        self,
+        passages: Sequence[Passage],
+        question: str,
+        config: FinchConfig,
+        allocation: PassageAllocation,
+        history: History | None = None,
+    ) -> tuple[CompressedContext, AllocationPlan[Passage]]:
+        plan = allocation.plan(passages, config)
+        compressor = self.get()
+        compressed = compressor.compress(
+            plan.packed, question, config=plan.config, passage_weights=plan.passage_weights, history=history
+        )
+        compressor.store.put(compressed)
+        return compressed, plan
 
     def compress_for_query(
-        self, passages: Sequence[Passage], query: str, config: FinchConfig, threshold: float
+        self,
+        passages: Sequence[Passage],
+        query: str,
+        config: FinchConfig,
+        threshold: float,
+        allocation: PassageAllocation | None = None,
     ) -> tuple[CompressedContext | None, list[tuple[str, dict[str, Any]]]]:
         """Compress ``passages`` together for ``query``: the common step of the document compressors.
 
-        ``passages`` come best first, as retrievers return them, and share the budget as in `FinchRAG`'s
-        default allocation (`RankWeighting`): packed best last, next to the question, whole sentences
-        competing.
-        Returns the compressed context, put in the compressor's store (``None`` when nothing was compressed), and
-        per passage, in the given order, its kept text (`CompressedContext.kept_text` at ``threshold``) and its
-        `CompressedContext.passage_stats`. No passages give ``(None, [])``; passages that are all blank give
-        ``""`` and zero statistics each, without loading a model.
+        ``passages`` come best first, as retrievers return them, and share the budget as ``allocation`` says
+        (default `PassageAllocation()`, `FinchRAG`'s default). Returns the compressed context, put in the
+        compressor's store (``None`` when nothing was compressed), and per passage, in the given order, its kept
+        text (`CompressedContext.kept_text` at ``threshold``) and its `CompressedContext.passage_stats`. No
+        passages give ``(None, [])``; passages that are all blank give ``""`` and zero statistics each, without
+        loading a model.
         """
         if not passages:
             return None, []
         if not any(passage.text.strip() for passage in passages):
             return None, [("", dict(zip(STATS_KEYS, (0.0, 0, 0), strict=True))) for _ in passages]
-        compressor = self.get()
-        allocation = RankWeighting()
-        compressed = compressor.compress(allocation.pack(passages), query, config=allocation.configure(config))
-        compressor.store.put(compressed)
+        compressed, plan = self._compress_plan(passages, query, config, allocation or PassageAllocation())
         texts = [compressed.kept_text(threshold, passage=index) for index in range(len(passages))]
-        packed = list(zip(texts, compressed.passage_stats(), strict=True))
-        return compressed, allocation.pack(packed)  # packing again restores the given order
+        return compressed, plan.restore(list(zip(texts, compressed.passage_stats(), strict=True)))
+
+    # ---------------------------------------------------------------- reuse
+    def find_stored(
+        self,
+        key: str | None,
+        question: str,
+        config: FinchConfig,
+        passages: int | None = None,
+        history: History | None = None,
+    ) -> CompressedContext | None:
+        """The stored compression under ``key`` if it was made for this question, config, history (and count)."""
+        if key is None:
+            return None
+        return self.get().store.find(key, question, passages, config=config, history=history)
+
+    def passages_context(
+        self,
+        passages: Sequence[Passage],
+        question: str,
+        config: FinchConfig,
+        allocation: PassageAllocation,
+        history: History | None = None,
+    ) -> Prepared:
+        """Reuse the compression named in the passages' metadata (`CACHE_KEY`), or compress them.
+
+        Passages from a document compressor or postprocessor on the same model all carry one key; it is reused
+        when it was made for this question, these passages, ``allocation``'s config and ``history``.
+        """
+        key = _one_key(passage.metadata.get(CACHE_KEY) for passage in passages)
+        stored = self.find_stored(key, question, allocation.configure(config), len(passages), history)
+        if stored is not None:
+            return Prepared(stored, reused=True)
+        return Prepared(self.compress_passages(passages, question, config, allocation, history))
+
+    def prompt_context(
+        self,
+        context: str,
+        question: str,
+        config: FinchConfig,
+        allocation: PassageAllocation,
+        *,
+        count_keys: bool,
+        system_prompt: str | None = None,
+    ) -> Prepared:
+        """A prompt's context: the stored compression it names (`keys_in`), or ``context`` compressed as given.
+
+        A context naming one key (several times when each passage carries it) is answered from that stored
+        compression when it was made for ``question`` with ``allocation``'s config (that of the document
+        compressor or postprocessor that made it); with ``count_keys`` also from as many passages as the key
+        appears times (a synthesizer that split the nodes over several prompts must not reuse the whole). A
+        reused compression keeps the system prompt it was made with. Otherwise the keys are removed and the text
+        is compressed as one string with ``config`` (and ``system_prompt``, when given).
+        """
+        keys = keys_in(context)
+        count = len(keys) if count_keys else None
+        stored = self.find_stored(_one_key(keys), question, allocation.configure(config), count)
+        if stored is not None:
+            return Prepared(stored, reused=True)
+        text = strip_keys(context)
+        if not text:
+            raise ValueError("The prompt's context is empty: there is nothing to compress for the question.")
+        if system_prompt is not None:
+            config = config.replace(system_prompt=system_prompt)
+        return Prepared(self.compress(text, question, config))
+
+    def chat_context(self, plan: ChatPlan, config: FinchConfig, allocation: PassageAllocation) -> Prepared:
+        """What a chat request (`chat_context`) turns into: its passages compressed, or the conversation as a prompt.
+
+        The plan's system prompt (when it has one) replaces ``config.system_prompt``; its history goes in the
+        protected prefix. Without passages, the whole conversation is rendered by the chat template for plain
+        generation.
+        """
+        if plan.system_prompt is not None:
+            config = config.replace(system_prompt=plan.system_prompt)
+        if not plan.passages:
+            ids = chat_prompt_ids(self.get().tokenizer, plan.messages, chat_template=config.chat_template)
+            return Prepared(prompt_ids=ids)
+        return self.passages_context(plan.passages, plan.question, config, allocation, plan.history)
+
+
+# ------------------------------------------------------------------------------------------ chat requests
+ChatSource = Literal["retriever", "documents", "system", "delimiter", "none"]
+_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+}
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """Where a chat request's context comes from, and the rest of the conversation (see `chat_context`).
+
+    Attributes
+    ----------
+    passages : list of Passage
+        The context to compress, best first; empty for plain chat (``source="none"``).
+    question : str
+        What the compression is for: the last user message (after the delimiter for ``source="delimiter"``).
+    system_prompt : str or None
+        The system prompt, protected (for ``source="system"``, the instruction paragraph only).
+    history : list of dict
+        Earlier user and assistant turns, oldest first: rendered in the protected prefix, never dropped.
+    source : {"retriever", "documents", "system", "delimiter", "none"}
+        Which rule gave the context.
+    """
+
+    passages: list[Passage]
+    question: str
+    system_prompt: str | None
+    history: list[dict[str, str]] = field(default_factory=list)
+    source: ChatSource = "none"
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The conversation as ``{"role", "content"}`` messages: system prompt, history, the question."""
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
+        return [*system, *self.history, {"role": "user", "content": self.question}]
+
+
+def _text_of(content: Any, index: int) -> str:
+    """A message's text: a string, or the text parts of a list of content blocks (LangChain, OpenAI)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                raise ValueError(f"messages[{index}] has a non-text content part {part!r}; only text is supported.")
+        return "".join(parts)
+    raise TypeError(f"messages[{index}]['content'] must be a string or a list of text parts, got {content!r}.")
+
+
+def _conversation(messages: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[dict[str, str]], str]:
+    """(system texts, earlier turns, the last user message) of a chat request, checked."""
+    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages is a list of {{'role': ..., 'content': ...}}, got {type(messages).__name__}.")
+    system: list[str] = []
+    turns: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise TypeError(f"messages[{index}] must be a mapping with 'role' and 'content', got {message!r}.")
+        role = _ROLES.get(message["role"])
+        if role is None:
+            raise ValueError(
+                f"messages[{index}] has role {message['role']!r}; finch-rag chats with {sorted(_ROLES)} "
+                "(tool calls are not supported)."
+            )
+        text = _text_of(message.get("content"), index)
+        if role == "system":
+            system.append(text)
+        else:
+            turns.append({"role": role, "content": text})
+    if not turns or turns[-1]["role"] != "user" or not turns[-1]["content"].strip():
+        raise ValueError(
+            "A chat request needs a question: end the messages with a user message that holds it "
+            '(e.g. [{"role": "user", "content": "What is ...?"}]).'
+        )
+    return system, turns[:-1], turns[-1]["content"].strip()
+
+
+def chat_question(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The question of a chat request: its last user message (what a bound retriever is queried with).
+
+    Raises ``ValueError`` (saying what to send) when there is no user message last, or it is empty.
+    """
+    return _conversation(messages)[2]
+
+
+def chat_context(
+    messages: Sequence[Mapping[str, Any]],
+    documents: Sequence[Passage | str] | None = None,
+    retrieved: Sequence[Passage | str] | None = None,
+    *,
+    delimiter: str = QUESTION_DELIMITER,
+) -> ChatPlan:
+    r"""Resolve where a chat request's context comes from: the one rule of `ChatFinch` and the server.
+
+    ``messages`` are ``{"role", "content"}`` mappings (roles ``system``/``developer``, ``user``/``human``,
+    ``assistant``/``ai``; content a string or a list of text parts). The last one must be the user's: it is the
+    question (`chat_question`). The context is the first of these that has any:
+
+    1. ``retrieved``: documents a bound retriever returned for the question (the caller queries it with
+       `chat_question`);
+    2. ``documents``: documents given with this call;
+    3. a system message written as LangChain 1.x's RAG middleware writes it, an instruction paragraph ending
+       with a colon, then the retrieved text (``"You are a helpful assistant. Use the following context in
+       your response:\n\n{docs joined by blank lines}"``): the instruction stays whole as the system prompt
+       (the protected prefix) and the rest, split into passages at blank lines, is compressed;
+    4. ``delimiter`` (`QUESTION_DELIMITER`) in the last user message: the text before it is the context and the
+       text after it the question (`split_prompt`);
+
+    else there is nothing to compress: plain chat (``passages`` empty, ``source="none"``), the whole conversation
+    answered through the chat template.
+
+    Earlier user and assistant turns become ``history``: they go in the protected prefix, before the final user
+    turn, and are never dropped. System messages other than the one that gave the context are joined (blank
+    lines between) into the system prompt.
+    """
+    system, history, last = _conversation(messages)
+    system_prompt = "\n\n".join(system) if system else None
+    for source, given in (("retriever", retrieved), ("documents", documents)):
+        passages = _passages(given, source)
+        if passages:
+            return ChatPlan(passages, last, system_prompt, history, source)  # type: ignore[arg-type]
+    for index, text in enumerate(system):
+        instruction, context = _split_system(text)
+        if context:
+            prompt = "\n\n".join([*system[:index], instruction, *system[index + 1 :]])
+            passages = [Passage(part.strip()) for part in _PARAGRAPH_BREAK.split(context) if part.strip()]
+            return ChatPlan(passages, last, prompt, history, "system")
+    if delimiter in last:
+        context, question = split_prompt(last, delimiter)
+        if context:
+            return ChatPlan([Passage(context)], question, system_prompt, history, "delimiter")
+    return ChatPlan([], last, system_prompt, history, "none")
+
+
+def _passages(given: Sequence[Passage | str] | None, name: str) -> list[Passage]:
+    if given is None:
+        return []
+    if isinstance(given, str):
+        raise TypeError(f"{name} is a list of passages; wrap a single string in a list.")
+    passages = []
+    for index, item in enumerate(given):
+        if isinstance(item, Passage):
+            passages.append(item)
+        elif isinstance(item, str):
+            passages.append(Passage(item))
+        else:
+            raise TypeError(f"{name}[{index}] is a {type(item).__name__}; give Passage or str.")
+    return [passage for passage in passages if passage.text.strip()]
+
+
+def _split_system(text: str) -> tuple[str, str]:
+    """(instruction, context) of a system message in the RAG middleware's shape, else (text, "")."""
+    parts = _PARAGRAPH_BREAK.split(text.strip(), maxsplit=1)
+    if len(parts) == 2 and parts[0].rstrip().endswith(":") and parts[1].strip():
+        return parts[0].strip(), parts[1].strip()
+    return text, ""
+
+
+# ------------------------------------------------------------------------------------------ pydantic options
+class FinchOptions(BaseModel):
+    """The options every integration class shares, declared once; the integration classes inherit them.
+
+    A subclass also gets ``compressor=`` (keyword only, an already built `FinchCompressor`, not with
+    ``model_name``), the lazily loaded `compressor`, the merged `config` and the `passage_allocation`.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    model_name: str | None = Field(
+        None,
+        description="Model to load when no compressor= is given: a hub id, a local path or a .gguf file; "
+        "None is the embedded SmolLM2-135M-Instruct (offline). Models loaded by name are shared in the process.",
+    )
+    target_tokens: int | None = Field(None, ge=1, description="Budget B: context KV entries kept per layer/KV head.")
+    compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
+    chunk_size: int | None = Field(512, ge=1, description="Context tokens read per step; None for a single pass.")
+    progress: bool = Field(False, description="Show a tqdm bar over chunks.")
+    allocation: Allocation = Field(
+        RETRIEVAL_WEIGHTED, description="How retrieved passages share the budget (finch_rag.PassageAllocation)."
+    )
+    weighting: RankWeighting = Field(
+        default_factory=RankWeighting, description='Parameters of allocation="retrieval_weighted".'
+    )
+
+    _handle: CompressorHandle = PrivateAttr()
+
+    def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._handle = CompressorHandle(compressor, self.model_name)
+        self.config  # noqa: B018 - validate the option combination now, not on first use
+
+    @property
+    def _compressor(self) -> FinchCompressor | None:
+        """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
+        return self._handle.loaded
+
+    @property
+    def compressor(self) -> FinchCompressor:
+        """The `FinchCompressor`, loaded from ``model_name`` on first use unless one was given."""
+        return self._handle.get()
+
+    @property
+    def config(self) -> FinchConfig:
+        """The compressor's config (or `FinchConfig`'s defaults) with this object's options applied."""
+        explicit = {name: getattr(self, name) for name in self.model_fields_set} | {"progress": self.progress}
+        return self._handle.config(explicit)
+
+    @property
+    def passage_allocation(self) -> PassageAllocation:
+        """How passages share the budget: ``allocation`` with ``weighting``."""
+        return PassageAllocation(self.allocation, self.weighting)
+
+
+class SamplingOptions(BaseModel):
+    """The decoding options of the LLM front ends, declared once; each may also be given per call."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Most tokens generated per answer.")
+    temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(None, description="Seed for sampling, for reproducible answers.")
+
+    def sampling(self, overrides: Mapping[str, Any], stop: Sequence[str] | None = None) -> dict[str, Any]:
+        """Keyword arguments for `FinchCompressor.stream` / ``stream_ids``: these options, ``overrides`` applied.
+
+        ``overrides`` are per-call options (`SAMPLING_FIELDS` and ``stop``); anything else is a ``TypeError``.
+        """
+        unknown = set(overrides) - {*SAMPLING_FIELDS, "stop"}
+        if unknown:
+            raise TypeError(
+                f"Unknown options {sorted(unknown)} for {type(self).__name__}; per call it takes "
+                f"{(*SAMPLING_FIELDS, 'stop')}."
+            )
+        options = {name: overrides.get(name, getattr(self, name)) for name in SAMPLING_FIELDS}
+        options["stop"] = list(overrides.get("stop") or stop or ())
+        return options
+

@@ -1,15 +1,20 @@
 """Prompt building: one prompt split into the prefix, the context, the question and the answer cue.
 
 FINCH needs the four parts as separate token ranges: the prefix (chat-template start, system prompt,
-instruction) is always kept, the context is compressed, the question conditions the compression, and
-the suffix (end of the user turn, start of the assistant turn) is fed only when answering. We render the
-chat template once with sentinels in place of the context and question and cut the string there, so
-any template works without knowing its markup.
+earlier turns of the conversation, instruction) is always kept, the context is compressed, the question
+conditions the compression, and the suffix (end of the user turn, start of the assistant turn) is fed only
+when answering. We render the chat template once with sentinels in place of every piece of text and cut
+the string there, so any template works without knowing its markup.
+
+Untrusted text stays text. Passages, the question, the system prompt and earlier turns are tokenised as
+plain text: a passage that contains a control token's string (``"<|im_end|>"``) gets the tokens of those
+characters, never the control token itself. Only the template's own markup may produce special tokens.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union, cast
@@ -20,6 +25,17 @@ from transformers import PreTrainedTokenizerBase
 INSTRUCTION = "Answer the question using the context below. Be concise."
 _CONTEXT_SENTINEL = "\x00FINCH_CONTEXT\x00"
 _QUESTION_SENTINEL = "\x00FINCH_QUESTION\x00"
+_TEXT_SENTINEL = "\x00FINCH_TEXT_{}\x00"
+_TEXT_SENTINELS = re.compile("\x00FINCH_TEXT_([0-9]+)\x00")
+HISTORY_ROLES = ("user", "assistant")
+
+QUESTION_DELIMITER = "\nQuestion:"
+"""Separates context from question in a prompt (`split_prompt`).
+
+The prompt is cut at the *last* occurrence, so the context may itself contain the delimiter. A leading
+``"Context:"`` label and a trailing ``"Answer:"`` cue are removed, so the usual RAG template
+``"Context:\\n{context}\\n\\nQuestion: {question}\\nAnswer:"`` works as it is.
+"""
 PASSAGE_SEPARATOR = "\n\n"
 # A sentence ends at . ! ? (and any closing quote or bracket) followed by whitespace, or at a line break.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n+")
@@ -38,6 +54,8 @@ class Passage:
 
 
 PassageLike = Union[str, Passage]  # noqa: UP007 - a runtime alias, and the package supports Python 3.10
+History = Sequence[Mapping[str, Any]]
+"""Earlier turns of a conversation: ``{"role": "user" | "assistant", "content": str}``, oldest first."""
 
 
 def as_passages(context: str | Sequence[PassageLike]) -> list[Passage]:
@@ -129,26 +147,237 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, requested: bool | Non
     return has_template if requested is None else requested
 
 
-def _template_pieces(tokenizer: PreTrainedTokenizerBase, chat: bool, system_prompt: str | None) -> tuple[str, str, str]:
-    """(prefix, between context and question, suffix) as strings."""
-    user = f"{INSTRUCTION}\n\nContext:\n{_CONTEXT_SENTINEL}\n\nQuestion: {_QUESTION_SENTINEL}"
+# ------------------------------------------------------------------------------------------ the delimiter rule
+def split_prompt(prompt: str, delimiter: str = QUESTION_DELIMITER) -> tuple[str, str]:
+    """``(context, question)`` from one prompt, cut at the last ``delimiter`` (see `QUESTION_DELIMITER`).
+
+    The context may be empty (the caller decides whether that is an error); the question may not.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"The prompt must be a string, got {type(prompt).__name__}.")
+    context, found, question = prompt.rpartition(delimiter)
+    if not found:
+        raise ValueError(
+            f"Without a retriever, the context and the question must come in one prompt, separated by "
+            f"{delimiter!r} (e.g. 'Context:\\n{{context}}\\n\\nQuestion: {{question}}'); none found in "
+            f"{_preview(prompt)}. Or give a retriever (retriever=...) and pass just the question."
+        )
+    context = context.strip()
+    if context.lower().startswith("context:"):
+        context = context[len("context:") :].strip()
+    question = question.strip()
+    if question.lower().endswith("answer:"):
+        question = question[: -len("answer:")].strip()
+    if not question:
+        raise ValueError(f"The question after {delimiter!r} is empty.")
+    return context, question
+
+
+def template_pieces(
+    template: str, context_field: str, question_field: str, name: str = "The template"
+) -> tuple[str, str, str]:
+    """The literal text of ``template`` before ``context_field``, between the fields, and after ``question_field``.
+
+    ``name`` names the template in the error raised when it lacks a field or the text between them.
+    """
+    head, found_context, rest = template.partition(context_field)
+    middle, found_question, tail = rest.partition(question_field)
+    if not found_context or not found_question or not middle.strip():
+        raise ValueError(
+            f"{name} must contain {context_field} followed by {question_field}, with text between them "
+            f"(like LlamaIndex's default text-QA template); got {template!r}."
+        )
+    return head, middle, tail
+
+
+def split_templated(prompt: str, template: str, context_field: str, question_field: str) -> tuple[str, str] | None:
+    """``(context, question)`` from a prompt written with ``template``, or ``None`` if it is not one.
+
+    The prompt must start with the template's text before ``context_field`` and end with its text after
+    ``question_field`` (surrounding whitespace aside); it is cut at the *last* occurrence of the text between
+    the two fields, so the context may contain anything, including the template's separator lines.
+    """
+    head, middle, tail = template_pieces(template, context_field, question_field)
+    text = prompt.strip()
+    head, tail = head.strip(), tail.strip()
+    if not text.startswith(head) or not text.endswith(tail) or len(text) < len(head) + len(tail):
+        return None
+    body = text[len(head) : len(text) - len(tail)]
+    context, found, question = body.rpartition(middle.strip())
+    if not found or not question.strip():
+        return None
+    return context.strip(), question.strip()
+
+
+def _preview(text: str, size: int = 80) -> str:
+    return repr(text if len(text) <= size else text[: size - 3] + "...")
+
+
+# ------------------------------------------------------------------------------------------ tokenisation
+# A fast tokenizer's `split_special_tokens` is a flag on its backend that every call sets: one lock keeps our
+# calls from flipping it under each other.
+_encode_lock = threading.Lock()
+
+
+def _special_ids_in(tokenizer: PreTrainedTokenizerBase, text: str) -> set[int]:
+    """Ids of the special tokens whose string occurs in ``text``."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    return {index for index, token in decoder.items() if token.special and token.content and token.content in text}
+
+
+def encode_text(
+    tokenizer: PreTrainedTokenizerBase, text: str, *, add_special_tokens: bool = False, offsets: bool = False
+) -> Any:
+    """Tokenise untrusted ``text`` (a passage, a question, a message) as plain text.
+
+    A special token's string in ``text`` (``"<|im_end|>"``) is split into ordinary tokens
+    (``split_special_tokens=True``), never turned into the special token. ``add_special_tokens`` adds the
+    tokenizer's own BOS/EOS around the text, as usual. Returns the tokenizer's encoding (``input_ids``, and
+    ``offset_mapping`` with ``offsets``).
+    """
+    injected = _special_ids_in(tokenizer, text)
+    options: dict[str, Any] = {"add_special_tokens": add_special_tokens}
+    if offsets:
+        options["return_offsets_mapping"] = True
+    if injected:
+        options["split_special_tokens"] = True
+    with _encode_lock:
+        encoded = tokenizer(text, **options)
+    if injected & set(encoded["input_ids"]):
+        raise RuntimeError(
+            f"The tokenizer {tokenizer.name_or_path!r} turned control-token strings in untrusted text into special "
+            "tokens despite split_special_tokens=True. Upgrade transformers (>= 5.0) and tokenizers."
+        )
+    return encoded
+
+
+def encode_markup(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of trusted template markup: here special-token strings are special tokens."""
+    if not text:
+        return []
+    with _encode_lock:
+        return list(tokenizer(text, add_special_tokens=False, split_special_tokens=False).input_ids)
+
+
+def _encode_rendered(tokenizer: PreTrainedTokenizerBase, rendered: str, texts: Sequence[str]) -> list[int]:
+    """Ids of ``rendered`` markup whose text sentinels stand for ``texts``: markup as markup, texts as plain text."""
+    found = [int(index) for index in _TEXT_SENTINELS.findall(rendered)]
+    if sorted(found) != list(range(len(texts))):
+        raise ValueError(
+            f"The chat template of {tokenizer.name_or_path!r} drops or repeats some messages, so the prompt cannot "
+            "be split into its parts. Use chat_template=False or a template that renders every message once."
+        )
+    ids: list[int] = []
+    pieces = _TEXT_SENTINELS.split(rendered)  # markup, index, markup, index, ..., markup
+    for position, piece in enumerate(pieces):
+        if position % 2:
+            text = texts[int(piece)]
+            ids += list(encode_text(tokenizer, text).input_ids) if text else []
+        else:
+            ids += encode_markup(tokenizer, piece)
+    return ids
+
+
+# ------------------------------------------------------------------------------------------ conversations
+def check_messages(messages: Sequence[Mapping[str, Any]], roles: Sequence[str], name: str) -> list[dict[str, str]]:
+    """``messages`` as ``{"role", "content"}`` dicts, checked: each role in ``roles``, each content a string."""
+    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+        raise TypeError(f"{name} is a list of {{'role': ..., 'content': ...}} messages, got {type(messages).__name__}.")
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise TypeError(f"{name}[{index}] must be a mapping with 'role' and 'content', got {message!r}.")
+        role, content = message["role"], message["content"]
+        if role not in roles:
+            raise ValueError(f"{name}[{index}] has role {role!r}; the roles allowed here are {tuple(roles)}.")
+        if not isinstance(content, str):
+            raise TypeError(f"{name}[{index}]['content'] must be a string, got {type(content).__name__}.")
+        checked.append({"role": role, "content": content})
+    return checked
+
+
+def _render(
+    tokenizer: PreTrainedTokenizerBase,
+    chat: bool,
+    system_prompt: str | None,
+    turns: Sequence[Mapping[str, str]],
+    final_user: str | None = None,
+) -> tuple[str, list[str]]:
+    """The conversation rendered with a sentinel in place of each message's text, and those texts in order.
+
+    ``final_user`` is our own last user turn (with the context and question sentinels), rendered as it is;
+    without it the last of ``turns`` is the user's.
+    """
+    texts: list[str] = []
+
+    def slot(text: str) -> str:
+        texts.append(text)
+        return _TEXT_SENTINEL.format(len(texts) - 1)
+
     if chat:
-        messages = [{"role": "user", "content": user}]
-        if system_prompt is not None:
-            messages.insert(0, {"role": "system", "content": system_prompt})
+        messages = [{"role": "system", "content": slot(system_prompt)}] if system_prompt is not None else []
+        messages += [{"role": turn["role"], "content": slot(turn["content"])} for turn in turns]
+        if final_user is not None:
+            messages.append({"role": "user", "content": final_user})
         # Untokenized, one conversation renders to a str; the annotation covers every mode.
         rendered = cast(str, tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-    else:
-        bos = tokenizer.bos_token if tokenizer.bos_token and _adds_bos(tokenizer) else ""
-        system = f"{system_prompt}\n\n" if system_prompt else ""
-        rendered = f"{bos}{system}{user}\nAnswer:"
+        return rendered, texts
+    bos = tokenizer.bos_token if tokenizer.bos_token and _adds_bos(tokenizer) else ""
+    system = f"{slot(system_prompt)}\n\n" if system_prompt else ""
+    lines = [f"{turn['role'].capitalize()}: {slot(turn['content'])}\n" for turn in turns]
+    if final_user is not None:
+        history = "".join(lines) + "\n" if lines else ""
+        return f"{bos}{system}{history}{final_user}\nAnswer:", texts
+    return f"{bos}{system}{''.join(lines)}Assistant:", texts
+
+
+def chat_prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    chat_template: bool | None = None,
+) -> list[int]:
+    r"""Token ids of a whole conversation, for plain generation (no compression): the model answers next.
+
+    ``messages`` are ``{"role": "system" | "user" | "assistant", "content": str}``, in order (usually ending
+    with the user's); system messages are joined into one system prompt. The chat template renders them (a model without
+    one gets ``"User: ...\nAssistant:"`` lines); every message's text is plain text.
+    """
+    checked = check_messages(messages, ("system", *HISTORY_ROLES), "messages")
+    system = [m["content"] for m in checked if m["role"] == "system"]
+    turns = [m for m in checked if m["role"] != "system"]
+    if not turns:
+        raise ValueError("The conversation has no user message: send at least the user's turn.")
+    rendered, texts = _render(
+        tokenizer, uses_chat_template(tokenizer, chat_template), "\n\n".join(system) if system else None, turns
+    )
+    return _encode_rendered(tokenizer, rendered, texts)
+
+
+def _template_pieces(
+    tokenizer: PreTrainedTokenizerBase, chat: bool, system_prompt: str | None, history: Sequence[Mapping[str, str]]
+) -> tuple[list[int], str, list[int]]:
+    """(prefix ids, text between context and question, suffix ids)."""
+    user = f"{INSTRUCTION}\n\nContext:\n{_CONTEXT_SENTINEL}\n\nQuestion: {_QUESTION_SENTINEL}"
+    rendered, texts = _render(tokenizer, chat, system_prompt, history, final_user=user)
+    if rendered.count(_CONTEXT_SENTINEL) != 1 or rendered.count(_QUESTION_SENTINEL) != 1:
+        raise ValueError(
+            f"The chat template of {tokenizer.name_or_path!r} does not render the user's message once, so the prompt "
+            "cannot be split into its parts. Use chat_template=False or a template that renders every message once."
+        )
     prefix, rest = rendered.split(_CONTEXT_SENTINEL)
     between, suffix = rest.split(_QUESTION_SENTINEL)
-    return prefix, between, suffix
+    if _TEXT_SENTINELS.search(between) or _TEXT_SENTINELS.search(suffix):
+        raise ValueError(
+            f"The chat template of {tokenizer.name_or_path!r} moves earlier messages after the last user message; "
+            "they must come before it. Use chat_template=False or another template."
+        )
+    return _encode_rendered(tokenizer, prefix, texts), between, encode_markup(tokenizer, suffix)
 
 
 def _adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
-    probe = tokenizer("a").input_ids
+    with _encode_lock:
+        probe = tokenizer("a").input_ids
     return bool(probe) and probe[0] == tokenizer.bos_token_id
 
 
@@ -159,17 +388,32 @@ def build_prompt(
     *,
     chat_template: bool | None = None,
     system_prompt: str | None = None,
+    history: History | None = None,
 ) -> PromptParts:
     r"""Split the full prompt for ``passages`` and ``question`` into token ranges.
 
     The question segment starts with the text between context and question (``"\n\nQuestion: "``), so
     it reads naturally after any chunk.
+
+    ``history`` holds the earlier turns of a conversation, ``{"role": "user" | "assistant", "content": str}``
+    oldest first. The chat template renders them between the system prompt and the final user turn (the one
+    that carries the context and the question), so they belong to the prefix: always kept whole, never
+    compressed, never dropped. Without a chat template they are written as ``"User: ..."`` / ``"Assistant: ..."``
+    lines before the instruction.
+
+    Every piece of text (passages, titles, question, system prompt, history) is tokenised as plain text
+    (`encode_text`): a control token's string in it never becomes the control token.
     """
     if not isinstance(question, str):
         raise TypeError(f"question must be a string, got {type(question).__name__}.")
     if not question.strip():
         raise ValueError("The question is empty: FINCH compresses the context for a question, so give one.")
-    prefix, between, suffix = _template_pieces(tokenizer, uses_chat_template(tokenizer, chat_template), system_prompt)
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise TypeError(f"system_prompt must be a string, got {type(system_prompt).__name__}.")
+    turns = check_messages(history or [], HISTORY_ROLES, "history")
+    prefix_ids, between, suffix_ids = _template_pieces(
+        tokenizer, uses_chat_template(tokenizer, chat_template), system_prompt, turns
+    )
 
     pieces, spans, block_starts = [], [], []
     cursor = 0
@@ -184,7 +428,7 @@ def build_prompt(
         cursor += len(header) + len(passage.text)
     context_text = "".join(pieces)
 
-    encoded = tokenizer(context_text, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = encode_text(tokenizer, context_text, offsets=True)
     offsets = [tuple(offset) for offset in encoded["offset_mapping"]]
     passage_starts = []
     token = 0
@@ -193,14 +437,11 @@ def build_prompt(
             token += 1
         passage_starts.append(token)
 
-    def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False).input_ids if text else []
-
     return PromptParts(
-        prefix_ids=ids(prefix),
+        prefix_ids=prefix_ids,
         context_ids=list(encoded["input_ids"]),
-        question_ids=ids(between + question.strip()),
-        suffix_ids=ids(suffix),
+        question_ids=list(encode_text(tokenizer, between + question.strip()).input_ids),
+        suffix_ids=suffix_ids,
         context_text=context_text,
         token_offsets=offsets,  # type: ignore[arg-type]
         passage_text_spans=spans,

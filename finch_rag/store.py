@@ -13,10 +13,13 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from .context import CompressedContext
+from .config import FinchConfig
+from .context import CompressedContext, compression_settings
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +58,21 @@ class ContextStore:
                 self._items.move_to_end(key)
             return compressed
 
-    def find(self, key: str, question: str, passages: int | None = None) -> CompressedContext | None:
+    def find(
+        self,
+        key: str,
+        question: str,
+        passages: int | None = None,
+        config: FinchConfig | None = None,
+        history: Sequence[Mapping[str, Any]] | None = None,
+    ) -> CompressedContext | None:
         """The context stored under ``key`` if it can be reused, else ``None`` (the reason is logged at debug level).
 
-        Reusable means compressed for ``question`` (surrounding whitespace aside) and, when ``passages`` is given,
-        from that many passages.
+        Reusable means compressed for ``question`` (surrounding whitespace aside); when ``passages`` is given,
+        from that many passages; when ``config`` is given, with the same settings (budget, chunking, selection,
+        prompt...; display options such as ``progress`` aside), so a caller asking for another budget never
+        gets a compression made for a different one; and always with the same earlier turns of the conversation
+        (``history``, none by default), which live in its prefix.
         """
         compressed = self.get(key)
         if compressed is None:
@@ -71,6 +84,13 @@ class ContextStore:
         held = len(compressed.passages or ())
         if passages is not None and held != passages:
             logger.debug("%s holds %d passages, not %d; compressing again.", key, held, passages)
+            return None
+        if config is not None and compression_settings(compressed.config) != compression_settings(config):
+            logger.debug("%s was compressed with %s, not %s; compressing again.", key, compressed.config, config)
+            return None
+        turns = [{"role": turn["role"], "content": turn["content"]} for turn in history or ()]
+        if compressed.history != turns:
+            logger.debug("%s was compressed in another conversation; compressing again.", key)
             return None
         return compressed
 

@@ -1,15 +1,19 @@
-"""The chunk loop: read the context chunk by chunk with the question appended, keep the best entries.
+"""The chunk loop: read the context chunk by chunk with the question appended, keep what a policy picks.
 
 Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167), Alg. 1. Differences
 from the paper's code, on purpose: the question's own KV entries are dropped after every step (they are
 fed again when answering), attention weights come from a capturing twin of SDPA instead of eager
-attention, the protected prefix is never scored, and the selection may be shared across layers
-(`FinchConfig.selection`).
+attention, the protected prefix is never scored, and what survives is decided by a selection policy
+(`selection`, named by `FinchConfig.selection`), which may share one selection across layers. This module
+only runs the loop: it gathers each step's candidates, asks the policy, and packs the survivors.
 
 Several requests run in lockstep as one padded batch (`compress_batch`): at each step every active
-request contributes its next chunk and its question, laid out as
-``[cache | cache padding | chunk | padding | question]`` with explicit positions, so each request sees
-exactly what it would see alone. One request is the same code with no padding.
+request contributes its next chunk and its question, laid out per request as
+``[cache padding | cache | chunk | question | padding]`` (the cached entries are left-padded to the
+longest cache, the step's tokens right-padded to the longest chunk plus question), with explicit
+positions, so each request's real tokens are contiguous and it sees exactly what it would see alone.
+One request is the same code with no padding. A policy that needs no attention (a benchmark control)
+gets no question: its step is ``[cache padding | cache | chunk | padding]``.
 
 Memory bound: during a step the cache holds ``|P| + B_{t-1} + |c_t| + m <= |P| + B + S + m`` real
 entries per request and activations cover ``|c_t| + m`` tokens, whatever the context length.
@@ -43,6 +47,11 @@ class CompressedCache:
     context entries in original order at contiguous positions. ``kept_positions[l]`` is
     ``[num_kv_heads, B]``, 0-based positions in the context; ``kept_scores[l]`` the matching scores of the
     last step (``None`` when nothing was compressed).
+
+    ``seconds`` is this request's share of the batch's wall time: its own prefill (prefix, or a context
+    that needed no compression), plus, for each step it took part in, that step's time divided by the
+    number of requests in the step, plus an equal share of the time spent outside prefills and steps. Over
+    a batch the shares add up to the batch's wall time; alone, it is the request's wall time.
     """
 
     keys: list[torch.Tensor]
@@ -95,6 +104,7 @@ class _RequestState:
     kept_positions: list[torch.Tensor] = field(default_factory=list)  # per layer [1, kvh, kept]
     kept_scores: list[torch.Tensor] = field(default_factory=list)
     peak: int = 0
+    seconds: float = 0.0  # time attributed so far (see CompressedCache.seconds)
 
     @property
     def prefix_length(self) -> int:
@@ -107,21 +117,6 @@ class _RequestState:
     @property
     def done(self) -> bool:
         return self.next_chunk >= len(self.bounds)
-
-
-def compress_cache(
-    model: PreTrainedModel,
-    prefix_ids: torch.Tensor,
-    context_ids: torch.Tensor,
-    question_ids: torch.Tensor,
-    config: FinchConfig,
-    passage_starts: Sequence[int] = (),
-    rotation: KeyRotation | None = None,
-    token_weights: torch.Tensor | None = None,
-) -> CompressedCache:
-    """Run FINCH over one context and return the compressed cache (see `compress_batch`)."""
-    request = CompressionRequest(prefix_ids, context_ids, question_ids, passage_starts, token_weights)
-    return compress_batch(model, [request], config, rotation)[0]
 
 
 def compress_batch(
@@ -173,6 +168,7 @@ def compress_batch(
             keys=[],
             values=[],
         )
+        prefill_started = time.perf_counter()
         _prefill(decoder, state, request.prefix_ids)
         if context_length <= state.budget:
             # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
@@ -180,6 +176,7 @@ def compress_batch(
                 _prefill(decoder, state, request.context_ids[:, start:end])
             state.kept_count = context_length
             state.next_chunk = len(state.bounds)
+        state.seconds += time.perf_counter() - prefill_started
         states.append(state)
 
     total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
@@ -189,11 +186,15 @@ def compress_batch(
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
     with capture, progress:
         while active := [state for state in states if not state.done]:
+            step_started = time.perf_counter()
             _step(decoder, active, config, policy, num_layers, rotation, pad_token_id)
+            share = (time.perf_counter() - step_started) / len(active)
+            for state in active:
+                state.seconds += share
             progress.update(len(active))
 
-    seconds = time.perf_counter() - started
-    return [_result(state, seconds) for state in states]
+    overhead = max(time.perf_counter() - started - sum(state.seconds for state in states), 0.0)
+    return [_result(state, state.seconds + overhead / len(states)) for state in states]
 
 
 def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Tensor) -> None:

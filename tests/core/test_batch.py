@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import PASSAGES, QUESTION
 
 from finch_rag import FinchCompressor, FinchConfig
+from finch_rag.compression.loop import CompressionRequest, compress_batch
+from finch_rag.prompts import as_passages, build_prompt
 
 # Different lengths everywhere: contexts, passages, questions, and one context that fits the budget.
 CONTEXTS = [
@@ -75,3 +79,28 @@ def test_generate_batch_honours_stop_strings(tiny_models, tiny_tokenizer):
     stopped = compressor.generate_batch(compressed, max_new_tokens=10, stop=stops)
     assert stopped == [compressor.generate(item, max_new_tokens=10, stop=stops) for item in compressed]
     assert all(stops[0] not in text for text in stopped)
+
+
+def test_each_request_gets_its_own_seconds(tiny_models, tiny_tokenizer):
+    """A short context and a long one in one batch get their own seconds, which add up to the wall time.
+
+    The short one needs no compression (a prefill); the long one takes part in every step.
+    """
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer)
+    config = FinchConfig(target_tokens=12, chunk_size=4, progress=False)
+
+    def request(passages: list[str]) -> CompressionRequest:
+        parts = build_prompt(tiny_tokenizer, as_passages(passages), QUESTION)
+        return CompressionRequest(
+            *(torch.tensor([ids]) for ids in (parts.prefix_ids, parts.context_ids, parts.question_ids))
+        )
+
+    short, long = request(["Paris is red."]), request(PASSAGES * 2)
+    assert short.context_ids.shape[1] <= 12 < long.context_ids.shape[1] // 8
+    with torch.inference_mode():
+        started = time.perf_counter()
+        results = compress_batch(compressor.model, [short, long], config)
+        wall = time.perf_counter() - started
+    assert results[0].kept_scores is None and results[1].num_chunks > 20  # the short one was only prefilled
+    assert 0 < results[0].seconds < results[1].seconds / 3
+    assert sum(result.seconds for result in results) == pytest.approx(wall, rel=0.05, abs=0.01)

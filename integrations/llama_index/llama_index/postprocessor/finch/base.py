@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from finch_rag import FinchCompressor, FinchConfig, Passage
-from finch_rag.context import STATS_KEYS
-from finch_rag.retrieval import title_of
-from finch_rag.shared import CompressorHandle
-from finch_rag.store import CACHE_KEY, CACHE_KEY_PATTERN
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from finch_rag.frontends import CACHE_KEY, CACHE_KEY_PATTERN, STATS_KEYS, FinchOptions, as_passage
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
@@ -20,12 +16,14 @@ __all__ = ["CACHE_KEY", "CACHE_KEY_PATTERN", "STATS_KEYS", "FinchNodePostprocess
 # `STATS_KEYS` are excluded from the LLM and embedding views of each node.
 
 
-class FinchNodePostprocessor(BaseNodePostprocessor):
+class FinchNodePostprocessor(FinchOptions, BaseNodePostprocessor):
     """Compress retrieved nodes together for the query with FINCH, one output node per input.
 
     All nodes are packed as passages (their text without metadata; title from metadata ``"title"``, else
     ``"source"``) and compressed in one pass for ``query_bundle.query_str``: the model reads them chunk by chunk
-    with the query appended and keeps the key/value entries the query attends to most. Each output is a copy of
+    with the query appended and keeps the key/value entries the query attends to most. The nodes come best
+    first, as retrievers return them, and share the budget as ``allocation`` and ``weighting`` say
+    (`finch_rag.PassageAllocation`, `FinchRAG`'s default). Each output is a copy of
     its input (same order, same node id and score, metadata kept) whose text is the extractive view of what
     survived in that passage (`CompressedContext.kept_text`), and whose metadata gains:
 
@@ -44,50 +42,18 @@ class FinchNodePostprocessor(BaseNodePostprocessor):
     ----------
     threshold : float
         A token is in the output text when at least this fraction of (layer, KV head) pairs kept it.
-    target_tokens, compression_ratio, chunk_size : optional
-        Budget and chunking (see `finch_rag.FinchConfig`); unset ones come from the compressor's config.
-    model_name : str, optional
-        Model to load when no ``compressor=`` is given: a hub id, a local path or a ``.gguf`` file; ``None``
-        is the embedded SmolLM2-135M-Instruct. Models loaded by name are shared within the process.
-    compressor : FinchCompressor, optional
-        An already built compressor (keyword only); not with ``model_name``.
+    model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting
+        The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
+        from the compressor's config.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
     threshold: float = Field(0.5, gt=0, le=1, description="Fraction of (layer, KV head) pairs that must keep a token.")
-    target_tokens: int | None = Field(None, ge=1, description="Budget B: context KV entries kept per layer/KV head.")
-    compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
-    chunk_size: int | None = Field(512, ge=1, description="Context tokens read per step; None for a single pass.")
-    model_name: str | None = Field(None, description="Model to load (None: the embedded default).")
-    progress: bool = Field(False, description="Show a tqdm bar over chunks.")
-
-    _handle: CompressorHandle = PrivateAttr()
-
-    def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._handle = CompressorHandle(compressor, self.model_name)
-        self.config  # noqa: B018 - validate the option combination now, not on first use
 
     @classmethod
     def class_name(cls) -> str:
         return "FinchNodePostprocessor"
-
-    @property
-    def _compressor(self) -> FinchCompressor | None:
-        """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
-        return self._handle.loaded
-
-    @property
-    def compressor(self) -> FinchCompressor:
-        """The `FinchCompressor`, loaded from ``model_name`` on first use unless one was given."""
-        return self._handle.get()
-
-    @property
-    def config(self) -> FinchConfig:
-        """The compressor's config (or `FinchConfig`'s defaults) with this object's options applied."""
-        explicit = {name: getattr(self, name) for name in self.model_fields_set} | {"progress": self.progress}
-        return self._handle.config(explicit)
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -98,13 +64,14 @@ class FinchNodePostprocessor(BaseNodePostprocessor):
                 "FinchNodePostprocessor compresses the nodes for a query: call postprocess_nodes(nodes, "
                 "query_bundle=QueryBundle(query_str)) or postprocess_nodes(nodes, query_str=...)."
             )
-        texts = [item.node.get_content(metadata_mode=MetadataMode.NONE) for item in nodes]
-        passages = [Passage(text, title_of(item.node.metadata)) for item, text in zip(nodes, texts)]
+        passages = [
+            as_passage(item.node.get_content(metadata_mode=MetadataMode.NONE), item.node.metadata) for item in nodes
+        ]
         compressed, outputs = self._handle.compress_for_query(
-            passages, query_bundle.query_str, self.config, self.threshold
+            passages, query_bundle.query_str, self.config, self.threshold, self.passage_allocation
         )
         key = compressed.cache_key if compressed is not None else None
-        return [_with_stats(item, text, stats, key) for item, (text, stats) in zip(nodes, outputs)]
+        return [_with_stats(item, text, stats, key) for item, (text, stats) in zip(nodes, outputs, strict=True)]
 
 
 def _with_stats(item: NodeWithScore, text: str, stats: dict[str, Any], key: str | None) -> NodeWithScore:
