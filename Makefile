@@ -36,9 +36,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $$path; done
 
-# Every benchmark suite at a small size (about 10 minutes on 2 CPU cores); writes docs/results/quick/.
+# Every benchmark suite at a small size (under 3 minutes on 2 CPU cores); writes docs/results/quick/.
 bench-quick: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/finch-rag bench quick
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check finch_rag tests integrations/langchain/langchain_finch integrations/llama_index/llama_index

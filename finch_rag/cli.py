@@ -14,7 +14,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .bench import SUITES, run_suite
 from .config import FinchConfig
 from .pipeline import ALLOCATIONS, Answer, FinchRAG
 from .retrieval import RetrievedPassage
@@ -63,12 +62,6 @@ def _common_options() -> argparse.ArgumentParser:
     return common
 
 
-def _bench(args: argparse.Namespace) -> None:
-    status = run_suite(args.suite, args.suite_args)
-    if status:
-        raise CLIError(f"bench {args.suite} exited with status {status}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finch-rag",
@@ -105,18 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("question", help="the question")
     ask.set_defaults(handler=_ask)
-
-    bench = commands.add_parser(
-        "bench",
-        help="run a benchmark suite; writes JSON, Markdown and PNG under docs/results/",
-        description="Benchmark suites (each takes --help): "
-        + ", ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()),
-    )
-    bench.add_argument("suite", choices=list(SUITES), help="which suite")
-    bench.add_argument(
-        "suite_args", nargs=argparse.REMAINDER, help="options of the suite (see finch-rag bench SUITE --help)"
-    )
-    bench.set_defaults(handler=_bench, quiet=False, no_progress=False)
     return parser
 
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.masking_utils import AttentionMaskInterface
 
 CAPTURE_KWARG = "finch_capture"
 _KEY_PREFIX = "finch_"
@@ -171,20 +171,27 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _register(base_implementation: str) -> str:
-    """Register the capturing twin of ``base_implementation`` (idempotent) and return its key."""
+    """Register the capturing twin of ``base_implementation`` (idempotent) and return its key.
+
+    Through transformers' public registries: `AttentionInterface` for the attention function and
+    `AttentionMaskInterface` for the mask it expects (the base implementation's own mask format).
+    """
     key = _KEY_PREFIX + base_implementation
-    if key not in AttentionInterface._global_mapping:
-        if base_implementation not in AttentionInterface._global_mapping:
-            raise NotImplementedError(
-                f"finch-rag cannot wrap attention implementation {base_implementation!r}; load the model with "
-                "attn_implementation='sdpa' (or 'flash_attention_2' on a GPU)."
-            )
-        AttentionInterface.register(key, _capturing(AttentionInterface._global_mapping[base_implementation]))
-        mask_function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(base_implementation)
-        if mask_function is None:
-            raise NotImplementedError(f"No attention-mask function is registered for {base_implementation!r}.")
-        # transformers' unannotated mapping infers as dict[str, function], which is no Callable to mypy.
-        ALL_MASK_ATTENTION_FUNCTIONS.register(key, cast(Callable[..., Any], mask_function))
+    attention_functions, mask_functions = AttentionInterface(), AttentionMaskInterface()
+    if key in attention_functions and key in mask_functions:
+        return key
+    if base_implementation not in attention_functions:
+        raise NotImplementedError(
+            f"finch-rag cannot wrap attention implementation {base_implementation!r}; load the model with "
+            "attn_implementation='sdpa' (or 'flash_attention_2' on a GPU)."
+        )
+    if base_implementation not in mask_functions:
+        raise NotImplementedError(
+            f"No attention-mask function is registered for {base_implementation!r} in transformers' "
+            "AttentionMaskInterface; load the model with attn_implementation='sdpa'."
+        )
+    AttentionInterface.register(key, _capturing(attention_functions[base_implementation]))
+    AttentionMaskInterface.register(key, mask_functions[base_implementation])
     return key
 
 
