@@ -1,6 +1,8 @@
 """Where compression time goes: cProfile of `FinchCompressor.compress_ids` on the embedded model.
 
-    .venv/bin/python scripts/profile_compress.py --tokens 4096 --threads 1 > docs/results/profile.md
+    .venv/bin/python -m scripts.profile_compress --tokens 4096 --threads 1 > docs/results/profile.md
+
+(from the repository root, so that the ``benchmarks`` harness it reads the data with is importable)
 
 Groups the cumulative time of the functions that matter (the decoder's forward over chunk + question, the
 question-row score capture, selection, key re-rotation and cache packing) and prints a Markdown table.
@@ -15,8 +17,8 @@ import time
 
 import torch
 
+from benchmarks.common import data_dir, machine_description
 from finch_rag import FinchCompressor, FinchConfig, Passage, load_model
-from finch_rag.bench.common import data_dir, machine_description
 from finch_rag.prompts import build_prompt
 
 # (label, module path fragment, function name): cumulative seconds of that function.
@@ -64,7 +66,7 @@ def main() -> None:
     total = cumulative.get(("finch_rag/compressor.py", "compress_ids"), wall)
     print(f"# Profile of one compression ({args.tokens} context tokens, B={args.target_tokens}, S={args.chunk_size})\n")
     print(
-        f"Command: `.venv/bin/python scripts/profile_compress.py --tokens {args.tokens} --threads {args.threads}`; "
+        f"Command: `.venv/bin/python -m scripts.profile_compress --tokens {args.tokens} --threads {args.threads}`; "
         f"machine: {machine_description()}; wall {wall:.2f} s (under cProfile).\n"
     )
     print("| part | seconds | share |\n|---|---:|---:|")

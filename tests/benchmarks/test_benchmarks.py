@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.methods import BUILTIN_METHODS, Method, expand_methods, parse_method
+from benchmarks.qa import Example, _sample, _truncated, budget_of, run_example
 from finch_rag import FinchCompressor, FinchConfig, Passage
-from finch_rag.bench.methods import BUILTIN_METHODS, Method, expand_methods, parse_method
-from finch_rag.bench.qa import Example, _sample, _truncated, budget_of, run_example
 from finch_rag.prompts import build_prompt
 
 PASSAGES = [
@@ -114,15 +117,15 @@ def test_retention_is_counted_on_each_methods_own_packing(compressor, example):
 
 @pytest.mark.slow
 def test_smoke_run_writes_results_for_every_suite(tmp_path):
-    """`make test`'s one-minute smoke of `finch-rag bench quick` on the real model and data."""
-    from finch_rag.bench.common import data_dir
-    from finch_rag.cli import main
+    """`make test`'s one-minute smoke of `python -m benchmarks quick` on the real model and data."""
+    from benchmarks.__main__ import main
+    from benchmarks.common import data_dir
 
     try:
         data_dir()
     except FileNotFoundError:
         pytest.skip("no benchmark data folder (../shared/data)")
-    assert main(["bench", "quick", "--smoke", "--out", str(tmp_path)]) == 0
+    assert main(["quick", "--smoke", "--out", str(tmp_path)]) == 0
     for suite in ("squad", "hotpotqa", "niah"):
         payload = json.loads((tmp_path / f"{suite}.json").read_text())
         assert payload["records"] and "machine" in payload["meta"]
@@ -137,31 +140,153 @@ def test_smoke_run_writes_results_for_every_suite(tmp_path):
     assert all(r["kept_tokens"] == r["B"] for r in hotpotqa), "equal budget"
 
 
-@pytest.mark.parametrize("spec", ["global:sel=shared", "sentences:span=1,L=upper,order=rev", "ph:sel=per_head,s=3"])
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_allocation_study_simulates_what_a_single_pass_keeps(tiny_models, tiny_tokenizer, spec, arch):
-    """The design study's one-capture selection (``--mode sim``) is what `compress` keeps with one chunk.
+@pytest.mark.parametrize("suite", ["squad", "rag-squad", "hotpotqa", "niah", "cost", "batch", "quick"])
+def test_every_suite_runs_from_python_dash_m(suite, capsys):
+    """``python -m benchmarks SUITE --help``: each suite has its own options, --out and --data among them."""
+    from benchmarks.__main__ import main
 
-    (The study runs on the embedded Llama-architecture model; its layer sets ignore sliding-window layers.)
-    """
-    from finch_rag.bench.allocation import Design, capture_scores, kept_mask, pack
+    with pytest.raises(SystemExit) as exit_info:
+        main([suite, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--out" in out and "--data" in out and f"python -m benchmarks {suite}" in out
 
-    example = Example("hotpotqa", "q", QUESTION, PASSAGES, ["Orla Brant"], EVIDENCE)
-    design = Design.parse(spec)
-    config = FinchConfig(chunk_size=None, progress=False)
-    compressor = FinchCompressor(tiny_models(arch), tiny_tokenizer, config)
-    packed = pack(example, design.order, tiny_tokenizer, config)
-    packed.layer_scores = capture_scores(compressor, packed, config)
-    simulated = kept_mask(design, packed, budget=16)
-    real = compressor.compress(
-        packed.passages,
-        QUESTION,
-        config=config.replace(
-            target_tokens=16,
-            selection=design.sel,
-            smoothing=design.s,
-            granularity="sentence" if design.span else "token",
-            score_layers="all" if design.L == "all" else "upper_half",
-        ),
+
+def test_help_lists_every_suite(capsys):
+    from benchmarks import SUITES
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SUITES) and len(SUITES) == 7
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bogus"])
+    assert exit_info.value.code == 2
+
+
+def test_paths_default_to_the_working_directory(tmp_path, monkeypatch):
+    """Data in ``../shared/data`` and results in ``docs/results``, both from where the command runs."""
+    from benchmarks import suite_parser
+    from benchmarks.common import DATA_ENV, data_dir
+
+    for name in ("squad", "niah", "cost", "batch"):
+        assert suite_parser(name).parse_args([]).out == "docs/results"
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert data_dir() == tmp_path / "shared" / "data"
+    assert data_dir("../shared") == tmp_path / "shared"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--data"):
+        data_dir()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data_dir(tmp_path / "nowhere")
+
+
+def test_methods_are_named_by_finch_config_fields():
+    """Every preset is FinchConfig changes; a spec key that is not a field is an error naming the fields."""
+    from benchmarks.methods import CONTROLS, PRESETS, method_config
+
+    base = FinchConfig()
+    for method in PRESETS.values():
+        if method.kind == "finch" and method.control is None:
+            config = method_config(base, method, num_layers=4, target_tokens=8)
+            for key, value in method.options.items():
+                assert getattr(config, key) == getattr(FinchConfig(**{key: value}), key), (method.name, key)
+    assert {name: PRESETS[name].options for name in CONTROLS} == {name: {"selection": name} for name in CONTROLS}
+    assert parse_method("ph:selection=per_head,chunk_size=None,granularity=sentence").options == {
+        "selection": "per_head",
+        "chunk_size": None,
+        "granularity": "sentence",
+    }
+    assert parse_method("r:selection=recency").control == "recency"
+    with pytest.raises(ValueError, match="FinchConfig field"):
+        parse_method("old:sel=shared,s=9")
+
+
+def test_quick_plans_parse_and_cover_every_suite():
+    """`make bench-quick` runs every other suite; each planned command line parses with that suite's parser."""
+    from benchmarks import SUITES, suite_parser
+    from benchmarks.quick import QUICK, SMOKE
+
+    assert [suite for suite, _ in QUICK] == [name for name in SUITES if name != "quick"]
+    for suite, options in QUICK + SMOKE:
+        args = suite_parser(suite).parse_args([*options, "--out", "x"])
+        if suite == "cost":
+            assert max(args.lengths) <= 1024, "the quick cost run stays at short contexts"
+
+
+BENCH_COMMAND = re.compile(r"^\s*(?:\$ )?(?:\S*python\S* )?-m benchmarks (.+)$")
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """``python -m benchmarks ...`` lines of the ```bash blocks in README.md, docs/*.md and docs/results/README.md."""
+    root = Path(__file__).resolve().parents[2]
+    found = []
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "docs" / "results" / "README.md"]:
+        in_bash = False
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip().startswith("```"):
+                in_bash = not in_bash and line.strip()[3:].strip() in ("bash", "sh", "shell", "console")
+                continue
+            match = BENCH_COMMAND.match(line) if in_bash else None
+            if match:
+                found.append((f"{path.name}:{number}", shlex.split(match[1], comments=True)))
+    return found
+
+
+def test_documented_benchmark_commands_parse():
+    from benchmarks import SUITES, suite_parser
+
+    commands = _documented_commands()
+    assert len(commands) >= 5, commands
+    for where, (suite, *options) in commands:
+        assert suite in SUITES, f"{where}: unknown suite {suite!r}"
+        try:
+            suite_parser(suite).parse_args(options)
+        except SystemExit as error:
+            pytest.fail(f"{where}: `python -m benchmarks {suite} {' '.join(options)}` does not parse ({error})")
+
+
+def test_the_wheel_holds_the_library_only():
+    """The packages setuptools puts in the wheel (pyproject's find rule) are finch_rag's and no benchmark code."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from setuptools import find_packages
+
+    root = Path(__file__).resolve().parents[2]
+    rule = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(where=str(root), include=rule.get("include", ["*"]), exclude=rule.get("exclude", ()))
+    assert "finch_rag" in packages and "finch_rag.compression" in packages
+    assert "benchmarks" in find_packages(where=str(root)), "the harness is a package beside the library"
+    assert all(name == "finch_rag" or name.startswith("finch_rag.") for name in packages), packages
+    assert not any("bench" in name for name in packages), packages
+
+
+@pytest.mark.slow
+def test_built_wheel_has_no_benchmark_code(tmp_path):
+    """Build the wheel (no network: the installed setuptools) from a copy of the sources and list it."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("finch_rag", "benchmarks"):
+        shutil.copytree(root / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=source,
+        check=True,
+        capture_output=True,
     )
-    torch.testing.assert_close(simulated, real.kept_mask())
+    (wheel,) = tmp_path.glob("finch_rag-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "finch_rag/compressor.py" in names and "finch_rag/py.typed" in names
+    assert not [name for name in names if "bench" in name], "benchmark code in the wheel"

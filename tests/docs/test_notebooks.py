@@ -48,7 +48,7 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for module in NEEDS.get(path.name, ()):
         pytest.importorskip(module)
     if path.name in NEEDS_DATA:
-        from finch_rag.bench.common import data_dir
+        from benchmarks.common import data_dir
 
         try:
             data = data_dir()

@@ -15,13 +15,15 @@ Methods, at the same budget ``B`` (context KV entries per layer and KV head):
   entries as kvpress's ``FinchPress``;
 - ``full``: no compression (only where the whole prompt fits the model's window);
 - controls ``random``, ``recency`` (the last ``B``), ``first`` (the first ``B``): the same chunk loop as
-  FINCH with a fixed rule in place of attention scores (see `control_context`);
+  FINCH with a fixed rule in place of attention scores;
 - any ``label:key=value,...`` spec: the compressor's config with those `FinchConfig` fields changed,
   e.g. ``shared_s21:selection=shared,smoothing=21,chunk_size=512``; ``score_layers=upper`` is the
   upper half of the layers, ``score_layers=a..b`` a range (inclusive), ``none`` is ``None``.
 
-Reproduce the selection study with ``python -m finch_rag.bench.niah --methods study ...`` (see
-``docs/results/selection_study.md``).
+The selection study behind the default config (``docs/results/niah_study_*.md``) ran such specs; its
+command is in ``docs/results/README.md``.
+
+    python -m benchmarks niah --lengths 2000 8000 --depths 0.1 0.5 0.9 --methods full finch recency
 """
 
 from __future__ import annotations
@@ -41,10 +43,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..compressor import FinchCompressor
-from ..config import FinchConfig
-from ..context import CompressedContext
-from ..prompts import as_passages, build_prompt
+from finch_rag import CompressedContext, FinchCompressor, FinchConfig
+from finch_rag.prompts import as_passages, build_prompt
+
 from .common import (
     RESULTS_DIR,
     answer_scores,
@@ -54,16 +55,7 @@ from .common import (
     markdown_table,
     write_json,
 )
-from .methods import (
-    BUILTIN_METHODS,
-    FINCHPRESS,
-    METHOD_GROUPS,
-    Method,
-    control_context,
-    expand_methods,
-    method_config,
-    parse_method,
-)
+from .methods import METHOD_GROUPS, PRESETS, Method, compress_with, expand_methods, method_config, parse_method
 
 logger = logging.getLogger(__name__)
 
@@ -213,25 +205,6 @@ def split_passages(
     return passages, where
 
 
-# ----------------------------------------------------------------- methods
-_SHARED = {"selection": "shared", "chunk_size": 512, "normalize_scores": True, "score_layers": None}
-# The selection study (docs/results/selection_study.md): `--methods study`.
-STUDY_METHODS: dict[str, Method] = {
-    "finchpress": BUILTIN_METHODS["finchpress"],
-    "per_head_c512": Method("per_head_c512", "finch", {**FINCHPRESS, "chunk_size": 512}),
-    "per_layer_c512": Method("per_layer_c512", "finch", {**FINCHPRESS, "selection": "per_layer", "chunk_size": 512}),
-    "per_head_c512_s21": Method("per_head_c512_s21", "finch", {**FINCHPRESS, "chunk_size": 512, "smoothing": 21}),
-    "shared_s1": Method("shared_s1", "finch", {**_SHARED, "smoothing": 1}),
-    "shared_s9": Method("shared_s9", "finch", {**_SHARED, "smoothing": 9}),
-    "shared_s21": Method("shared_s21", "finch", {**_SHARED, "smoothing": 21}),
-    "shared_s41": Method("shared_s41", "finch", {**_SHARED, "smoothing": 41}),
-    "shared_s21_upper": Method("shared_s21_upper", "finch", {**_SHARED, "smoothing": 21, "score_layers": "upper_half"}),
-    "shared_s21_nonorm": Method("shared_s21_nonorm", "finch", {**_SHARED, "smoothing": 21, "normalize_scores": False}),
-    "shared_s21_single": Method("shared_s21_single", "finch", {**_SHARED, "smoothing": 21, "chunk_size": None}),
-}
-STUDY_GROUPS = {"study": list(STUDY_METHODS)}
-
-
 # -------------------------------------------------------------------- runs
 def needle_retention(compressed: CompressedContext, span: tuple[int, int, int]) -> tuple[float, list[float]]:
     """Fraction of the needle's KV entries kept: overall, and per layer."""
@@ -274,7 +247,7 @@ def run_niah(
     depths : sequence of float
         Where the needle goes, as a fraction of the haystack (0 = start, 1 = end).
     methods : sequence of str or Method
-        See the module docstring; group names ``"study"`` and ``"baselines"`` expand.
+        See the module docstring; group names (``"baselines"``, ...) expand.
     ratios : sequence of float
         Compression ratios (fraction removed): 0.75 is 4x, 0.9 is 10x. ``full`` ignores them.
     needles : sequence of Needle, optional
@@ -286,7 +259,7 @@ def run_niah(
     progress : bool
         A tqdm bar over cases.
     data : path, optional
-        The benchmark data folder (see `finch_rag.bench.common.data_dir`).
+        The benchmark data folder (see `benchmarks.common.data_dir`).
     passage_tokens : int, optional
         Split the haystack into passages of about this many tokens (default: one passage).
     max_new_tokens : int
@@ -301,7 +274,7 @@ def run_niah(
         Called with each record as soon as it is done.
     """
     torch.manual_seed(seed)
-    resolved = expand_methods(methods, extra=STUDY_METHODS, groups=STUDY_GROUPS)
+    resolved = expand_methods(methods)
     if any(method.kind == "truncation" for method in resolved):
         logger.info("niah: 'truncation' of one haystack is the 'first' control; running that instead.")
         resolved = [m for m in resolved if m.kind != "truncation"]
@@ -378,12 +351,7 @@ def run_niah(
                 continue
         started = time.perf_counter()
         try:
-            if method.kind == "control":
-                compressed = control_context(
-                    compressor, passages, needle.question, method.options["rule"], config, seed
-                )
-            else:
-                compressed = compressor.compress(passages, needle.question, config=config)
+            compressed = compress_with(compressor, method, passages, needle.question, config, seed)
         except ValueError as error:  # e.g. the full context does not fit the window
             record.update(skipped=str(error))
             _finish(record, records, journal_path, on_record)
@@ -594,9 +562,10 @@ def write_results(
 
 
 # --------------------------------------------------------------------- CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m finch_rag.bench.niah", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data beside the repository)")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks niah``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks niah", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data from the working directory)")
     parser.add_argument("--model", help="model path or hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument(
         "--config",
@@ -610,8 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--methods",
         nargs="+",
         default=METHOD_GROUPS["baselines"],
-        help="methods: finch, finchpress, full, random, recency, first, a study name, the groups 'study' or "
-        "'baselines', or 'label:key=value,...' with FinchConfig fields",
+        help="methods: finch, finchpress, full, random, recency, first, ..., the group 'baselines', or "
+        "'label:key=value,...' with FinchConfig fields",
     )
     parser.add_argument("--needles", nargs="+", help=f"needle keys (default: all of {[n.key for n in NEEDLES]})")
     parser.add_argument("--limit", type=int, help="use only the first LIMIT needles")
@@ -629,12 +598,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     if args.quick:
         args.lengths, args.depths, args.limit = [1500], [0.5], 1
-    command = "python -m finch_rag.bench.niah " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m benchmarks niah " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.report_only:
         if not args.journal:
             parser.error("--report-only needs --journal")
@@ -643,10 +617,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("wrote " + ", ".join(str(path) for path in paths.values()))
         return 0
 
-    from ..models import load_model
+    from finch_rag import load_model
 
     model, tokenizer = load_model(args.model) if args.model else load_model()
-    base = parse_method(f"finch:{args.config}", STUDY_METHODS) if args.config else BUILTIN_METHODS["finch"]
+    base = parse_method(f"finch:{args.config}") if args.config else PRESETS["finch"]
     num_layers = model.config.get_text_config(decoder=True).num_hidden_layers
     compressor = FinchCompressor(model, tokenizer, method_config(FinchConfig(), base, num_layers, ratio=0.75))
     records = run_niah(

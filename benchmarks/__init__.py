@@ -1,11 +1,14 @@
-"""Benchmarks: commands that write JSON, Markdown tables and PNG plots under ``docs/results/``.
+"""The research harness of finch-rag: ``python -m benchmarks SUITE [options]``, outside the library's wheel.
 
-Nothing here runs at import time. `SUITES` names every suite `finch-rag bench` knows and `run_suite` runs one;
-each suite module also has a ``main()`` for ``python -m``.
+Each suite writes JSON, Markdown tables and PNG plots (default ``docs/results/``) and reads the benchmark data
+from ``--data`` (default ``../shared/data``); both are relative to the working directory, the repository root.
+The suites call only finch-rag's public API. Nothing here runs at import time: `SUITES` names every suite and
+`run_suite` runs one (``benchmarks/__main__.py`` is the command line).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ from .common import answer_scores, contains_gold, data_dir, exact_match, f1_scor
 
 @dataclass(frozen=True)
 class Suite:
-    """A module under ``finch_rag.bench`` whose ``main(argv, **options)`` runs the suite."""
+    """A module under ``benchmarks`` whose ``main(argv, **options)`` runs the suite."""
 
     module: str
     description: str
@@ -38,17 +41,27 @@ SUITES: dict[str, Suite] = {
     "niah": Suite("niah", "needle in a haystack over the essays, depth x length"),
     "cost": Suite("cost", "time, decode speed and memory against context length, Finch vs full prefill"),
     "batch": Suite("batch", "throughput of padded batches (1, 4, 8) against a sequential loop"),
-    "quick": Suite("quick", "every suite at a small size (about 10 minutes on 2 CPU cores); --smoke is ~1 minute"),
+    "quick": Suite("quick", "every suite at a small size (under 3 minutes on 2 CPU cores); --smoke is ~1 minute"),
 }
+
+
+def _module(name: str) -> tuple[Any, Suite]:
+    if name not in SUITES:
+        raise ValueError(f"Unknown benchmark suite {name!r}; use one of {sorted(SUITES)}.")
+    suite = SUITES[name]
+    return importlib.import_module(f"{__name__}.{suite.module}"), suite
 
 
 def run_suite(name: str, argv: Sequence[str]) -> int:
     """Run suite ``name`` with its command-line options ``argv``; returns its exit status."""
-    if name not in SUITES:
-        raise ValueError(f"Unknown benchmark suite {name!r}; use one of {sorted(SUITES)}.")
-    suite = SUITES[name]
-    module = importlib.import_module(f"{__name__}.{suite.module}")
+    module, suite = _module(name)
     return int(module.main(list(argv), **suite.options) or 0)
+
+
+def suite_parser(name: str) -> argparse.ArgumentParser:
+    """The command-line parser of suite ``name`` (what ``python -m benchmarks NAME --help`` shows)."""
+    module, suite = _module(name)
+    return module.build_parser(**suite.options)
 
 
 __all__ = [
@@ -61,4 +74,5 @@ __all__ = [
     "f1_score",
     "normalize_answer",
     "run_suite",
+    "suite_parser",
 ]

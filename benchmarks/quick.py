@@ -1,10 +1,11 @@
-"""Every suite at a small size, one after another: about 10 minutes on 2 CPU cores, or ``--smoke`` in about one.
+"""Every suite at a small size, one after another: under 3 minutes on 2 CPU cores, or ``--smoke`` in about one.
 
 Each suite writes its JSON, Markdown and PNG under ``--out`` (default ``docs/results/quick``) as it would on its
-own; the commands below are what runs. The full-size runs and their commands are in ``docs/results/README.md``.
+own; `QUICK` and `SMOKE` are the options each suite runs with. The full-size runs and their commands are in
+``docs/results/README.md``.
 
-    finch-rag bench quick
-    finch-rag bench quick --smoke --out /tmp/finch-smoke
+    python -m benchmarks quick
+    python -m benchmarks quick --smoke --out /tmp/finch-smoke
 """
 
 from __future__ import annotations
@@ -19,12 +20,23 @@ from . import run_suite
 from .common import RESULTS_DIR
 
 QUICK: list[tuple[str, list[str]]] = [
-    ("squad", ["--limit", "3", "--budgets", "4x", "8x", "16x", "32x", "--methods", "all"]),
-    ("rag-squad", ["--limit", "2", "--top-k", "4", "--budgets", "4x", "8x", "16x", "32x", "--methods", "all"]),
-    ("hotpotqa", ["--limit", "1", "--budgets", "4x", "8x", "16x", "32x", "--methods", "all"]),
-    ("niah", ["--lengths", "1000", "--depths", "0.5", "--limit", "1", "--methods", "full", "finch", "recency"]),
-    ("cost", ["--lengths", "1024", "2048", "--repeats", "1", "--threads", "1"]),
-    ("batch", ["--requests", "4", "--batch-sizes", "1", "4", "--top-k", "2"]),
+    ("squad", ["--limit", "1", "--budgets", "8x", "--methods", "all", "--max-new-tokens", "8"]),
+    (
+        "rag-squad",
+        ["--limit", "1", "--top-k", "4", "--corpus-limit", "64", "--budgets", "4x"]
+        + ["--methods", "truncation", "finch_rag", "--max-new-tokens", "8"],
+    ),
+    ("hotpotqa", ["--limit", "1", "--budgets", "256", "--methods", "truncation", "finch_rag", "--max-new-tokens", "8"]),
+    (
+        "niah",
+        ["--lengths", "1000", "--depths", "0.5", "--limit", "1", "--ratios", "0.75"]
+        + ["--methods", "full", "finch", "recency", "--max-new-tokens", "8", "--threads", "1"],
+    ),
+    ("cost", ["--lengths", "512", "1024", "--repeats", "1", "--threads", "1", "--new-tokens", "4"]),
+    (
+        "batch",
+        ["--requests", "2", "--batch-sizes", "2", "--top-k", "2", "--corpus-limit", "64", "--max-new-tokens", "4"],
+    ),
 ]
 SMOKE: list[tuple[str, list[str]]] = [
     ("squad", ["--limit", "1", "--budgets", "4x", "--methods", "full", "truncation", "finch", "first"]),
@@ -33,13 +45,18 @@ SMOKE: list[tuple[str, list[str]]] = [
 ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="finch-rag bench quick", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks quick``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks quick", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="the ~1-minute run that `make test` does")
     parser.add_argument("--out", help="output folder (default: docs/results/quick, or docs/results/smoke)")
-    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data beside the repository)")
+    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data from the working directory)")
     parser.add_argument("--model", help="model path or hub id (default: the embedded SmolLM2-135M-Instruct)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     plan = SMOKE if args.smoke else QUICK
     out = Path(args.out or RESULTS_DIR / ("smoke" if args.smoke else "quick"))
     shared = ["--out", str(out)]
@@ -52,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             suite_argv.append("--quiet")
         if args.smoke:
             suite_argv += ["--max-new-tokens", "4"] if suite != "niah" else ["--max-new-tokens", "4", "--no-plot"]
-        print(f"\n=== finch-rag bench {suite} {' '.join(suite_argv)}", file=sys.stderr)
+        print(f"\n=== python -m benchmarks {suite} {' '.join(suite_argv)}", file=sys.stderr)
         suite_started = time.perf_counter()
         status = run_suite(suite, suite_argv)
         print(f"=== {suite}: {time.perf_counter() - suite_started:.0f} s", file=sys.stderr)

@@ -4,10 +4,12 @@ Suites (data from ``--data``, default ``../shared/data``; questions drawn with a
 
 - ``squad``: the paper's setting, one SQuAD v1.1 dev paragraph and its question;
 - ``rag-squad``: every paragraph of ``squad-v1.1-dev-part.json`` is a document; all-MiniLM-L6-v2 retrieves
-  the top ``--top-k`` for each question (best first), and the methods fit them into the budget;
+  the top ``--top-k`` for each question (best first), and the methods fit them into the budget
+  (``--corpus-limit N``: a smaller corpus of the first N paragraphs plus the sampled questions' own, for quick
+  runs; embedding all 1,023 takes minutes on a CPU);
 - ``hotpotqa``: the 10 paragraphs of each HotpotQA distractor question, ranked by all-MiniLM-L6-v2.
 
-Each method (`finch_rag.bench.methods`) runs at each budget of ``--budgets``: ``4x`` is ``B = floor(n / 4)``
+Each method (`benchmarks.methods`) runs at each budget of ``--budgets``: ``4x`` is ``B = floor(n / 4)``
 of the ``n`` context tokens, ``256`` is ``B = 256``. Metrics per question (DESIGN §4):
 
 - ``retention``: fraction of the gold evidence's KV entries that survive, over layers and KV heads (the answer
@@ -21,7 +23,7 @@ of the ``n`` context tokens, ``256`` is ``B = 256``. Metrics per question (DESIG
 Truncation keeps passages in retrieval order until ``B`` tokens and answers with full attention over them;
 its retention counts the evidence tokens inside those first ``B``. ``full`` reads everything.
 
-    finch-rag bench hotpotqa --limit 200 --budgets 128 256 512 --methods allocation
+    python -m benchmarks hotpotqa --limit 200 --budgets 128 256 512 --methods allocation
 """
 
 from __future__ import annotations
@@ -39,11 +41,10 @@ from typing import Any
 
 import torch
 
-from ..allocation import pack_best_last
-from ..compressor import FinchCompressor
-from ..config import FinchConfig
-from ..context import CompressedContext
-from ..prompts import Passage, PromptParts, build_prompt
+from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
+from finch_rag.allocation import pack_best_last
+from finch_rag.prompts import PromptParts, build_prompt
+
 from .common import (
     RESULTS_DIR,
     answer_scores,
@@ -53,7 +54,7 @@ from .common import (
     markdown_table,
     write_json,
 )
-from .methods import Method, control_context, expand_methods, method_config
+from .methods import Method, compress_with, expand_methods, method_config
 
 SUITES = ("squad", "rag-squad", "hotpotqa")
 SQUAD_FILE = "squad-v1.1-dev-part.json"
@@ -122,18 +123,33 @@ def load_squad(data: Path, limit: int | None, seed: int) -> list[Example]:
     return examples
 
 
-def load_rag_squad(data: Path, limit: int | None, seed: int, top_k: int, embedder: Any = None) -> list[Example]:
-    """Retrieval over every paragraph of the SQuAD file; evidence is the answer spans in the gold paragraph."""
-    from ..retrieval import EmbeddingRetriever
+def load_rag_squad(
+    data: Path,
+    limit: int | None,
+    seed: int,
+    top_k: int,
+    embedder: Any = None,
+    corpus_limit: int | None = None,
+) -> list[Example]:
+    """Retrieval over the paragraphs of the SQuAD file; evidence is the answer spans in the gold paragraph.
+
+    The corpus is every paragraph, or with ``corpus_limit`` the first ``corpus_limit`` plus the gold
+    paragraphs of the sampled questions.
+    """
+    from finch_rag import EmbeddingRetriever
 
     paragraphs, questions = _squad_records(data / SQUAD_FILE)
+    sample = _sample(questions, limit, seed)
+    corpus: Sequence[int] = range(len(paragraphs))
+    if corpus_limit is not None:
+        corpus = sorted(set(range(min(corpus_limit, len(paragraphs)))) | {paragraph for paragraph, _ in sample})
     retriever = EmbeddingRetriever(
-        [(text, {"title": title, "paragraph": index}) for index, (title, text) in enumerate(paragraphs)],
+        [(paragraphs[index][1], {"title": paragraphs[index][0], "paragraph": index}) for index in corpus],
         model=embedder,
         progress=False,
     )
     examples = []
-    for paragraph, qa in _sample(questions, limit, seed):
+    for paragraph, qa in sample:
         retrieved = retriever.retrieve(qa["question"], top_k)
         found = [p.metadata["paragraph"] for p in retrieved]
         gold_rank = found.index(paragraph) + 1 if paragraph in found else None
@@ -155,7 +171,7 @@ def load_rag_squad(data: Path, limit: int | None, seed: int, top_k: int, embedde
 
 def load_hotpotqa(data: Path, limit: int | None, seed: int, embedder: Any = None) -> list[Example]:
     """Each question's 10 paragraphs ranked by MiniLM similarity; evidence is the supporting sentences."""
-    from ..retrieval import EmbeddingRetriever
+    from finch_rag import EmbeddingRetriever
 
     records = _sample(json.loads((data / HOTPOTQA_FILE).read_text()), limit, seed)
     examples = []
@@ -196,14 +212,19 @@ def load_hotpotqa(data: Path, limit: int | None, seed: int, embedder: Any = None
 
 
 def load_suite(
-    suite: str, data: str | Path | None = None, limit: int | None = None, seed: int = 0, top_k: int = 8
+    suite: str,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    top_k: int = 8,
+    corpus_limit: int | None = None,
 ) -> list[Example]:
-    """The examples of one suite (see the module docstring)."""
+    """The examples of one suite (see the module docstring); ``corpus_limit`` shrinks rag-squad's corpus."""
     folder = data_dir(data)
     if suite == "squad":
         return load_squad(folder, limit, seed)
     if suite == "rag-squad":
-        return load_rag_squad(folder, limit, seed, top_k)
+        return load_rag_squad(folder, limit, seed, top_k, corpus_limit=corpus_limit)
     if suite == "hotpotqa":
         return load_hotpotqa(folder, limit, seed)
     raise ValueError(f"Unknown suite {suite!r}; use one of {SUITES}.")
@@ -329,12 +350,7 @@ def run_example(
                 record |= _evidence_metrics(kept, None, masks)
             else:
                 config = method_config(base, method, num_layers, target_tokens=budget)
-                if method.kind == "control":
-                    compressed = control_context(
-                        compressor, passages, example.question, method.options["rule"], config, seed
-                    )
-                else:
-                    compressed = compressor.compress(passages, example.question, config=config)
+                compressed = compress_with(compressor, method, passages, example.question, config, seed)
                 masks = [compressed.span_tokens([span]) for span in spans]
                 record |= _evidence_metrics(compressed.kept_mask(), compressed.kept_per_layer(), masks)
             record["compress_s"] = round(time.perf_counter() - started, 4)
@@ -560,12 +576,12 @@ QUICK = {"limit": 3, "budgets": ["4x", "8x", "16x", "32x"]}
 
 def build_parser(suite: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"finch-rag bench {suite}" if suite else "python -m finch_rag.bench.qa",
+        prog=f"python -m benchmarks {suite}" if suite else "python -m benchmarks.qa",
         description=__doc__.split("\n\n")[0],
     )
     if suite is None:
         parser.add_argument("suite", choices=SUITES)
-    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data beside the repository)")
+    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data from the working directory)")
     parser.add_argument("--model", help="model path or hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--limit", type=int, default=50, help="questions (drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
@@ -579,10 +595,15 @@ def build_parser(suite: str | None = None) -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=["all"],
-        help="full, truncation, finch, finch_single, finch_global, finchpress, random, recency, first; groups "
-        "'all', 'baselines', 'allocation'; or 'label:key=value,...' with FinchConfig fields",
+        help="full, truncation, finch, finch_rag, finch_single, finch_global, finchpress, random, recency, first; "
+        "groups 'all', 'baselines', 'allocation'; or 'label:key=value,...' with FinchConfig fields",
     )
     parser.add_argument("--top-k", type=int, default=8, help="rag-squad: passages retrieved per question")
+    parser.add_argument(
+        "--corpus-limit",
+        type=int,
+        help="rag-squad: retrieve from the first N paragraphs plus the questions' own (default: all 1,023)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (answers stop at a newline)")
     parser.add_argument("--no-answer", action="store_true", help="evidence retention only, no decoding")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -602,9 +623,9 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
     if args.quick:
         args.limit, args.budgets = QUICK["limit"], QUICK["budgets"]
     if argv is None:
-        command = "python -m finch_rag.bench.qa " + " ".join(sys.argv[1:])
+        command = "python -m benchmarks.qa " + " ".join(sys.argv[1:])
     else:
-        command = f"finch-rag bench {suite} " + " ".join(argv)
+        command = f"python -m benchmarks {suite} " + " ".join(argv)
     name = args.name or suite
     if args.report_only:
         if not args.journal:
@@ -621,13 +642,13 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
         paths = write_results(records, args.out, name, meta, plot=not args.no_plot)
         print("wrote " + ", ".join(map(str, paths.values())))
         return 0
-    from ..models import load_model
+    from finch_rag import load_model
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model) if args.model else load_model()
     compressor = FinchCompressor(model, tokenizer, FinchConfig(progress=False))
     started = time.perf_counter()
-    examples = load_suite(suite, args.data, args.limit, args.seed, args.top_k)[args.start :]
+    examples = load_suite(suite, args.data, args.limit, args.seed, args.top_k, args.corpus_limit)[args.start :]
     records = run_suite(
         compressor,
         examples,

@@ -1,25 +1,33 @@
-"""Ways to fill a KV budget, shared by every benchmark suite: FINCH variants, the baselines and controls.
+"""Ways to fill a KV budget, shared by every benchmark suite: FINCH variants, the baselines and the controls.
 
-A `Method` is one of these kinds, all held to the same budget ``B`` (context KV entries per layer and KV head,
-DESIGN §4):
+Every method is named one way: `FinchConfig` field names. A `Method` holds `FinchConfig` changes (``options``)
+and how retrieved passages are packed; the suites apply them to the compressor's config with one budget ``B``
+(context KV entries per layer and KV head, DESIGN §4) and call `FinchCompressor.compress`. A spec on the
+command line reads ``label:key=value,...``, e.g. ``ph:selection=per_head,chunk_size=None,granularity=sentence``.
 
-- ``finch``: `FinchCompressor.compress` with `FinchConfig` changes (``options``), e.g. ``finch`` (the library
-  default, iterative, chunk loop, best passage packed last), ``finch_rag`` (`FinchRAG`'s default
-  ``retrieval_weighted`` allocation: the same, with whole sentences competing), ``finch_single`` (one pass
-  over the whole context), ``finchpress`` (per-head, single pass: the entries kvpress's ``FinchPress``
-  keeps) and ``finch_global`` (the default selection over passages packed in retrieval order, i.e. plain
-  FINCH without the pipeline's allocation);
-- ``full``: no compression, where the whole prompt fits the model's window;
-- ``truncation``: top-k truncation, passages in retrieval order until ``B`` tokens, the last one cut;
-- ``control``: a fixed rule in place of attention, ``random``, ``recency`` (the last ``B``) or ``first``.
+Presets (`PRESETS`):
 
-``packing`` says how retrieved passages (best first) are laid out: ``"best_last"`` is what `FinchRAG`'s
-default ``retrieval_weighted`` allocation does (`finch_rag.allocation.pack_best_last`), ``"rank"`` keeps the
-retriever's order. Suites without a ranking (single passage, needle haystack) ignore it.
+- ``finch``: the library's default config, best passage packed last;
+- ``finch_rag``: `FinchRAG`'s default ``retrieval_weighted`` allocation: the same, with whole sentences
+  competing (``granularity="sentence"``);
+- ``finch_single``: one pass over the whole context (``chunk_size=None``);
+- ``finchpress``: ``selection="per_head", chunk_size=None``, no smoothing, every layer: the entries kvpress's
+  ``FinchPress`` keeps;
+- ``finch_global``: the default config over passages in retrieval order (plain FINCH, no allocation);
+- controls ``random``, ``recency`` (the last ``B``) and ``first`` (the first ``B``): ``selection`` set to that
+  rule, a fixed choice in place of attention in the same chunk loop;
+- baselines that are not a compression: ``full`` (no compression, where the whole prompt fits the model's
+  window) and ``truncation`` (top-k truncation: passages in retrieval order until ``B`` tokens, the last one
+  cut).
+
+``packing`` (the one key that is not a `FinchConfig` field) says how retrieved passages (best first) are laid
+out: ``"best_last"`` is what `FinchRAG`'s default allocation does (`finch_rag.allocation.pack_best_last`),
+``"rank"`` keeps the retriever's order. Suites without a ranking (one passage, a needle haystack) ignore it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,56 +36,78 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .._locks import model_lock
-from ..allocation import RankWeighting
-from ..compression.chunking import chunk_bounds
-from ..compression.loop import CompressedCache, attention_layer, decoder_of, layer_tensors
-from ..compression.rotation import KeyRotation
-from ..compressor import FinchCompressor
-from ..config import FinchConfig
-from ..context import CompressedContext
-from ..prompts import Passage, as_passages, build_prompt
+from finch_rag import CompressedContext, FinchCompressor, FinchConfig
+from finch_rag._locks import model_lock
+from finch_rag.compression.cache import attention_layer, decoder_of, layer_tensors
+from finch_rag.compression.chunking import chunk_bounds
+from finch_rag.compression.loop import CompressedCache
+from finch_rag.compression.rotation import KeyRotation
+from finch_rag.prompts import Passage, as_passages, build_prompt
 
 PACKINGS = ("best_last", "rank")
+KINDS = ("finch", "full", "truncation")
+CONTROLS = ("random", "recency", "first")
+"""``selection`` values that are a fixed rule instead of attention (benchmark controls)."""
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinchConfig))
 
 
 @dataclass(frozen=True)
 class Method:
-    """A way to fill the budget: ``kind`` is ``"finch"``, ``"full"``, ``"truncation"`` or ``"control"``."""
+    """A way to fill the budget.
+
+    Parameters
+    ----------
+    name : str
+        The label in result files.
+    kind : {"finch", "full", "truncation"}
+        ``"finch"`` compresses with ``options``; ``"full"`` and ``"truncation"`` are the uncompressed baselines.
+    options : mapping
+        `FinchConfig` field changes (``"finch"`` only).
+    packing : {"best_last", "rank"}
+        Passage order: best passage last (`FinchRAG`'s default), or the retriever's order.
+    """
 
     name: str
-    kind: str
+    kind: str = "finch"
     options: Mapping[str, Any] = field(default_factory=dict)
     packing: str = "rank"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("finch", "full", "truncation", "control"):
-            raise ValueError(f"Unknown method kind {self.kind!r}.")
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown method kind {self.kind!r}; use one of {KINDS}.")
         if self.packing not in PACKINGS:
             raise ValueError(f"packing must be one of {PACKINGS}, got {self.packing!r}.")
+        unknown = sorted(set(self.options) - set(CONFIG_FIELDS))
+        if unknown:
+            raise ValueError(f"Method {self.name!r}: {unknown} are not FinchConfig fields; use {CONFIG_FIELDS}.")
+
+    @property
+    def control(self) -> str | None:
+        """The control rule (``"random"``, ``"recency"``, ``"first"``) this method selects by, or None."""
+        selection = self.options.get("selection")
+        return selection if selection in CONTROLS else None
 
 
-FINCHPRESS = {
+FINCHPRESS: dict[str, Any] = {
     "selection": "per_head",
     "chunk_size": None,
     "normalize_scores": True,
     "smoothing": 1,
-    "score_layers": None,
+    "score_layers": "all",
 }
 
-BUILTIN_METHODS: dict[str, Method] = {
+PRESETS: dict[str, Method] = {
     "full": Method("full", "full"),
     "truncation": Method("truncation", "truncation"),
-    "finch": Method("finch", "finch", packing="best_last"),
-    "finch_rag": Method("finch_rag", "finch", {"granularity": RankWeighting().granularity}, packing="best_last"),
-    "finch_single": Method("finch_single", "finch", {"chunk_size": None}, packing="best_last"),
-    "finch_global": Method("finch_global", "finch"),
-    "finchpress": Method("finchpress", "finch", FINCHPRESS),
-    "random": Method("random", "control", {"rule": "random"}),
-    "recency": Method("recency", "control", {"rule": "recency"}),
-    "first": Method("first", "control", {"rule": "first"}),
+    "finch": Method("finch", packing="best_last"),
+    "finch_rag": Method("finch_rag", options={"granularity": "sentence"}, packing="best_last"),
+    "finch_single": Method("finch_single", options={"chunk_size": None}, packing="best_last"),
+    "finch_global": Method("finch_global"),
+    "finchpress": Method("finchpress", options=FINCHPRESS),
+    **{rule: Method(rule, options={"selection": rule}) for rule in CONTROLS},
 }
 """Methods by name; ``finch`` is the library's default config, ``finch_rag`` `FinchRAG`'s default allocation."""
+BUILTIN_METHODS = PRESETS  # the name the suites and tests used before the presets became FinchConfig fields
 
 METHOD_GROUPS: dict[str, list[str]] = {
     "all": ["full", "truncation", "finch", "finch_rag", "finch_single", "finch_global", "random", "recency", "first"],
@@ -104,49 +134,44 @@ def _parse_value(key: str, raw: str) -> Any:
             return cast(raw)
         except ValueError:
             pass
-    return raw
+    return raw.strip()
 
 
-def parse_method(spec: str, extra: Mapping[str, Method] | None = None) -> Method:
-    """A built-in method (or one of ``extra``) by name, or ``label:key=value,...``.
+def parse_method(spec: str) -> Method:
+    """A preset by name, or ``label:key=value,...``.
 
     The keys of a spec are `FinchConfig` fields, plus ``packing=best_last|rank`` (default ``best_last``, like
     ``finch``): ``shared_s1:smoothing=1,chunk_size=512``. ``score_layers=upper`` is the upper half of the
-    layers, ``score_layers=a..b`` a range (inclusive), ``none`` every layer.
+    layers, ``score_layers=lower`` the lower half, ``score_layers=a..b`` a range (inclusive), ``all`` or
+    ``none`` every layer. ``selection=random|recency|first`` is a control.
     """
-    known = {**BUILTIN_METHODS, **(extra or {})}
-    if spec in known:
-        return known[spec]
+    if spec in PRESETS:
+        return PRESETS[spec]
     if ":" not in spec:
-        names = sorted({*known, *METHOD_GROUPS})
+        names = sorted({*PRESETS, *METHOD_GROUPS})
         raise ValueError(f"Unknown method {spec!r}: use one of {names} or 'label:key=value,...'.")
     label, _, body = spec.partition(":")
     options: dict[str, Any] = {}
     packing = "best_last"
     for item in filter(None, body.split(",")):
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep:
             raise ValueError(f"In method {spec!r}, {item!r} is not key=value.")
-        if key.strip() == "packing":
+        if key == "packing":
             packing = raw.strip()
+        elif key not in CONFIG_FIELDS:
+            raise ValueError(f"In method {spec!r}, {key!r} is neither packing nor a FinchConfig field {CONFIG_FIELDS}.")
         else:
-            options[key.strip()] = _parse_value(key.strip(), raw)
+            options[key] = _parse_value(key, raw)
     return Method(label.strip(), "finch", options, packing=packing)
 
 
-def expand_methods(
-    specs: Iterable[str | Method],
-    extra: Mapping[str, Method] | None = None,
-    groups: Mapping[str, Sequence[str]] | None = None,
-) -> list[Method]:
-    """Methods from names, group names (`METHOD_GROUPS` and ``groups``) and specs, without repeats."""
-    all_groups = {**METHOD_GROUPS, **(groups or {})}
+def expand_methods(specs: Iterable[str | Method]) -> list[Method]:
+    """Methods from preset names, group names (`METHOD_GROUPS`) and specs, without repeats."""
     methods: list[Method] = []
     for spec in specs:
-        if isinstance(spec, Method):
-            found = [spec]
-        else:
-            found = [parse_method(name, extra) for name in all_groups.get(spec, [spec])]
+        found = [spec] if isinstance(spec, Method) else [parse_method(name) for name in METHOD_GROUPS.get(spec, [spec])]
         methods += [method for method in found if method.name not in {m.name for m in methods}]
     return methods
 
@@ -162,11 +187,27 @@ def method_config(
     """``base`` with the method's `FinchConfig` options and one budget (a ratio or ``B``), no progress bars."""
     if (ratio is None) == (target_tokens is None):
         raise ValueError("Give exactly one of ratio and target_tokens.")
-    options = {key: value for key, value in method.options.items() if key != "rule"}
+    options = dict(method.options)
+    if method.control is not None:
+        del options["selection"]  # the rule runs in `control_context` until the loop takes it as a policy
     if options.get("score_layers") == "lower":
         options["score_layers"] = tuple(range(num_layers // 2))
     budget: dict[str, Any] = {"compression_ratio": ratio} if ratio is not None else {"target_tokens": target_tokens}
     return base.replace(progress=False, **budget, **options)
+
+
+def compress_with(
+    compressor: FinchCompressor,
+    method: Method,
+    passages: Sequence[str | Passage],
+    question: str,
+    config: FinchConfig,
+    seed: int = 0,
+) -> CompressedContext:
+    """``method``'s compression of ``passages`` for ``question`` under ``config`` (from `method_config`)."""
+    if method.control is not None:
+        return control_context(compressor, passages, question, method.control, config, seed)
+    return compressor.compress(passages, question, config=config)
 
 
 # ---------------------------------------------------------------- controls

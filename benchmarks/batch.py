@@ -4,9 +4,9 @@ The same (context, question) pairs (retrieved SQuAD paragraphs, as in ``rag-squa
 answered greedily three ways in one process: one at a time (`FinchCompressor.compress` then ``generate``),
 and with `FinchCompressor.compress_batch` plus ``generate_batch`` at each ``--batch-sizes``. Each way reports
 questions per second, its speed-up over the sequential loop, and whether every answer and kept position equals
-the sequential one (greedy decoding; ``tests/test_core_batch.py`` checks the same on six architectures).
+the sequential one (greedy decoding; ``tests/core/test_batch.py`` checks the same on six architectures).
 
-    finch-rag bench batch --requests 16 --batch-sizes 1 4 8 --target-tokens 256
+    python -m benchmarks batch --requests 16 --batch-sizes 1 4 8 --target-tokens 256
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from ..compressor import FinchCompressor
-from ..config import FinchConfig
+from finch_rag import FinchCompressor, FinchConfig
+
 from .common import RESULTS_DIR, machine_description, markdown_table, write_json
 from .qa import load_suite
 
@@ -91,12 +91,14 @@ def run_batch(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="finch-rag bench batch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data beside the repository)")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks batch``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks batch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data from the working directory)")
     parser.add_argument("--model", help="model path or hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--requests", type=int, default=16, help="(context, question) pairs")
     parser.add_argument("--top-k", type=int, default=4, help="retrieved paragraphs per question")
+    parser.add_argument("--corpus-limit", type=int, help="retrieve from the first N paragraphs (default: all)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--target-tokens", type=int, default=256, help="B")
     parser.add_argument("--max-new-tokens", type=int, default=12)
@@ -105,19 +107,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument("--name", default="batch", help="output file stem")
-    args = parser.parse_args(argv)
-    from ..models import load_model
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from finch_rag import load_model
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model) if args.model else load_model()
     config = FinchConfig(target_tokens=args.target_tokens, progress=False)
     compressor = FinchCompressor(model, tokenizer, config)
-    examples = load_suite("rag-squad", args.data, args.requests, args.seed, args.top_k)
+    examples = load_suite("rag-squad", args.data, args.requests, args.seed, args.top_k, args.corpus_limit)
     requests = [(example.passages, example.question) for example in examples]
     compressor.generate(compressor.compress(*requests[0]), max_new_tokens=2)  # warm-up
     rows = run_batch(compressor, requests, args.batch_sizes, args.max_new_tokens, args.repeats)
     tokens = [len(compressor.tokenizer(" ".join(p.text for p in passages)).input_ids) for passages, _ in requests]
-    command = ("finch-rag bench batch " + " ".join(argv)) if argv is not None else " ".join(["python", *sys.argv])
+    command = ("python -m benchmarks batch " + " ".join(argv)) if argv is not None else " ".join(["python", *sys.argv])
     meta = {
         "command": command,
         "machine": machine_description(),

@@ -16,33 +16,30 @@ from pathlib import Path
 from typing import Any
 
 DATA_ENV = "FINCH_RAG_DATA"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RESULTS_DIR = REPO_ROOT / "docs" / "results"
+DEFAULT_DATA = Path("../shared/data")
+"""The benchmark data folder, relative to the working directory (the repository root under ``make``)."""
+RESULTS_DIR = Path("docs/results")
+"""Where the suites write by default, relative to the working directory."""
 
 
 # ------------------------------------------------------------------ data
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """The benchmark data folder.
+    """The benchmark data folder: ``path`` (``--data``), else ``$FINCH_RAG_DATA``, else ``../shared/data``.
 
-    Looked up in order: ``path``, ``$FINCH_RAG_DATA``, ``../shared/data`` beside the repository root,
-    ``../shared/data`` from the working directory. The data never lives inside the repository.
+    Relative paths are read from the working directory. The data never lives inside the repository.
     """
     if path is not None:
         resolved = Path(path).expanduser().resolve()
         if not resolved.is_dir():
             raise FileNotFoundError(f"Data folder {resolved} does not exist (from --data / data_dir={path!r}).")
         return resolved
-    candidates = []
-    if os.environ.get(DATA_ENV):
-        candidates.append(Path(os.environ[DATA_ENV]).expanduser())
-    candidates += [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    tried = ", ".join(str(candidate) for candidate in candidates)
+    candidate = Path(os.environ[DATA_ENV]).expanduser() if os.environ.get(DATA_ENV) else DEFAULT_DATA
+    if candidate.is_dir():
+        return candidate.resolve()
     raise FileNotFoundError(
-        f"No benchmark data folder found (tried {tried}). Pass --data PATH or set ${DATA_ENV} to the folder that "
-        "holds paul_graham_essays/, squad-v1.1-dev-part.json and hotpotqa-dev-distractor-part.json."
+        f"No benchmark data folder at {candidate.resolve()}. Run from the repository root (the data lives in "
+        f"../shared/data beside it), pass --data PATH or set ${DATA_ENV} to the folder that holds "
+        "paul_graham_essays/, squad-v1.1-dev-part.json and hotpotqa-dev-distractor-part.json."
     )
 
 

@@ -4,7 +4,7 @@ Each (method, length) runs in a fresh subprocess so that its peak RSS is its own
 methods see the same input, so the ratios are the figures to quote; absolute seconds depend on the
 machine (named in the output).
 
-    python -m finch_rag.bench.cost --lengths 2048 8192 32768 --target-tokens 256 --chunk-size 512
+    python -m benchmarks cost --lengths 2048 8192 32768 --target-tokens 256 --chunk-size 512
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import cpu_name, data_dir
+from .common import RESULTS_DIR, cpu_name, data_dir
 
-DEFAULT_OUT = Path("docs/results")
 _QUESTION = "What does the author say about how startups should choose what to work on?"
 
 
@@ -190,8 +189,18 @@ def _plot(records: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker process: this one's, with the folder holding ``benchmarks`` importable."""
+    package_root = str(Path(__file__).resolve().parent.parent)  # where this package was imported from
+    paths = [package_root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks cost``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--target-tokens", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=512)
@@ -200,9 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None)
     parser.add_argument("--data", default=None, help="data folder (default: $FINCH_RAG_DATA, else ../shared/data)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args)))
         return 0
@@ -212,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     for length in args.lengths:
         for method in ("finch", "full"):
             output = subprocess.run(
-                [sys.executable, "-m", "finch_rag.bench.cost", *passthrough, "--worker", method, str(length)],
+                [sys.executable, "-m", "benchmarks.cost", *passthrough, "--worker", method, str(length)],
                 check=True,
+                env=_worker_env(),
                 capture_output=True,
                 text=True,
             ).stdout
@@ -225,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     table = _markdown(records, machine, args)
     _plot(records, out / "cost.png")
     (out / "cost.md").write_text(
-        "# Cost: Finch vs full-context prefill\n\nCommand: `python -m finch_rag.bench.cost "
+        "# Cost: Finch vs full-context prefill\n\nCommand: `python -m benchmarks cost "
         + " ".join(passthrough)
         + "`\n\n"
         + table
