@@ -95,4 +95,3 @@ class FinchRetriever(FinchOptions, BaseRetriever):
         )
         key = compressed.cache_key if compressed is not None else None
         return [_with_stats(document, text, stats, key) for document, (text, stats) in zip(documents, outputs)]
-

@@ -36,12 +36,17 @@ class SentenceEmbeddings(Embeddings):
         return self.embed_documents([text])[0]
 
 
-@pytest.fixture(scope="session")
-def town_documents() -> list[Document]:
+def town_documents_list() -> list[Document]:
+    """The town corpus as documents (title and index in metadata, ids "0".."7")."""
     return [
         Document(page_content=text, metadata={"title": title, "n": i}, id=str(i))
         for i, (title, text) in enumerate(TOWN)
     ]
+
+
+@pytest.fixture(scope="session")
+def town_documents() -> list[Document]:
+    return town_documents_list()
 
 
 @pytest.fixture(scope="session")
