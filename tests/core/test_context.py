@@ -142,3 +142,30 @@ def test_progress_on_shows_a_bar(compressor, capsys):
     cc = compressor.compress(PASSAGES, QUESTION, config=compressor.config.replace(progress=True))
     assert cc.stats["num_chunks"] > 1
     assert "finch" in capsys.readouterr().err
+
+
+def test_cache_key_ignores_display_options(compressor):
+    """``progress`` only changes what is printed; one compression used to get two keys."""
+    quiet = compressor.compress(PASSAGES, QUESTION, config=compressor.config.replace(progress=False))
+    shown = compressor.compress(PASSAGES, QUESTION, config=compressor.config.replace(progress=True))
+    assert quiet.cache_key == shown.cache_key
+    other = compressor.compress(PASSAGES, QUESTION, config=compressor.config.replace(target_tokens=20))
+    assert other.cache_key != quiet.cache_key
+
+
+def test_store_finds_only_a_compression_with_the_same_settings(compressor):
+    """`ContextStore.find` ignored the config: asking for 12 entries silently reused a 30-entry compression."""
+    from finch_rag.store import ContextStore
+
+    store = ContextStore()
+    config = compressor.config.replace(progress=False)
+    cc = compressor.compress(PASSAGES, QUESTION, config=config)
+    key = store.put(cc)
+    assert store.find(key, f"  {QUESTION} ", len(PASSAGES), config=config.replace(progress=True)) is cc
+    assert store.find(key, QUESTION, config=config.replace(target_tokens=12)) is None
+    assert store.find(key, QUESTION, config=config.replace(chunk_size=None)) is None
+    assert store.find(key, QUESTION, config=config.replace(system_prompt="Be brief.")) is None
+    assert store.find(key, "Another question?", config=config) is None
+    assert store.find(key, QUESTION, 3) is None
+    assert store.find(key, QUESTION, history=[{"role": "user", "content": "Hi"}]) is None
+    assert store.find("finch-" + "0" * 24, QUESTION) is None

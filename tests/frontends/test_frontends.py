@@ -1,0 +1,207 @@
+"""`finch_rag.frontends`: the layer every integration and the server call, on a tiny random model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from conftest import PASSAGES, QUESTION
+from pydantic import BaseModel, ValidationError
+
+from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, RankWeighting
+from finch_rag.frontends import (
+    CACHE_KEY,
+    CompressorHandle,
+    FinchOptions,
+    Prepared,
+    SamplingOptions,
+    as_passage,
+    chat_prompt_ids,
+    keys_in,
+    merged_config,
+    plain_prompt_ids,
+    split_prompt,
+    split_templated,
+    strip_keys,
+    template_pieces,
+)
+
+CONFIG = FinchConfig(target_tokens=16, chunk_size=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def compressor(tiny_models: Any, tiny_tokenizer: Any) -> FinchCompressor:
+    return FinchCompressor(tiny_models("llama"), tiny_tokenizer, CONFIG)
+
+
+@pytest.fixture
+def handle(compressor: FinchCompressor) -> CompressorHandle:
+    compressor.store.clear()
+    return CompressorHandle(compressor)
+
+
+class Options(FinchOptions, SamplingOptions, BaseModel):
+    """What an integration class looks like: its framework's base class last."""
+
+
+# ------------------------------------------------------------------------------------------ options
+def test_explicit_chunk_size_none_is_a_single_pass() -> None:
+    """An explicit ``chunk_size=None`` used to be dropped, so every integration read in chunks of 512."""
+    assert merged_config(CONFIG, {"chunk_size": None}).chunk_size is None
+    assert merged_config(CONFIG, {"target_tokens": None}) == CONFIG  # an explicit None budget means "not set"
+    assert Options(chunk_size=None).config.chunk_size is None
+    assert Options().config.chunk_size == FinchConfig().chunk_size and Options(chunk_size=64).config.chunk_size == 64
+    with pytest.raises(ValueError, match="not both"):
+        merged_config(CONFIG, {"target_tokens": 3, "compression_ratio": 0.5})
+
+
+def test_options_are_declared_once_and_validated(compressor: FinchCompressor) -> None:
+    options = Options(compressor=compressor, target_tokens=8, allocation="global", weighting=RankWeighting(tau=2.0))
+    assert options._compressor is compressor and options.compressor is compressor
+    assert options.config == CONFIG.replace(target_tokens=8)
+    assert options.passage_allocation == PassageAllocation("global", RankWeighting(tau=2.0))
+    assert Options().passage_allocation == PassageAllocation() and Options()._compressor is None  # nothing loaded
+    for bad in ({"allocation": "local"}, {"weighting": 2.0}, {"chunk_size": 0}, {"temperature": -1}, {"k": 1}):
+        with pytest.raises(ValidationError):
+            Options(**bad)
+    with pytest.raises(TypeError, match="FinchCompressor"):
+        Options(compressor="smollm")
+    with pytest.raises(ValueError, match="not both"):
+        Options(compressor=compressor, model_name="x")
+
+
+def test_sampling_options_per_call() -> None:
+    options = Options(max_new_tokens=5, seed=3)
+    assert options.sampling({}, ["\n"]) == {
+        "max_new_tokens": 5,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "seed": 3,
+        "stop": ["\n"],
+    }
+    assert options.sampling({"max_new_tokens": 2, "stop": ["x"]})["stop"] == ["x"]
+    with pytest.raises(TypeError, match=r"Unknown options \['max_tokens'\] for Options"):
+        options.sampling({"max_tokens": 2})
+
+
+# ------------------------------------------------------------------------------------------ passages and keys
+def test_passage_and_key_helpers() -> None:
+    passage = as_passage("text", {"source": "a.txt", "n": 1})
+    assert (passage.text, passage.title, dict(passage.metadata)) == ("text", "a.txt", {"source": "a.txt", "n": 1})
+    key = "finch-" + "ab" * 12
+    text = f"First.\n{CACHE_KEY}: {key}\n\nSecond [{key}]"
+    assert keys_in(text) == [key, key] and strip_keys(text) == "First.\n\nSecond []"
+    with pytest.raises(TypeError, match="text must be a string"):
+        as_passage(None)  # type: ignore[arg-type]
+
+
+def test_prompt_splitting_rules() -> None:
+    assert split_prompt("Context:\nA\nQuestion: B?\nAnswer:") == ("A", "B?")
+    template = "Facts:\n{context_str}\nQ: {query_str}\nA:"
+    assert split_templated("Facts:\nx\nQ: y\nQ: z?\nA:", template, "{context_str}", "{query_str}") == ("x\nQ: y", "z?")
+    assert split_templated("Other", template, "{context_str}", "{query_str}") is None
+    with pytest.raises(ValueError, match="qa_template must contain"):
+        template_pieces("Answer {query_str}", "{context_str}", "{query_str}", "qa_template")
+
+
+# ------------------------------------------------------------------------------------------ the handle
+def test_compress_for_query_uses_the_allocation_and_keeps_the_given_order(handle: CompressorHandle) -> None:
+    passages = [as_passage(text) for text in PASSAGES]
+    allocation = PassageAllocation(weighting=RankWeighting(tau=1.0, floor=0.0))
+    compressed, outputs = handle.compress_for_query(passages, QUESTION, CONFIG, 0.5, allocation)
+    plan = allocation.plan(passages, CONFIG)
+    direct = handle.get().compress(plan.packed, QUESTION, config=plan.config, passage_weights=plan.passage_weights)
+    assert compressed is not None and compressed.cache_key in handle.get().store
+    assert [p.tolist() for p in compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
+    assert [stats for _, stats in outputs] == plan.restore(direct.passage_stats())
+    assert compressed.passages == list(reversed(passages))  # best last
+
+
+def test_passages_are_reused_by_key_only_for_the_same_question_config_and_history(handle: CompressorHandle) -> None:
+    allocation = PassageAllocation()
+    compressed = handle.compress_passages([as_passage(t) for t in PASSAGES], QUESTION, CONFIG, allocation)
+    tagged = [as_passage(text, {CACHE_KEY: compressed.cache_key}) for text in PASSAGES]
+    reused = handle.passages_context(tagged, QUESTION, CONFIG.replace(progress=True), allocation)
+    assert reused.reused and reused.compressed is compressed
+    assert reused.info[CACHE_KEY] == compressed.cache_key and reused.info["finch_reused"]
+    for other in (
+        handle.passages_context(tagged, QUESTION, CONFIG.replace(target_tokens=8), allocation),
+        handle.passages_context(tagged[:3], QUESTION, CONFIG, allocation),
+        handle.passages_context(tagged, "Where does the fox live?", CONFIG, allocation),
+        handle.passages_context(tagged, QUESTION, CONFIG, allocation, [{"role": "user", "content": "Hi"}]),
+    ):
+        assert not other.reused and other.compressed is not compressed
+
+
+def test_a_prompt_naming_a_key_is_answered_from_the_store_only_with_the_same_budget(handle: CompressorHandle) -> None:
+    """`FinchLLM(target_tokens=8)` used to answer from a 16-entry compression named in its prompt."""
+    allocation = PassageAllocation()
+    compressed = handle.compress_passages([as_passage(t) for t in PASSAGES], QUESTION, CONFIG, allocation)
+    context = "\n\n".join(f"[{compressed.cache_key}] {text}" for text in PASSAGES)
+    same = handle.prompt_context(context, QUESTION, CONFIG, allocation, count_keys=True)
+    assert same.reused and same.compressed is compressed
+    smaller = handle.prompt_context(context, QUESTION, CONFIG.replace(target_tokens=8), allocation, count_keys=False)
+    assert not smaller.reused and smaller.compressed is not None and smaller.compressed.kept_tokens == 8
+    assert compressed.cache_key not in smaller.compressed.context_text  # keys are removed before compressing
+    split = handle.prompt_context(context.split("\n\n", 1)[1], QUESTION, CONFIG, allocation, count_keys=True)
+    assert not split.reused  # three of four nodes: a synthesizer split them over several prompts
+    with pytest.raises(ValueError, match="context is empty"):
+        handle.prompt_context(f" {compressed.cache_key} ", "Other?", CONFIG, allocation, count_keys=False)
+
+
+def test_handle_loads_lazily_and_checks_its_arguments() -> None:
+    handle = CompressorHandle(model_name="not-loaded")
+    assert handle.loaded is None and handle.config({"target_tokens": 5}).target_tokens == 5
+    with pytest.raises(TypeError, match="FinchCompressor"):
+        CompressorHandle(compressor=object())
+
+
+# ------------------------------------------------------------------------------------------ plain generation
+def test_generate_ids_is_plain_greedy_decoding(compressor: FinchCompressor, tiny_tokenizer: Any) -> None:
+    ids = chat_prompt_ids(tiny_tokenizer, [{"role": "user", "content": QUESTION}])
+    assert tiny_tokenizer.decode(ids) == f"<bos><|user|>\n{QUESTION}<|end|>\n<|assistant|>\n"
+    text = compressor.generate_ids(ids, max_new_tokens=6)
+    reference = compressor.model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=6,
+        do_sample=False,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    assert text == tiny_tokenizer.decode(reference[0, len(ids) :], skip_special_tokens=True)
+    assert "".join(compressor.stream_ids(ids, max_new_tokens=6)) == text
+    # The same answer the old fake compression (B = n - 1, nothing evicted) gave, without compressing.
+    fake = compressor.compress_ids(
+        ids[:-1], ids[-1:], config=CONFIG.replace(target_tokens=len(ids) - 1, chunk_size=None)
+    )
+    assert compressor.generate(fake, max_new_tokens=6) == text
+    if len(text) > 2:
+        assert compressor.generate_ids(ids, max_new_tokens=6, stop=[text[1:3]]) == text[:1]
+    sampled = [compressor.generate_ids(ids, 6, temperature=1.0, seed=7) for _ in range(2)]
+    assert sampled[0] == sampled[1]
+    with pytest.raises(ValueError, match="window of 512"):
+        compressor.generate_ids(ids, max_new_tokens=512)
+    with pytest.raises(ValueError, match="prompt_ids is empty"):
+        compressor.generate_ids([], max_new_tokens=2)
+
+
+def test_prepared_answers(compressor: FinchCompressor, tiny_tokenizer: Any) -> None:
+    ids = plain_prompt_ids(tiny_tokenizer, QUESTION)
+    plain = Prepared(prompt_ids=ids)
+    sampling = Options(max_new_tokens=4).sampling({})
+    assert plain.text(compressor, sampling) == compressor.generate_ids(ids, 4)
+    assert plain.info == {
+        CACHE_KEY: None,
+        "finch_reused": False,
+        "original_tokens": len(ids),
+        "kept_tokens": len(ids),
+        "compression_factor": 1.0,
+        "num_chunks": 0,
+    }
+    fixed = Prepared(answer="No context. Sorry.")
+    assert fixed.text(compressor, {**sampling, "stop": ["."]}) == "No context"
+    assert fixed.info == {CACHE_KEY: None, "finch_reused": False}
+    assert plain_prompt_ids(tiny_tokenizer, "<|user|>x", formatted=True)[0] == 5  # the caller's markup is markup
+    assert 5 not in plain_prompt_ids(tiny_tokenizer, "<|user|>x")[2:]  # ... and the user's text is text
