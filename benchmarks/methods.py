@@ -15,39 +15,31 @@ Presets (`PRESETS`):
   ``FinchPress`` keeps;
 - ``finch_global``: the default config over passages in retrieval order (plain FINCH, no allocation);
 - controls ``random``, ``recency`` (the last ``B``) and ``first`` (the first ``B``): ``selection`` set to that
-  rule, a fixed choice in place of attention in the same chunk loop;
+  rule, the library's control policy (`finch_rag.compression.selection.ControlSelection`), a fixed choice in
+  place of attention in the same chunk loop; ``random`` keeps the set of `RandomSelection`'s seed 0;
 - baselines that are not a compression: ``full`` (no compression, where the whole prompt fits the model's
   window) and ``truncation`` (top-k truncation: passages in retrieval order until ``B`` tokens, the last one
   cut).
 
 ``packing`` (the one key that is not a `FinchConfig` field) says how retrieved passages (best first) are laid
-out: ``"best_last"`` is what `FinchRAG`'s default allocation does (`finch_rag.allocation.pack_best_last`),
-``"rank"`` keeps the retriever's order. Suites without a ranking (one passage, a needle haystack) ignore it.
+out, through the library's `PassageAllocation` (`allocation_of`): ``"best_last"`` is `FinchRAG`'s default
+``retrieval_weighted`` allocation, ``"rank"`` its ``"global"`` one, the retriever's order. Suites without a
+ranking (one passage, a needle haystack) ignore it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from transformers import DynamicCache
-
-from finch_rag import CompressedContext, FinchCompressor, FinchConfig
-from finch_rag._locks import model_lock
-from finch_rag.compression.cache import attention_layer, decoder_of, layer_tensors
-from finch_rag.compression.chunking import chunk_bounds
-from finch_rag.compression.loop import CompressedCache
-from finch_rag.compression.rotation import KeyRotation
-from finch_rag.prompts import Passage, as_passages, build_prompt
+from finch_rag import FinchConfig, PassageAllocation, RankWeighting
 
 PACKINGS = ("best_last", "rank")
 KINDS = ("finch", "full", "truncation")
 CONTROLS = ("random", "recency", "first")
-"""``selection`` values that are a fixed rule instead of attention (benchmark controls)."""
+"""``selection`` values that are a fixed rule instead of attention: the library's benchmark-control policies."""
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinchConfig))
 
 
@@ -188,124 +180,19 @@ def method_config(
     if (ratio is None) == (target_tokens is None):
         raise ValueError("Give exactly one of ratio and target_tokens.")
     options = dict(method.options)
-    if method.control is not None:
-        del options["selection"]  # the rule runs in `control_context` until the loop takes it as a policy
     if options.get("score_layers") == "lower":
         options["score_layers"] = tuple(range(num_layers // 2))
     budget: dict[str, Any] = {"compression_ratio": ratio} if ratio is not None else {"target_tokens": target_tokens}
     return base.replace(progress=False, **budget, **options)
 
 
-def compress_with(
-    compressor: FinchCompressor,
-    method: Method,
-    passages: Sequence[str | Passage],
-    question: str,
-    config: FinchConfig,
-    seed: int = 0,
-) -> CompressedContext:
-    """``method``'s compression of ``passages`` for ``question`` under ``config`` (from `method_config`)."""
-    if method.control is not None:
-        return control_context(compressor, passages, question, method.control, config, seed)
-    return compressor.compress(passages, question, config=config)
+def allocation_of(method: Method, config: FinchConfig) -> PassageAllocation:
+    """How ``method`` lays out ranked passages, as the library's `PassageAllocation`.
 
-
-# ---------------------------------------------------------------- controls
-def control_context(
-    compressor: FinchCompressor,
-    passages: Sequence[str | Passage],
-    question: str,
-    rule: str,
-    config: FinchConfig,
-    seed: int = 0,
-) -> CompressedContext:
-    """A `CompressedContext` whose kept positions follow a fixed ``rule`` instead of attention.
-
-    ``rule`` is ``"random"`` (a uniformly random set of ``B`` positions, fixed by ``seed``), ``"recency"``
-    (the last ``B``) or ``"first"`` (the first ``B``). The rule fixes the final set up front; the context
-    is then read in chunks of ``config.chunk_size`` like FINCH, and after each chunk every entry outside
-    that set is evicted and the survivors are re-rotated to contiguous positions. So the controls keep
-    exactly the rule's ``B`` entries, their cache never holds more than ``|P| + B + S`` entries (FINCH's
-    bound), and later chunks are read over an already-evicted cache, as with FINCH. Unlike FINCH there is
-    no per-step budget ``B_t``: a fixed rule has nothing to gain from re-competing, and with ``B_t`` the
-    early chunks could not keep their share of the first ``B`` tokens.
+    ``packing="best_last"``: `FinchRAG`'s default ``"retrieval_weighted"`` allocation (best passage last, no rank
+    factor) keeping ``config``'s granularity, so that ``finch`` stays token-level and ``finch_rag`` is exactly
+    ``PassageAllocation()``. ``packing="rank"``: plain FINCH's ``"global"`` allocation.
     """
-    if rule not in ("random", "recency", "first"):
-        raise ValueError(f"rule must be 'random', 'recency' or 'first', got {rule!r}.")
-    model, tokenizer = compressor.model, compressor.tokenizer
-    items = as_passages(list(passages))
-    parts = build_prompt(
-        tokenizer, items, question, chat_template=config.chat_template, system_prompt=config.system_prompt
-    )
-    n = len(parts.context_ids)
-    budget = config.budget(n)
-    if rule == "random":
-        final = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:budget]
-    elif rule == "recency":
-        final = torch.arange(n - budget, n)
-    else:
-        final = torch.arange(budget)
-    in_final = torch.zeros(n, dtype=torch.bool)
-    in_final[final] = True
-    device = compressor.device
-    rotation = KeyRotation.from_model(model)
-    decoder = decoder_of(model)
-    context_ids = torch.tensor([parts.context_ids], device=device)
-    bounds = chunk_bounds(n, config.chunk_size, parts.passage_token_starts)
-    started = time.perf_counter()
-    cache = DynamicCache()
-    kept = torch.zeros(0, dtype=torch.long)
-    peak = 0
-    with model_lock(model), torch.inference_mode():
-        if parts.prefix_ids:
-            decoder(input_ids=torch.tensor([parts.prefix_ids], device=device), past_key_values=cache, use_cache=True)
-        prefix_length = len(parts.prefix_ids)
-        for start, end in bounds:
-            decoder(input_ids=context_ids[:, start:end], past_key_values=cache, use_cache=True)
-            peak = max(peak, cache.get_seq_length())
-            candidates = torch.cat((kept, torch.arange(start, end)))
-            chosen = in_final[candidates].nonzero().flatten()
-            kept = candidates[chosen]
-            if chosen.shape[0] < candidates.shape[0]:
-                for layer in range(len(cache.layers)):
-                    _pack_layer(cache, layer, chosen.to(device), prefix_length, rotation)
-    layer_kv = [layer_tensors(cache, layer) for layer in range(len(cache.layers))]
-    keys, values = [kv[0] for kv in layer_kv], [kv[1] for kv in layer_kv]
-    return CompressedContext(
-        cache=CompressedCache(
-            keys=keys,
-            values=values,
-            prefix_length=prefix_length,
-            kept_positions=[kept.to(device).expand(layer_keys.shape[1], -1) for layer_keys in keys],
-            kept_scores=None,
-            peak_kv_entries=peak,
-            num_chunks=len(bounds),
-            seconds=time.perf_counter() - started,
-        ),
-        prefix_ids=torch.tensor(parts.prefix_ids, dtype=torch.long),
-        context_ids=torch.tensor(parts.context_ids, dtype=torch.long),
-        question_ids=torch.tensor(parts.question_ids, dtype=torch.long),
-        suffix_ids=torch.tensor(parts.suffix_ids, dtype=torch.long),
-        config=config,
-        tokenizer=tokenizer,
-        model_name=compressor.model_name,
-        question=question,
-        passages=items,
-        context_text=parts.context_text,
-        token_offsets=parts.token_offsets,
-        passage_text_spans=parts.passage_text_spans,
-        passage_token_starts=parts.passage_token_starts,
-    )
-
-
-def _pack_layer(
-    cache: DynamicCache, layer: int, chosen: torch.Tensor, prefix_length: int, rotation: KeyRotation
-) -> None:
-    """Keep the prefix and the ``chosen`` candidates (ascending), re-rotated to contiguous positions."""
-    keys, values = layer_tensors(cache, layer)
-    index = chosen + prefix_length
-    shift = torch.arange(chosen.shape[0], device=chosen.device) - chosen
-    kept_keys = rotation.rerotate(layer, keys.index_select(2, index), shift)
-    entry = attention_layer(cache, layer)
-    entry.keys = torch.cat((keys[:, :, :prefix_length], kept_keys), dim=2)
-    entry.values = torch.cat((values[:, :, :prefix_length], values.index_select(2, index)), dim=2)
+    if method.packing == "rank":
+        return PassageAllocation("global")
+    return PassageAllocation(weighting=RankWeighting(granularity=config.granularity))

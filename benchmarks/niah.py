@@ -55,7 +55,7 @@ from .common import (
     markdown_table,
     write_json,
 )
-from .methods import METHOD_GROUPS, PRESETS, Method, compress_with, expand_methods, method_config, parse_method
+from .methods import METHOD_GROUPS, PRESETS, Method, expand_methods, method_config, parse_method
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def run_niah(
     limit : int, optional
         Use only the first ``limit`` needles.
     seed : int
-        Seeds torch and the ``random`` control.
+        Seeds torch (the ``random`` control keeps `RandomSelection`'s own seed-0 set).
     progress : bool
         A tqdm bar over cases.
     data : path, optional
@@ -351,7 +351,7 @@ def run_niah(
                 continue
         started = time.perf_counter()
         try:
-            compressed = compress_with(compressor, method, passages, needle.question, config, seed)
+            compressed = compressor.compress(passages, needle.question, config=config)
         except ValueError as error:  # e.g. the full context does not fit the window
             record.update(skipped=str(error))
             _finish(record, records, journal_path, on_record)

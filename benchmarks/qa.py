@@ -42,7 +42,6 @@ from typing import Any
 import torch
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
-from finch_rag.allocation import pack_best_last
 from finch_rag.prompts import PromptParts, build_prompt
 
 from .common import (
@@ -54,7 +53,7 @@ from .common import (
     markdown_table,
     write_json,
 )
-from .methods import Method, compress_with, expand_methods, method_config
+from .methods import Method, allocation_of, expand_methods, method_config
 
 SUITES = ("squad", "rag-squad", "hotpotqa")
 SQUAD_FILE = "squad-v1.1-dev-part.json"
@@ -251,14 +250,6 @@ def budget_of(label: str, context_tokens: int) -> int:
 
 
 # ---------------------------------------------------------------------- runs
-def _packed(example: Example, method: Method) -> tuple[list[Passage], list[Span]]:
-    """The method's passage order and the evidence spans re-indexed to it."""
-    if method.packing == "best_last" and len(example.passages) > 1:
-        last = len(example.passages) - 1
-        return pack_best_last(example.passages), [(last - p, s, e) for p, s, e in example.evidence]
-    return list(example.passages), list(example.evidence)
-
-
 def _truncated(parts: PromptParts, passages: Sequence[Passage], budget: int) -> list[Passage]:
     """Passages in order until ``budget`` context tokens, the last one cut at a token boundary.
 
@@ -298,7 +289,6 @@ def run_example(
     *,
     max_new_tokens: int = 32,
     answer: bool = True,
-    seed: int = 0,
     skip: Callable[[str, str], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """One record per (method, budget) for ``example``; ``full`` gives one record with budget ``"full"``.
@@ -328,13 +318,12 @@ def run_example(
     contexts: list[CompressedContext] = []
     for method in methods:
         labels = ["full"] if method.kind == "full" else list(budgets)
-        packed_passages, spans = _packed(example, method)
         for label in labels:
             if skip is not None and skip(method.name, label):
                 continue
             budget = n if label == "full" else budget_of(label, n)
             record = common | {"method": method.name, "budget": label, "B": budget, "factor": n / budget}
-            passages = packed_passages
+            passages = list(example.passages)
             started = time.perf_counter()
             if method.kind in ("full", "truncation"):
                 if method.kind == "truncation" and budget < n:
@@ -350,8 +339,12 @@ def run_example(
                 record |= _evidence_metrics(kept, None, masks)
             else:
                 config = method_config(base, method, num_layers, target_tokens=budget)
-                compressed = compress_with(compressor, method, passages, example.question, config, seed)
-                masks = [compressed.span_tokens([span]) for span in spans]
+                plan = allocation_of(method, config).plan(passages, config)
+                compressed = compressor.compress(
+                    plan.packed, example.question, config=plan.config, passage_weights=plan.passage_weights
+                )
+                packed_index = {ranked: packed for packed, ranked in enumerate(plan.order)}
+                masks = [compressed.span_tokens([(packed_index[p], s, e)]) for p, s, e in example.evidence]
                 record |= _evidence_metrics(compressed.kept_mask(), compressed.kept_per_layer(), masks)
             record["compress_s"] = round(time.perf_counter() - started, 4)
             record["kept_tokens"] = compressed.kept_tokens
@@ -416,7 +409,6 @@ def run_suite(
             budgets,
             max_new_tokens=max_new_tokens,
             answer=answer,
-            seed=seed,
             skip=already_done,
         )
         if journal_path is not None and fresh:

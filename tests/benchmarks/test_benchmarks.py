@@ -115,6 +115,26 @@ def test_retention_is_counted_on_each_methods_own_packing(compressor, example):
     assert first["retention"] == pytest.approx(float((torch.arange(len(evidence)) < budget)[evidence].float().mean()))
 
 
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_controls_keep_what_their_rule_says(compressor, chunk_size):
+    """The presets run the library's control policies in the real loop: the last B, the first B, a seeded random B."""
+    from benchmarks.methods import PRESETS, method_config
+
+    budget = 9
+    kept = {}
+    for rule in ("recency", "first", "random"):
+        config = method_config(compressor.config, PRESETS[rule], 2, target_tokens=budget).replace(chunk_size=chunk_size)
+        assert config.selection == rule
+        compressed = compressor.compress(PASSAGES, QUESTION, config=config)
+        kept[rule] = compressed.kept_positions[0][0].cpu()
+        assert all(torch.equal(layer.cpu(), kept[rule].expand_as(layer)) for layer in compressed.kept_positions)
+    n = compressed.original_tokens
+    assert torch.equal(kept["recency"], torch.arange(n - budget, n))
+    assert torch.equal(kept["first"], torch.arange(budget))
+    expected = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:budget].sort().values
+    assert torch.equal(kept["random"], expected), "the same set as the harness's former control_context (seed 0)"
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_results_for_every_suite(tmp_path):
     """`make test`'s one-minute smoke of `python -m benchmarks quick` on the real model and data."""
