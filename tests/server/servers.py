@@ -25,7 +25,9 @@ DOCUMENTS = [
     "The Tarrowen lighthouse was built in 1887 by the engineer Ada Quill.",
     "Bananas are yellow fruits that grow in bunches in warm places.",
 ]
-QUESTION = "Who built the Tarrowen lighthouse?"
+QUESTION = "Which town is the capital of Tarrowen?"
+ANSWER = "Velmora"
+OPTIONS = {"target_tokens": 24}  # the `finch` field: 24 of the 60 context tokens kept
 TIMEOUT = 120.0  # seconds per HTTP call: every wait in these tests is bounded
 
 
@@ -51,7 +53,8 @@ def chat_body(**extra: Any) -> dict[str, Any]:
     return {
         "messages": [{"role": "user", "content": QUESTION}],
         "documents": DOCUMENTS,
-        "max_tokens": 8,
+        "finch": OPTIONS,
+        "max_tokens": 10,
         "temperature": 0,
         **extra,
     }
