@@ -1,0 +1,97 @@
+"""The options every langchain-finch class shares (`finch_rag.frontends`), on the repository's tiny random model.
+
+Fast: a 2-layer model and a 120-token tokenizer built in memory (``tests/conftest.py`` of finch-rag), no download.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+
+from langchain_finch import CACHE_KEY, FinchDocumentCompressor, FinchLLM
+
+WEIGHTING = RankWeighting(tau=1e-3, floor=0.0, reverse_packing=False)  # the top passage takes all
+
+
+def _tiny() -> Any:
+    """finch-rag's ``tests/conftest.py``, whose builders make the tiny model and tokenizer."""
+    spec = importlib.util.spec_from_file_location("finch_tiny", Path(__file__).parents[3] / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+TINY = _tiny()
+DOCUMENTS = [
+    Document(page_content=text, metadata={"title": f"T{i}"}, id=str(i)) for i, text in enumerate(TINY.PASSAGES)
+]
+
+
+class FixedRetriever(BaseRetriever):
+    documents: list[Document]
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return self.documents
+
+
+@pytest.fixture(scope="module")
+def tiny() -> FinchCompressor:
+    config = FinchConfig(target_tokens=16, chunk_size=32, progress=False)
+    return FinchCompressor(TINY.build_tiny_model("llama"), TINY.build_tiny_tokenizer(), config)
+
+
+def expected(compressor: FinchCompressor, weighting: RankWeighting) -> list[list[list[int]]]:
+    """Kept positions of `FinchRAG.answer_from` on the same passages: what the allocation must give."""
+    passages = [Passage(d.page_content, d.metadata["title"], d.metadata) for d in DOCUMENTS]
+    answer = FinchRAG(compressor=compressor, weighting=weighting, max_new_tokens=1).answer_from(TINY.QUESTION, passages)
+    assert answer.compressed is not None
+    return [positions.tolist() for positions in answer.compressed.kept_positions]
+
+
+def test_a_users_weighting_reaches_the_kept_positions(tiny: FinchCompressor) -> None:
+    """The integrations used to build their own RankWeighting() and never apply its weights."""
+    out = FinchDocumentCompressor(compressor=tiny, weighting=WEIGHTING).compress_documents(DOCUMENTS, TINY.QUESTION)
+    stored = tiny.store.get(out[0].metadata[CACHE_KEY])
+    kept = [positions.tolist() for positions in stored.kept_positions]
+    assert kept == expected(tiny, WEIGHTING) != expected(tiny, RankWeighting())
+
+    llm = FinchLLM(
+        compressor=tiny, retriever=FixedRetriever(documents=DOCUMENTS), weighting=WEIGHTING, max_new_tokens=2
+    )
+    info = llm.generate([TINY.QUESTION]).generations[0][0].generation_info
+    assert not info["finch_reused"]  # the retriever's documents carry no key: the LLM compresses them itself
+    assert [positions.tolist() for positions in tiny.store.get(info[CACHE_KEY]).kept_positions] == kept
+    plain = FinchLLM(compressor=tiny, retriever=FixedRetriever(documents=DOCUMENTS), allocation="global")
+    fresh = tiny.store.get(plain.generate([TINY.QUESTION]).generations[0][0].generation_info[CACHE_KEY])
+    assert fresh.config.granularity == "token" and [p.text for p in fresh.passages] == [
+        d.page_content for d in DOCUMENTS
+    ]
+
+
+def test_chunk_size_none_is_a_single_pass(tiny: FinchCompressor) -> None:
+    """``chunk_size=None`` used to be dropped, so 512 (here the compressor's 32) was used."""
+    assert FinchLLM(chunk_size=None).config.chunk_size is None
+    assert FinchDocumentCompressor(chunk_size=None).config.chunk_size is None
+    out = FinchDocumentCompressor(compressor=tiny, chunk_size=None).compress_documents(DOCUMENTS, TINY.QUESTION)
+    assert tiny.store.get(out[0].metadata[CACHE_KEY]).cache.num_chunks == 1
+    chunked = FinchDocumentCompressor(compressor=tiny).compress_documents(DOCUMENTS, TINY.QUESTION)
+    assert tiny.store.get(chunked[0].metadata[CACHE_KEY]).cache.num_chunks > 1
+
+
+def test_an_llm_with_another_budget_does_not_reuse_a_stored_compression(tiny: FinchCompressor) -> None:
+    """`ContextStore.find` ignored the config: an LLM asking for 8 entries reused a 16-entry compression."""
+    docs = FinchDocumentCompressor(compressor=tiny).compress_documents(DOCUMENTS, TINY.QUESTION)
+    context = "\n\n".join(f"[{d.metadata[CACHE_KEY]}] {d.page_content}" for d in docs)
+    prompt = f"Context:\n{context}\n\nQuestion: {TINY.QUESTION}\nAnswer:"
+    same = FinchLLM(compressor=tiny, max_new_tokens=2).generate([prompt]).generations[0][0].generation_info
+    assert same["finch_reused"] and same["kept_tokens"] == 16
+    smaller = FinchLLM(compressor=tiny, target_tokens=8, max_new_tokens=2).generate([prompt])
+    info = smaller.generations[0][0].generation_info
+    assert not info["finch_reused"] and info["kept_tokens"] == 8

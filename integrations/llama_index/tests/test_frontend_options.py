@@ -1,0 +1,92 @@
+"""The options every llama-index-finch class shares (`finch_rag.frontends`), on the repository's tiny random model.
+
+Fast: a 2-layer model and a 120-token tokenizer built in memory (``tests/conftest.py`` of finch-rag), no download.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting
+from finch_rag.frontends import chat_prompt_ids
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
+from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
+
+from llama_index.llms.finch import FinchLLM
+from llama_index.postprocessor.finch import CACHE_KEY, FinchNodePostprocessor
+
+WEIGHTING = RankWeighting(tau=1e-3, floor=0.0, reverse_packing=False)  # the top passage takes all
+
+
+def _tiny() -> Any:
+    """finch-rag's ``tests/conftest.py``, whose builders make the tiny model and tokenizer."""
+    spec = importlib.util.spec_from_file_location("finch_tiny", Path(__file__).parents[3] / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+TINY = _tiny()
+NODES = [
+    NodeWithScore(node=TextNode(text=text, metadata={"title": f"T{i}"}, id_=str(i)), score=1.0 - i / 10)
+    for i, text in enumerate(TINY.PASSAGES)
+]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> FinchCompressor:
+    config = FinchConfig(target_tokens=16, chunk_size=32, progress=False)
+    return FinchCompressor(TINY.build_tiny_model("llama"), TINY.build_tiny_tokenizer(), config)
+
+
+def expected(compressor: FinchCompressor, weighting: RankWeighting) -> list[list[list[int]]]:
+    """Kept positions of `FinchRAG.answer_from` on the same passages: what the allocation must give."""
+    passages = [Passage(n.node.get_content(), n.node.metadata["title"]) for n in NODES]
+    answer = FinchRAG(compressor=compressor, weighting=weighting, max_new_tokens=1).answer_from(TINY.QUESTION, passages)
+    assert answer.compressed is not None
+    return [positions.tolist() for positions in answer.compressed.kept_positions]
+
+
+def test_a_users_weighting_reaches_the_kept_positions(tiny: FinchCompressor) -> None:
+    """The postprocessor used to build its own RankWeighting() and never apply its weights."""
+    processor = FinchNodePostprocessor(compressor=tiny, weighting=WEIGHTING)
+    out = processor.postprocess_nodes(NODES, query_str=TINY.QUESTION)
+    stored = tiny.store.get(out[0].node.metadata[CACHE_KEY])
+    kept = [positions.tolist() for positions in stored.kept_positions]
+    assert kept == expected(tiny, WEIGHTING) != expected(tiny, RankWeighting())
+    # The LLM answers a query engine's prompt over those nodes from the store when its options match.
+    context = "\n\n".join(n.node.get_content(metadata_mode=MetadataMode.LLM) for n in out)
+    prompt = DEFAULT_TEXT_QA_PROMPT.format(context_str=context, query_str=TINY.QUESTION)
+    same = FinchLLM(compressor=tiny, weighting=WEIGHTING, max_new_tokens=2).complete(prompt).additional_kwargs
+    assert same["finch_reused"] and same[CACHE_KEY] == stored.cache_key
+    other = FinchLLM(compressor=tiny, target_tokens=8, max_new_tokens=2).complete(prompt).additional_kwargs
+    assert not other["finch_reused"] and other["kept_tokens"] == 8
+
+
+def test_chunk_size_none_is_a_single_pass(tiny: FinchCompressor) -> None:
+    """``chunk_size=None`` used to be dropped, so 512 (here the compressor's 32) was used."""
+    assert FinchLLM(chunk_size=None).config.chunk_size is None
+    assert FinchNodePostprocessor(chunk_size=None).config.chunk_size is None
+    out = FinchNodePostprocessor(compressor=tiny, chunk_size=None).postprocess_nodes(NODES, query_str=TINY.QUESTION)
+    assert tiny.store.get(out[0].node.metadata[CACHE_KEY]).cache.num_chunks == 1
+
+
+def test_plain_chat_is_plain_generation(tiny: FinchCompressor) -> None:
+    """No fake "compression with B = n - 1": the conversation goes to `FinchCompressor.generate_ids`."""
+    llm = FinchLLM(compressor=tiny, max_new_tokens=4)
+    messages = [
+        ChatMessage(role=MessageRole.SYSTEM, content="Be brief."),
+        ChatMessage(role=MessageRole.USER, content="Hi"),
+    ]
+    reply = llm.chat(messages)
+    ids = chat_prompt_ids(
+        tiny.tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    )
+    assert reply.message.content == tiny.generate_ids(ids, 4)
+    assert reply.additional_kwargs["kept_tokens"] == reply.additional_kwargs["original_tokens"] == len(ids)
+    assert reply.additional_kwargs[CACHE_KEY] is None
+    assert "".join(r.delta for r in llm.stream_chat(messages)) == reply.message.content
