@@ -1,10 +1,14 @@
 """Question-row attention, computed beside the model's own fast attention.
 
-The model keeps running SDPA (or flash attention): we register, under a new key of transformers'
-`AttentionInterface`, a function that first computes the softmax of the last ``m`` query rows (the
-question) over every key, exactly as the layer's own softmax would (scaling, causal and sliding-window
-mask, soft-capping), reduces it to one score per context column, and then calls the original attention
-function unchanged. Only ``m`` rows are ever materialised: no ``output_attentions``, no eager attention.
+The model keeps running its fast attention: we register, under a new key of transformers'
+`AttentionInterface` (and its mask function under the same key of `AttentionMaskInterface`), a function
+that first computes the softmax of the last ``m`` query rows (the question) over every key, exactly as the
+layer's own softmax would (scaling, causal and sliding-window mask, padding, soft-capping), reduces it to
+one score per context column, and then calls the original attention function unchanged. Only ``m`` rows
+are ever materialised: no ``output_attentions``, no eager attention. Models loaded with flash (or flex)
+attention compress on SDPA's twin, because transformers' flash wrapper finds its kernel by the
+implementation's name; they decode on their own implementation. The capture reads SDPA's 4-D masks and
+flash-style 2-D padding masks alike.
 
 The per-call state travels as a forward keyword argument (``finch_capture``) that transformers passes
 through to every attention call, so nothing is stored on the model or in globals and concurrent calls on
@@ -83,7 +87,10 @@ def question_row_scores(
     key : torch.Tensor
         ``[batch, num_kv_heads, k_len, head_dim]``, the whole cache including this step's tokens.
     attention_mask : torch.Tensor, optional
-        The 4D mask the layer received (bool, or additive float), or ``None`` for plain causal.
+        The mask the layer received: SDPA's 4-D mask (bool, or additive float); flash attention's 2-D
+        ``[batch, >= k_len]`` padding mask (true or 1 for real tokens, its last ``k_len`` columns are this
+        layer's keys), to which the causal and sliding-window masks are added here; or ``None`` for plain
+        causal (and sliding-window) attention.
 
     Returns
     -------
@@ -120,9 +127,17 @@ def question_row_scores(
         logits = logits + additive.unsqueeze(2)  # [b, 1 or kvh, 1, m, k] broadcasts over the group axis
     else:
         columns = torch.arange(k_len, device=key.device)
-        visible = columns[None, None, :] <= row_positions[:, :, None]
+        visible = columns[None, None, :] <= row_positions[:, :, None]  # [b, m, k]
         if sliding_window is not None:
             visible &= columns[None, None, :] > row_positions[:, :, None] - sliding_window
+        if attention_mask is not None:
+            # Flash attention's padding mask: padded columns are invisible to every row.
+            if attention_mask.dim() != 2 or attention_mask.shape[-1] < k_len:
+                raise ValueError(
+                    f"Expected a 4-D attention mask or a 2-D padding mask of at least {k_len} columns, got shape "
+                    f"{tuple(attention_mask.shape)}."
+                )
+            visible &= attention_mask[:, None, -k_len:].to(device=key.device, dtype=torch.bool)
         logits = logits.masked_fill(~visible[:, None, None], float("-inf"))
 
     weights = torch.softmax(logits, dim=-1)
@@ -195,12 +210,24 @@ def _register(base_implementation: str) -> str:
     return key
 
 
+def _compression_base(implementation: str) -> str:
+    """The implementation the capture wraps: the model's own, except SDPA for flash and flex attention.
+
+    transformers' flash-attention wrapper chooses its kernel by the config's implementation name, so under
+    our renamed key it would look for a kernel of that name (a hub download) and fail; flex attention's
+    block masks cannot be read row by row. Those models compress on SDPA (the same attention, exactly)
+    and decode on their own implementation.
+    """
+    return "sdpa" if "flash" in implementation or implementation == "flex_attention" else implementation
+
+
 @contextlib.contextmanager
 def capturing_attention(model: PreTrainedModel) -> Iterator[None]:
     """Within the block, ``model`` fills a `QuestionAttentionCapture` passed as ``finch_capture=``.
 
     The attention implementation is switched to its capturing twin and switched back on exit, even on
     error, so the caller's model is left as it was. Callers hold the model's lock for the whole block.
+    A flash- or flex-attention model runs the block on the twin of SDPA (see `_compression_base`).
     """
     config = model.config
     original = config._attn_implementation
@@ -210,7 +237,7 @@ def capturing_attention(model: PreTrainedModel) -> Iterator[None]:
             "Load the model with attn_implementation='sdpa'."
         )
     base = original[len(_KEY_PREFIX) :] if original.startswith(_KEY_PREFIX) else original
-    key = _register(base)
+    key = _register(_compression_base(base))
     config._attn_implementation = key
     try:
         yield

@@ -157,44 +157,49 @@ def compress_batch(
             'FinchCompressor.compress finds them in the text; with raw token ids use granularity="token".'
         )
 
-    states = []
-    for index, request in enumerate(requests):
-        context_length = request.context_ids.shape[1]
-        state = _RequestState(
-            request=request,
-            index=index,
-            budget=config.budget(context_length),
-            bounds=chunk_bounds(context_length, config.chunk_size, request.passage_starts),
-            keys=[],
-            values=[],
-        )
-        prefill_started = time.perf_counter()
-        _prefill(decoder, state, request.prefix_ids)
-        if context_length <= state.budget:
-            # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
-            for start, end in state.bounds:
-                _prefill(decoder, state, request.context_ids[:, start:end])
-            state.kept_count = context_length
-            state.next_chunk = len(state.bounds)
-        state.seconds += time.perf_counter() - prefill_started
-        states.append(state)
-
-    total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
-    progress = tqdm(
-        total=total_steps, desc="finch: compressing", unit="chunk", disable=not config.progress or total_steps < 2
-    )
+    # The whole compression, prefills included, runs under the capturing twin: a flash-attention model
+    # then compresses on SDPA throughout (see `attention.capturing_attention`).
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
-    with capture, progress:
-        while active := [state for state in states if not state.done]:
-            step_started = time.perf_counter()
-            _step(decoder, active, config, policy, num_layers, rotation, pad_token_id)
-            share = (time.perf_counter() - step_started) / len(active)
-            for state in active:
-                state.seconds += share
-            progress.update(len(active))
+    with capture:
+        states = [_start(decoder, request, index, config) for index, request in enumerate(requests)]
+        total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
+        progress = tqdm(
+            total=total_steps, desc="finch: compressing", unit="chunk", disable=not config.progress or total_steps < 2
+        )
+        with progress:
+            while active := [state for state in states if not state.done]:
+                step_started = time.perf_counter()
+                _step(decoder, active, config, policy, num_layers, rotation, pad_token_id)
+                share = (time.perf_counter() - step_started) / len(active)
+                for state in active:
+                    state.seconds += share
+                progress.update(len(active))
 
     overhead = max(time.perf_counter() - started - sum(state.seconds for state in states), 0.0)
     return [_result(state, state.seconds + overhead / len(states)) for state in states]
+
+
+def _start(decoder: torch.nn.Module, request: CompressionRequest, index: int, config: FinchConfig) -> _RequestState:
+    """A request's state after its prefix prefill; a context within budget is prefilled whole and is done."""
+    started = time.perf_counter()
+    context_length = request.context_ids.shape[1]
+    state = _RequestState(
+        request=request,
+        index=index,
+        budget=config.budget(context_length),
+        bounds=chunk_bounds(context_length, config.chunk_size, request.passage_starts),
+        keys=[],
+        values=[],
+    )
+    _prefill(decoder, state, request.prefix_ids)
+    if context_length <= state.budget:
+        # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
+        for start, end in state.bounds:
+            _prefill(decoder, state, request.context_ids[:, start:end])
+        state.kept_count = context_length
+        state.next_chunk = len(state.bounds)
+    state.seconds = time.perf_counter() - started
+    return state
 
 
 def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Tensor) -> None:
