@@ -56,10 +56,11 @@ class FinchConfig:
         not applied. Needs text to find sentences (`FinchCompressor.compress`, not ``compress_ids``).
         `FinchRAG`'s default allocation uses it: see ``docs/results/allocation_study.md``. Not in the paper.
     score_layers : "upper_half", "all" or tuple of int
-        Layers whose scores vote in ``"shared"`` selection: the upper half of the layers (the default,
-        measured best in ``docs/results/selection_study.md``), all of them, or explicit indices (negative
-        ones count from the end). Sliding-window layers, whose question rows cannot see earlier survivors,
-        never vote unless named explicitly.
+        Layers whose scores vote in ``"shared"`` selection: the upper half of the layers (the default: it
+        kept as much of the needle as all layers or more, rows ``shared_s21_upper`` and ``shared_s21`` of
+        ``docs/results/niah_study_1500.md`` and ``docs/results/niah_study_4000.md``), all of them, or
+        explicit indices (negative ones count from the end). Sliding-window layers, whose question rows
+        cannot see earlier survivors, never vote unless named explicitly.
     chat_template : bool or None
         Wrap the prompt in the tokenizer's chat template. ``None`` uses it when the tokenizer has one.
     system_prompt : str, optional
