@@ -19,19 +19,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar, get_args
 
 from .config import GRANULARITIES, FinchConfig, Granularity
 
 T = TypeVar("T")
 U = TypeVar("U")
 
-RETRIEVAL_WEIGHTED = "retrieval_weighted"
-"""The default allocation: best passage last, whole sentences competing (see `RankWeighting`)."""
-GLOBAL = "global"
-"""Plain FINCH: passages in rank order, every token competing on question attention alone."""
 Allocation = Literal["global", "retrieval_weighted"]
-ALLOCATIONS: tuple[str, ...] = (GLOBAL, RETRIEVAL_WEIGHTED)
+"""The allocations, by name; `GLOBAL` and `RETRIEVAL_WEIGHTED` are the constants to write them with."""
+ALLOCATIONS: tuple[Allocation, ...] = get_args(Allocation)
+GLOBAL, RETRIEVAL_WEIGHTED = ALLOCATIONS
+"""``"retrieval_weighted"`` (the default): best passage last, whole sentences competing (see `RankWeighting`).
+``"global"``: plain FINCH, passages in rank order, every token competing on question attention alone."""
 
 
 @dataclass(frozen=True)

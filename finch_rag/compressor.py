@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -401,7 +401,7 @@ class FinchCompressor:
     ) -> list[int]:
         """``ids`` as a list, checked to be token ids this model has (an embedding row each)."""
         values = _as_ids(ids, name, allow_empty)
-        size = self.model.get_input_embeddings().num_embeddings
+        size = cast(torch.nn.Embedding, self.model.get_input_embeddings()).num_embeddings
         outside = [value for value in values if not 0 <= value < size]
         if outside:
             raise ValueError(

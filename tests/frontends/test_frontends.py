@@ -205,3 +205,33 @@ def test_prepared_answers(compressor: FinchCompressor, tiny_tokenizer: Any) -> N
     assert fixed.info == {CACHE_KEY: None, "finch_reused": False}
     assert plain_prompt_ids(tiny_tokenizer, "<|user|>x", formatted=True)[0] == 5  # the caller's markup is markup
     assert 5 not in plain_prompt_ids(tiny_tokenizer, "<|user|>x")[2:]  # ... and the user's text is text
+
+
+def test_in_thread_yields_as_produced_and_closes_early() -> None:
+    import asyncio
+    import threading
+
+    from finch_rag.frontends import in_thread
+
+    threads: list[str] = []
+    closed: list[bool] = []
+
+    def produce() -> Any:
+        try:
+            for item in range(5):
+                threads.append(threading.current_thread().name)
+                yield item
+        finally:
+            closed.append(True)
+
+    async def first_two() -> list[int]:
+        items = []
+        async for item in in_thread(produce()):
+            items.append(item)
+            if len(items) == 2:
+                break
+        return items
+
+    assert asyncio.run(first_two()) == [0, 1]
+    assert threading.main_thread().name not in threads  # produced in worker threads, not on the event loop
+    assert closed == [True]  # stopping early closed the producer (decoding stops)
