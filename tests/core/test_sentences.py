@@ -8,7 +8,7 @@ from conftest import PASSAGES, QUESTION
 
 from finch_rag import FinchCompressor, FinchConfig
 from finch_rag.compression.scoring import pool_spans
-from finch_rag.prompts import Passage, build_prompt
+from finch_rag.prompts import MAX_SENTENCE_TOKENS, Passage, build_prompt, cap_spans
 
 
 def _sentences(parts) -> list[str]:
@@ -33,6 +33,36 @@ def test_sentence_ids_follow_sentences_titles_and_passages(tiny_tokenizer):
         "The secret code is 4817.",
         "Bananas are yellow fruits that grow in bunches by the sea.",
     ]
+
+
+def test_closing_block_markup_ends_a_sentence(tiny_tokenizer):
+    """Tables and lists have no sentence punctuation: their rows, not the whole table, are the sentences."""
+    text = "<Table> <Tr> <Th> Starring </Th> <Td> Emma </Td> </Tr> <Tr> <Td> Alan </Td> </tr> </Table> <P> Hi . </P>"
+    parts = build_prompt(tiny_tokenizer, [Passage(text)], QUESTION)
+    assert [s.strip() for s in _sentences(parts)] == [
+        "<Table> <Tr> <Th> Starring </Th> <Td> Emma </Td> </Tr>",
+        "<Tr> <Td> Alan </Td> </tr>",
+        "</Table>",
+        "<P> Hi .",
+        "</P>",
+    ]
+
+
+def test_long_sentences_are_split_into_even_pieces(tiny_tokenizer):
+    parts = build_prompt(tiny_tokenizer, [Passage(" ".join(["word"] * 120)), Passage("Short one.")], QUESTION)
+    sizes = torch.bincount(parts.sentence_ids())
+    first = len(parts.context_ids) - int(sizes[-1])  # the tokens of the long passage (the short one is last)
+    pieces = -(-first // MAX_SENTENCE_TOKENS)
+    assert pieces > 1 and len(sizes) == pieces + 1
+    assert int(sizes[:-1].max()) <= MAX_SENTENCE_TOKENS and int(sizes[:-1].max() - sizes[:-1].min()) < pieces
+
+
+def test_cap_spans_relabels_only_long_spans():
+    ids = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2])
+    assert cap_spans(ids, 3).tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4, 5]
+    assert torch.equal(cap_spans(ids, 7), ids)
+    assert cap_spans(torch.tensor([4, 4, 9]), 1).tolist() == [0, 1, 2]
+    assert cap_spans(torch.zeros(0, dtype=torch.long), 3).numel() == 0
 
 
 def test_pool_spans_averages_each_span():
