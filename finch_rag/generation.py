@@ -10,7 +10,7 @@ from typing import cast
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from .compression.cache import stack_left_padded
+from .compression.cache import cache_kwargs, stack_left_padded
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def generate_token_ids(
     step_input = input_ids
     for step in range(params.max_new_tokens):
         with lock, torch.inference_mode():
-            logits = model(input_ids=step_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            logits = model(input_ids=step_input, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)).logits
         token = _pick(logits[0, -1], params, generator)
         if token in eos_ids:
             return
@@ -179,7 +179,9 @@ def generate_batch_texts(
 
     for row, (cache, answer_input) in enumerate(zip(caches, answer_inputs, strict=True)):
         with lock, torch.inference_mode():
-            logits = model(input_ids=answer_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            logits = model(
+                input_ids=answer_input, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)
+            ).logits
         accept(row, logits[0, -1])
 
     lengths = [cache.get_seq_length() for cache in caches]
@@ -201,7 +203,7 @@ def generate_batch_texts(
         with lock, torch.inference_mode():
             logits = model(
                 input_ids=torch.tensor(step_tokens, device=device).unsqueeze(1),
-                past_key_values=batch,
+                **cache_kwargs(model, batch),
                 attention_mask=attention_mask,
                 position_ids=next_positions.unsqueeze(1),
                 use_cache=True,
@@ -218,4 +220,3 @@ def generate_batch_texts(
         cut = _first_stop(text, params.stop, 0) if params.stop else None
         texts.append(text if cut is None else text[:cut])
     return texts
-

@@ -8,6 +8,7 @@ where a left-padded batch's attention mask puts its zeros.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -54,6 +55,30 @@ def all_layer_tensors(cache: DynamicCache) -> tuple[list[torch.Tensor], list[tor
 def decoder_of(model: PreTrainedModel) -> torch.nn.Module:
     """The base model without the LM head: compression needs no logits."""
     return model.get_decoder() if hasattr(model, "get_decoder") else model
+
+
+def cache_kwargs(module: torch.nn.Module, cache: DynamicCache) -> dict[str, DynamicCache]:
+    """``{name: cache}`` for ``module(..., **cache_kwargs(module, cache))``, under the name its forward takes.
+
+    Newer transformers 5.x call the argument ``cache`` and deprecate ``past_key_values``; earlier 5.x only
+    know ``past_key_values``. The name is read from the forward's signature, once per module class.
+    """
+    return {_cache_argument(type(module)): cache}
+
+
+_CACHE_ARGUMENTS: dict[type, str] = {}  # module class -> the keyword its forward takes the cache under
+
+
+def _cache_argument(module_type: type[torch.nn.Module]) -> str:
+    name = _CACHE_ARGUMENTS.get(module_type)
+    if name is None:
+        try:
+            parameters = inspect.signature(module_type.forward).parameters
+            name = "cache" if "cache" in parameters else "past_key_values"
+        except (TypeError, ValueError):  # no introspectable signature: the long-standing name
+            name = "past_key_values"
+        _CACHE_ARGUMENTS[module_type] = name  # the same answer whichever thread writes it first
+    return name
 
 
 def left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:

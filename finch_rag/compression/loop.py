@@ -32,7 +32,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from ..config import FinchConfig
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
-from .cache import all_layer_tensors, cache_over, decoder_of, layer_tensors, stack_left_padded
+from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
 from .cache import attention_layer as attention_layer  # re-exported until callers import from .cache
 from .chunking import chunk_bounds
 from .rotation import KeyRotation
@@ -207,7 +207,7 @@ def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Te
     if input_ids.shape[1] == 0:
         return
     cache = cache_over(state.keys, state.values)
-    decoder(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    decoder(input_ids=input_ids, use_cache=True, **cache_kwargs(decoder, cache))
     state.keys, state.values = all_layer_tensors(cache)
     state.peak = max(state.peak, cache.get_seq_length())
 
@@ -264,7 +264,7 @@ def _step(
         forward_kwargs[CAPTURE_KWARG] = capture
     if padded:
         forward_kwargs |= {"attention_mask": attention_mask, "position_ids": positions}
-    decoder(input_ids=input_ids, past_key_values=cache, use_cache=True, **forward_kwargs)
+    decoder(input_ids=input_ids, use_cache=True, **cache_kwargs(decoder, cache), **forward_kwargs)
     if capture is not None and len(capture.scores) != num_layers:
         raise NotImplementedError(
             f"{type(decoder).__name__}: question attention was captured for {len(capture.scores)} of {num_layers} "
