@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -76,6 +76,7 @@ __all__ = [
     "Prepared",
     "RankWeighting",
     "SamplingOptions",
+    "accumulate",
     "as_passage",
     "chat_context",
     "chat_prompt_ids",
@@ -182,6 +183,20 @@ def close(iterator: Iterator[Any]) -> None:
     closer = getattr(iterator, "close", None)
     if closer is not None:
         closer()
+
+
+def accumulate(pieces: Iterator[str], respond: Callable[[str, str], T]) -> Iterator[T]:
+    """``respond(text so far, new piece)`` for each decoded piece, as a framework's streamed responses.
+
+    Closing the result closes ``pieces`` (decoding stops when the consumer does).
+    """
+    text = ""
+    try:
+        for piece in pieces:
+            text += piece
+            yield respond(text, piece)
+    finally:
+        close(pieces)
 
 
 async def in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:

@@ -10,8 +10,8 @@ from finch_rag.frontends import (
     FinchOptions,
     Prepared,
     SamplingOptions,
+    accumulate,
     chat_prompt_ids,
-    close,
     encode_text,
     in_thread,
     plain_prompt_ids,
@@ -126,27 +126,19 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
 
     def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
         prepared = self._prepare_messages(messages)
-        message = ChatMessage(role=MessageRole.ASSISTANT, content=prepared.text(self.compressor, self.sampling(kwargs)))
-        return ChatResponse(message=message, additional_kwargs=prepared.info)
+        text = prepared.text(self.compressor, self.sampling(kwargs))
+        return ChatResponse(message=_reply(text), additional_kwargs=prepared.info)
 
     def _stream(self, prepared: Prepared, kwargs: dict[str, Any], chat: bool) -> Iterator[Any]:
-        """One response per decoded piece, with the text so far; decoding stops when the consumer does."""
-        pieces = prepared.stream(self.compressor, self.sampling(kwargs))  # options checked now, not on first read
-
-        def responses() -> Iterator[Any]:
-            text = ""
-            try:
-                for piece in pieces:
-                    text += piece
-                    if chat:
-                        message = ChatMessage(role=MessageRole.ASSISTANT, content=text)
-                        yield ChatResponse(message=message, delta=piece, additional_kwargs=prepared.info)
-                    else:
-                        yield CompletionResponse(text=text, delta=piece, additional_kwargs=prepared.info)
-            finally:
-                close(pieces)
-
-        return responses()
+        """One response per decoded piece, with the text so far (options are checked now, not on first read)."""
+        pieces, info = prepared.stream(self.compressor, self.sampling(kwargs)), prepared.info
+        if chat:
+            return accumulate(
+                pieces, lambda text, piece: ChatResponse(message=_reply(text), delta=piece, additional_kwargs=info)
+            )
+        return accumulate(
+            pieces, lambda text, piece: CompletionResponse(text=text, delta=piece, additional_kwargs=info)
+        )
 
     def _prepare_prompt(self, prompt: str, formatted: bool) -> Prepared:
         """Input preparation for the completion paths (plain and streaming)."""
@@ -187,3 +179,7 @@ def split_qa_prompt(prompt: str, template: str = DEFAULT_TEXT_QA_PROMPT_TMPL) ->
     See `finch_rag.frontends.split_templated`: the context may contain anything, even the template's separators.
     """
     return split_templated(prompt, template, "{context_str}", "{query_str}")
+
+
+def _reply(text: str) -> ChatMessage:
+    return ChatMessage(role=MessageRole.ASSISTANT, content=text)
