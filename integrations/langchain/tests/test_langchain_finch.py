@@ -109,7 +109,7 @@ def test_document_compressor_one_output_per_input(compressor: Any, town_document
     stored = compressor.store.get(docs[0].metadata[CACHE_KEY])
     assert 0 < after <= stored.kept_tokens < before  # titles and separators take part of the budget too
     assert all(0 <= d.metadata["finch_kept_fraction"] <= 1 for d in docs)
-    assert all(len(out.page_content) <= len(inp.page_content) for out, inp in zip(docs, town_documents))
+    assert all(len(out.page_content) <= len(inp.page_content) for out, inp in zip(docs, town_documents, strict=True))
     clock = docs[2]
     assert "Hannah" in clock.page_content
     assert (

@@ -128,7 +128,7 @@ def test_postprocessor_one_output_per_input(compressor: Any, index: Any) -> None
     )
     assert [(n.node.node_id, n.score) for n in out] == [(node_id, score) for node_id, score, _, _ in before]
     assert [(n.node.node_id, n.score, dict(n.node.metadata), n.node.get_content()) for n in retrieved] == before
-    for item, (_, _, metadata, text) in zip(out, before):
+    for item, (_, _, metadata, text) in zip(out, before, strict=True):
         assert {k: v for k, v in item.node.metadata.items() if not k.startswith("finch_")} == metadata
         assert 0 <= item.node.metadata["finch_kept_fraction"] <= 1
         assert len(item.node.get_content()) <= len(text)
