@@ -1,4 +1,4 @@
-"""The ``finch-rag`` command: ``demo`` (offline, on the embedded models) and ``ask`` (compress files, answer).
+"""The ``finch-rag`` command: ``demo`` (offline, on the embedded models), ``ask`` (compress files, answer), ``serve``.
 
 This module is the only place in the package that prints; the library reports through `logging`.
 """
@@ -17,6 +17,7 @@ from typing import Any
 from .config import FinchConfig
 from .pipeline import ALLOCATIONS, Answer, FinchRAG
 from .retrieval import RetrievedPassage
+from .server.command import add_serve_parser
 
 logger = logging.getLogger("finch_rag")
 
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("question", help="the question")
     ask.set_defaults(handler=_ask)
+
+    add_serve_parser(commands)  # finch-rag serve: the OpenAI-compatible server (finch_rag.server)
     return parser
 
 
