@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	# Every later install is constrained to that torch, so no dependency can pull a CUDA build.
 	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt
-	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev,serve,ray]"
+	# The OpenAI-compatible clients the server's tests call it with.
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt openai langchain-openai llama-index-llms-openai-like httpx
 	# The integration packages (editable) and what their tests use.
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt "langchain-core>=1.0,<2" "langchain-classic>=1.0,<2" "langchain>=1.0,<2"
 	# LangChain's standard test suites (their async tests need pytest-asyncio); `build` for the packaging test.
