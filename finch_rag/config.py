@@ -24,9 +24,11 @@ class FinchConfig:
 
     Parameters
     ----------
-    target_tokens : int, optional
+    target_tokens : int or "auto", optional
         ``B``, the number of context KV entries kept per layer and KV head. Give this or
-        ``compression_ratio``.
+        ``compression_ratio``. ``"auto"`` picks ``B`` per question: the fewest entries that hold
+        ``attention_mass`` of the question's attention at the last step, at most ``max_target_tokens``
+        (`finch_rag.compression.auto_budget`; not in the paper).
     compression_ratio : float, optional
         Fraction of the context removed (kvpress's convention): ``B = floor(n * (1 - r))``. ``0`` keeps
         everything.
@@ -67,9 +69,15 @@ class FinchConfig:
         System message for the chat template; ``None`` keeps the template's default.
     progress : bool
         Show a tqdm bar over chunks.
+    attention_mass : float
+        With ``target_tokens="auto"``: the share of the question's attention (after sentence pooling and
+        priors) that the kept entries must hold, in ``(0, 1]``.
+    max_target_tokens : int
+        With ``target_tokens="auto"``: the cap on ``B``, and the budget the chunk loop runs with until its
+        last step (so memory is bounded as with ``target_tokens=max_target_tokens``).
     """
 
-    target_tokens: int | None = None
+    target_tokens: int | Literal["auto"] | None = None
     compression_ratio: float | None = None
     chunk_size: int | None = 512
     selection: Selection = "shared"
@@ -80,6 +88,8 @@ class FinchConfig:
     chat_template: bool | None = None
     system_prompt: str | None = None
     progress: bool = True
+    attention_mass: float = 0.9
+    max_target_tokens: int = 1024
 
     def __post_init__(self) -> None:
         if self.target_tokens is None and self.compression_ratio is None:
@@ -89,9 +99,9 @@ class FinchConfig:
                 "FinchConfig takes target_tokens or compression_ratio, not both "
                 f"(got target_tokens={self.target_tokens}, compression_ratio={self.compression_ratio})."
             )
-        if self.target_tokens is not None:
+        if self.target_tokens is not None and self.target_tokens != "auto":
             if isinstance(self.target_tokens, bool) or not isinstance(self.target_tokens, int):
-                raise TypeError(f"target_tokens must be an int >= 1, got {self.target_tokens!r}.")
+                raise TypeError(f'target_tokens must be an int >= 1 or "auto", got {self.target_tokens!r}.')
             if self.target_tokens < 1:
                 raise ValueError(f"target_tokens (the budget B) must be >= 1, got {self.target_tokens}.")
         if self.compression_ratio is not None:
@@ -126,9 +136,24 @@ class FinchConfig:
             if not layers or not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
                 raise ValueError(f"score_layers must be a non-empty tuple of layer indices, got {self.score_layers!r}.")
             object.__setattr__(self, "score_layers", layers)
+        mass = self.attention_mass
+        if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
+            raise ValueError(
+                f"attention_mass is the share of the question's attention to keep and must be in (0, 1], got {mass!r}."
+            )
+        cap = self.max_target_tokens
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(f"max_target_tokens (the cap on an automatic B) must be an int >= 1, got {cap!r}.")
 
     def budget(self, context_length: int) -> int:
-        """``B`` for a context of ``context_length`` tokens (never more than the context itself)."""
+        """``B`` for a context of ``context_length`` tokens (never more than the context itself).
+
+        With ``target_tokens="auto"`` this is the cap the chunk loop runs with: ``max_target_tokens``, and
+        below the context length so that the selection always runs (it then keeps fewer, see
+        `finch_rag.compression.auto_budget`).
+        """
+        if self.target_tokens == "auto":
+            return max(1, min(self.max_target_tokens, context_length - 1))
         if self.target_tokens is not None:
             return min(self.target_tokens, context_length)
         assert self.compression_ratio is not None  # set in __post_init__

@@ -363,7 +363,19 @@ def selection_policy(config: FinchConfig, num_layers: int, layer_types: Sequence
         The model's number of decoder layers.
     layer_types : sequence of str, optional
         The model's per-layer attention types (``"sliding_attention"`` layers do not vote by default).
+
+    With ``target_tokens="auto"`` the policy is wrapped in `auto_budget.AttentionMassSelection`, which
+    keeps the fewest entries holding ``config.attention_mass`` of the question's attention.
     """
+    policy = _named_policy(config, num_layers, layer_types)
+    if config.target_tokens == "auto":
+        from .auto_budget import AttentionMassSelection  # it builds on this module
+
+        return AttentionMassSelection(policy, config.attention_mass)
+    return policy
+
+
+def _named_policy(config: FinchConfig, num_layers: int, layer_types: Sequence[str] | None) -> SelectionPolicy:
     if config.selection == "per_head":
         return PerHeadSelection(smoothing=config.smoothing)
     if config.selection == "per_layer":
