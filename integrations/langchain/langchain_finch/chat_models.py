@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from finch_rag.frontends import (
+    CACHE_KEY,
     QUESTION_DELIMITER,
+    ChatPlan,
     FinchCompressor,
     FinchOptions,
     Passage,
@@ -287,8 +289,23 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         )
         if self.retriever is not None and plan.source != "retriever":
             logger.info("The retriever found nothing for %r; the context comes from %s.", plan.question, plan.source)
-        prepared = self._handle.chat_context(plan, self.config, self.passage_allocation)
+        given = {"retriever": retrieved, "documents": documents}.get(plan.source)
+        prepared = self._stored(plan, given) or self._handle.chat_context(plan, self.config, self.passage_allocation)
         return _Turn(prepared, plan.source, self.compressor.model_name, _input_tokens(prepared))
+
+    def _stored(self, plan: ChatPlan, documents: Sequence[Document] | None) -> Prepared | None:
+        """The compression the documents name (``finch_cache_key``), made for this question, conversation and options.
+
+        Counted over all the documents as given: a `FinchRetriever` returns a document that kept nothing with empty
+        text, which `chat_context` leaves out of the passages, but it was one of the passages compressed.
+        """
+        keys = {document.metadata.get(CACHE_KEY) for document in documents or ()}
+        if len(keys) != 1 or not isinstance(key := keys.pop(), str):
+            return None
+        config = self.config if plan.system_prompt is None else self.config.replace(system_prompt=plan.system_prompt)
+        config = self.passage_allocation.configure(config)
+        stored = self._handle.find_stored(key, plan.question, config, len(documents or ()), plan.history)
+        return Prepared(stored, reused=True) if stored is not None else None
 
 
 def _turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:

@@ -94,4 +94,6 @@ class FinchRetriever(FinchOptions, BaseRetriever):
             passages, query, self.config, self.threshold, self.passage_allocation
         )
         key = compressed.cache_key if compressed is not None else None
-        return [_with_stats(document, text, stats, key) for document, (text, stats) in zip(documents, outputs)]
+        return [
+            _with_stats(document, text, stats, key) for document, (text, stats) in zip(documents, outputs, strict=True)
+        ]
