@@ -33,7 +33,6 @@ from transformers import DynamicCache, PreTrainedModel
 from ..config import FinchConfig
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
-from .cache import attention_layer as attention_layer  # re-exported until callers import from .cache
 from .chunking import chunk_bounds
 from .rotation import KeyRotation
 from .selection import CandidateScores, SelectionPolicy, selection_policy

@@ -17,6 +17,7 @@ from finch_rag.compression.attention import (
     capturing_attention,
     question_row_scores,
 )
+from finch_rag.compression.cache import cache_kwargs
 
 PREFIX = torch.tensor([[1, 6, 7, 8, 9]])
 CONTEXT = torch.tensor([[(7 * i + 3) % 110 + 8 for i in range(40)]])  # longer than Gemma 3's window of 16
@@ -47,12 +48,12 @@ def captured_scores(model, prefix_ids, context_ids, question_ids, normalize: boo
     decoder = model.get_decoder()
     with torch.no_grad():
         if prefill_prefix:  # as the chunk loop does: prefix in the cache, then [chunk ; question] on top
-            decoder(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
+            decoder(input_ids=prefix_ids, use_cache=True, **cache_kwargs(decoder, cache))
             step = torch.cat((context_ids, question_ids), dim=1)
         else:
             step = torch.cat((prefix_ids, context_ids, question_ids), dim=1)
         with capturing_attention(model):
-            decoder(input_ids=step, past_key_values=cache, use_cache=True, **{CAPTURE_KWARG: capture})
+            decoder(input_ids=step, use_cache=True, **cache_kwargs(decoder, cache), **{CAPTURE_KWARG: capture})
     scores = []
     for layer in range(model.config.num_hidden_layers):
         layer_scores = capture.scores[layer]  # [1, kvh, group, n]

@@ -8,6 +8,7 @@ from conftest import PASSAGES, QUESTION
 from transformers import DynamicCache
 
 from finch_rag import FinchCompressor, FinchConfig
+from finch_rag.compression.cache import cache_kwargs
 
 BUDGET = 40
 CHUNK = 64
@@ -71,7 +72,8 @@ def test_budget_and_peak(tiny_model, tiny_tokenizer, selection, normalize, chunk
 
     # The prefix is never evicted: its cached keys are those of a plain prefill.
     # A config-less DynamicCache keeps every entry, also on sliding-window layers (as the core does).
-    prefill = tiny_model(cc.prefix_ids[None], past_key_values=DynamicCache(), use_cache=True).past_key_values
+    prefill = DynamicCache()
+    tiny_model(cc.prefix_ids[None], use_cache=True, **cache_kwargs(tiny_model, prefill))
     for layer, keys in enumerate(cc.cache.keys):
         torch.testing.assert_close(keys[:, :, :prefix], prefill.layers[layer].keys, atol=1e-5, rtol=1e-5)
 
@@ -118,7 +120,8 @@ def test_no_compression_when_context_fits(tiny_model, tiny_tokenizer, how, chunk
     assert cc.cache_length == cc.prefix_ids.shape[0] + n
     # The cache is a plain prefill of prefix + context.
     full = torch.cat((cc.prefix_ids, cc.context_ids))[None]
-    reference = tiny_model(full, past_key_values=DynamicCache(), use_cache=True).past_key_values
+    reference = DynamicCache()
+    tiny_model(full, use_cache=True, **cache_kwargs(tiny_model, reference))
     for layer, keys in enumerate(cc.cache.keys):
         torch.testing.assert_close(keys, reference.layers[layer].keys, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(cc.cache.values[layer], reference.layers[layer].values, atol=1e-5, rtol=1e-4)

@@ -8,6 +8,7 @@ from conftest import PASSAGES, QUESTION
 from transformers import DynamicCache
 
 from finch_rag import FinchCompressor, FinchConfig
+from finch_rag.compression.cache import cache_kwargs
 from finch_rag.compression.rotation import KeyRotation
 
 
@@ -23,8 +24,12 @@ def test_single_pass_cache_is_gathered_and_rerotated(tiny_model, tiny_tokenizer,
     reference = DynamicCache()
     with torch.no_grad():
         decoder = tiny_model.get_decoder()
-        decoder(input_ids=cc.prefix_ids[None], past_key_values=reference, use_cache=True)
-        decoder(input_ids=torch.cat((cc.context_ids, cc.question_ids))[None], past_key_values=reference, use_cache=True)
+        decoder(input_ids=cc.prefix_ids[None], use_cache=True, **cache_kwargs(decoder, reference))
+        decoder(
+            input_ids=torch.cat((cc.context_ids, cc.question_ids))[None],
+            use_cache=True,
+            **cache_kwargs(decoder, reference),
+        )
     rotation = KeyRotation.from_model(tiny_model)
     for layer, positions in enumerate(cc.kept_positions):
         full_keys, full_values = reference.layers[layer].keys, reference.layers[layer].values
@@ -92,7 +97,8 @@ def test_chunked_layer0_entries_are_kept_tokens_at_packed_positions(tiny_model, 
         reference = DynamicCache()
         with torch.no_grad():
             # Only layer 0 is compared, and its K/V do not depend on earlier tokens.
-            tiny_model.get_decoder()(input_ids=tokens, past_key_values=reference, use_cache=True)
+            decoder = tiny_model.get_decoder()
+            decoder(input_ids=tokens, use_cache=True, **cache_kwargs(decoder, reference))
         torch.testing.assert_close(
             cc.cache.keys[0][:, head, prefix:], reference.layers[0].keys[:, head, prefix:], atol=2e-5, rtol=1e-5
         )

@@ -7,6 +7,7 @@ import torch
 from conftest import build_tiny_model
 from transformers import DynamicCache
 
+from finch_rag.compression.cache import cache_kwargs
 from finch_rag.compression.rotation import KeyRotation
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 64, 27, 81, 12, 55, 7, 90, 33, 71, 20, 48, 9, 61, 38, 84]])
@@ -15,7 +16,8 @@ TOKENS = torch.tensor([[5, 17, 42, 99, 3, 64, 27, 81, 12, 55, 7, 90, 33, 71, 20,
 def _cached_keys(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> list[torch.Tensor]:
     cache = DynamicCache()  # keeps every entry, also on sliding-window layers
     with torch.no_grad():
-        model.get_decoder()(input_ids=input_ids, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        decoder = model.get_decoder()
+        decoder(input_ids=input_ids, position_ids=position_ids, use_cache=True, **cache_kwargs(decoder, cache))
     return [layer.keys for layer in cache.layers]
 
 

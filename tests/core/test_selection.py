@@ -11,6 +11,7 @@ from transformers import DynamicCache
 
 from finch_rag import FinchCompressor, FinchConfig
 from finch_rag.compression.attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
+from finch_rag.compression.cache import cache_kwargs
 from finch_rag.compression.chunking import chunk_bounds
 from finch_rag.compression.loop import CompressionRequest, compress_batch
 from finch_rag.compression.rotation import KeyRotation
@@ -112,9 +113,9 @@ def _reference_control_cache(model, cc, final: torch.Tensor) -> tuple[list[torch
     prefix = int(cc.prefix_ids.shape[0])
     cache, kept, peak = DynamicCache(), torch.zeros(0, dtype=torch.long), 0
     with torch.no_grad():
-        decoder(input_ids=cc.prefix_ids[None], past_key_values=cache, use_cache=True)
+        decoder(input_ids=cc.prefix_ids[None], use_cache=True, **cache_kwargs(decoder, cache))
         for start, end in chunk_bounds(n, CHUNK, cc.passage_token_starts):
-            decoder(input_ids=cc.context_ids[None, start:end], past_key_values=cache, use_cache=True)
+            decoder(input_ids=cc.context_ids[None, start:end], use_cache=True, **cache_kwargs(decoder, cache))
             peak = max(peak, cache.get_seq_length())
             candidates = torch.cat((kept, torch.arange(start, end)))
             chosen = in_final[candidates].nonzero().flatten()
@@ -199,11 +200,11 @@ def test_recording_policy_exposes_the_single_pass_scores(tiny_models, tiny_token
     )
     cache = DynamicCache()
     with torch.no_grad():
-        model.model(input_ids=request.prefix_ids, past_key_values=cache, use_cache=True)
+        model.model(input_ids=request.prefix_ids, use_cache=True, **cache_kwargs(model.model, cache))
         with capturing_attention(model):
             model.model(
                 input_ids=torch.cat((request.context_ids, request.question_ids), dim=1),
-                past_key_values=cache,
+                **cache_kwargs(model.model, cache),
                 use_cache=True,
                 **{CAPTURE_KWARG: capture},
             )
