@@ -10,6 +10,7 @@ https://arxiv.org/abs/2408.00167), done by the library through `finch_rag.fronte
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -74,6 +75,7 @@ def create_app(settings: ServerSettings | None = None, *, compressor: FinchCompr
             "status": "ok" if state.ready else "starting",
             "model": settings.model_id,
             "replica": state.replica(),
+            "pid": os.getpid(),
             "compression": settings.compression,
             "queue_depth": state.admission.count,
             "version": __version__,

@@ -226,3 +226,14 @@ def test_a_full_queue_answers_429_with_retry_after(tiny: FinchCompressor) -> Non
             thread.join(TIMEOUT)
         assert first["r"].status_code == 200
         assert client.post("/v1/chat/completions", json=chat()).status_code == 200  # the place is free again
+
+
+def test_a_client_leaving_a_stream_frees_its_place(client: httpx.Client) -> None:
+    body = chat(max_tokens=300, stream=True, messages=[{"role": "user", "content": QUESTION}])
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        first = next(response.iter_lines())
+        assert first.startswith("data: {")
+        assert client.get("/health").json()["queue_depth"] == 1  # still decoding
+    wait_until(lambda: client.get("/health").json()["queue_depth"] == 0, what="the stream's place is freed")
