@@ -8,11 +8,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.schema import Document
 
 from .island_corpus import ISLAND
@@ -66,3 +71,36 @@ def compressor() -> Any:
     from llama_index.llms.finch import FinchLLM
 
     return FinchLLM().compressor
+
+
+class Recorder(BaseEventHandler):
+    """Keeps every event it is given."""
+
+    events: list[BaseEvent] = []
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Recorder"
+
+    def handle(self, event: BaseEvent, **kwargs: Any) -> None:
+        self.events.append(event)
+
+    def finch(self) -> list[Any]:
+        """The `FinchCompressionEvent`s, in order."""
+        from llama_index.postprocessor.finch import FinchCompressionEvent
+
+        return [event for event in self.events if isinstance(event, FinchCompressionEvent)]
+
+
+@pytest.fixture
+def handlers() -> Iterator[tuple[Recorder, SimpleSpanHandler]]:
+    """An event and a span handler on the root dispatcher, as a user registers them; removed afterwards."""
+    root = get_dispatcher()
+    recorder, spans = Recorder(events=[]), SimpleSpanHandler()
+    root.add_event_handler(recorder)
+    root.add_span_handler(spans)
+    try:
+        yield recorder, spans
+    finally:
+        root.event_handlers.remove(recorder)
+        root.span_handlers.remove(spans)

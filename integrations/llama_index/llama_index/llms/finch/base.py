@@ -31,9 +31,14 @@ from llama_index.core.base.llms.types import (
     MessageRole,
 )
 from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT_TMPL
+
+from llama_index.postprocessor.finch.events import FinchCompressionEvent
+
+dispatcher = get_dispatcher(__name__)
 
 
 class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
@@ -46,7 +51,9 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
     ``compressor.store`` for the same query and number of nodes, it is answered from the store: no second pass.
     Any other prompt is plain generation (`FinchCompressor.generate_ids`): the conversation through the chat
     template (used as is with ``formatted=True``), decoded in full. System messages become the system prompt
-    of a fresh compression. Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
+    of a fresh compression. Each compression (or reuse) of a QA prompt runs in an instrumentation span and emits a
+    `llama_index.postprocessor.finch.FinchCompressionEvent`. Based on FINCH (Corallo & Papotti, TACL 2024,
+    https://arxiv.org/abs/2408.00167).
 
     Parameters
     ----------
@@ -166,11 +173,18 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         text = (self.messages_to_prompt or generic_messages_to_prompt)(messages)
         return Prepared(prompt_ids=list(encode_text(tokenizer, text, add_special_tokens=True).input_ids))
 
+    @dispatcher.span
     def _prepare_qa(self, context: str, question: str, system_prompt: str | None) -> Prepared:
-        """Reuse the stored compression named in ``context``, or compress ``context`` for ``question``."""
-        return self._handle.prompt_context(
+        """Reuse the stored compression named in ``context``, or compress ``context`` for ``question``.
+
+        Runs in an instrumentation span and emits a `FinchCompressionEvent` there (``reused`` says which).
+        """
+        prepared = self._handle.prompt_context(
             context, question, self.config, self.passage_allocation, count_keys=True, system_prompt=system_prompt
         )
+        if prepared.compressed is not None:
+            dispatcher.event(FinchCompressionEvent.of(prepared.compressed, reused=prepared.reused))
+        return prepared
 
 
 def split_qa_prompt(prompt: str, template: str = DEFAULT_TEXT_QA_PROMPT_TMPL) -> tuple[str, str] | None:

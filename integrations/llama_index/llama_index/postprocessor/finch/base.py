@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from finch_rag.frontends import CACHE_KEY, CACHE_KEY_PATTERN, STATS_KEYS, FinchOptions, as_passage
+from finch_rag.frontends import (
+    CACHE_KEY,
+    CACHE_KEY_PATTERN,
+    STATS_KEYS,
+    CompressedContext,
+    FinchOptions,
+    Passage,
+    as_passage,
+)
 from llama_index.core.bridge.pydantic import ConfigDict, Field
+from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-__all__ = ["CACHE_KEY", "CACHE_KEY_PATTERN", "STATS_KEYS", "FinchNodePostprocessor"]
+from .events import FinchCompressionEvent
+
+__all__ = ["CACHE_KEY", "CACHE_KEY_PATTERN", "STATS_KEYS", "FinchCompressionEvent", "FinchNodePostprocessor"]
+
+dispatcher = get_dispatcher(__name__)
 
 # `CACHE_KEY` is left visible in ``MetadataMode.LLM`` (the text a response synthesizer puts in ``{context_str}``),
 # which is how `llama_index.llms.finch.FinchLLM` finds the stored compression instead of compressing again;
@@ -36,7 +50,10 @@ class FinchNodePostprocessor(FinchOptions, BaseNodePostprocessor):
     The three statistics are excluded from the node's LLM and embedding text; the cache key stays in the LLM
     text, so a `FinchLLM` on the same model answers from the stored compressed cache without a second pass.
     A node that keeps nothing is still returned, with empty text and ``finch_kept_fraction`` 0. Input nodes are
-    never modified. Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
+    never modified. ``apostprocess_nodes`` runs the compression in a worker thread, so the event loop stays free.
+    Each compression runs in an instrumentation span (``_compress``, on this module's dispatcher) and emits a
+    `FinchCompressionEvent` with its statistics there. Based on FINCH (Corallo & Papotti, TACL 2024,
+    https://arxiv.org/abs/2408.00167).
 
     Parameters
     ----------
@@ -67,11 +84,27 @@ class FinchNodePostprocessor(FinchOptions, BaseNodePostprocessor):
         passages = [
             as_passage(item.node.get_content(metadata_mode=MetadataMode.NONE), item.node.metadata) for item in nodes
         ]
-        compressed, outputs = self._handle.compress_for_query(
-            passages, query_bundle.query_str, self.config, self.threshold, self.passage_allocation
-        )
+        compressed, outputs = self._compress(passages, query_bundle.query_str)
         key = compressed.cache_key if compressed is not None else None
         return [_with_stats(item, text, stats, key) for item, (text, stats) in zip(nodes, outputs, strict=True)]
+
+    async def _apostprocess_nodes(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
+    ) -> list[NodeWithScore]:
+        """`_postprocess_nodes` in a worker thread: compression never blocks the event loop."""
+        return await asyncio.to_thread(self._postprocess_nodes, nodes, query_bundle)
+
+    @dispatcher.span
+    def _compress(
+        self, passages: list[Passage], query: str
+    ) -> tuple[CompressedContext | None, list[tuple[str, dict[str, Any]]]]:
+        """Compress the passages for ``query`` in a span of its own, and report the statistics in it."""
+        compressed, outputs = self._handle.compress_for_query(
+            passages, query, self.config, self.threshold, self.passage_allocation
+        )
+        if compressed is not None:
+            dispatcher.event(FinchCompressionEvent.of(compressed))
+        return compressed, outputs
 
 
 def _with_stats(item: NodeWithScore, text: str, stats: dict[str, Any], key: str | None) -> NodeWithScore:
