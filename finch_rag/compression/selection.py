@@ -99,7 +99,9 @@ class SelectionPolicy:
     `select` calls `score` (per layer ``[1, kvh, c]``), applies the adjustments every policy shares in
     `adjust` (smoothing, sentence pooling, priors), and keeps the top ``keep`` per layer and KV head. A
     policy overrides `score`, or `select` when it decides differently (one set for all layers, a fixed
-    rule). Policies hold configuration only, never per-call state, so one may serve concurrent calls.
+    rule). `select` may keep fewer than ``keep`` (the controls do), but the same number in every layer and
+    head; the loop packs what it returns. Policies hold configuration only, never per-call state, so one
+    may serve concurrent calls (`RecordingSelection`, made for one call, is the exception).
 
     Attributes
     ----------
