@@ -11,6 +11,7 @@ own; `QUICK` and `SMOKE` are the options each suite runs with. The full-size run
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -20,22 +21,22 @@ from . import run_suite
 from .common import RESULTS_DIR
 
 QUICK: list[tuple[str, list[str]]] = [
-    ("squad", ["--limit", "1", "--budgets", "8x", "--methods", "all", "--max-new-tokens", "8"]),
+    ("squad", ["--limit", "1", "--budgets", "8x", "--methods", "all", "--max-new-tokens", "4"]),
     (
         "rag-squad",
         ["--limit", "1", "--top-k", "4", "--corpus-limit", "64", "--budgets", "4x"]
-        + ["--methods", "truncation", "finch_rag", "--max-new-tokens", "8"],
+        + ["--methods", "truncation", "finch_rag", "--max-new-tokens", "4"],
     ),
-    ("hotpotqa", ["--limit", "1", "--budgets", "256", "--methods", "truncation", "finch_rag", "--max-new-tokens", "8"]),
+    ("hotpotqa", ["--limit", "1", "--budgets", "256", "--methods", "truncation", "finch_rag", "--max-new-tokens", "4"]),
     (
         "niah",
         ["--lengths", "1000", "--depths", "0.5", "--limit", "1", "--ratios", "0.75"]
-        + ["--methods", "full", "finch", "recency", "--max-new-tokens", "8", "--threads", "1"],
+        + ["--methods", "full", "finch", "recency", "--max-new-tokens", "6", "--threads", "1"],
     ),
-    ("cost", ["--lengths", "512", "1024", "--repeats", "1", "--threads", "1", "--new-tokens", "4"]),
+    ("cost", ["--lengths", "512", "--repeats", "1", "--threads", "1", "--new-tokens", "2"]),
     (
         "batch",
-        ["--requests", "2", "--batch-sizes", "2", "--top-k", "2", "--corpus-limit", "64", "--max-new-tokens", "4"],
+        ["--requests", "2", "--batch-sizes", "2", "--top-k", "2", "--corpus-limit", "64", "--max-new-tokens", "2"],
     ),
 ]
 SMOKE: list[tuple[str, list[str]]] = [
@@ -55,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and its finished children (the cost suite's workers).
+
+    On a machine shared with other work this is about the wall time the run takes on an idle core, as every
+    suite runs on one thread.
+    """
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = SMOKE if args.smoke else QUICK
@@ -62,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared = ["--out", str(out)]
     shared += ["--data", args.data] if args.data else []
     shared += ["--model", args.model] if args.model else []
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     for suite, options in plan:
         suite_argv = [*options, *shared]
         if suite not in ("cost", "batch"):
@@ -70,12 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.smoke:
             suite_argv += ["--max-new-tokens", "4"] if suite != "niah" else ["--max-new-tokens", "4", "--no-plot"]
         print(f"\n=== python -m benchmarks {suite} {' '.join(suite_argv)}", file=sys.stderr)
-        suite_started = time.perf_counter()
+        suite_started, suite_cpu = time.perf_counter(), _cpu_seconds()
         status = run_suite(suite, suite_argv)
-        print(f"=== {suite}: {time.perf_counter() - suite_started:.0f} s", file=sys.stderr)
+        wall, cpu = time.perf_counter() - suite_started, _cpu_seconds() - suite_cpu
+        print(f"=== {suite}: {wall:.0f} s ({cpu:.0f} CPU s)", file=sys.stderr)
         if status:
             return status
-    print(f"\nAll suites done in {time.perf_counter() - started:.0f} s; results under {out}", file=sys.stderr)
+    wall, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
+    print(f"\nAll suites done in {wall:.0f} s ({cpu:.0f} CPU s); results under {out}", file=sys.stderr)
     return 0
 
 
