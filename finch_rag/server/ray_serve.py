@@ -11,6 +11,7 @@ Needs the ``ray`` extra: ``pip install 'finch-rag[ray]'``.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -208,7 +209,15 @@ class RayServer:
 
 
 def run_ray(settings: ServerSettings, **options: Any) -> None:
-    """Serve on Ray Serve until interrupted (``finch-rag serve --ray``)."""
+    """Serve on Ray Serve until interrupted (``finch-rag serve --ray``): Ctrl-C or SIGTERM shut it down cleanly."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # A process started in the background may inherit SIGINT ignored, and SIGTERM would otherwise end it without
+    # shutting Ray down: both stop the server through the same path.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     with RayServer(settings, **options) as server:
         logger.info("finch-rag on Ray Serve at %s (Ctrl-C stops it)", server.url)
         try:

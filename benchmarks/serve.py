@@ -1,0 +1,265 @@
+"""Serve suite: load on the OpenAI-compatible server, from 1 to 64 concurrent clients.
+
+Each setup runs as its own server process (``finch-rag serve ...`` on a free local port): one process with request
+batching, the same with batching off (``--max-batch-size 1``), and Ray Serve with 2 replicas (``--ray``). For
+every concurrency, that many clients each send ``--requests`` chat completions one after another (a closed loop);
+each request carries ``--documents`` passages of the built-in demo corpus (rotated per request, as a retriever's
+top-k would) and its question, and asks for ``--max-tokens`` tokens, greedily. Reported per setup and concurrency:
+requests per second, latency percentiles, errors (anything but a 200), and the server's resident memory (every
+replica's, summed) before and after.
+
+    python -m benchmarks.serve --concurrency 1 4 16 64 --requests 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .common import RESULTS_DIR, machine_description, markdown_table, write_json
+
+TIMEOUT = 3600.0  # seconds per request: under 64 clients on 2 busy cores a request may wait long, never forever
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One server configuration: a name and its ``finch-rag serve`` arguments."""
+
+    name: str
+    arguments: tuple[str, ...]
+
+
+SETUPS = {
+    "batched": Setup("single process, batching on", ()),
+    "unbatched": Setup("single process, batching off", ("--max-batch-size", "1")),
+    "ray": Setup("Ray Serve, 2 replicas, batching on", ("--ray", "--replicas", "2")),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def demo_requests(count: int, documents: int, max_tokens: int, target_tokens: int) -> list[dict[str, Any]]:
+    """``count`` chat requests over the demo corpus: question ``i`` with ``documents`` passages from ``i`` on."""
+    corpus = json.loads(resources.files("finch_rag").joinpath("data", "demo_corpus.json").read_text(encoding="utf-8"))
+    passages, questions = corpus["passages"], corpus["questions"]
+    bodies = []
+    for index in range(count):
+        chosen = [passages[(index + offset) % len(passages)] for offset in range(documents)]
+        bodies.append(
+            {
+                "messages": [{"role": "user", "content": questions[index % len(questions)]["question"]}],
+                "documents": [{"text": passage["text"], "title": passage["title"]} for passage in chosen],
+                "finch": {"target_tokens": target_tokens},
+                "max_tokens": max_tokens,
+                "temperature": 0,
+            }
+        )
+    return bodies
+
+
+class ServerProcess:
+    """``finch-rag serve`` in a child process, stopped with SIGTERM on exit (it shuts down cleanly)."""
+
+    def __init__(self, arguments: Sequence[str], log: Path, startup_timeout: float = 900.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.command = [sys.executable, "-m", "finch_rag.cli", "serve", "--port", str(self.port), *arguments]
+        self.log_path = log
+        self.startup_timeout = startup_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        import httpx
+
+        self._log = self.log_path.open("w")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{' '.join(self.command)} exited; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).json().get("status") == "ok":
+                    return self
+            except (httpx.TransportError, ValueError):
+                pass
+            time.sleep(1)
+        self.__exit__()
+        raise TimeoutError(f"The server did not answer /health within {self.startup_timeout} s; see {self.log_path}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        self._log.close()
+
+
+def server_rss(url: str, probes: int = 24) -> tuple[int, int]:
+    """(resident bytes summed over the server's processes, how many) — replicas found by probing ``/health``."""
+    import httpx
+    import psutil
+
+    pids = set()
+    with httpx.Client(timeout=30) as client:
+        for _ in range(probes):
+            pids.add(client.get(f"{url}/health").json()["pid"])
+    return sum(psutil.Process(pid).memory_info().rss for pid in pids), len(pids)
+
+
+async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, per_client: int) -> dict[str, Any]:
+    """``clients`` concurrent clients, each sending ``per_client`` requests in turn; latencies and errors."""
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT, limits=limits) as http:
+
+        async def client(number: int) -> None:
+            for turn in range(per_client):
+                body = bodies[(number * per_client + turn) % len(bodies)]
+                started = time.perf_counter()
+                try:
+                    response = await http.post("/v1/chat/completions", json=body)
+                    if response.status_code != 200:
+                        errors.append(f"{response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as error:
+                    errors.append(f"{type(error).__name__}: {error}")
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(number) for number in range(clients)))
+        wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+
+    def percentile(share: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "seconds": wall,
+        "requests_per_s": len(latencies) / wall,
+        "p50_s": percentile(0.50),
+        "p95_s": percentile(0.95),
+        "p99_s": percentile(0.99),
+        "mean_s": statistics.fmean(latencies),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+    }
+
+
+def run_setup(key: str, args: argparse.Namespace, bodies: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    setup = SETUPS[key]
+    extra = (
+        "--batch-window-ms",
+        str(args.batch_window_ms),
+        "--max-queue",
+        str(args.max_queue),
+        "--log-level",
+        "warning",
+    )
+    rows = []
+    with ServerProcess((*setup.arguments, *extra), out / f"serve_{key}.log") as server:
+        # Warm-up, so that first-call costs stay out of the figures: enough at once to reach every replica.
+        asyncio.run(run_load(server.url, bodies, 6 if "--ray" in setup.arguments else 2, 1))
+        for clients in args.concurrency:
+            before, processes = server_rss(server.url)
+            row = asyncio.run(run_load(server.url, bodies, clients, args.requests))
+            after, _ = server_rss(server.url)
+            row |= {
+                "setup": setup.name,
+                "processes": processes,
+                "rss_before_mib": before / 2**20,
+                "rss_after_mib": after / 2**20,
+            }
+            print(
+                f"{setup.name:<36} {clients:>3} clients: {row['requests_per_s']:.2f} req/s, p50 {row['p50_s']:.1f} s, "
+                f"p99 {row['p99_s']:.1f} s, {row['errors']} errors, RSS {row['rss_before_mib']:.0f} -> "
+                f"{row['rss_after_mib']:.0f} MiB",
+                file=sys.stderr,
+            )
+            rows.append(row)
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.serve``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS), help="server setups")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64], help="concurrent clients")
+    parser.add_argument("--requests", type=int, default=2, help="requests per client")
+    parser.add_argument("--documents", type=int, default=3, help="demo passages per request")
+    parser.add_argument("--target-tokens", type=int, default=64, help="B, kept context entries")
+    parser.add_argument("--max-tokens", type=int, default=8, help="answer tokens")
+    parser.add_argument("--batch-window-ms", type=float, default=20.0)
+    parser.add_argument("--max-queue", type=int, default=256)
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
+    parser.add_argument("--name", default="serve", help="output file stem")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bodies = demo_requests(max(args.concurrency) * args.requests, args.documents, args.max_tokens, args.target_tokens)
+    rows = []
+    for key in args.setups:
+        rows += run_setup(key, args, bodies, out)
+    command = "python -m benchmarks.serve " + " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {
+        "command": command,
+        "machine": machine_description(),
+        "server threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
+        "model": "SmolLM2-135M-Instruct (embedded default)",
+        "request": f"{args.documents} demo passages, B={args.target_tokens}, {args.max_tokens} answer tokens, greedy",
+        "requests per client": args.requests,
+        "batching": f"window {args.batch_window_ms} ms, at most 8 requests per batch",
+    }
+    write_json(out / f"{args.name}.json", {"meta": meta, "rows": rows})
+    columns = [
+        "setup",
+        "clients",
+        "requests",
+        "requests_per_s",
+        "p50_s",
+        "p95_s",
+        "p99_s",
+        "errors",
+        "rss_before_mib",
+        "rss_after_mib",
+    ]
+    lines = ["# Serving under load: throughput, latency, errors, memory", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += ["", "Latency in seconds per request; RSS of every server process, summed, in MiB.", ""]
+    lines += [markdown_table(rows, columns), ""]
+    text = "\n".join(lines)
+    (out / f"{args.name}.md").write_text(text, encoding="utf-8")
+    print(text)
+    return 0 if all(row["errors"] == 0 for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
