@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import Response
 
 from .. import FinchCompressor, __version__
@@ -96,9 +96,9 @@ def create_app(settings: ServerSettings | None = None, *, compressor: FinchCompr
         return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+    async def chat(body: ChatCompletionRequest) -> Response:
         """OpenAI chat completions; the context comes from ``documents`` or the system message."""
-        return await chat_completion(body, request, state)
+        return await chat_completion(body, state)
 
     @app.post("/v1/compress")
     async def compress(body: CompressRequest) -> dict[str, Any]:

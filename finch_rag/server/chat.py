@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .. import Passage, __version__, frontends
@@ -43,7 +42,7 @@ def sampling_of(body: ChatCompletionRequest, state: ServerState) -> Sampling:
     )
 
 
-async def chat_completion(body: ChatCompletionRequest, request: Request, state: ServerState) -> Response:
+async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Response:
     """Answer one chat-completion request (JSON, or server-sent events with ``stream: true``)."""
     state.check_model(body.model)
     body.check_supported()

@@ -114,8 +114,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"{request.method} is not allowed on {request.url.path}."
         else:
             message = str(error.detail)
+        code = "request_too_large" if error.status_code == 413 else None
         return JSONResponse(
-            error_body(error.status_code, message), status_code=error.status_code, headers=error.headers
+            error_body(error.status_code, message, code=code), status_code=error.status_code, headers=error.headers
         )
 
     @app.exception_handler(Exception)

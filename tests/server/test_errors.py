@@ -169,7 +169,7 @@ def test_too_large_inputs_are_413(client: httpx.Client) -> None:
         yield b'"}]}'
 
     headers = {"content-type": "application/json"}
-    assert_error(client.post("/v1/chat/completions", content=chunked(), headers=headers), 413)
+    assert_error(client.post("/v1/chat/completions", content=chunked(), headers=headers), 413, "request_too_large")
 
 
 def test_unknown_paths_and_methods_answer_in_the_same_shape(client: httpx.Client) -> None:
