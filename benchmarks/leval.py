@@ -9,9 +9,12 @@ Two settings (issue 13, item 6), each page's Natural Questions asked about it:
 - ``page``: the whole page as one passage, compressed to ``B`` (512). ``finch_rag`` is what
   ``finch-rag ask --file page.txt`` does (`FinchRAG.answer_from` with the page); ``finch`` is
   `FinchCompressor.compress` with the library's default config (token granularity); ``first`` and ``last`` keep
-  the page's first or last ``B`` tokens and answer from them.
+  the page's first or last ``B`` tokens and answer from them; ``ranked`` is `FinchRAG` over the page cut into
+  ``--words``-word pieces, all of them, ranked by the retriever and packed best last (nothing is left out).
 
-A method name may end in ``+strip``: the page's markup tags (``<Td>``, ``</Tr>``, ...) are removed before chunking.
+A method name may end in ``+strip``: the page's markup tags (``<Td>``, ``</Tr>``, ...) are removed before chunking;
+``+punct`` is the ablation of the sentence split: sentences end at ``. ! ?`` and line breaks only, as before block
+markup and `finch_rag.prompts.MAX_SENTENCE_TOKENS` split them.
 
 Metrics per question: ``occurrences``, the gold answer's case-insensitive occurrences in what the method was given
 (retrieved chunks, or the page); ``kept_gold`` 1 when at least one occurrence keeps at least half of its KV entries
@@ -19,32 +22,35 @@ Metrics per question: ``occurrences``, the gold answer's case-insensitive occurr
 the greedy answer contains the gold answer (SQuAD normalisation). ``rag`` reports the questions whose gold answer
 occurs in the retrieved chunks (``--all-questions`` keeps the others in the journal too).
 
-    python -m benchmarks leval --setting rag --budget 256 --top-k 16
-    python -m benchmarks leval --setting page --budget 512 --pages 6 7
+    python -m benchmarks.leval --setting rag --budget 256 --top-k 16
+    python -m benchmarks.leval --setting page --budget 512 --pages 6 7
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import re
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_model
-from finch_rag.prompts import PromptParts, build_prompt
+from finch_rag.prompts import PASSAGE_SEPARATOR, PromptParts, build_prompt
 from finch_rag.retrieval import EmbeddingRetriever
 
 from .common import RESULTS_DIR, contains_gold, data_dir, machine_description, markdown_table, mean, write_json
 
 DATA_FILE = "leval-natural-question-part.jsonl"
-METHODS = {"rag": ("truncation", "finch_rag"), "page": ("first", "last", "finch_rag", "finch")}
+METHODS = {"rag": ("truncation", "finch_rag"), "page": ("first", "last", "finch_rag", "finch", "ranked")}
 BASELINES = {"rag": ("truncation",), "page": ("first", "last")}
+_PUNCTUATION = re.compile(r"[.!?][\"')\]]*\s+|\n+")
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_]*(?:=\"[^\"]*\")?>")
 
 
@@ -113,6 +119,59 @@ def compressed_fractions(compressed: Any, gold: str) -> list[float]:
     ]
 
 
+PROFILE_KEYS = ("kept_markup", "markup_base", "kept_echo", "echo_base", "kept_tail", "tail_base")
+_STOPWORDS = frozenset("the and for was who what when where which how did does are is of in on to a an by".split())
+
+
+def kept_profile(compressed: Any, question: str) -> dict[str, float]:
+    """Where the budget went, for the diagnosis.
+
+    Shares of the kept tokens that are markup, echo a question word, or sit in the context's last tenth, each
+    with the context's own share (``*_base``) for comparison.
+    """
+    kept = compressed.kept_mask() >= 0.5
+    text, offsets = compressed.context_text, compressed.token_offsets
+    in_tag = torch.zeros(len(text) + 1, dtype=torch.bool)
+    for match in _TAG.finditer(text):
+        in_tag[match.start() : match.end()] = True
+    markup = torch.tensor([bool(in_tag[start:end].any()) and end > start for start, end in offsets])
+    words = {word for word in re.findall(r"[a-z0-9]+", question.lower()) if len(word) > 2} - _STOPWORDS
+    echo = torch.tensor([text[start:end].strip().lower() in words for start, end in offsets])
+    tail = torch.zeros(len(offsets), dtype=torch.bool)
+    tail[int(0.9 * len(offsets)) :] = True
+    profile = {}
+    for name, flags in (("markup", markup), ("echo", echo), ("tail", tail)):
+        profile[f"kept_{name}"] = float(flags[kept].float().mean()) if kept.any() else 0.0
+        profile[f"{name}_base"] = float(flags.float().mean())
+    return profile
+
+
+@contextlib.contextmanager
+def punctuation_sentences() -> Iterator[None]:
+    """Ablation: sentences end at ``. ! ?`` and line breaks only, as before block markup and the length cap.
+
+    Swaps `PromptParts.sentence_ids` for the duration of one call of this (single-threaded) harness and restores
+    it; the library itself never does this.
+    """
+
+    def sentence_ids(parts: PromptParts) -> torch.Tensor:
+        cuts = {0}
+        for text_start, text_end in parts.passage_text_spans:
+            block_start = parts.context_text.rfind(PASSAGE_SEPARATOR, 0, text_start)
+            cuts.add(0 if block_start < 0 else block_start + len(PASSAGE_SEPARATOR))
+            cuts.update(match.end() for match in _PUNCTUATION.finditer(parts.context_text, text_start, text_end))
+        boundaries = torch.tensor(sorted(cuts), dtype=torch.long)
+        last_chars = torch.tensor([max(end - 1, 0) for _, end in parts.token_offsets], dtype=torch.long)
+        return torch.searchsorted(boundaries, last_chars, right=True) - 1
+
+    original = PromptParts.sentence_ids
+    PromptParts.sentence_ids = sentence_ids  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PromptParts.sentence_ids = original  # type: ignore[method-assign]
+
+
 class Runner:
     """One model and compressor for every method; ``run`` gives one journal record."""
 
@@ -139,9 +198,15 @@ class Runner:
         retrieved_occurrences = sum(len(occurrences(passage.text, gold)) for passage in ranked)
         if not retrieved_occurrences and not self.args.all_questions:
             return None
+        # 1-based ranks of the retrieved chunks that hold the gold answer (for the diagnosis).
+        gold_ranks = [rank for rank, passage in enumerate(ranked, 1) if occurrences(passage.text, gold)]
         if method == "truncation":
             parts, kept, cut = cut_to_budget(self.tokenizer, ranked, question, self.args.budget)
-            return {"fractions": masked_fractions(parts, kept, gold), "answer": self.answer_whole(cut, question)}
+            return {
+                "fractions": masked_fractions(parts, kept, gold),
+                "answer": self.answer_whole(cut, question),
+                "gold_ranks": gold_ranks,
+            }
         if method == "finch_rag":
             rag = FinchRAG(
                 retriever=retriever,
@@ -151,7 +216,13 @@ class Runner:
                 max_new_tokens=self.args.max_new_tokens,
             )
             answer = rag.answer_from(question, retrieved)
-            return {"fractions": compressed_fractions(answer.compressed, gold), "answer": answer.text}
+            return {
+                "fractions": compressed_fractions(answer.compressed, gold),
+                "answer": answer.text,
+                "gold_ranks": gold_ranks,
+                "kept_by_rank": [source.kept_fraction for source in answer.sources],
+                **kept_profile(answer.compressed, question),
+            }
         raise ValueError(f"Unknown rag method {method!r}; use one of {METHODS['rag']}.")
 
     def page(self, text: str, question: str, gold: str, method: str) -> dict[str, Any]:
@@ -164,16 +235,36 @@ class Runner:
         if method == "finch_rag":
             rag = FinchRAG(compressor=self.compressor, config=self.config, max_new_tokens=self.args.max_new_tokens)
             answer = rag.answer_from(question, passages)
-            return {"fractions": compressed_fractions(answer.compressed, gold), "answer": answer.text}
+            return {
+                "fractions": compressed_fractions(answer.compressed, gold),
+                "answer": answer.text,
+                **kept_profile(answer.compressed, question),
+            }
+        if method == "ranked":
+            # The page cut into --words-word pieces, all of them ranked by the retriever and packed best last.
+            retriever = EmbeddingRetriever(word_chunks(text, self.args.words), progress=False)
+            retrieved = retriever.retrieve(question, len(retriever))
+            tokens = self.args.max_new_tokens
+            rag = FinchRAG(retriever=retriever, compressor=self.compressor, config=self.config, max_new_tokens=tokens)
+            answer = rag.answer_from(question, retrieved)
+            return {
+                "fractions": compressed_fractions(answer.compressed, gold),
+                "answer": answer.text,
+                **kept_profile(answer.compressed, question),
+            }
         if method == "finch":
             compressed = self.compressor.compress(passages, question, config=self.config)
             generated = self.compressor.generate(compressed, max_new_tokens=self.args.max_new_tokens)
-            return {"fractions": compressed_fractions(compressed, gold), "answer": generated}
+            return {
+                "fractions": compressed_fractions(compressed, gold),
+                "answer": generated,
+                **kept_profile(compressed, question),
+            }
         raise ValueError(f"Unknown page method {method!r}; use one of {METHODS['page']}.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks leval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.leval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(METHODS), required=True)
     parser.add_argument("--data", default=None, help="folder holding leval-natural-question-part.jsonl")
     parser.add_argument("--pages", type=int, nargs="+", default=list(range(10)), help="page indices (0-9)")
@@ -209,13 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for method in methods:
                         if (page, index, method) in done:
                             continue
-                        base, _, flag = method.partition("+")
-                        text = strip_markup(row["input"]) if flag == "strip" else row["input"]
+                        base, *flags = method.split("+")
+                        text = strip_markup(row["input"]) if "strip" in flags else row["input"]
                         started = time.perf_counter()
-                        if args.setting == "rag":
-                            result = runner.rag(page, text, question, gold, base, flag == "strip")
-                        else:
-                            result = runner.page(text, question, gold, base)
+                        split = punctuation_sentences() if "punct" in flags else contextlib.nullcontext()
+                        with split:
+                            if args.setting == "rag":
+                                result = runner.rag(page, text, question, gold, base, "strip" in flags)
+                            else:
+                                result = runner.page(text, question, gold, base)
                         if result is None:
                             continue
                         record = _record(result, [gold], time.perf_counter() - started)
@@ -223,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         records.append(record)
                         sink.write(json.dumps(record) + "\n")
                         sink.flush()
-    command = "python -m benchmarks leval " + " ".join(argv if argv is not None else [])
+    command = "python -m benchmarks.leval " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command.strip(),
         "machine": machine_description(),
@@ -247,6 +340,7 @@ def _record(result: Mapping[str, Any], golds: Sequence[str], seconds: float) -> 
         "contains": max(contains_gold(answer, gold) for gold in golds),
         "answer": answer,
         "seconds": seconds,
+        **{key: value for key, value in result.items() if key not in ("fractions", "answer")},
     }
 
 
@@ -272,6 +366,7 @@ def markdown_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any
                 "best_fraction": mean(r["best_fraction"] for r in items),
                 "contains": mean(r["contains"] for r in items),
                 "seconds": mean(r["seconds"] for r in items),
+                **{key: mean(r[key] for r in items) for key in PROFILE_KEYS if all(key in r for r in items)},
             }
         )
     lines = [f"# L-Eval natural_question, setting `{setting}`", ""]
@@ -279,6 +374,15 @@ def markdown_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any
     lines += [f"- pages: {sorted({p for p, _ in common})}, questions: {len(common)}", ""]
     columns = ["method", "n", "occurrences", "kept_gold", "best_fraction", "contains", "seconds"]
     lines += [markdown_table(rows, columns), ""]
+    profiled = [row for row in rows if "kept_markup" in row]
+    if profiled:
+        lines += [
+            "Where the budget went (share of kept tokens; `*_base`: share of all context tokens): markup tags, "
+            "tokens that repeat a question word, the context's last tenth.",
+            "",
+            markdown_table(profiled, ["method", *PROFILE_KEYS]),
+            "",
+        ]
     generator = random.Random(0)
     paired = []
     for method in methods:

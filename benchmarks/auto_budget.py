@@ -1,0 +1,156 @@
+"""Automatic budget (``target_tokens="auto"``) against fixed budgets on the same HotpotQA questions.
+
+For each question (the seeded sample of the ``hotpotqa`` suite: 10 paragraphs ranked by MiniLM, `FinchRAG`'s
+default allocation, i.e. best passage last and whole sentences), the question's attention over the whole
+context is captured once in a single pass (``chunk_size=None``, `RecordingSelection`). Every budget rule then
+selects from those same scores, exactly as ``compress(chunk_size=None)`` would: fixed ``B`` in ``--budgets``,
+and ``AttentionMassSelection`` (what ``target_tokens="auto"`` runs) at each share of ``--masses`` with the cap
+``--cap``. Top-k truncation at each fixed budget is given for reference.
+
+Metrics per question: ``B`` kept, ``retention`` (fraction of the supporting sentences' tokens kept) and
+``all_hops`` (every supporting sentence keeps at least half of its tokens).
+
+    python -m benchmarks.auto_budget --limit 60 --masses 0.5 0.7 0.8 0.9 0.95 --budgets 128 256 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finch_rag import FinchConfig, load_model
+from finch_rag.allocation import PassageAllocation
+from finch_rag.compression.auto_budget import AttentionMassSelection
+from finch_rag.compression.loop import CompressionRequest, compress_batch
+from finch_rag.compression.selection import CandidateScores, RecordingSelection, selection_policy
+from finch_rag.prompts import build_prompt
+
+from .common import RESULTS_DIR, data_dir, machine_description, markdown_table, mean, write_json
+from .qa import load_hotpotqa
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.auto_budget", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--limit", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--masses", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95])
+    parser.add_argument("--cap", type=int, default=1024, help="max_target_tokens of the automatic budget")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "auto_budget"))
+    return parser
+
+
+def coverage(kept: torch.Tensor, evidence: Sequence[torch.Tensor]) -> dict[str, float]:
+    """``B`` kept, evidence retention and all-hops coverage of the ``[n]`` mask ``kept``."""
+    covered = [float(kept[tokens].float().mean()) for tokens in evidence]
+    total = torch.stack(list(evidence)).any(dim=0)
+    return {
+        "B": float(kept.sum()),
+        "retention": float(kept[total].float().mean()),
+        "all_hops": float(all(c >= 0.5 for c in covered)),
+    }
+
+
+def kept_mask(policy: Any, candidates: CandidateScores, keep: int) -> torch.Tensor:
+    """``[n]`` bool: the context tokens ``policy`` keeps among a single pass's candidates (first head)."""
+    indices, _ = policy.select(candidates, keep)
+    kept = torch.zeros(candidates.context_length, dtype=torch.bool)
+    kept[candidates.positions[0][0, 0][indices[0][0, 0]]] = True
+    return kept
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model()
+    text_config = model.config.get_text_config(decoder=True)
+    num_layers, layer_types = text_config.num_hidden_layers, getattr(text_config, "layer_types", None)
+    allocation = PassageAllocation()
+    base = FinchConfig(target_tokens=args.cap, chunk_size=None, progress=False)
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for example in load_hotpotqa(data_dir(args.data), args.limit, args.seed):
+        plan = allocation.plan(example.passages, base)
+        parts = build_prompt(tokenizer, plan.packed, example.question)
+        n = len(parts.context_ids)
+        # Evidence spans are (rank index, start, end); the packed order is the ranking restored backwards.
+        packed_index = {id(passage): index for index, passage in enumerate(plan.packed)}
+        evidence = [
+            parts.span_tokens([(packed_index[id(example.passages[rank])], start, end)])
+            for rank, start, end in example.evidence
+        ]
+        if not evidence:
+            continue
+        inner = selection_policy(plan.config, num_layers, layer_types)
+        recorder = RecordingSelection(inner)
+        request = CompressionRequest(
+            prefix_ids=torch.tensor([parts.prefix_ids]),
+            context_ids=torch.tensor([parts.context_ids]),
+            question_ids=torch.tensor([parts.question_ids]),
+            passage_starts=parts.passage_token_starts,
+            span_ids=parts.sentence_ids(),
+        )
+        with torch.inference_mode():
+            compress_batch(model, [request], plan.config.replace(target_tokens=n - 1), policy=recorder)
+        candidates = recorder.steps[0]
+
+        rows = []
+        for budget in args.budgets:
+            kept = kept_mask(inner, candidates, min(budget, n))
+            rows.append({"method": f"fixed B={budget}", **coverage(kept, evidence)})
+            # Truncation: the ranked passages in rank order, first B tokens (its own prompt, same passages).
+            ranked = build_prompt(tokenizer, example.passages, example.question)
+            ranked_evidence = [ranked.span_tokens([span]) for span in example.evidence]
+            kept = torch.zeros(len(ranked.context_ids), dtype=torch.bool)
+            kept[:budget] = True
+            rows.append({"method": f"truncation B={budget}", **coverage(kept, ranked_evidence)})
+        for mass in args.masses:
+            policy = AttentionMassSelection(inner, mass)
+            kept = kept_mask(policy, candidates, min(args.cap, n - 1))
+            rows.append({"method": f"auto mass={mass}", **coverage(kept, evidence)})
+        for row in rows:
+            records.append({"qid": example.qid, "n": n, **row})
+    summary = []
+    for method in dict.fromkeys(r["method"] for r in records):
+        items = [r for r in records if r["method"] == method]
+        budgets = sorted(r["B"] for r in items)
+        summary.append(
+            {
+                "method": method,
+                "questions": len(items),
+                "mean B": mean(budgets),
+                "B p10-p90": f"{budgets[len(budgets) // 10]:.0f}-{budgets[(9 * len(budgets)) // 10]:.0f}",
+                "retention": mean(r["retention"] for r in items),
+                "all_hops": mean(r["all_hops"] for r in items),
+                "all_hops per 100 B": 100 * mean(r["all_hops"] for r in items) / max(mean(budgets), 1),
+            }
+        )
+    meta = {
+        "command": "python -m benchmarks.auto_budget " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_description(),
+        "model": "SmolLM2-135M-Instruct (embedded default)",
+        "seconds": round(time.perf_counter() - started),
+        "mean context tokens": mean(r["n"] for r in records),
+    }
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records})
+    lines = ["# Automatic budget against fixed budgets (HotpotQA, single-pass selection)", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    columns = ["method", "questions", "mean B", "B p10-p90", "retention", "all_hops", "all_hops per 100 B"]
+    lines += ["", markdown_table(summary, columns), ""]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
