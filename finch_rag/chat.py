@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .prompts import QUESTION_DELIMITER, Passage, split_prompt
+from .prompts import QUESTION_DELIMITER, Passage, split_prompt, to_passage
 
 ChatSource = Literal["retriever", "documents", "system", "delimiter", "none"]
 _ROLES = {
@@ -166,14 +166,7 @@ def _passages(given: Sequence[Passage | str] | None, name: str) -> list[Passage]
         return []
     if isinstance(given, str):
         raise TypeError(f"{name} is a list of passages; wrap a single string in a list.")
-    passages = []
-    for index, item in enumerate(given):
-        if isinstance(item, Passage):
-            passages.append(item)
-        elif isinstance(item, str):
-            passages.append(Passage(item))
-        else:
-            raise TypeError(f"{name}[{index}] is a {type(item).__name__}; give Passage or str.")
+    passages = [to_passage(item, f"{name}[{index}]") for index, item in enumerate(given)]
     return [passage for passage in passages if passage.text.strip()]
 
 

@@ -322,9 +322,7 @@ class FinchCompressor:
         stop: Sequence[str] | None = None,
     ) -> Iterator[str]:
         """Like `generate`, yielding text pieces as they are decoded."""
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
-        )
+        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
         answer_input = self._answer_input(compressed, max_new_tokens)
         cache = compressed.cache.as_cache()
         token_ids = generate_token_ids(self.model, cache, answer_input, params, self._eos_ids, self._lock)
@@ -343,9 +341,7 @@ class FinchCompressor:
         """`generate` for several compressed contexts at once, decoding them as one padded batch."""
         if not compressed:
             return []
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
-        )
+        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
         inputs = [self._answer_input(item, max_new_tokens) for item in compressed]
         caches = [item.cache.as_cache() for item in compressed]
         return generate_batch_texts(
@@ -382,9 +378,7 @@ class FinchCompressor:
         stop: Sequence[str] | None = None,
     ) -> Iterator[str]:
         """Like `generate_ids`, yielding text pieces as they are decoded."""
-        params = SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop or ())
-        )
+        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
         ids = self._vocabulary_ids(prompt_ids, "prompt_ids")
         window = self.context_window
         if window and len(ids) + max_new_tokens > window:

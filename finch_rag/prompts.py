@@ -68,6 +68,18 @@ History = Sequence[Mapping[str, Any]]
 """Earlier turns of a conversation: ``{"role": "user" | "assistant", "content": str}``, oldest first."""
 
 
+def to_passage(item: Any, where: str) -> Passage:
+    """``item`` as a `Passage` (a string is a passage without title); ``where`` names it in the error."""
+    if isinstance(item, Passage):
+        return item
+    if isinstance(item, str):
+        return Passage(item)
+    raise TypeError(
+        f"{where} is a {type(item).__name__}; passages must be strings (or finch_rag.Passage). "
+        "Convert documents to their text first, e.g. [doc.page_content for doc in docs]."
+    )
+
+
 def as_passages(context: str | Sequence[PassageLike]) -> list[Passage]:
     """Normalise ``compress()``'s ``context`` argument, rejecting what cannot be a passage."""
     if isinstance(context, str):
@@ -76,17 +88,7 @@ def as_passages(context: str | Sequence[PassageLike]) -> list[Passage]:
         items = context
     else:
         raise TypeError(f"context must be a string or a list of strings, got {type(context).__name__}.")
-    passages = []
-    for index, item in enumerate(items):
-        if isinstance(item, Passage):
-            passages.append(item)
-        elif isinstance(item, str):
-            passages.append(Passage(item))
-        else:
-            raise TypeError(
-                f"context[{index}] is a {type(item).__name__}; passages must be strings (or finch_rag.Passage). "
-                "Convert documents to their text first, e.g. [doc.page_content for doc in docs]."
-            )
+    passages = [to_passage(item, f"context[{index}]") for index, item in enumerate(items)]
     if not passages or not any(passage.text.strip() for passage in passages):
         raise ValueError("The context is empty: give at least one non-empty passage to compress.")
     return passages
