@@ -107,9 +107,16 @@ def test_chat_finch_reuses_the_retrievers_compression(
     assert meta["finch_context_source"] == "retriever" and meta["finch_reused"]
     assert compressor.store.get(meta["finch_cache_key"]).kept_tokens == meta["kept_tokens"] < meta["original_tokens"]
     assert BELL_ANSWER in result.content
+
+    async def astream() -> list[Any]:  # the async path queries the retriever with ainvoke
+        return [chunk async for chunk in chat.astream(BELL)]
+
+    chunks = asyncio.run(astream())
+    assert "".join(chunk.content for chunk in chunks) == result.content
+    assert chunks[-1].response_metadata["finch_reused"] and calls == [BELL, BELL]
     # Another budget must not reuse a compression made for this one.
     other = ChatFinch(retriever=retriever, target_tokens=40, max_tokens=4, compressor=compressor)
-    assert not other.invoke(BELL).response_metadata["finch_reused"] and len(calls) == 3
+    assert not other.invoke(BELL).response_metadata["finch_reused"] and len(calls) == 4
 
 
 _WITHOUT_CLASSIC = textwrap.dedent(
