@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from finch_rag.frontends import (
     CACHE_KEY,
@@ -62,12 +62,14 @@ class _Turn:
 
     def usage(self, compressor: FinchCompressor, text: str) -> UsageMetadata:
         output = len(encode_text(compressor.tokenizer, text).input_ids) if text else 0
-        usage = UsageMetadata(
-            input_tokens=self.input_tokens, output_tokens=output, total_tokens=self.input_tokens + output
-        )
+        usage: dict[str, Any] = {
+            "input_tokens": self.input_tokens,
+            "output_tokens": output,
+            "total_tokens": self.input_tokens + output,
+        }
         if self.prepared.compressed is not None:
-            usage["input_token_details"] = {KEPT_DETAIL: self.prepared.compressed.kept_tokens}  # type: ignore[typeddict-unknown-key]
-        return usage
+            usage["input_token_details"] = {KEPT_DETAIL: self.prepared.compressed.kept_tokens}
+        return cast(UsageMetadata, usage)
 
     @property
     def metadata(self) -> dict[str, Any]:
