@@ -203,9 +203,10 @@ def test_an_api_key_guards_every_endpoint_but_health(tiny: FinchCompressor) -> N
 
 
 def test_a_full_queue_answers_429_with_retry_after(tiny: FinchCompressor) -> None:
-    # One place in the server; the first request holds it for the whole batching window.
+    # One place in the server; the first request holds it for the whole batching window (8 s: time enough for the
+    # refused requests below on a busy machine).
     with (
-        serving(tiny, served_model_name="tiny", max_queue=1, batch_window_ms=3000) as server,
+        serving(tiny, served_model_name="tiny", max_queue=1, batch_window_ms=8000) as server,
         httpx.Client(base_url=server.url, timeout=TIMEOUT) as client,
     ):
         first: dict[str, httpx.Response] = {}
