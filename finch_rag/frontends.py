@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -187,7 +187,7 @@ def close(iterator: Iterator[Any]) -> None:
         closer()
 
 
-def accumulate(pieces: Iterator[str], respond: Callable[[str, str], T]) -> Iterator[T]:
+def accumulate(pieces: Iterator[str], respond: Callable[[str, str], T]) -> Generator[T, None, None]:
     """``respond(text so far, new piece)`` for each decoded piece, as a framework's streamed responses.
 
     Closing the result closes ``pieces`` (decoding stops when the consumer does).
@@ -201,7 +201,7 @@ def accumulate(pieces: Iterator[str], respond: Callable[[str, str], T]) -> Itera
         close(pieces)
 
 
-async def in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
+async def in_thread(iterator: Iterator[T]) -> AsyncGenerator[T, None]:
     """Drive a blocking iterator (decoding) from worker threads, one item at a time: the event loop stays free.
 
     Items arrive as they are produced; closing the async iterator closes ``iterator`` (decoding stops).

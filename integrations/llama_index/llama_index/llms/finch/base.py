@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from finch_rag.frontends import (
@@ -136,7 +136,7 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         text = prepared.text(self.compressor, self.sampling(kwargs))
         return ChatResponse(message=_reply(text), additional_kwargs=prepared.info)
 
-    def _stream(self, prepared: Prepared, kwargs: dict[str, Any], chat: bool) -> Iterator[Any]:
+    def _stream(self, prepared: Prepared, kwargs: dict[str, Any], chat: bool) -> Generator[Any, None, None]:
         """One response per decoded piece, with the text so far (options are checked now, not on first read)."""
         pieces, info = prepared.stream(self.compressor, self.sampling(kwargs)), prepared.info
         if chat:
