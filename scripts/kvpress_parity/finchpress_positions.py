@@ -1,20 +1,26 @@
 #!/usr/bin/env python
-"""Reference harness: run kvpress 0.5.5 FinchPress (single pass) on SmolLM2-135M-Instruct
-(GGUF Q4_1, dequantised to float32, CPU, sdpa) and dump the kept context positions per layer / KV head.
+"""Reference harness: kvpress 0.5.5 FinchPress (single pass) kept context positions per layer and KV head.
+
+Runs FinchPress on SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32, CPU, sdpa).
 
 usage: python finchpress_positions.py in.json out.json [--no-scores] [--no-verify]
 
 in.json : [{"context_ids": [...], "question_ids": [...], "n_kept_context": k}, ...]
           (a dict {"cases": [...]} is accepted too)
-out.json: {"meta": {...}, "cases": [{"n_kept_context": k_actual, "n_kept_context_requested": k, "compression_ratio": cr,
-           "n_context": C, "n_question": Q, "n_kept_total": n_kept,
-           "layers": [[[pos,...] per kv head] per layer],          # kept context positions, sorted ascending, 0-based into context_ids
-           "scores": [[[float,...] per kv head] per layer],       # FinchPress scores of the C context columns (omit with --no-scores)
-           "margins": [[float per kv head] per layer],            # min kept ctx score - max dropped ctx score (tie sensitivity)
+out.json: {"meta": {...}, "cases": [{"n_kept_context": k_actual, "n_kept_context_requested": k,
+           "compression_ratio": cr, "n_context": C, "n_question": Q, "n_kept_total": n_kept,
+           # kept context positions, sorted ascending, 0-based into context_ids:
+           "layers": [[[pos,...] per kv head] per layer],
+           # FinchPress scores of the C context columns (omit with --no-scores):
+           "scores": [[[float,...] per kv head] per layer],
+           # min kept ctx score - max dropped ctx score (tie sensitivity):
+           "margins": [[float per kv head] per layer],
            "check": {...}}]}
-The model is driven exactly as kvpress' own evaluation does for FinchPress: input_ids = context_ids + [delim] + question_ids,
-with the delimiter token added by FinchPress.update_model_and_tokenizer; see NOTES.md.
+The model is driven exactly as kvpress' own evaluation does for FinchPress:
+input_ids = context_ids + [delim] + question_ids, with the delimiter token added by
+FinchPress.update_model_and_tokenizer; see KVPRESS_SEMANTICS.md.
 """
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -26,16 +32,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
-from transformers.models.llama.modeling_llama import repeat_kv, rotate_half  # noqa: E402
-
 import kvpress  # noqa: E402
 import kvpress.presses.finch_press as finch_mod  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 from kvpress import FinchPress  # noqa: E402
 from kvpress.presses.key_rerotation_press import KeyRerotationPress  # noqa: E402
 from kvpress.utils import compute_n_kept  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
+from transformers.models.llama.modeling_llama import repeat_kv, rotate_half  # noqa: E402
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -45,8 +50,10 @@ _REC = {"layer": None, "indices": {}, "scores": {}, "indep": {}}
 
 class _RecordingRerotation(KeyRerotationPress):
     """Drop-in for the KeyRerotationPress *name* used inside kvpress.presses.finch_press.
+
     FinchPress.compress calls KeyRerotationPress.rerotate_keys(module, indices, keys) with the final
-    (topk -> sorted ascending) indices; we record them and delegate unchanged."""
+    (topk -> sorted ascending) indices; we record them and delegate unchanged.
+    """
 
     @staticmethod
     def rerotate_keys(module, indices, keys):
@@ -69,8 +76,11 @@ class RecordingFinchPress(FinchPress):
 
 
 def independent_scores(module, hidden_states, keys, W, kwargs):
-    """Re-implementation of the NOTES.md formula in float64 (not using kvpress code), context columns only.
-    score[h, j] = mean_{g in group(h)} mean_{i<W} (C+i) * softmax_{c<=C+i}( q_{g,C+i} . k_{h,c} / sqrt(d) )[j],  j < C"""
+    """Re-implement the KVPRESS_SEMANTICS.md formula in float64 (not using kvpress code), context columns only.
+
+    score[h, j] = mean_{g in group(h)} mean_{i<W} (C+i) * softmax_{c<=C+i}( q_{g,C+i} . k_{h,c} / sqrt(d) )[j],
+    for j < C.
+    """
     cfg = module.config
     H, Hkv, d = cfg.num_attention_heads, cfg.num_key_value_heads, module.head_dim
     L = keys.shape[2]
@@ -233,5 +243,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    import importlib.metadata  # noqa: F401
     main(sys.argv[1:])
