@@ -1,8 +1,9 @@
 """Serve suite: load on the OpenAI-compatible server, from 1 to 64 concurrent clients.
 
 Each setup runs as its own server process (``finch-rag serve ...`` on a free local port): one process with request
-batching, the same with batching off (``--max-batch-size 1``), and Ray Serve with 2 replicas (``--ray``). For
-every concurrency, that many clients each send ``--requests`` chat completions one after another (a closed loop);
+batching, the same with batching off (``--max-batch-size 1``), and Ray Serve with 2 replicas (``--ray``). All are
+started first; then, for every concurrency in turn and on each setup in turn (so that they are measured side by
+side), that many clients each send ``--requests`` chat completions one after another (a closed loop);
 each request carries ``--documents`` passages of the built-in demo corpus (rotated per request, as a retriever's
 top-k would) and its question, and asks for ``--max-tokens`` tokens, greedily. Reported per setup and concurrency:
 requests per second, latency percentiles, errors (anything but a 200), and the server's resident memory (every
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -170,8 +172,32 @@ async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, per_cli
     }
 
 
-def run_setup(key: str, args: argparse.Namespace, bodies: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    setup = SETUPS[key]
+def measure(key: str, server: ServerProcess, bodies: list[dict[str, Any]], clients: int, per_client: int) -> dict:
+    """One row: ``clients`` concurrent clients on one setup's server, with its memory before and after."""
+    before, processes = server_rss(server.url)
+    row = asyncio.run(run_load(server.url, bodies, clients, per_client))
+    after, _ = server_rss(server.url)
+    row |= {
+        "setup": SETUPS[key].name,
+        "processes": processes,
+        "rss_before_mib": before / 2**20,
+        "rss_after_mib": after / 2**20,
+    }
+    print(
+        f"{row['setup']:<36} {clients:>3} clients: {row['requests_per_s']:.2f} req/s, p50 {row['p50_s']:.1f} s, "
+        f"p99 {row['p99_s']:.1f} s, {row['errors']} errors, RSS {row['rss_before_mib']:.0f} -> "
+        f"{row['rss_after_mib']:.0f} MiB",
+        file=sys.stderr,
+    )
+    return row
+
+
+def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """Every setup's server up at once, then each concurrency on each setup in turn.
+
+    Interleaving keeps the setups side by side: on a machine shared with other work, the load changes over an
+    hour, and a setup measured in one block would be compared under other conditions than the next.
+    """
     extra = (
         "--batch-window-ms",
         str(args.batch_window_ms),
@@ -181,26 +207,16 @@ def run_setup(key: str, args: argparse.Namespace, bodies: list[dict[str, Any]], 
         "warning",
     )
     rows = []
-    with ServerProcess((*setup.arguments, *extra), out / f"serve_{key}.log") as server:
-        # Warm-up, so that first-call costs stay out of the figures: enough at once to reach every replica.
-        asyncio.run(run_load(server.url, bodies, 6 if "--ray" in setup.arguments else 2, 1))
+    with contextlib.ExitStack() as stack:
+        servers = {
+            key: stack.enter_context(ServerProcess((*SETUPS[key].arguments, *extra), out / f"serve_{key}.log"))
+            for key in args.setups
+        }
+        for key, server in servers.items():
+            # Warm-up, so that first-call costs stay out of the figures: enough at once to reach every replica.
+            asyncio.run(run_load(server.url, bodies, 6 if "--ray" in SETUPS[key].arguments else 2, 1))
         for clients in args.concurrency:
-            before, processes = server_rss(server.url)
-            row = asyncio.run(run_load(server.url, bodies, clients, args.requests))
-            after, _ = server_rss(server.url)
-            row |= {
-                "setup": setup.name,
-                "processes": processes,
-                "rss_before_mib": before / 2**20,
-                "rss_after_mib": after / 2**20,
-            }
-            print(
-                f"{setup.name:<36} {clients:>3} clients: {row['requests_per_s']:.2f} req/s, p50 {row['p50_s']:.1f} s, "
-                f"p99 {row['p99_s']:.1f} s, {row['errors']} errors, RSS {row['rss_before_mib']:.0f} -> "
-                f"{row['rss_after_mib']:.0f} MiB",
-                file=sys.stderr,
-            )
-            rows.append(row)
+            rows += [measure(key, server, bodies, clients, args.requests) for key, server in servers.items()]
     return rows
 
 
@@ -225,9 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bodies = demo_requests(max(args.concurrency) * args.requests, args.documents, args.max_tokens, args.target_tokens)
-    rows = []
-    for key in args.setups:
-        rows += run_setup(key, args, bodies, out)
+    rows = run_setups(args, bodies, out)
     command = "python -m benchmarks.serve " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command,
