@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append({"method": f"auto mass={mass}", **coverage(kept, evidence)})
         for row in rows:
             records.append({"qid": example.qid, "n": n, **row})
+        print(f"{len(records) // len(rows)} questions, {time.perf_counter() - started:.0f} s", flush=True)
     summary = []
     for method in dict.fromkeys(r["method"] for r in records):
         items = [r for r in records if r["method"] == method]
