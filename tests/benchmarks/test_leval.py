@@ -1,0 +1,47 @@
+"""The L-Eval harness's helpers: markup stripping, chunks, gold occurrences, truncation's cut, the split ablation."""
+
+from __future__ import annotations
+
+import torch
+from conftest import QUESTION
+
+from benchmarks.leval import (
+    cut_to_budget,
+    masked_fractions,
+    occurrences,
+    punctuation_sentences,
+    strip_markup,
+    word_chunks,
+)
+from finch_rag.prompts import Passage, PromptParts, build_prompt
+
+
+def test_strip_markup_chunks_and_occurrences():
+    page = '<H1> Cast </H1> <Table> <Tr> <Th_colspan="2"> Starring </Th> <Td> Dan Stevens </Td> </Tr> </Table>'
+    assert strip_markup(page) == "Cast Starring Dan Stevens"
+    assert word_chunks("a b c d e", 2) == ["a b", "c d", "e"]
+    assert occurrences("Dan Stevens met dan stevens; DAN", "dan stevens") == [(0, 11), (16, 27)]
+    assert occurrences("aaa", "aa") == [(0, 2), (1, 3)] and occurrences("abc", " ") == []
+
+
+def test_truncation_keeps_the_first_or_last_budget_tokens(tiny_tokenizer):
+    passages = [Passage("The secret code is 4817.", "A"), Passage("Bananas are yellow.", "B")]
+    parts, kept, cut = cut_to_budget(tiny_tokenizer, passages, QUESTION, 10)
+    assert int(kept.sum()) == 10 and bool(kept[:10].all())
+    assert len(cut) == 1 and cut[0].title == "A" and parts.context_text.startswith(cut[0].title + "\n" + cut[0].text)
+    _, last, tail = cut_to_budget(tiny_tokenizer, passages, QUESTION, 10, last=True)
+    assert bool(last[-10:].all()) and int(last.sum()) == 10 and tail[-1].text.endswith("yellow.")
+    # The code is past the first 10 tokens and inside the whole context.
+    assert masked_fractions(parts, kept, "4817") == [0.0]
+    everything = torch.ones(len(parts.context_ids), dtype=torch.bool)
+    assert masked_fractions(parts, everything, "4817") == [1.0]
+
+
+def test_punctuation_ablation_is_scoped(tiny_tokenizer):
+    text = "<Table> <Tr> <Td> Emma </Td> </Tr> <Tr> <Td> Alan </Td> </Tr> </Table>"
+    parts = build_prompt(tiny_tokenizer, [Passage(text)], QUESTION)
+    library = PromptParts.sentence_ids
+    with punctuation_sentences():
+        assert int(parts.sentence_ids().max()) == 0  # no punctuation: one sentence, as before the change
+    assert PromptParts.sentence_ids is library
+    assert int(parts.sentence_ids().max()) == 2  # two rows and the closing tag
