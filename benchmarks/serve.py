@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,7 +193,7 @@ def measure(key: str, server: ServerProcess, bodies: list[dict[str, Any]], clien
     return row
 
 
-def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], logs: Path) -> list[dict[str, Any]]:
     """Every setup's server up at once, then each concurrency on each setup in turn.
 
     Interleaving keeps the setups side by side: on a machine shared with other work, the load changes over an
@@ -209,7 +210,7 @@ def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], out: Path
     rows = []
     with contextlib.ExitStack() as stack:
         servers = {
-            key: stack.enter_context(ServerProcess((*SETUPS[key].arguments, *extra), out / f"serve_{key}.log"))
+            key: stack.enter_context(ServerProcess((*SETUPS[key].arguments, *extra), logs / f"serve_{key}.log"))
             for key in args.setups
         }
         for key, server in servers.items():
@@ -241,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bodies = demo_requests(max(args.concurrency) * args.requests, args.documents, args.max_tokens, args.target_tokens)
-    rows = run_setups(args, bodies, out)
+    logs = Path(tempfile.mkdtemp(prefix="finch-serve-logs-"))
+    print(f"Server logs: {logs}", file=sys.stderr)
+    rows = run_setups(args, bodies, logs)
     command = "python -m benchmarks.serve " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "command": command,
