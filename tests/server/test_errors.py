@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -234,7 +236,33 @@ def test_a_client_leaving_a_stream_frees_its_place(client: httpx.Client) -> None
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        first = next(response.iter_lines())
-        assert first.startswith("data: {")
-        assert client.get("/health").json()["queue_depth"] == 1  # still decoding
+        assert next(response.iter_lines()).startswith("data: {")
     wait_until(lambda: client.get("/health").json()["queue_depth"] == 0, what="the stream's place is freed")
+
+
+def test_a_stream_whose_reader_leaves_stops_decoding() -> None:
+    """The server's streams run the decoder on a thread of their own; leaving closes it at its next token."""
+    from finch_rag.server.chat import _threaded
+
+    closed = threading.Event()
+
+    def endless() -> Iterator[str]:
+        try:
+            while True:
+                time.sleep(0.01)
+                yield "token"
+        finally:
+            closed.set()
+
+    async def read_two() -> list[str]:
+        pieces = []
+        stream = _threaded(endless)
+        async for piece in stream:
+            pieces.append(piece)
+            if len(pieces) == 2:
+                break
+        await stream.aclose()
+        return pieces
+
+    assert asyncio.run(read_two()) == ["token", "token"]
+    assert closed.wait(10), "the decoder was not closed after its reader left"
