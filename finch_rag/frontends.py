@@ -207,11 +207,27 @@ async def in_thread(iterator: Iterator[T]) -> AsyncGenerator[T, None]:
     Items arrive as they are produced; closing the async iterator closes ``iterator`` (decoding stops).
     """
     done = object()
+    busy = threading.Lock()  # held while a worker is inside next(): a running generator cannot be closed
+
+    def step() -> Any:
+        with busy:
+            return next(iterator, done)
+
+    def finish() -> None:
+        with busy:
+            close(iterator)
+
     try:
-        while (item := await asyncio.to_thread(next, iterator, done)) is not done:
+        while (item := await asyncio.to_thread(step)) is not done:
             yield item  # type: ignore[misc]
     finally:
-        close(iterator)
+        if busy.acquire(blocking=False):
+            try:
+                close(iterator)
+            finally:
+                busy.release()
+        else:  # cancelled while a token was being decoded: close once that step returns, off the event loop
+            threading.Thread(target=finish, name="finch-close-stream", daemon=True).start()
 
 
 def plain_prompt_ids(tokenizer: Any, prompt: str, *, formatted: bool = False) -> list[int]:

@@ -235,3 +235,43 @@ def test_in_thread_yields_as_produced_and_closes_early() -> None:
     assert asyncio.run(first_two()) == [0, 1]
     assert threading.main_thread().name not in threads  # produced in worker threads, not on the event loop
     assert closed == [True]  # stopping early closed the producer (decoding stops)
+
+
+def test_in_thread_closes_the_producer_when_cancelled_mid_step() -> None:
+    """A consumer cancelled while a token is being decoded still stops the decoding, once that step returns."""
+    import asyncio
+    import threading
+    import time
+
+    from finch_rag.frontends import in_thread
+
+    produced: list[int] = []
+    closed = threading.Event()
+    in_step = threading.Event()
+
+    def produce() -> Any:
+        try:
+            for item in range(50):
+                in_step.set()
+                time.sleep(0.05)  # one slow decoding step
+                produced.append(item)
+                yield item
+        finally:
+            closed.set()
+
+    async def consume() -> None:
+        async for _ in in_thread(produce()):
+            pass
+
+    async def cancel_mid_step() -> None:
+        task = asyncio.create_task(consume())
+        await asyncio.to_thread(in_step.wait, 5)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(cancel_mid_step())
+    assert closed.wait(5), "the producer was never closed: decoding would run to the end"
+    assert len(produced) < 5
