@@ -6,13 +6,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from finch_rag.frontends import FinchOptions, as_passage
+from finch_rag.frontends import FinchOptions
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from .document_compressors import _with_stats
+from .document_compressors import compressed_documents
 
 
 class FinchRetriever(FinchOptions, BaseRetriever):
@@ -89,11 +89,4 @@ class FinchRetriever(FinchOptions, BaseRetriever):
                     f"The base retriever returned a {type(document).__name__} at position {index}; "
                     "FinchRetriever compresses langchain_core.documents.Document objects."
                 )
-        passages = [as_passage(document.page_content, document.metadata) for document in documents]
-        compressed, outputs = self._handle.compress_for_query(
-            passages, query, self.config, self.threshold, self.passage_allocation
-        )
-        key = compressed.cache_key if compressed is not None else None
-        return [
-            _with_stats(document, text, stats, key) for document, (text, stats) in zip(documents, outputs, strict=True)
-        ]
+        return compressed_documents(self, documents, query)
