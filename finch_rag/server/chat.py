@@ -9,13 +9,11 @@ format, ending with ``data: [DONE]``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -234,7 +232,7 @@ def _stream(
         answer: list[str] = []
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for piece in _threaded(lambda: engine.stream(work, sampling)):
+            async for piece in frontends.in_thread(engine.stream(work, sampling)):
                 answer.append(piece)
                 yield chunk({"content": piece})
             completion_tokens = engine.count_tokens("".join(answer))
@@ -257,46 +255,3 @@ def _stream(
 
 def _event(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-
-async def _threaded(make: Callable[[], Iterator[str]]) -> AsyncIterator[str]:
-    """Run a blocking iterator on its own thread and yield its items here, without blocking the event loop.
-
-    When the consumer stops early (the client went away), the thread closes the iterator after its current
-    item, which ends decoding at the next step.
-    """
-    loop = asyncio.get_running_loop()
-    items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    cancelled = threading.Event()
-
-    def produce() -> None:
-        iterator: Iterator[str] | None = None
-        try:
-            iterator = make()
-            for item in iterator:
-                if cancelled.is_set():
-                    break
-                loop.call_soon_threadsafe(items.put_nowait, ("item", item))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer
-            loop.call_soon_threadsafe(items.put_nowait, ("error", error))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-            try:
-                loop.call_soon_threadsafe(items.put_nowait, ("end", None))
-            except RuntimeError:  # the loop is gone
-                pass
-
-    thread = threading.Thread(target=produce, name="finch-stream", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = await items.get()
-            if kind == "end":
-                break
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        cancelled.set()

@@ -242,7 +242,7 @@ def test_a_client_leaving_a_stream_frees_its_place(client: httpx.Client) -> None
 
 def test_a_stream_whose_reader_leaves_stops_decoding() -> None:
     """The server's streams run the decoder on a thread of their own; leaving closes it at its next token."""
-    from finch_rag.server.chat import _threaded
+    from finch_rag.frontends import in_thread
 
     closed = threading.Event()
 
@@ -256,7 +256,7 @@ def test_a_stream_whose_reader_leaves_stops_decoding() -> None:
 
     async def read_two() -> list[str]:
         pieces = []
-        stream = _threaded(endless)
+        stream = in_thread(endless())
         async for piece in stream:
             pieces.append(piece)
             if len(pieces) == 2:
