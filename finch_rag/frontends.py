@@ -362,13 +362,31 @@ class CompressorHandle:
         allocation: PassageAllocation,
         history: History | None = None,
     ) -> tuple[CompressedContext, AllocationPlan[Passage]]:
-        plan = allocation.plan(passages, config)
+        return self.compress_plans([(passages, question, history)], config, allocation)[0]
+
+    def compress_plans(
+        self,
+        requests: Sequence[tuple[Sequence[Passage], str, History | None]],
+        config: FinchConfig,
+        allocation: PassageAllocation,
+    ) -> list[tuple[CompressedContext, AllocationPlan[Passage]]]:
+        """Plan and compress several ``(ranked passages, question, history)`` requests as one padded batch.
+
+        Each result equals compressing that request alone; every result goes in the store.
+        """
+        plans = [allocation.plan(passages, config) for passages, _, _ in requests]
         compressor = self.get()
-        compressed = compressor.compress(
-            plan.packed, question, config=plan.config, passage_weights=plan.passage_weights, history=history
+        contexts = compressor.compress_batch(
+            [plan.packed for plan in plans],
+            [question for _, question, _ in requests],
+            config=plans[0].config,
+            passage_weights=[plan.passage_weights for plan in plans],
+            batch_size=len(requests),
+            histories=[list(history or ()) for _, _, history in requests],
         )
-        compressor.store.put(compressed)
-        return compressed, plan
+        for context in contexts:
+            compressor.store.put(context)
+        return list(zip(contexts, plans, strict=True))
 
     def compress_for_query(
         self,

@@ -201,16 +201,11 @@ class Engine:
     def _compress_batch(self, key: _ContextKey, jobs: list[ContextJob]) -> list[Compressed]:
         compressor = self.compressor
         allocation = PassageAllocation(kind=key.allocation)  # type: ignore[arg-type]  # checked by the schema
-        plans = [allocation.plan(job.passages, key.config) for job in jobs]
-        contexts = compressor.compress_batch(
-            [plan.packed for plan in plans],
-            [job.question for job in jobs],
-            config=plans[0].config,
-            passage_weights=[plan.passage_weights for plan in plans],
-            batch_size=len(jobs),
-            histories=[list(job.history) for job in jobs],
+        planned = self._handle.compress_plans(
+            [(job.passages, job.question, job.history) for job in jobs], key.config, allocation
         )
-        results = [Compressed(context, plan) for context, plan in zip(contexts, plans, strict=True)]
+        contexts = [context for context, _ in planned]
+        results = [Compressed(context, plan) for context, plan in planned]
         if key.sampling is not None:
             sampling = key.sampling
             answers = compressor.generate_batch(contexts, **sampling.kwargs())
