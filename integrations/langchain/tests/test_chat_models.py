@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from langchain_finch import ChatFinch, FinchDocumentCompressor
 
+from .counting import count_compressions
 from .town_corpus import QUESTIONS, TOWN
 
 RATIO = 0.5
@@ -28,19 +29,6 @@ def town_text() -> str:
 def rag_system_message() -> SystemMessage:
     """The system message as LangChain 1.x's RAG tutorial middleware writes it."""
     return SystemMessage(f"{RAG_INSTRUCTION}\n\n{town_text()}")
-
-
-def count_compressions(monkeypatch: pytest.MonkeyPatch, compressor: Any) -> list[str]:
-    """Record each compress() call on this compressor instance (the questions it compressed for)."""
-    calls: list[str] = []
-    original = compressor.compress
-
-    def counting(context: Any, question: str, **kwargs: Any) -> Any:
-        calls.append(question)
-        return original(context, question, **kwargs)
-
-    monkeypatch.setattr(compressor, "compress", counting)
-    return calls
 
 
 class TokenRecorder(BaseCallbackHandler):

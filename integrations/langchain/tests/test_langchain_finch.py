@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from langchain_finch import CACHE_KEY, QUESTION_DELIMITER, FinchDocumentCompressor, FinchLLM, split_prompt
 
+from .counting import count_compressions
 from .town_corpus import QUESTIONS, TOWN
 
 RATIO = 0.5
@@ -30,19 +31,6 @@ class TokenRecorder(BaseCallbackHandler):
 
     def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
         self.tokens.append(token)
-
-
-def count_compressions(monkeypatch: pytest.MonkeyPatch, compressor: Any) -> list[str]:
-    """Record each compress() call on this compressor instance (the questions it compressed for)."""
-    calls: list[str] = []
-    original = compressor.compress
-
-    def counting(context: Any, question: str, **kwargs: Any) -> Any:
-        calls.append(question)
-        return original(context, question, **kwargs)
-
-    monkeypatch.setattr(compressor, "compress", counting)
-    return calls
 
 
 # ------------------------------------------------------------------ fast

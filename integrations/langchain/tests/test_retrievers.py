@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from langchain_finch import CACHE_KEY, ChatFinch, FinchDocumentCompressor, FinchRetriever
 
-from .test_chat_models import count_compressions
+from .counting import count_compressions
 from .town_corpus import QUESTIONS, TOWN
 
 RATIO = 0.5

@@ -16,23 +16,11 @@ from pydantic import ValidationError
 from llama_index.llms.finch import FinchLLM, split_qa_prompt
 from llama_index.postprocessor.finch import CACHE_KEY, STATS_KEYS, FinchNodePostprocessor
 
+from .counting import count_compressions
 from .island_corpus import ISLAND, QUESTIONS
 
 RATIO = 0.5
 TOP_K = 6
-
-
-def count_compressions(monkeypatch: pytest.MonkeyPatch, compressor: Any) -> list[str]:
-    """Record each compress() call on this compressor instance (the questions it compressed for)."""
-    calls: list[str] = []
-    original = compressor.compress
-
-    def counting(context: Any, question: str, **kwargs: Any) -> Any:
-        calls.append(question)
-        return original(context, question, **kwargs)
-
-    monkeypatch.setattr(compressor, "compress", counting)
-    return calls
 
 
 def query_engine(index: Any, compressor: Any, **kwargs: Any) -> Any:
