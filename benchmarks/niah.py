@@ -16,6 +16,10 @@ Methods, at the same budget ``B`` (context KV entries per layer and KV head):
 - ``full``: no compression (only where the whole prompt fits the model's window);
 - controls ``random``, ``recency`` (the last ``B``), ``first`` (the first ``B``): the same chunk loop as
   FINCH with a fixed rule in place of attention scores;
+- ``truncation``: the haystack cut to its first ``B`` tokens in reading order. The QA suites' truncation
+  (passages in order until ``B`` tokens) is exactly that for one haystack, so it runs as the ``first`` control
+  under the name ``truncation``: the kept entries are the first ``B`` and, the attention being causal, they
+  hold the same keys and values as a prefill of the cut text (only the cost differs: the whole haystack is read);
 - any ``label:key=value,...`` spec: the compressor's config with those `FinchConfig` fields changed,
   e.g. ``shared_s21:selection=shared,smoothing=21,chunk_size=512``; ``score_layers=upper`` is the
   upper half of the layers, ``score_layers=a..b`` a range (inclusive), ``none`` is ``None``.
@@ -24,6 +28,9 @@ The selection study behind the default config (``docs/results/niah_study_*.md``)
 command is in ``docs/results/README.md``.
 
     python -m benchmarks niah --lengths 2000 8000 --depths 0.1 0.5 0.9 --methods full finch recency
+
+``--plot depth`` draws depth curves (contains and retention against depth, one panel per length) in place of
+the depth x length heatmaps.
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ from .common import (
     write_json,
 )
 from .methods import METHOD_GROUPS, PRESETS, Method, expand_methods, method_config, parse_method
+
+TRUNCATION = Method("truncation", options={"selection": "first"})
+"""``truncation`` of one haystack: its first ``B`` tokens, run as the ``first`` control (see the module docstring)."""
 
 logger = logging.getLogger(__name__)
 
@@ -274,10 +284,9 @@ def run_niah(
         Called with each record as soon as it is done.
     """
     torch.manual_seed(seed)
-    resolved = expand_methods(methods)
-    if any(method.kind == "truncation" for method in resolved):
-        logger.info("niah: 'truncation' of one haystack is the 'first' control; running that instead.")
-        resolved = [m for m in resolved if m.kind != "truncation"]
+    resolved = [TRUNCATION if method.kind == "truncation" else method for method in expand_methods(methods)]
+    if TRUNCATION in resolved:
+        logger.info("niah: 'truncation' keeps the first B tokens of the haystack; it runs as the 'first' control.")
     chosen_needles = list(needles if needles is not None else NEEDLES)[: limit if limit else None]
     num_layers = compressor.model.config.get_text_config(decoder=True).num_hidden_layers
     haystack = Haystack(compressor.tokenizer, data)
@@ -441,6 +450,37 @@ def overview_table(records: Sequence[Mapping[str, Any]]) -> str:
     return markdown_table(rows, columns)
 
 
+def _curve_label(method: str, ratio: float) -> str:
+    return method if ratio == 0.0 else f"{method} {1 / (1 - ratio):.0f}x"
+
+
+def depth_curves(records: Sequence[Mapping[str, Any]], metric: str) -> dict[int, dict[str, list[tuple[float, float]]]]:
+    """``{length: {"method Nx": [(depth, mean metric), ...]}}`` over the records that ran, depths ascending."""
+    ran = [r for r in records if "skipped" not in r and r.get(metric) is not None]
+    groups = group_means(ran, ["length", "method", "ratio", "depth"], [metric])
+    curves: dict[int, dict[str, list[tuple[float, float]]]] = {}
+    for row in sorted(groups, key=lambda row: (row["length"], row["depth"])):
+        label = _curve_label(row["method"], row["ratio"])
+        curves.setdefault(row["length"], {}).setdefault(label, []).append((row["depth"], row[metric]))
+    return curves
+
+
+def depth_table(records: Sequence[Mapping[str, Any]], length: int) -> str:
+    """One row per needle depth, one column per method at ``length``: "contains / retention"."""
+    contains, retention = (depth_curves(records, metric).get(length, {}) for metric in ("contains", "retention"))
+    labels = list(dict.fromkeys([*retention, *contains]))
+    depths = sorted({depth for curve in retention.values() for depth, _ in curve})
+    rows = []
+    for depth in depths:
+        row: dict[str, Any] = {"depth": f"{depth:.1f}"}
+        for label in labels:
+            c = dict(contains.get(label, [])).get(depth)
+            k = dict(retention.get(label, [])).get(depth)
+            row[label] = f"{'-' if c is None else f'{c:.2f}'} / {'-' if k is None else f'{k:.2f}'}"
+        rows.append(row)
+    return markdown_table(rows, ["depth", *labels])
+
+
 def markdown_report(records: Sequence[Mapping[str, Any]], title: str = "Needle in a haystack") -> str:
     """Tables: overview; per method and ratio; per method, ratio and length; per method, ratio and depth."""
     sections = [f"# {title}", ""]
@@ -469,6 +509,9 @@ def markdown_report(records: Sequence[Mapping[str, Any]], title: str = "Needle i
         markdown_table(summarize(records, ("method", "ratio", "depth")), ["method", "x", "depth", *columns[2:6]]),
         "",
     ]
+    for length in sorted({r["length"] for r in records if "skipped" not in r}):
+        heading = f"## By needle depth at {length} tokens: contains / retention"
+        sections += [heading, "", depth_table(records, length), ""]
     skipped = [record for record in records if "skipped" in record]
     if skipped:
         reasons = sorted({f"{r['method']} at {r['length']} tokens: {r['skipped']}" for r in skipped})
@@ -534,14 +577,70 @@ def plot_heatmaps(records: Sequence[Mapping[str, Any]], path: str | Path, metric
     return target
 
 
+def plot_depth_curves(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """PNG of depth curves: contains (top row) and needle retention (bottom row) against needle depth.
+
+    One column per context length, one line per method (and compression).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = {"contains": "contains gold", "retention": "needle retention"}
+    curves = {metric: depth_curves(records, metric) for metric in metrics}
+    lengths = sorted({length for by_length in curves.values() for length in by_length})
+    labels = list(dict.fromkeys(label for by_length in curves.values() for c in by_length.values() for label in c))
+    # Curves that coincide (all 1.0, say) stay visible: each has its own colour, marker and marker size.
+    styles = {
+        label: {"color": f"C{i}", "marker": "osD^v<>"[i % 7], "markersize": max(9 - 2 * i, 3), "alpha": 0.85}
+        for i, label in enumerate(labels)
+    }
+    figure, axes = plt.subplots(
+        len(metrics), max(len(lengths), 1), figsize=(0.5 + 4 * max(len(lengths), 1), 6), squeeze=False
+    )
+    for row, (metric, title) in enumerate(metrics.items()):
+        for column, length in enumerate(lengths):
+            axis = axes[row][column]
+            for label, points in curves[metric].get(length, {}).items():
+                xs, ys = zip(*points, strict=True)
+                axis.plot(xs, ys, label=label, **styles[label])
+            axis.set_ylim(-0.05, 1.05)
+            axis.set_xlim(-0.05, 1.05)
+            axis.grid(alpha=0.3)
+            axis.set_title(f"{length} tokens: {title}", fontsize=9)
+            if row == len(metrics) - 1:
+                axis.set_xlabel("needle depth (0 = start, 1 = end)")
+            if column == 0:
+                axis.set_ylabel(title)
+    handles = {h.get_label(): h for axis in axes.flat for h in axis.get_lines()}
+    figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False)
+    figure.tight_layout(rect=(0, 0.06, 1, 1))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(target, dpi=110)
+    plt.close(figure)
+    return target
+
+
+PLOTS = {"heatmap": plot_heatmaps, "depth": plot_depth_curves}
+"""``--plot`` choices: the depth x length heatmap grid of ``contains``, or depth curves per length."""
+
+
 def write_results(
     records: Sequence[Mapping[str, Any]],
     out: str | Path = RESULTS_DIR,
     name: str = "niah",
     meta: Mapping[str, Any] | None = None,
     plot: bool = True,
+    figure: str = "heatmap",
 ) -> dict[str, Path]:
-    """Write ``{name}.json`` (records, summary, machine), ``{name}.md`` and ``{name}.png`` under ``out``."""
+    """Write ``{name}.json`` (records, summary, machine), ``{name}.md`` and ``{name}.png`` under ``out``.
+
+    ``figure`` picks the PNG from `PLOTS`: ``"heatmap"`` or ``"depth"``.
+    """
+    if figure not in PLOTS:
+        raise ValueError(f"Unknown figure {figure!r}; use one of {sorted(PLOTS)}.")
     folder = Path(out)
     info = {"machine": machine_description(), **(meta or {})}
     paths = {
@@ -557,7 +656,7 @@ def write_results(
     paths["md"] = folder / f"{name}.md"
     paths["md"].write_text(report.replace("\n", f"\n\n{header}\n", 1) + "\n")
     if plot:
-        paths["png"] = plot_heatmaps(records, folder / f"{name}.png")
+        paths["png"] = PLOTS[figure](records, folder / f"{name}.png")
     return paths
 
 
@@ -597,6 +696,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-only", action="store_true", help="run nothing: write the results of the records in --journal"
     )
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--plot",
+        choices=sorted(PLOTS),
+        default="heatmap",
+        help="the PNG: depth x length heatmaps of contains, or depth curves of contains and retention per length",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -613,7 +718,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.journal:
             parser.error("--report-only needs --journal")
         records = read_journal(args.journal)
-        paths = write_results(records, args.out, args.name, meta={"command": command}, plot=not args.no_plot)
+        paths = write_results(
+            records, args.out, args.name, meta={"command": command}, plot=not args.no_plot, figure=args.plot
+        )
         print("wrote " + ", ".join(str(path) for path in paths.values()))
         return 0
 
@@ -644,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": compressor.model_name,
         "base_config": {k: v for k, v in compressor.config.to_dict().items() if k != "progress"},
     }
-    paths = write_results(records, args.out, args.name, meta=meta, plot=not args.no_plot)
+    paths = write_results(records, args.out, args.name, meta=meta, plot=not args.no_plot, figure=args.plot)
     print(markdown_report(records))
     print("\nwrote " + ", ".join(str(path) for path in paths.values()))
     return 0
