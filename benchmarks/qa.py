@@ -66,7 +66,9 @@ class Example:
     """One question with its passages in retrieval order (best first) and its gold evidence.
 
     ``evidence`` holds one span per piece of evidence (an answer occurrence, a supporting sentence); a piece
-    whose passage was not retrieved is absent, and ``missing_evidence`` counts it.
+    whose passage was not retrieved is absent, and ``missing_evidence`` counts it. ``unretrieved_evidence`` holds
+    the text of pieces that a smaller retrieval cut off (`retrieve_more`): they count as evidence that nothing
+    kept, so retention and all-hops fall when retrieval misses.
     """
 
     suite: str
@@ -77,6 +79,7 @@ class Example:
     evidence: list[Span]
     missing_evidence: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    unretrieved_evidence: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------- data
@@ -267,17 +270,23 @@ def _truncated(parts: PromptParts, passages: Sequence[Passage], budget: int) -> 
     return kept or [Passage(passages[0].text[:1], passages[0].title)]
 
 
-def _evidence_metrics(kept: torch.Tensor, per_layer: torch.Tensor | None, evidence_masks: list[torch.Tensor]) -> dict:
-    """Retention, all-hops and per-layer retention from ``kept`` ``[n]`` (fraction of (layer, head) pairs)."""
+def _evidence_metrics(
+    kept: torch.Tensor, per_layer: torch.Tensor | None, evidence_masks: list[torch.Tensor], unretrieved_tokens: int = 0
+) -> dict:
+    """Retention, all-hops and per-layer retention from ``kept`` ``[n]`` (fraction of (layer, head) pairs).
+
+    ``unretrieved_tokens`` evidence tokens were never retrieved: they count as not kept, and fail all-hops.
+    """
     if not evidence_masks:
         return {"retention": 0.0, "all_hops": 0.0}
     union = torch.stack(evidence_masks).any(0)
+    share = int(union.sum()) / (int(union.sum()) + unretrieved_tokens)
     result: dict[str, Any] = {
-        "retention": float(kept[union].mean()),
-        "all_hops": float(all(float(kept[mask].mean()) >= 0.5 for mask in evidence_masks)),
+        "retention": float(kept[union].mean()) * share,
+        "all_hops": float(not unretrieved_tokens and all(float(kept[mask].mean()) >= 0.5 for mask in evidence_masks)),
     }
     if per_layer is not None:
-        result["retention_per_layer"] = [round(float(v), 4) for v in per_layer[:, union].mean(1)]
+        result["retention_per_layer"] = [round(float(v) * share, 4) for v in per_layer[:, union].mean(1)]
     return result
 
 
@@ -306,6 +315,7 @@ def run_example(
         system_prompt=base.system_prompt,
     )
     n = len(rank_parts.context_ids)
+    unretrieved = sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in example.unretrieved_evidence)
     common = {
         "suite": example.suite,
         "qid": example.qid,
@@ -336,7 +346,7 @@ def run_example(
                     continue
                 kept = (torch.arange(n) < budget).float()
                 masks = [rank_parts.span_tokens([span]) for span in example.evidence]
-                record |= _evidence_metrics(kept, None, masks)
+                record |= _evidence_metrics(kept, None, masks, unretrieved)
             else:
                 config = method_config(base, method, num_layers, target_tokens=budget)
                 plan = allocation_of(method, config).plan(passages, config)
@@ -345,7 +355,7 @@ def run_example(
                 )
                 packed_index = {ranked: packed for packed, ranked in enumerate(plan.order)}
                 masks = [compressed.span_tokens([(packed_index[p], s, e)]) for p, s, e in example.evidence]
-                record |= _evidence_metrics(compressed.kept_mask(), compressed.kept_per_layer(), masks)
+                record |= _evidence_metrics(compressed.kept_mask(), compressed.kept_per_layer(), masks, unretrieved)
             record["compress_s"] = round(time.perf_counter() - started, 4)
             record["kept_tokens"] = compressed.kept_tokens
             records.append(record)

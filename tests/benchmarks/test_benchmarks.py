@@ -310,3 +310,38 @@ def test_built_wheel_has_no_benchmark_code(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "finch_rag/compressor.py" in names and "finch_rag/py.typed" in names
     assert not [name for name in names if "bench" in name], "benchmark code in the wheel"
+
+
+def test_a_smaller_retrieval_counts_the_evidence_it_cut_off_as_lost(compressor, example):
+    """top_k_of(1) drops the evidence's rank-2 passage: nothing can keep it, so retention and all-hops are 0."""
+    from benchmarks.retrieve_more import top_k_of
+
+    cut = top_k_of(example, 1)
+    assert cut.passages == PASSAGES[:1] and cut.evidence == [] and cut.unretrieved_evidence == ["Orla Brant"]
+    assert cut.info["top_k"] == 1
+    for record in run_example(compressor, cut, expand_methods(["truncation", "finch_rag"]), ["4x"], answer=False):
+        assert record["retention"] == 0.0 and record["all_hops"] == 0.0
+    (whole,) = run_example(compressor, top_k_of(example, 3), [BUILTIN_METHODS["full"]], ["4x"], answer=False)
+    assert whole["retention"] == 1.0 and whole["all_hops"] == 1.0
+
+
+def test_unretrieved_evidence_dilutes_retention_and_fails_all_hops():
+    from benchmarks.qa import _evidence_metrics
+
+    kept = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    masks = [torch.tensor([True, True, False, False])]
+    assert _evidence_metrics(kept, None, masks) == {"retention": 1.0, "all_hops": 1.0}
+    assert _evidence_metrics(kept, None, masks, unretrieved_tokens=2) == {"retention": 0.5, "all_hops": 0.0}
+
+
+def test_retrieve_more_report_and_plot_from_records(tmp_path):
+    from benchmarks.retrieve_more import plot, report
+
+    records = [
+        {"qid": q, "top_k": k, "method": m, "budget": "128", "context_tokens": 100 * k, "compress_s": 0.1,
+         "retention": 0.1 * k + (0.2 if m == "finch_rag" else 0), "all_hops": float(m == "finch_rag")}
+        for q in ("a", "b") for k in (2, 4) for m in ("truncation", "finch_rag")
+    ]  # fmt: skip
+    text = report(records, {"suite": "hotpotqa", "command": "python -m benchmarks.retrieve_more hotpotqa"})
+    assert "## B = 128" in text and "k=4 B=128" in text and "finch_rag minus truncation" in text
+    assert plot(records, tmp_path / "curve.png", "t").stat().st_size > 0

@@ -1,0 +1,203 @@
+"""The "retrieve more" curve: quality at a fixed budget as the number of retrieved passages grows.
+
+finch-rag's promise is "retrieve more, compress to the budget" in place of "keep the passages that fit". This
+fixes ``B`` (``--budgets``) and varies how many passages retrieval hands over (``--top-k``), for top-k
+truncation and for `FinchRAG`'s default (the ``finch_rag`` preset):
+
+- ``hotpotqa``: each question's 10 paragraphs ranked by all-MiniLM-L6-v2, cut to the top ``k``;
+- ``rag-squad``: the top ``k`` of all 1,023 SQuAD paragraphs (one retrieval at the largest ``k``, cut).
+
+Evidence (supporting sentences; answer occurrences in the gold paragraph) that the top ``k`` does not reach
+counts as lost: its tokens count as not kept in ``retention``, and the question fails ``all_hops``. So a curve
+rises with ``k`` while retrieval recall grows, and falls when the budget cannot hold what was retrieved.
+
+    python -m benchmarks.retrieve_more hotpotqa --limit 60 --top-k 2 4 6 8 10
+    python -m benchmarks.retrieve_more rag-squad --limit 40 --top-k 4 8 16 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finch_rag import FinchCompressor, FinchConfig, load_model
+
+from .common import RESULTS_DIR, group_means, machine_description, markdown_table, write_json
+from .methods import expand_methods
+from .qa import Example, load_suite, paired_comparison, run_example
+
+SUITES = ("hotpotqa", "rag-squad")
+METHODS = ("truncation", "finch_rag")
+DEFAULT_TOP_K = {"hotpotqa": [2, 4, 6, 8, 10], "rag-squad": [4, 8, 16, 32]}
+
+
+def top_k_of(example: Example, k: int) -> Example:
+    """``example`` as if retrieval had returned only its best ``k`` passages."""
+    reached = [span for span in example.evidence if span[0] < k]
+    cut_off = [example.passages[p].text[start:end] for p, start, end in example.evidence if p >= k]
+    return dataclasses.replace(
+        example,
+        passages=example.passages[:k],
+        evidence=reached,
+        unretrieved_evidence=[*example.unretrieved_evidence, *cut_off],
+        info={**example.info, "top_k": k},
+    )
+
+
+def _key(record: Mapping[str, Any]) -> tuple[str, int, str, str]:
+    return (record["qid"], record["top_k"], record["method"], str(record["budget"]))
+
+
+def run(
+    compressor: FinchCompressor,
+    examples: Sequence[Example],
+    top_ks: Sequence[int],
+    budgets: Sequence[str],
+    journal: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One record per (question, k, method, budget); ``journal`` (JSON lines) resumes a stopped run."""
+    from tqdm.auto import tqdm
+
+    done: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+    if journal is not None and journal.exists():
+        done = {_key(r): r for r in map(json.loads, journal.read_text().splitlines()) if r}
+    methods = expand_methods(METHODS)
+    records = []
+    for example in tqdm(examples, desc="retrieve-more", unit="q", disable=not progress):
+        for k in top_ks:
+            cut = top_k_of(example, k)
+
+            def skip(method: str, label: str, qid: str = cut.qid, k: int = k) -> bool:
+                return (qid, k, method, label) in done
+
+            fresh = run_example(compressor, cut, methods, budgets, answer=False, skip=skip)
+            if journal is not None and fresh:
+                journal.parent.mkdir(parents=True, exist_ok=True)
+                with journal.open("a") as handle:
+                    handle.writelines(json.dumps(record) + "\n" for record in fresh)
+            records += [r for key, r in done.items() if key[:2] == (cut.qid, k)] + fresh
+    return records
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return group_means(
+        records, ["budget", "top_k", "method"], ("context_tokens", "retention", "all_hops", "compress_s")
+    )
+
+
+def plot(records: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
+    """PNG: one column per budget; all-hops (top) and retention (bottom) against k, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarize(records)
+    budgets = list(dict.fromkeys(str(r["budget"]) for r in rows))
+    figure, axes = plt.subplots(
+        2, len(budgets), figsize=(3.6 * len(budgets), 5.6), squeeze=False, sharey="row", layout="constrained"
+    )
+    for column, budget in enumerate(budgets):
+        for row, metric in enumerate(("all_hops", "retention")):
+            axis = axes[row][column]
+            for method in METHODS:
+                points = sorted(
+                    (r["top_k"], r[metric]) for r in rows if str(r["budget"]) == budget and r["method"] == method
+                )
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(
+                sorted({r["top_k"] for r in rows}), labels=[str(k) for k in sorted({r["top_k"] for r in rows})]
+            )
+            axis.set_ylim(-0.02, 1.02)
+            axis.grid(alpha=0.3)
+            axis.set_title(f"B = {budget}", fontsize=9) if row == 0 else axis.set_xlabel("passages retrieved (k)")
+            if column == 0:
+                axis.set_ylabel(metric)
+    axes[0][-1].legend(fontsize=8, loc="best")
+    figure.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    """Markdown: the curve per budget, then finch_rag minus truncation per (k, B) with paired 95% intervals."""
+    lines = [f"# Retrieve more: {meta['suite']}", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += [
+        "",
+        "retention = gold-evidence KV entries kept, evidence outside the top k counted as lost; all_hops = every "
+        "piece of evidence (supporting sentence, answer occurrence) keeps at least half of its entries and was "
+        "retrieved; context_tokens = tokens of the k passages (mean).",
+        "",
+    ]
+    rows = summarize(records)
+    for budget in dict.fromkeys(str(r["budget"]) for r in rows):
+        table = [r for r in rows if str(r["budget"]) == budget]
+        columns = ["top_k", "method", "n", "context_tokens", "retention", "all_hops", "compress_s"]
+        lines += [f"## B = {budget}", "", markdown_table(table, columns), ""]
+    # paired_comparison groups by "budget": give it one label per (k, B).
+    relabelled = [{**r, "budget": f"k={r['top_k']} B={r['budget']}"} for r in records]
+    labels = list(dict.fromkeys(r["budget"] for r in relabelled))
+    lines += paired_comparison(relabelled, labels, "finch_rag", "truncation")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.retrieve_more", description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", choices=SUITES)
+    parser.add_argument("--data", help="benchmark data folder (default: ../shared/data from the working directory)")
+    parser.add_argument("--limit", type=int, default=60, help="questions (drawn with --seed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=int, nargs="+", help="passages retrieved (default: 2-10 / 4-32)")
+    parser.add_argument("--budgets", nargs="+", default=["128", "256", "512"], help="B, or factors like 4x")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--journal", help="JSON-lines file: append each record, resume from it after a stop")
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
+    parser.add_argument("--name", help="output file stem (default: retrieve_more_<suite>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    top_ks = sorted(set(args.top_k or DEFAULT_TOP_K[args.suite]))
+    if top_ks[0] < 1:
+        raise SystemExit(f"--top-k values must be >= 1, got {top_ks[0]}.")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model, tokenizer = load_model()
+    compressor = FinchCompressor(model, tokenizer, FinchConfig(progress=False))
+    examples = load_suite(args.suite, args.data, args.limit, args.seed, top_k=max(top_ks))
+    journal = Path(args.journal) if args.journal else None
+    records = run(compressor, examples, top_ks, args.budgets, journal, progress=not args.quiet)
+    meta = {
+        "suite": args.suite,
+        "command": "python -m benchmarks.retrieve_more " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_description(),
+        "model": compressor.model_name,
+        "questions": len(examples),
+        "seconds": round(time.perf_counter() - started),
+    }
+    name = args.name or f"retrieve_more_{args.suite.replace('-', '_')}"
+    out = Path(args.out)
+    write_json(out / f"{name}.json", {"meta": meta, "summary": summarize(records), "records": records})
+    (out / f"{name}.md").write_text(report(records, meta) + "\n")
+    plot(records, out / f"{name}.png", f"{args.suite}: quality at fixed B as retrieval grows ({compressor.model_name})")
+    print(report(records, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
