@@ -7,6 +7,11 @@ truncation and for `FinchRAG`'s default (the ``finch_rag`` preset):
 - ``hotpotqa``: each question's 10 paragraphs ranked by all-MiniLM-L6-v2, cut to the top ``k``;
 - ``rag-squad``: the top ``k`` of all 1,023 SQuAD paragraphs (one retrieval at the largest ``k``, cut).
 
+Each (question, k) is read once: `FinchRAG`'s default allocation (best passage last, whole sentences) in a
+single pass (``chunk_size=None``) whose question attention is recorded, and every budget selects from those
+scores exactly as ``compress(chunk_size=None)`` at that budget would (one pass instead of one per budget: the
+curve costs a third). Truncation keeps the first ``B`` tokens of the ranked passages, and needs no model.
+
 Evidence (supporting sentences; answer occurrences in the gold paragraph) that the top ``k`` does not reach
 counts as lost: its tokens count as not kept in ``retention``, and the question fails ``all_hops``. So a curve
 rises with ``k`` while retrieval recall grows, and falls when the budget cannot hold what was retrieved.
@@ -28,11 +33,15 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchCompressor, FinchConfig, load_model
+from finch_rag import FinchConfig, PassageAllocation, load_model
+from finch_rag.compression.loop import CompressionRequest, compress_batch
+from finch_rag.compression.selection import RecordingSelection, selection_policy
+from finch_rag.compressor import _token_weights
+from finch_rag.prompts import build_prompt
 
+from .auto_budget import kept_mask
 from .common import RESULTS_DIR, group_means, machine_description, markdown_table, write_json
-from .methods import expand_methods
-from .qa import Example, load_suite, paired_comparison, run_example
+from .qa import Example, _evidence_metrics, load_suite, paired_comparison
 
 SUITES = ("hotpotqa", "rag-squad")
 METHODS = ("truncation", "finch_rag")
@@ -56,11 +65,63 @@ def _key(record: Mapping[str, Any]) -> tuple[str, int, str, str]:
     return (record["qid"], record["top_k"], record["method"], str(record["budget"]))
 
 
+def _curve_records(
+    model: Any, tokenizer: Any, example: Example, budgets: Sequence[int], config: FinchConfig
+) -> list[dict[str, Any]]:
+    """Truncation and ``finch_rag`` at every budget for one (question, k), from one recorded pass.
+
+    Truncation's kept set is the first ``B`` tokens of the ranked prompt: no model call. ``finch_rag`` runs
+    `FinchRAG`'s default allocation in one pass (``chunk_size=None``) whose question attention is recorded;
+    each budget then selects from those scores exactly as ``compress(chunk_size=None)`` at that budget would.
+    """
+    unretrieved = sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in example.unretrieved_evidence)
+    common = {"suite": example.suite, "qid": example.qid, **example.info}
+    ranked = build_prompt(tokenizer, example.passages, example.question)
+    ranked_masks = [ranked.span_tokens([span]) for span in example.evidence]
+    plan = PassageAllocation().plan(example.passages, config)
+    parts = build_prompt(tokenizer, plan.packed, example.question)
+    n = len(parts.context_ids)
+    weights = plan.passage_weights
+    request = CompressionRequest(
+        prefix_ids=torch.tensor([parts.prefix_ids]),
+        context_ids=torch.tensor([parts.context_ids]),
+        question_ids=torch.tensor([parts.question_ids]),
+        passage_starts=parts.passage_token_starts,
+        token_weights=None if weights is None else _token_weights(weights, parts.passage_token_starts, n),
+        span_ids=parts.sentence_ids() if plan.config.granularity == "sentence" else None,
+    )
+    text_config = model.config.get_text_config(decoder=True)
+    policy = selection_policy(plan.config, text_config.num_hidden_layers, getattr(text_config, "layer_types", None))
+    recorder = RecordingSelection(policy)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        compress_batch(model, [request], plan.config.replace(target_tokens=max(n - 1, 1)), policy=recorder)
+    seconds = time.perf_counter() - started
+    packed_index = {ranked_at: packed_at for packed_at, ranked_at in enumerate(plan.order)}
+    masks = [parts.span_tokens([(packed_index[p], start, end)]) for p, start, end in example.evidence]
+    records = []
+    for budget in budgets:
+        first = (torch.arange(len(ranked.context_ids)) < budget).float()
+        records.append(
+            common
+            | {"method": "truncation", "budget": str(budget), "context_tokens": len(ranked.context_ids)}
+            | _evidence_metrics(first, None, ranked_masks, unretrieved)
+        )
+        kept = kept_mask(policy, recorder.steps[0], min(budget, n)).float()
+        records.append(
+            common
+            | {"method": "finch_rag", "budget": str(budget), "context_tokens": n, "compress_s": round(seconds, 3)}
+            | _evidence_metrics(kept, None, masks, unretrieved)
+        )
+    return records
+
+
 def run(
-    compressor: FinchCompressor,
+    model: Any,
+    tokenizer: Any,
     examples: Sequence[Example],
     top_ks: Sequence[int],
-    budgets: Sequence[str],
+    budgets: Sequence[int],
     journal: Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
@@ -70,21 +131,20 @@ def run(
     done: dict[tuple[str, int, str, str], dict[str, Any]] = {}
     if journal is not None and journal.exists():
         done = {_key(r): r for r in map(json.loads, journal.read_text().splitlines()) if r}
-    methods = expand_methods(METHODS)
+    config = FinchConfig(chunk_size=None, progress=False)
     records = []
     for example in tqdm(examples, desc="retrieve-more", unit="q", disable=not progress):
         for k in top_ks:
-            cut = top_k_of(example, k)
-
-            def skip(method: str, label: str, qid: str = cut.qid, k: int = k) -> bool:
-                return (qid, k, method, label) in done
-
-            fresh = run_example(compressor, cut, methods, budgets, answer=False, skip=skip)
-            if journal is not None and fresh:
+            previous = [r for key, r in done.items() if key[:2] == (example.qid, k)]
+            if len(previous) == 2 * len(budgets):
+                records += previous
+                continue
+            fresh = _curve_records(model, tokenizer, top_k_of(example, k), budgets, config)
+            if journal is not None:
                 journal.parent.mkdir(parents=True, exist_ok=True)
                 with journal.open("a") as handle:
                     handle.writelines(json.dumps(record) + "\n" for record in fresh)
-            records += [r for key, r in done.items() if key[:2] == (cut.qid, k)] + fresh
+            records += fresh
     return records
 
 
@@ -145,7 +205,7 @@ def report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str
     rows = summarize(records)
     for budget in dict.fromkeys(str(r["budget"]) for r in rows):
         table = [r for r in rows if str(r["budget"]) == budget]
-        columns = ["top_k", "method", "n", "context_tokens", "retention", "all_hops", "compress_s"]
+        columns = ["top_k", "method", "n", "context_tokens", "retention", "all_hops"]
         lines += [f"## B = {budget}", "", markdown_table(table, columns), ""]
     # paired_comparison groups by "budget": give it one label per (k, B).
     relabelled = [{**r, "budget": f"k={r['top_k']} B={r['budget']}"} for r in records]
@@ -161,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=60, help="questions (drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top-k", type=int, nargs="+", help="passages retrieved (default: 2-10 / 4-32)")
-    parser.add_argument("--budgets", nargs="+", default=["128", "256", "512"], help="B, or factors like 4x")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512], help="B, in tokens")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--journal", help="JSON-lines file: append each record, resume from it after a stop")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
@@ -178,15 +238,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, tokenizer = load_model()
-    compressor = FinchCompressor(model, tokenizer, FinchConfig(progress=False))
     examples = load_suite(args.suite, args.data, args.limit, args.seed, top_k=max(top_ks))
     journal = Path(args.journal) if args.journal else None
-    records = run(compressor, examples, top_ks, args.budgets, journal, progress=not args.quiet)
+    records = run(model, tokenizer, examples, top_ks, args.budgets, journal, progress=not args.quiet)
     meta = {
         "suite": args.suite,
         "command": "python -m benchmarks.retrieve_more " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_description(),
-        "model": compressor.model_name,
+        "model": "SmolLM2-135M-Instruct (embedded default)",
         "questions": len(examples),
         "seconds": round(time.perf_counter() - started),
     }
@@ -194,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     write_json(out / f"{name}.json", {"meta": meta, "summary": summarize(records), "records": records})
     (out / f"{name}.md").write_text(report(records, meta) + "\n")
-    plot(records, out / f"{name}.png", f"{args.suite}: quality at fixed B as retrieval grows ({compressor.model_name})")
+    plot(records, out / f"{name}.png", f"{args.suite}: quality at fixed B as retrieval grows (SmolLM2-135M-Instruct)")
     print(report(records, meta))
     return 0
 

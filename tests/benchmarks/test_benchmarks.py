@@ -345,3 +345,20 @@ def test_retrieve_more_report_and_plot_from_records(tmp_path):
     text = report(records, {"suite": "hotpotqa", "command": "python -m benchmarks.retrieve_more hotpotqa"})
     assert "## B = 128" in text and "k=4 B=128" in text and "finch_rag minus truncation" in text
     assert plot(records, tmp_path / "curve.png", "t").stat().st_size > 0
+
+
+def test_the_curves_one_pass_selection_equals_compressing_at_each_budget(compressor, example):
+    """Selecting from one recorded pass gives, at each B, what run_example's single-pass finch_rag keeps."""
+    from benchmarks.retrieve_more import _curve_records
+
+    config = FinchConfig(chunk_size=None, progress=False)
+    n = len(build_prompt(compressor.tokenizer, PASSAGES, QUESTION).context_ids)
+    budgets = [n // 4, n // 2, n + 5]
+    curve = _curve_records(compressor.model, compressor.tokenizer, example, budgets, config)
+    method = expand_methods(["single:granularity=sentence,chunk_size=None,packing=best_last"])
+    direct = run_example(compressor, example, method, [str(b) for b in budgets], answer=False)
+    for budget, record in zip(budgets, direct, strict=True):
+        (ours,) = [r for r in curve if r["method"] == "finch_rag" and r["budget"] == str(budget)]
+        assert ours["retention"] == pytest.approx(record["retention"]) and ours["all_hops"] == record["all_hops"]
+    (truncated,) = [r for r in curve if r["method"] == "truncation" and r["budget"] == str(n + 5)]
+    assert truncated["retention"] == 1.0
