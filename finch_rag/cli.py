@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import FinchConfig
 from .pipeline import ALLOCATIONS, Answer, FinchRAG
-from .retrieval import RetrievedPassage
+from .prompts import Passage
 from .server.command import add_serve_parser
 
 logger = logging.getLogger("finch_rag")
@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ask",
         parents=[common],
         help="compress the given files for a question and answer it",
-        description="Each file is one passage, titled by its file name, packed in the order given.",
+        description="Each file is one passage, titled by its file name, packed in the order given. A file of "
+        "more than 240 words is cut into 120-word pieces, and all pieces are ranked by similarity to the question "
+        "and packed best last (FinchRAG.answer_from_documents): one long passage would lose its middle to recency.",
     )
     ask.add_argument(
         "--file",
@@ -153,7 +155,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _ask(args: argparse.Namespace) -> None:
-    passages: list[RetrievedPassage] = []
+    documents: list[Passage] = []
     for path in args.files:
         try:
             text = path.read_text(encoding="utf-8")
@@ -163,11 +165,11 @@ def _ask(args: argparse.Namespace) -> None:
             raise CLIError(f"{path} is not UTF-8 text.") from error
         if not text.strip():
             raise CLIError(f"{path} is empty.")
-        passages.append(RetrievedPassage(text, path.name, {"source": str(path)}, None, len(passages) + 1))
+        documents.append(Passage(text, path.name, {"source": str(path)}))
     rag = _pipeline(args, _config(args))
     if not args.quiet:
-        print(f"Context: {len(passages)} file(s). {_describe(rag)}\n")
-    _print_answer(rag.answer_from(args.question, passages), args.quiet)
+        print(f"Context: {len(documents)} file(s). {_describe(rag)}\n")
+    _print_answer(rag.answer_from_documents(args.question, documents), args.quiet)
 
 
 # ------------------------------------------------------------------- printing

@@ -55,6 +55,21 @@ def test_ask_prints_answer_sources_and_stats(
     assert logging.getLogger("finch_rag").level == level  # main() leaves logging as it found it
 
 
+def test_ask_cuts_a_long_file_into_ranked_pieces(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long file as one passage loses its middle to recency; ask ranks its pieces with the embedder instead."""
+    words = [f"filler{index}" for index in range(300)]
+    words[150:150] = "The secret code of the vault is written here.".split()
+    page = tmp_path / "page.txt"
+    page.write_text(" ".join(words), encoding="utf-8")
+    argv = ["ask", "--file", str(page), QUESTION, "--model", str(tiny_model_dir), "--target-tokens", "20"]
+    assert main([*argv, "--chunk-size", "128", "--max-new-tokens", "2", "--no-progress"]) == 0
+    sources = re.findall(r"^\s+(\d+)\. (.+?)\s+score\s+(\S+)\s+kept", capsys.readouterr().out, flags=re.M)
+    assert sorted(title for _, title, _ in sources) == [f"page.txt (part {n} of 3)" for n in (1, 2, 3)]
+    assert sources[0][1] == "page.txt (part 2 of 3)" and sources[0][2] != "-"  # the piece with the code, scored
+
+
 def test_ask_quiet_prints_only_the_answer(
     tiny_model_dir: Path, files: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -284,6 +284,34 @@ def test_answer_from_given_passages_skips_retrieval(compressor: FinchCompressor)
     assert rag._retriever is None  # the default embedding model was never loaded
 
 
+def test_answer_from_short_documents_is_answer_from_in_the_order_given(rag: FinchRAG) -> None:
+    documents = [PASSAGES[0], Passage(PASSAGES[1], "France")]
+    by_documents = rag.answer_from_documents(QUESTION, documents)
+    given = rag.answer_from(QUESTION, documents)
+    assert [s.title for s in by_documents.sources] == [None, "France"]
+    assert by_documents.compressed.kept_positions[0].tolist() == given.compressed.kept_positions[0].tolist()  # type: ignore[union-attr]
+
+
+def test_a_long_document_is_cut_into_pieces_ranked_best_first(rag: FinchRAG) -> None:
+    filler = [f"w{index}" for index in range(250)]
+    needle = "The lighthouse keeper of Velm is Orla Brant".split()
+    words = filler[:130] + needle + filler[130:]
+    answer = rag.answer_from_documents("Who is the lighthouse keeper of Velm?", [Passage(" ".join(words), "page")])
+    assert sorted(s.title for s in answer.sources) == [f"page (part {n} of 3)" for n in (1, 2, 3)]
+    assert "Orla Brant" in answer.sources[0].text and answer.sources[0].rank == 1  # the piece with the answer
+    assert sorted(word for s in answer.sources for word in s.text.split()) == sorted(words)  # nothing dropped
+    assert answer.stats["passages"] == 3
+
+
+@pytest.mark.parametrize(
+    ("documents", "kwargs", "error"),
+    [("one string", {}, TypeError), ([PASSAGES[0]], {"piece_words": 0}, ValueError), ([3], {}, TypeError)],
+)
+def test_answer_from_documents_rejects_bad_input(rag: FinchRAG, documents: Any, kwargs: Any, error: type) -> None:
+    with pytest.raises(error):
+        rag.answer_from_documents(QUESTION, documents, **kwargs)
+
+
 def test_concurrent_asks_match_sequential(rag: FinchRAG) -> None:
     questions = [QUESTION, "Where does the fox live?", "Who wrote the letter to the king of Spain?"] * 2
     expected = [(a.text, a.compressed.kept_positions[0].tolist()) for a in map(rag.ask, questions)]  # type: ignore[union-attr]
