@@ -362,3 +362,18 @@ def test_the_curves_one_pass_selection_equals_compressing_at_each_budget(compres
         assert ours["retention"] == pytest.approx(record["retention"]) and ours["all_hops"] == record["all_hops"]
     (truncated,) = [r for r in curve if r["method"] == "truncation" and r["budget"] == str(n + 5)]
     assert truncated["retention"] == 1.0
+
+
+def test_fusion_sentence_texts_and_priors(tiny_tokenizer):
+    from benchmarks.fusion import sentence_texts, with_prior
+    from finch_rag.compression.selection import CandidateScores
+
+    parts = build_prompt(tiny_tokenizer, PASSAGES, QUESTION)
+    ids = parts.sentence_ids()
+    texts = sentence_texts(parts, ids)
+    assert len(texts) == int(ids.max()) + 1 and any("Orla Brant designed" in text for text in texts)
+    positions = [torch.tensor([[[0, 2, 3]]])]
+    candidates = CandidateScores([], positions, weights=[torch.tensor([[[1.0, 2.0, 0.5]]])])
+    prior = torch.tensor([10.0, 20.0, 30.0, 40.0])
+    assert with_prior(candidates, prior).weights[0].tolist() == [[[10.0, 60.0, 20.0]]]
+    assert with_prior(CandidateScores([], positions), prior).weights[0].tolist() == [[[10.0, 30.0, 40.0]]]
