@@ -34,8 +34,9 @@ $(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/finch-rag demo
 
+# --durations names the slowest tests, to keep the run near 10 minutes on 2 cores.
 test: $(STAMP)
-	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $$path; done
+	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10 $$path; done
 
 test-fast: $(STAMP)
 	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $$path; done
