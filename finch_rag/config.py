@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -12,6 +13,8 @@ Granularity = Literal["token", "sentence"]
 GRANULARITIES: tuple[str, ...] = ("token", "sentence")
 LayerSet = Literal["upper_half", "all"]
 LAYER_SETS: tuple[str, ...] = ("upper_half", "all")
+AUTO_OPTIONS: tuple[str, ...] = ("attention_mass", "max_target_tokens")
+"""`FinchConfig` fields that only the automatic budget (``target_tokens="auto"``) reads."""
 
 
 @dataclass(frozen=True)
@@ -170,3 +173,23 @@ class FinchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_auto_options(config: FinchConfig, given: Iterable[str]) -> None:
+    """Refuse `AUTO_OPTIONS` set explicitly (names in ``given``) when ``config``'s budget is not ``"auto"``.
+
+    A front end calls this with the options its user set: with a fixed budget they would be silently ignored.
+    """
+    given = set(given)
+    named = [name for name in AUTO_OPTIONS if name in given]
+    if not named or config.target_tokens == "auto":
+        return
+    if config.target_tokens is not None:
+        budget = f"target_tokens={config.target_tokens}"
+    else:
+        budget = f"compression_ratio={config.compression_ratio}"
+    raise ValueError(
+        f'{" and ".join(named)} only {"apply" if len(named) > 1 else "applies"} with target_tokens="auto" (the '
+        f'automatic budget), but the budget here is {budget}; set target_tokens="auto", or leave '
+        f"{'them' if len(named) > 1 else 'it'} out."
+    )

@@ -14,7 +14,8 @@ share lives in this module, once:
   so a document compressor and an LLM built from the same name share their compressed contexts), with the steps
   every front end takes: merge options into a config, plan the allocation and compress passages, find a stored
   compression by its cache key, and turn a chat request into a compressed context or a plain prompt;
-- `FinchOptions` and `SamplingOptions`: the pydantic fields the integration classes share, declared once;
+- `FinchOptions` and `SamplingOptions`: the pydantic fields the integration classes share, declared once (and
+  `TargetTokens`, the type of a budget that may be `"auto"`, which the server's request schema reuses);
 - `chat_context` (from `finch_rag.chat`): the rule that says where a chat request's context comes from (`ChatPlan`);
 - `Prepared`: what a prompt turns into (a compressed context, a plain prompt or a fixed answer) and how to
   stream the answer from it.
@@ -29,14 +30,22 @@ import re
 import threading
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from .allocation import ALLOCATIONS, RETRIEVAL_WEIGHTED, Allocation, AllocationPlan, PassageAllocation, RankWeighting
 from .chat import ChatPlan, ChatSource, chat_context, chat_question
 from .compressor import FinchCompressor
-from .config import FinchConfig
+from .config import AUTO_OPTIONS, FinchConfig, check_auto_options
 from .context import STATS_KEYS, CompressedContext
 from .pipeline import NO_CONTEXT_ANSWER
 from .prompts import (
@@ -78,8 +87,10 @@ __all__ = [
     "Prepared",
     "RankWeighting",
     "SamplingOptions",
+    "TargetTokens",
     "accumulate",
     "as_passage",
+    "budget_params",
     "chat_context",
     "chat_prompt_ids",
     "chat_question",
@@ -103,12 +114,25 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _compressors: dict[str | None, FinchCompressor] = {}
 
-CONFIG_FIELDS = ("target_tokens", "compression_ratio", "chunk_size", "progress")
+CONFIG_FIELDS = ("target_tokens", "compression_ratio", "chunk_size", "progress", *AUTO_OPTIONS)
 """Front-end options that map one to one onto `FinchConfig` fields."""
 _NONE_MEANS_SOMETHING = ("chunk_size",)  # chunk_size=None is a single pass; elsewhere None means "not set"
 
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "seed")
 """Decoding options, settable on a front end and per call."""
+
+
+def _budget(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:  # one message for the union, instead of one per member
+        raise ValueError(
+            f'must be an int >= 1 (the budget B) or "auto" (the automatic budget), got {value!r}'
+        ) from None
+
+
+TargetTokens = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"] | None, WrapValidator(_budget)]
+"""The type of a front end's ``target_tokens``: ``B``, ``"auto"`` or ``None`` (not set), with one clear error."""
 
 _KEY_LINE = re.compile(rf"^[ \t]*{CACHE_KEY}:[ \t]*{CACHE_KEY_PATTERN.pattern}[ \t]*\n?", re.MULTILINE)
 
@@ -138,10 +162,24 @@ def check_compressor(compressor: Any, model_name: str | None) -> FinchCompressor
     return compressor
 
 
+def budget_params(config: FinchConfig) -> dict[str, Any]:
+    """``config``'s budget for a framework's identifying parameters (LangChain's ``_identifying_params``).
+
+    ``target_tokens`` and ``compression_ratio``, and with ``target_tokens="auto"`` also ``attention_mass`` and
+    ``max_target_tokens``, which then change what is kept.
+    """
+    params: dict[str, Any] = {"target_tokens": config.target_tokens, "compression_ratio": config.compression_ratio}
+    if config.target_tokens == "auto":
+        params |= {name: getattr(config, name) for name in AUTO_OPTIONS}
+    return params
+
+
 def merged_config(base: FinchConfig, explicit: Mapping[str, Any]) -> FinchConfig:
     """``base`` with the options the user set explicitly (a budget given in one mode clears the other).
 
     An explicit ``chunk_size=None`` is kept (a single pass); an explicit ``None`` budget means "not set".
+    ``attention_mass`` or ``max_target_tokens`` with a budget that is not ``"auto"`` is a ``ValueError``
+    (`check_auto_options`): they would be ignored.
     """
     changes = {
         name: value
@@ -153,7 +191,9 @@ def merged_config(base: FinchConfig, explicit: Mapping[str, Any]) -> FinchConfig
             "Give target_tokens or compression_ratio, not both "
             f"(got target_tokens={changes['target_tokens']}, compression_ratio={changes['compression_ratio']})."
         )
-    return base.replace(**changes) if changes else base
+    config = base.replace(**changes) if changes else base
+    check_auto_options(config, changes)
+    return config
 
 
 # ------------------------------------------------------------------------------------------ passages and keys
@@ -507,9 +547,20 @@ class FinchOptions(BaseModel):
         description="Model to load when no compressor= is given: a hub id, a local path or a .gguf file; "
         "None is the embedded SmolLM2-135M-Instruct (offline). Models loaded by name are shared in the process.",
     )
-    target_tokens: int | None = Field(None, ge=1, description="Budget B: context KV entries kept per layer/KV head.")
+    target_tokens: TargetTokens = Field(
+        None,
+        description='Budget B: context KV entries kept per layer/KV head; "auto" picks B per question '
+        "(the fewest entries holding attention_mass of the question's attention, at most max_target_tokens).",
+    )
     compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
     chunk_size: int | None = Field(512, ge=1, description="Context tokens read per step; None for a single pass.")
+    attention_mass: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description='With target_tokens="auto": share of the question\'s attention the kept entries hold (0.9).',
+    )
+    max_target_tokens: int | None = Field(None, ge=1, description='With target_tokens="auto": the cap on B (1024).')
     progress: bool = Field(False, description="Show a tqdm bar over chunks.")
     allocation: Allocation = Field(
         RETRIEVAL_WEIGHTED, description="How retrieved passages share the budget (finch_rag.PassageAllocation)."

@@ -71,6 +71,50 @@ def test_options_are_declared_once_and_validated(compressor: FinchCompressor) ->
         Options(compressor=compressor, model_name="x")
 
 
+def test_an_automatic_budget_is_an_option_that_reaches_the_compressor(handle: CompressorHandle) -> None:
+    options = Options(compressor=handle.get(), target_tokens="auto", attention_mass=0.5, max_target_tokens=40)
+    config = options.config
+    assert (config.target_tokens, config.attention_mass, config.max_target_tokens) == ("auto", 0.5, 40)
+    assert config.compression_ratio is None and config.chunk_size == CONFIG.chunk_size
+    # Against a base that is already automatic, the two options alone are enough; a fixed budget switches back.
+    assert merged_config(config, {"attention_mass": 0.8}).attention_mass == 0.8
+    assert merged_config(config, {"target_tokens": 8}).target_tokens == 8
+    passages = [as_passage(text) for text in PASSAGES]
+    auto = handle.compress_passages(passages, QUESTION, config, PassageAllocation("global"))
+    fixed = handle.compress_passages(passages, QUESTION, CONFIG.replace(target_tokens=40), PassageAllocation("global"))
+    assert auto.config.target_tokens == "auto" and 0 < auto.kept_tokens < fixed.kept_tokens == 40
+    less = handle.compress_passages(passages, QUESTION, config.replace(attention_mass=0.2), PassageAllocation("global"))
+    assert less.kept_tokens < auto.kept_tokens
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"target_tokens": "lots"}, 'or "auto"'),
+        ({"target_tokens": 0}, 'or "auto"'),
+        ({"target_tokens": 2.5}, 'or "auto"'),
+        ({"target_tokens": "auto", "attention_mass": 1.5}, "attention_mass"),
+        ({"target_tokens": "auto", "attention_mass": 0}, "attention_mass"),
+        ({"target_tokens": "auto", "max_target_tokens": 0}, "max_target_tokens"),
+    ],
+)
+def test_bad_automatic_budget_options_are_refused(bad: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Options(**bad)
+
+
+def test_automatic_budget_options_with_a_fixed_budget_are_refused(compressor: FinchCompressor) -> None:
+    """They would be silently ignored; the error says to set target_tokens="auto"."""
+    with pytest.raises(ValueError, match='attention_mass only applies with target_tokens="auto".*target_tokens=8'):
+        Options(target_tokens=8, attention_mass=0.5)
+    with pytest.raises(ValueError, match="max_target_tokens only applies.*compression_ratio=0.75"):
+        Options(max_target_tokens=64)  # the default budget is a ratio
+    with pytest.raises(ValueError, match="attention_mass and max_target_tokens only apply.*target_tokens=16"):
+        Options(compressor=compressor, attention_mass=0.5, max_target_tokens=64)  # the compressor's budget is fixed
+    with pytest.raises(ValueError, match="attention_mass"):
+        merged_config(CONFIG, {"target_tokens": 8, "attention_mass": 0.5})
+
+
 def test_sampling_options_per_call() -> None:
     options = Options(max_new_tokens=5, seed=3)
     assert options.sampling({}, ["\n"]) == {

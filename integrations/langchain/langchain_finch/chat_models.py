@@ -18,6 +18,7 @@ from finch_rag.frontends import (
     Prepared,
     SamplingOptions,
     as_passage,
+    budget_params,
     chat_context,
     chat_question,
     close,
@@ -110,7 +111,8 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
 
     Parameters
     ----------
-    model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting
+    model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
+    attention_mass, max_target_tokens
         The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
         from the compressor's config.
     max_tokens : int
@@ -157,8 +159,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         config = self.config
         return {
             "model_name": self._model_label(),
-            "target_tokens": config.target_tokens,
-            "compression_ratio": config.compression_ratio,
+            **budget_params(config),
             "chunk_size": config.chunk_size,
             "selection": config.selection,
             "allocation": self.allocation,

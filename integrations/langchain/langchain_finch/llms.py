@@ -13,6 +13,7 @@ from finch_rag.frontends import (
     Prepared,
     SamplingOptions,
     as_passage,
+    budget_params,
     close,
     split_prompt,
 )
@@ -45,7 +46,8 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
 
     Parameters
     ----------
-    model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting
+    model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
+    attention_mass, max_target_tokens
         The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
         from the compressor's config.
     max_new_tokens, temperature, top_p, seed
@@ -74,8 +76,7 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         config = self.config
         return {
             "model_name": model,
-            "target_tokens": config.target_tokens,
-            "compression_ratio": config.compression_ratio,
+            **budget_params(config),
             "chunk_size": config.chunk_size,
             "selection": config.selection,
             "allocation": self.allocation,

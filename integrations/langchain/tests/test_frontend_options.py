@@ -95,3 +95,39 @@ def test_an_llm_with_another_budget_does_not_reuse_a_stored_compression(tiny: Fi
     smaller = FinchLLM(compressor=tiny, target_tokens=8, max_new_tokens=2).generate([prompt])
     info = smaller.generations[0][0].generation_info
     assert not info["finch_reused"] and info["kept_tokens"] == 8
+
+
+AUTO: dict[str, Any] = {"target_tokens": "auto", "attention_mass": 0.5, "max_target_tokens": 40}
+
+
+def test_an_automatic_budget_reaches_the_compressor(tiny: FinchCompressor) -> None:
+    """``target_tokens="auto"`` keeps the fewest entries holding ``attention_mass``, below the cap a fixed B fills."""
+    docs = FinchDocumentCompressor(compressor=tiny, **AUTO).compress_documents(DOCUMENTS, TINY.QUESTION)
+    stored = tiny.store.get(docs[0].metadata[CACHE_KEY])
+    fixed_docs = FinchDocumentCompressor(compressor=tiny, target_tokens=40).compress_documents(DOCUMENTS, TINY.QUESTION)
+    fixed = tiny.store.get(fixed_docs[0].metadata[CACHE_KEY])
+    assert (stored.config.target_tokens, stored.config.attention_mass, stored.config.max_target_tokens) == (
+        "auto",
+        0.5,
+        40,
+    )
+    assert 0 < stored.kept_tokens < fixed.kept_tokens == 40
+    # The LLM reuses that compression only with the same automatic options, which identify it to LangChain.
+    context = "\n\n".join(f"[{d.metadata[CACHE_KEY]}] {d.page_content}" for d in docs)
+    prompt = f"Context:\n{context}\n\nQuestion: {TINY.QUESTION}\nAnswer:"
+    llm = FinchLLM(compressor=tiny, max_new_tokens=2, **AUTO)
+    same = llm.generate([prompt]).generations[0][0].generation_info
+    assert same["finch_reused"] and same["kept_tokens"] == stored.kept_tokens
+    other = FinchLLM(compressor=tiny, max_new_tokens=2, **(AUTO | {"attention_mass": 0.2}))
+    info = other.generate([prompt]).generations[0][0].generation_info
+    assert not info["finch_reused"] and tiny.store.get(info[CACHE_KEY]).config.attention_mass == 0.2
+    assert llm._identifying_params["target_tokens"] == "auto" and other._identifying_params["attention_mass"] == 0.2
+    assert "attention_mass" not in FinchLLM(compressor=tiny)._identifying_params  # a fixed budget ignores it
+
+
+def test_bad_automatic_budget_options_are_refused() -> None:
+    for bad in ({"target_tokens": "lots"}, {"target_tokens": "auto", "attention_mass": 1.5}, {"max_target_tokens": 0}):
+        with pytest.raises(ValueError, match="target_tokens|attention_mass|max_target_tokens"):
+            FinchDocumentCompressor(**bad)
+    with pytest.raises(ValueError, match='attention_mass only applies with target_tokens="auto"'):
+        FinchLLM(target_tokens=8, attention_mass=0.5)

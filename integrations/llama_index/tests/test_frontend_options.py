@@ -90,3 +90,38 @@ def test_plain_chat_is_plain_generation(tiny: FinchCompressor) -> None:
     assert reply.additional_kwargs["kept_tokens"] == reply.additional_kwargs["original_tokens"] == len(ids)
     assert reply.additional_kwargs[CACHE_KEY] is None
     assert "".join(r.delta for r in llm.stream_chat(messages)) == reply.message.content
+
+
+AUTO = {"target_tokens": "auto", "attention_mass": 0.5, "max_target_tokens": 40}
+
+
+def test_an_automatic_budget_reaches_the_compressor(tiny: FinchCompressor) -> None:
+    """``target_tokens="auto"`` keeps the fewest entries holding ``attention_mass``, below the cap a fixed B fills."""
+    out = FinchNodePostprocessor(compressor=tiny, **AUTO).postprocess_nodes(NODES, query_str=TINY.QUESTION)
+    stored = tiny.store.get(out[0].node.metadata[CACHE_KEY])
+    fixed_out = FinchNodePostprocessor(compressor=tiny, target_tokens=40).postprocess_nodes(
+        NODES, query_str=TINY.QUESTION
+    )
+    fixed = tiny.store.get(fixed_out[0].node.metadata[CACHE_KEY])
+    assert (stored.config.target_tokens, stored.config.attention_mass, stored.config.max_target_tokens) == (
+        "auto",
+        0.5,
+        40,
+    )
+    assert 0 < stored.kept_tokens < fixed.kept_tokens == 40
+    # The LLM reuses that compression only with the same automatic options.
+    context = "\n\n".join(n.node.get_content(metadata_mode=MetadataMode.LLM) for n in out)
+    prompt = DEFAULT_TEXT_QA_PROMPT.format(context_str=context, query_str=TINY.QUESTION)
+    same = FinchLLM(compressor=tiny, max_new_tokens=2, **AUTO).complete(prompt).additional_kwargs
+    assert same["finch_reused"] and same["kept_tokens"] == stored.kept_tokens
+    other = FinchLLM(compressor=tiny, max_new_tokens=2, **(AUTO | {"attention_mass": 0.2})).complete(prompt)
+    assert not other.additional_kwargs["finch_reused"]
+    assert tiny.store.get(other.additional_kwargs[CACHE_KEY]).config.attention_mass == 0.2
+
+
+def test_bad_automatic_budget_options_are_refused() -> None:
+    for bad in ({"target_tokens": "lots"}, {"target_tokens": "auto", "attention_mass": 1.5}, {"max_target_tokens": 0}):
+        with pytest.raises(ValueError, match="target_tokens|attention_mass|max_target_tokens"):
+            FinchNodePostprocessor(**bad)
+    with pytest.raises(ValueError, match='attention_mass only applies with target_tokens="auto"'):
+        FinchLLM(target_tokens=8, attention_mass=0.5)
