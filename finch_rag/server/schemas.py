@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..frontends import TargetTokens
 from .errors import APIError
 
 
@@ -32,9 +33,15 @@ class CompressionOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    target_tokens: int | None = Field(None, ge=1, description="B: context KV entries kept per layer and KV head.")
+    target_tokens: TargetTokens = Field(
+        None, description='B: context KV entries kept per layer and KV head; "auto" picks B per question.'
+    )
     compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
     chunk_size: int | None = Field(None, ge=1, description="Context tokens read per step; null for one pass.")
+    attention_mass: float | None = Field(
+        None, gt=0, le=1, description='With target_tokens "auto": share of the question\'s attention to keep.'
+    )
+    max_target_tokens: int | None = Field(None, ge=1, description='With target_tokens "auto": the cap on B.')
     allocation: Literal["retrieval_weighted", "global"] | None = Field(
         None, description="How the documents (best first) share the budget."
     )
@@ -54,9 +61,11 @@ class _WithOptions(BaseModel):
     """Top-level spellings of the compression options, merged with the ``finch`` field."""
 
     finch: CompressionOptions | None = Field(None, description="Compression options (finch-rag extension).")
-    target_tokens: int | None = Field(None, ge=1)
+    target_tokens: TargetTokens = None
     compression_ratio: float | None = Field(None, ge=0, lt=1)
     chunk_size: int | None = Field(None, ge=1)
+    attention_mass: float | None = Field(None, gt=0, le=1)
+    max_target_tokens: int | None = Field(None, ge=1)
     allocation: Literal["retrieval_weighted", "global"] | None = None
 
     def options(self) -> CompressionOptions:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..allocation import ALLOCATIONS
-from ..config import FinchConfig
+from ..config import AUTO_OPTIONS, FinchConfig, check_auto_options
 from ..models import DEFAULT_MODEL
 
 
@@ -120,8 +120,9 @@ class ServerSettings:
     def from_options(cls, options: Mapping[str, Any]) -> ServerSettings:
         """Settings from flat options, as a Ray Serve config file's ``args`` gives them.
 
-        Keys are `ServerSettings` fields and, for the default `FinchConfig`, ``target_tokens``,
-        ``compression_ratio``, ``chunk_size`` and ``selection``. An unknown key is an error naming the known ones.
+        Keys are `ServerSettings` fields and, for the default `FinchConfig`, ``target_tokens`` (an int or
+        ``"auto"``), ``compression_ratio``, ``chunk_size``, ``selection``, and with ``target_tokens: auto``
+        ``attention_mass`` and ``max_target_tokens``. An unknown key is an error naming the known ones.
         """
         own = {item.name for item in fields(cls)} - {"config"}
         unknown = sorted(set(options) - own - set(CONFIG_OPTIONS))
@@ -130,8 +131,9 @@ class ServerSettings:
         changes = {name: value for name, value in options.items() if name in CONFIG_OPTIONS}
         changes = {name: value for name, value in changes.items() if value is not None or name == "chunk_size"}
         config = FinchConfig(progress=False).replace(**changes) if changes else FinchConfig(progress=False)
+        check_auto_options(config, changes)
         return cls(config=config, **{name: value for name, value in options.items() if name in own})
 
 
-CONFIG_OPTIONS = ("target_tokens", "compression_ratio", "chunk_size", "selection")
+CONFIG_OPTIONS = ("target_tokens", "compression_ratio", "chunk_size", "selection", *AUTO_OPTIONS)
 """`FinchConfig` fields a server's flat options may set (`ServerSettings.from_options`)."""

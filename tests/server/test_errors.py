@@ -112,6 +112,11 @@ def test_an_unknown_model_is_404(client: httpx.Client, server: ServerThread) -> 
         ({"finch": {"target_tokens": 8}, "target_tokens": 4}, "target_tokens"),
         ({"compression_ratio": -0.1}, "compression_ratio"),
         ({"finch": {"allocation": "best"}}, "finch.allocation"),
+        ({"finch": {"target_tokens": "lots"}}, "finch.target_tokens"),
+        ({"target_tokens": "lots"}, "target_tokens"),
+        ({"finch": {"target_tokens": "auto", "attention_mass": 1.5}}, "finch.attention_mass"),
+        ({"finch": {"target_tokens": "auto", "max_target_tokens": 0}}, "finch.max_target_tokens"),
+        ({"finch": {"target_tokens": 8, "attention_mass": 0.5}}, "finch"),  # ignored with a fixed budget: refused
         ({"temperature": 5}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"max_tokens": 0}, "max_tokens"),

@@ -45,3 +45,12 @@ def test_flat_options_from_a_config_file() -> None:
     assert ServerSettings.from_options({}).config == FinchConfig(progress=False)
     with pytest.raises(ValueError, match="max_batch_sise"):
         ServerSettings.from_options({"max_batch_sise": 4})
+
+
+def test_flat_options_take_the_automatic_budget() -> None:
+    auto = ServerSettings.from_options({"target_tokens": "auto", "attention_mass": 0.6, "max_target_tokens": 256})
+    assert auto.config == FinchConfig(target_tokens="auto", attention_mass=0.6, max_target_tokens=256, progress=False)
+    with pytest.raises(ValueError, match='attention_mass only applies with target_tokens="auto"'):
+        ServerSettings.from_options({"target_tokens": 128, "attention_mass": 0.6})
+    with pytest.raises(ValueError, match="max_target_tokens"):
+        ServerSettings.from_options({"target_tokens": "auto", "max_target_tokens": 0})
