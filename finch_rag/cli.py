@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .arguments import add_budget_arguments, budget_options
 from .config import FinchConfig
 from .pipeline import ALLOCATIONS, Answer, FinchRAG
 from .prompts import Passage
@@ -40,11 +41,7 @@ def load_demo_corpus() -> dict[str, Any]:
 # ------------------------------------------------------------------ arguments
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    budget = common.add_mutually_exclusive_group()
-    budget.add_argument("--target-tokens", type=int, metavar="N", help="context KV entries kept (the budget B)")
-    budget.add_argument(
-        "--ratio", type=float, metavar="R", help="fraction of the context removed, in [0, 1) (0.75 = 4x compression)"
-    )
+    add_budget_arguments(common, ratio_help="fraction of the context removed, in [0, 1) (0.75 = 4x compression)")
     common.add_argument("--chunk-size", type=int, metavar="S", help="context tokens read per step (default 512)")
     common.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="answer length limit (default 64)")
     common.add_argument(
@@ -108,16 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, default_ratio: float | None = None) -> FinchConfig:
     options: dict[str, Any] = {"progress": not args.no_progress}
-    if args.target_tokens is not None:
-        options["target_tokens"] = args.target_tokens
-    elif args.ratio is not None:
-        options["compression_ratio"] = args.ratio
-    elif default_ratio is not None:
-        options["compression_ratio"] = default_ratio
     if args.chunk_size is not None:
         options["chunk_size"] = args.chunk_size
     try:
-        return FinchConfig(**options)
+        budget = budget_options(args)
+        if "target_tokens" not in budget and "compression_ratio" not in budget and default_ratio is not None:
+            budget["compression_ratio"] = default_ratio
+        return FinchConfig(**options, **budget)
     except (TypeError, ValueError) as error:
         raise CLIError(str(error)) from error
 
@@ -175,7 +169,16 @@ def _ask(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------- printing
 def _describe(rag: FinchRAG) -> str:
     config = rag.config
-    budget = f"keep {config.target_tokens} tokens" if config.target_tokens else f"remove {config.compression_ratio:.0%}"
+    if config.target_tokens == "auto":
+        unit = "sentences" if rag.passage_allocation.configure(config).granularity == "sentence" else "tokens"
+        budget = (
+            f"keep the {unit} holding {config.attention_mass:.0%} of the question's attention, "
+            f"at most {config.max_target_tokens} tokens"
+        )
+    elif config.target_tokens:
+        budget = f"keep {config.target_tokens} tokens"
+    else:
+        budget = f"remove {config.compression_ratio:.0%}"
     return (
         f"Model {rag.compressor.model_name}, {budget}, chunks of {config.chunk_size or 'all'} tokens, "
         f"{config.selection} selection, {rag.allocation} allocation."

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from ..allocation import ALLOCATIONS
+from ..arguments import add_budget_arguments, budget_options
 from ..config import FinchConfig
 from .settings import ServerSettings
 
@@ -62,9 +63,7 @@ def add_serve_parser(commands: Any) -> None:
         action="store_true",
         help="never compress: a plain chat server (e.g. standing in for vLLM behind another server's /v1/compress)",
     )
-    budget = compression.add_mutually_exclusive_group()
-    budget.add_argument("--target-tokens", type=int, metavar="N", help="context KV entries kept (the budget B)")
-    budget.add_argument("--ratio", type=float, metavar="R", help="fraction of the context removed (default 0.75)")
+    add_budget_arguments(compression, ratio_help="fraction of the context removed (default 0.75)")
     compression.add_argument(
         "--chunk-size",
         type=_chunk_size,
@@ -140,11 +139,7 @@ def add_serve_parser(commands: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """`ServerSettings` from the parsed ``serve`` arguments (``ValueError`` names a bad value)."""
-    options: dict[str, Any] = {"progress": False, "chunk_size": args.chunk_size}
-    if args.target_tokens is not None:
-        options["target_tokens"] = args.target_tokens
-    elif args.ratio is not None:
-        options["compression_ratio"] = args.ratio
+    options: dict[str, Any] = {"progress": False, "chunk_size": args.chunk_size, **budget_options(args)}
     return ServerSettings(
         model=args.model,
         served_model_name=args.served_model_name,

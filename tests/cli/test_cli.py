@@ -70,6 +70,26 @@ def test_ask_cuts_a_long_file_into_ranked_pieces(
     assert sources[0][1] == "page.txt (part 2 of 3)" and sources[0][2] != "-"  # the piece with the code, scored
 
 
+@pytest.mark.parametrize(("allocation", "unit"), [("retrieval_weighted", "sentences"), ("global", "tokens")])
+def test_ask_with_the_automatic_budget(
+    tiny_model_dir: Path, files: list[Path], allocation: str, unit: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--target-tokens auto`` keeps the fewest tokens holding the share, below the cap that a fixed B fills."""
+    argv = ["ask", *_file_args(files), QUESTION, "--model", str(tiny_model_dir), "--allocation", allocation]
+    argv += ["--chunk-size", "32", "--max-new-tokens", "1", "--no-progress"]
+
+    def run(*budget: str) -> tuple[str, int]:
+        assert main([*argv, *budget]) == 0
+        out = capsys.readouterr().out
+        match = re.search(r"Compression: \d+ -> (\d+) context tokens", out)
+        assert match, out
+        return out, int(match[1])
+
+    out, auto = run("--target-tokens", "auto", "--attention-mass", "0.5", "--max-target-tokens", "40")
+    assert f"keep the {unit} holding 50% of the question's attention, at most 40 tokens," in out
+    assert 0 < auto < run("--target-tokens", "40")[1] == 40
+
+
 def test_ask_quiet_prints_only_the_answer(
     tiny_model_dir: Path, files: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -85,6 +105,10 @@ def test_ask_quiet_prints_only_the_answer(
         (["--ratio", "1.5"], "compression_ratio"),
         (["--chunk-size", "0"], "chunk_size"),
         (["--target-tokens", "0"], "target_tokens"),
+        (["--target-tokens", "auto", "--attention-mass", "1.5"], "attention_mass .* must be in \\(0, 1\\]"),
+        (["--target-tokens", "auto", "--max-target-tokens", "0"], "max_target_tokens .* must be an int >= 1"),
+        (["--attention-mass", "0.5"], "--attention-mass only applies with --target-tokens auto"),
+        (["--target-tokens", "8", "--attention-mass", "0.5", "--max-target-tokens", "64"], "add --target-tokens auto"),
     ],
 )
 def test_ask_bad_options_fail_cleanly(
@@ -92,6 +116,12 @@ def test_ask_bad_options_fail_cleanly(
 ) -> None:
     assert main(["ask", *_file_args(files), QUESTION, *extra]) == 2
     assert re.search(rf"^finch-rag: error: .*{message}", capsys.readouterr().err)
+
+
+def test_demo_refuses_automatic_options_without_auto(capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked before any model loads: the demo's default budget is a ratio."""
+    assert main(["demo", "--max-target-tokens", "64"]) == 2
+    assert "finch-rag: error: --max-target-tokens only applies with --target-tokens auto" in capsys.readouterr().err
 
 
 def test_ask_missing_or_empty_file_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,6 +139,8 @@ def test_ask_missing_or_empty_file_fails_cleanly(tmp_path: Path, capsys: pytest.
         [],  # a subcommand is required
         ["ask", QUESTION],  # --file is required
         ["ask", "--file", "a.txt", QUESTION, "--ratio", "0.5", "--target-tokens", "8"],  # one budget only
+        ["ask", "--file", "a.txt", QUESTION, "--ratio", "0.5", "--target-tokens", "auto"],
+        ["ask", "--file", "a.txt", QUESTION, "--target-tokens", "lots"],  # an int or auto
         ["demo", "--allocation", "local"],
         ["bench", "quick"],  # benchmarks are not part of the library: python -m benchmarks quick
     ],

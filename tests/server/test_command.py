@@ -39,6 +39,20 @@ def test_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         settings("--max-queue", "0")
 
 
+def test_the_automatic_budget_as_the_default() -> None:
+    parsed = settings("--target-tokens", "auto", "--attention-mass", "0.6", "--max-target-tokens", "256")
+    assert parsed.config == FinchConfig(target_tokens="auto", attention_mass=0.6, max_target_tokens=256, progress=False)
+    assert settings("--target-tokens", "AUTO").config == FinchConfig(target_tokens="auto", progress=False)
+    with pytest.raises(ValueError, match="--attention-mass only applies with --target-tokens auto"):
+        settings("--target-tokens", "64", "--attention-mass", "0.6")
+    with pytest.raises(ValueError, match="--max-target-tokens only applies"):
+        settings("--max-target-tokens", "256")  # the default budget is a ratio
+    with pytest.raises(ValueError, match="attention_mass"):
+        settings("--target-tokens", "auto", "--attention-mass", "1.5")
+    with pytest.raises(SystemExit):
+        settings("--target-tokens", "lots")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
