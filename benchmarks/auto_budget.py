@@ -26,14 +26,12 @@ from typing import Any
 import torch
 
 from finch_rag import FinchConfig, load_model
-from finch_rag.allocation import PassageAllocation
 from finch_rag.compression.auto_budget import AttentionMassSelection
-from finch_rag.compression.loop import CompressionRequest, compress_batch
-from finch_rag.compression.selection import CandidateScores, RecordingSelection, selection_policy
 from finch_rag.prompts import build_prompt
 
 from .common import RESULTS_DIR, data_dir, machine_description, markdown_table, mean, write_json
 from .qa import load_hotpotqa
+from .single_pass import record_pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,53 +58,21 @@ def coverage(kept: torch.Tensor, evidence: Sequence[torch.Tensor]) -> dict[str, 
     }
 
 
-def kept_mask(policy: Any, candidates: CandidateScores, keep: int) -> torch.Tensor:
-    """``[n]`` bool: the context tokens ``policy`` keeps among a single pass's candidates (first head)."""
-    indices, _ = policy.select(candidates, keep)
-    kept = torch.zeros(candidates.context_length, dtype=torch.bool)
-    kept[candidates.positions[0][0, 0][indices[0][0, 0]]] = True
-    return kept
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model()
-    text_config = model.config.get_text_config(decoder=True)
-    num_layers, layer_types = text_config.num_hidden_layers, getattr(text_config, "layer_types", None)
-    allocation = PassageAllocation()
     base = FinchConfig(target_tokens=args.cap, chunk_size=None, progress=False)
     records: list[dict[str, Any]] = []
     started = time.perf_counter()
     for example in load_hotpotqa(data_dir(args.data), args.limit, args.seed):
-        plan = allocation.plan(example.passages, base)
-        parts = build_prompt(tokenizer, plan.packed, example.question)
-        n = len(parts.context_ids)
-        # Evidence spans are (rank index, start, end); the packed order is the ranking restored backwards.
-        packed_index = {id(passage): index for index, passage in enumerate(plan.packed)}
-        evidence = [
-            parts.span_tokens([(packed_index[id(example.passages[rank])], start, end)])
-            for rank, start, end in example.evidence
-        ]
+        recorded = record_pass(model, tokenizer, example.passages, example.question, base)
+        n, evidence = recorded.context_length, recorded.evidence_masks(example.evidence)
         if not evidence:
             continue
-        inner = selection_policy(plan.config, num_layers, layer_types)
-        recorder = RecordingSelection(inner)
-        request = CompressionRequest(
-            prefix_ids=torch.tensor([parts.prefix_ids]),
-            context_ids=torch.tensor([parts.context_ids]),
-            question_ids=torch.tensor([parts.question_ids]),
-            passage_starts=parts.passage_token_starts,
-            span_ids=parts.sentence_ids(),
-        )
-        with torch.inference_mode():
-            compress_batch(model, [request], plan.config.replace(target_tokens=n - 1), policy=recorder)
-        candidates = recorder.steps[0]
-
         rows = []
         for budget in args.budgets:
-            kept = kept_mask(inner, candidates, min(budget, n))
-            rows.append({"method": f"fixed B={budget}", **coverage(kept, evidence)})
+            rows.append({"method": f"fixed B={budget}", **coverage(recorded.kept(budget).bool(), evidence)})
             # Truncation: the ranked passages in rank order, first B tokens (its own prompt, same passages).
             ranked = build_prompt(tokenizer, example.passages, example.question)
             ranked_evidence = [ranked.span_tokens([span]) for span in example.evidence]
@@ -114,8 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kept[:budget] = True
             rows.append({"method": f"truncation B={budget}", **coverage(kept, ranked_evidence)})
         for mass in args.masses:
-            policy = AttentionMassSelection(inner, mass)
-            kept = kept_mask(policy, candidates, min(args.cap, n - 1))
+            policy = AttentionMassSelection(recorded.policy, mass)
+            kept = recorded.kept(min(args.cap, n - 1), policy=policy).bool()
             rows.append({"method": f"auto mass={mass}", **coverage(kept, evidence)})
         for row in rows:
             records.append({"qid": example.qid, "n": n, **row})

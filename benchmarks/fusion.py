@@ -26,16 +26,14 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchConfig, PassageAllocation, load_model
-from finch_rag.compression.loop import CompressionRequest, compress_batch
-from finch_rag.compression.selection import CandidateScores, RecordingSelection, selection_policy
-from finch_rag.compressor import _token_weights
+from finch_rag import FinchConfig, load_model
+from finch_rag.compression.selection import CandidateScores
 from finch_rag.prompts import PromptParts, build_prompt
 from finch_rag.retrieval import load_embedding_model
 
-from .auto_budget import kept_mask
 from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
 from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
+from .single_pass import record_pass
 
 
 def sentence_texts(parts: PromptParts, sentence_ids: torch.Tensor) -> list[str]:
@@ -73,14 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model()
     embedder = load_embedding_model()
-    text_config = model.config.get_text_config(decoder=True)
     config = FinchConfig(chunk_size=None, progress=False)
     records: list[dict[str, Any]] = []
     embed_seconds = model_seconds = 0.0
     for example in load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=embedder):
-        plan = PassageAllocation().plan(example.passages, config)
-        parts = build_prompt(tokenizer, plan.packed, example.question)
-        n = len(parts.context_ids)
+        recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+        model_seconds += recorded.seconds
+        parts = recorded.parts
         sentence_ids = parts.sentence_ids()
         tick = time.perf_counter()
         vectors = embedder.encode(
@@ -91,23 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         similarity = (vectors[:-1] @ vectors[-1]).float().cpu()
         embed_seconds += time.perf_counter() - tick
-        weights = plan.passage_weights
-        request = CompressionRequest(
-            prefix_ids=torch.tensor([parts.prefix_ids]),
-            context_ids=torch.tensor([parts.context_ids]),
-            question_ids=torch.tensor([parts.question_ids]),
-            passage_starts=parts.passage_token_starts,
-            token_weights=None if weights is None else _token_weights(weights, parts.passage_token_starts, n),
-            span_ids=sentence_ids,
-        )
-        policy = selection_policy(plan.config, text_config.num_hidden_layers, getattr(text_config, "layer_types", None))
-        recorder = RecordingSelection(policy)
-        tick = time.perf_counter()
-        with torch.inference_mode():
-            compress_batch(model, [request], plan.config.replace(target_tokens=max(n - 1, 1)), policy=recorder)
-        model_seconds += time.perf_counter() - tick
-        packed_index = {ranked_at: packed_at for packed_at, ranked_at in enumerate(plan.order)}
-        masks = [parts.span_tokens([(packed_index[p], s, e)]) for p, s, e in example.evidence]
+        masks = recorded.evidence_masks(example.evidence)
         ranked = build_prompt(tokenizer, example.passages, example.question)
         ranked_masks = [ranked.span_tokens([span]) for span in example.evidence]
         if not masks:
@@ -120,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for strength in args.strengths:
                 prior = torch.exp(strength * (similarity - similarity.max()))[sentence_ids]
-                kept = kept_mask(policy, with_prior(recorder.steps[0], prior), min(budget, n)).float()
+                kept = recorded.kept(budget, with_prior(recorded.candidates, prior))
                 name = "finch_rag" if strength == 0 else f"fused s={strength:g}"
                 records.append(
                     {"qid": example.qid, "method": name, "budget": str(budget)} | _evidence_metrics(kept, None, masks)

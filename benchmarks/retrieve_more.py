@@ -33,15 +33,12 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchConfig, PassageAllocation, load_model
-from finch_rag.compression.loop import CompressionRequest, compress_batch
-from finch_rag.compression.selection import RecordingSelection, selection_policy
-from finch_rag.compressor import _token_weights
+from finch_rag import FinchConfig, load_model
 from finch_rag.prompts import build_prompt
 
-from .auto_budget import kept_mask
 from .common import RESULTS_DIR, group_means, machine_description, markdown_table, write_json
 from .qa import Example, _evidence_metrics, load_suite, paired_comparison
+from .single_pass import record_pass
 
 SUITES = ("hotpotqa", "rag-squad")
 METHODS = ("truncation", "finch_rag")
@@ -78,27 +75,8 @@ def _curve_records(
     common = {"suite": example.suite, "qid": example.qid, **example.info}
     ranked = build_prompt(tokenizer, example.passages, example.question)
     ranked_masks = [ranked.span_tokens([span]) for span in example.evidence]
-    plan = PassageAllocation().plan(example.passages, config)
-    parts = build_prompt(tokenizer, plan.packed, example.question)
-    n = len(parts.context_ids)
-    weights = plan.passage_weights
-    request = CompressionRequest(
-        prefix_ids=torch.tensor([parts.prefix_ids]),
-        context_ids=torch.tensor([parts.context_ids]),
-        question_ids=torch.tensor([parts.question_ids]),
-        passage_starts=parts.passage_token_starts,
-        token_weights=None if weights is None else _token_weights(weights, parts.passage_token_starts, n),
-        span_ids=parts.sentence_ids() if plan.config.granularity == "sentence" else None,
-    )
-    text_config = model.config.get_text_config(decoder=True)
-    policy = selection_policy(plan.config, text_config.num_hidden_layers, getattr(text_config, "layer_types", None))
-    recorder = RecordingSelection(policy)
-    started = time.perf_counter()
-    with torch.inference_mode():
-        compress_batch(model, [request], plan.config.replace(target_tokens=max(n - 1, 1)), policy=recorder)
-    seconds = time.perf_counter() - started
-    packed_index = {ranked_at: packed_at for packed_at, ranked_at in enumerate(plan.order)}
-    masks = [parts.span_tokens([(packed_index[p], start, end)]) for p, start, end in example.evidence]
+    recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+    n, masks = recorded.context_length, recorded.evidence_masks(example.evidence)
     records = []
     for budget in budgets:
         first = (torch.arange(len(ranked.context_ids)) < budget).float()
@@ -107,11 +85,11 @@ def _curve_records(
             | {"method": "truncation", "budget": str(budget), "context_tokens": len(ranked.context_ids)}
             | _evidence_metrics(first, None, ranked_masks, unretrieved)
         )
-        kept = kept_mask(policy, recorder.steps[0], min(budget, n)).float()
         records.append(
             common
-            | {"method": "finch_rag", "budget": str(budget), "context_tokens": n, "compress_s": round(seconds, 3)}
-            | _evidence_metrics(kept, None, masks, unretrieved)
+            | {"method": "finch_rag", "budget": str(budget), "context_tokens": n}
+            | {"compress_s": round(recorded.seconds, 3)}
+            | _evidence_metrics(recorded.kept(budget), None, masks, unretrieved)
         )
     return records
 

@@ -1,0 +1,84 @@
+"""One recorded single pass of `FinchRAG`'s default allocation: every budget's selection from one forward.
+
+FINCH's chunk loop depends on ``B``, but with ``chunk_size=None`` it is one pass whose question attention does
+not: the pass is run once with the budget at ``n - 1`` and `RecordingSelection` keeps the step's candidates.
+Any budget (or budget rule, or extra prior) then selects from those scores exactly as
+``compress(chunk_size=None)`` at that budget would, so a sweep over budgets costs one forward per question.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from finch_rag import FinchConfig, Passage, PassageAllocation
+from finch_rag.allocation import AllocationPlan
+from finch_rag.compression.loop import CompressionRequest, compress_batch
+from finch_rag.compression.selection import CandidateScores, RecordingSelection, SelectionPolicy, selection_policy
+from finch_rag.compressor import _token_weights
+from finch_rag.prompts import PromptParts, build_prompt
+
+Span = tuple[int, int, int]
+
+
+@dataclass
+class RecordedPass:
+    """The packed prompt, the policy, and the single step's candidates of one question."""
+
+    plan: AllocationPlan[Passage]
+    parts: PromptParts
+    policy: SelectionPolicy
+    candidates: CandidateScores
+    seconds: float
+
+    @property
+    def context_length(self) -> int:
+        return len(self.parts.context_ids)
+
+    def evidence_masks(self, evidence: Sequence[Span]) -> list[torch.Tensor]:
+        """``[n]`` token masks of evidence spans given on the ranked passages, in the packed prompt."""
+        packed_index = {ranked_at: packed_at for packed_at, ranked_at in enumerate(self.plan.order)}
+        return [self.parts.span_tokens([(packed_index[p], start, end)]) for p, start, end in evidence]
+
+    def kept(self, budget: int, candidates: CandidateScores | None = None, policy: Any = None) -> torch.Tensor:
+        """``[n]`` float 0/1: what ``policy`` (default: the pass's) keeps at ``budget`` from ``candidates``."""
+        candidates = candidates or self.candidates
+        chosen, _ = (policy or self.policy).select(candidates, min(budget, self.context_length))
+        kept = torch.zeros(self.context_length)
+        kept[candidates.positions[0][0, 0][chosen[0][0, 0]]] = 1.0
+        return kept
+
+
+def record_pass(
+    model: Any,
+    tokenizer: Any,
+    passages: Sequence[Passage],
+    question: str,
+    config: FinchConfig | None = None,
+    allocation: PassageAllocation | None = None,
+) -> RecordedPass:
+    """Pack ``passages`` (ranked, best first) as ``allocation`` plans them and record one single pass."""
+    config = (config or FinchConfig(progress=False)).replace(chunk_size=None)
+    plan = (allocation or PassageAllocation()).plan(list(passages), config)
+    parts = build_prompt(tokenizer, plan.packed, question)
+    n = len(parts.context_ids)
+    weights = plan.passage_weights
+    request = CompressionRequest(
+        prefix_ids=torch.tensor([parts.prefix_ids]),
+        context_ids=torch.tensor([parts.context_ids]),
+        question_ids=torch.tensor([parts.question_ids]),
+        passage_starts=parts.passage_token_starts,
+        token_weights=None if weights is None else _token_weights(weights, parts.passage_token_starts, n),
+        span_ids=parts.sentence_ids() if plan.config.granularity == "sentence" else None,
+    )
+    text_config = model.config.get_text_config(decoder=True)
+    policy = selection_policy(plan.config, text_config.num_hidden_layers, getattr(text_config, "layer_types", None))
+    recorder = RecordingSelection(policy)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        compress_batch(model, [request], plan.config.replace(target_tokens=max(n - 1, 1)), policy=recorder)
+    return RecordedPass(plan, parts, policy, recorder.steps[0], time.perf_counter() - started)
