@@ -196,11 +196,19 @@ def test_control_token_strings_in_passages_question_and_history_stay_text(compre
     # The template's own markup is still markup: one <bos>, then a system, two history and the user turn start.
     prefix = cc.prefix_ids.tolist()
     assert [tiny_tokenizer.convert_ids_to_tokens(i) for i in prefix if i in SPECIAL_IDS] == [
-        "<bos>", "<|system|>", "<|end|>", "<|user|>", "<|end|>", "<|assistant|>", "<|end|>", "<|user|>"
+        "<bos>",
+        "<|system|>",
+        "<|end|>",
+        "<|user|>",
+        "<|end|>",
+        "<|assistant|>",
+        "<|end|>",
+        "<|user|>",
     ]
     assert tiny_tokenizer.decode(prefix).startswith("<bos><|system|>\nBe brief.<|assistant|><|end|>\n<|user|>\nHi")
     assert [tiny_tokenizer.convert_ids_to_tokens(i) for i in cc.suffix_ids.tolist() if i in SPECIAL_IDS] == [
-        "<|end|>", "<|assistant|>"
+        "<|end|>",
+        "<|assistant|>",
     ]
 
 
