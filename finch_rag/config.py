@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 Selection = Literal["per_head", "per_layer", "shared", "random", "recency", "first"]
 SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared", "random", "recency", "first")
+ATTENTION_SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared")  # the others are fixed-rule controls
 Granularity = Literal["token", "sentence"]
 GRANULARITIES: tuple[str, ...] = ("token", "sentence")
 LayerSet = Literal["upper_half", "all"]
@@ -147,6 +148,11 @@ class FinchConfig:
         cap = self.max_target_tokens
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             raise ValueError(f"max_target_tokens (the cap on an automatic B) must be an int >= 1, got {cap!r}.")
+        if self.target_tokens == "auto" and self.selection not in ATTENTION_SELECTIONS:
+            raise ValueError(
+                f'target_tokens="auto" keeps a share of the question\'s attention, and selection={self.selection!r} '
+                f"uses none; use a fixed target_tokens with it, or one of {ATTENTION_SELECTIONS}."
+            )
 
     def budget(self, context_length: int) -> int:
         """``B`` for a context of ``context_length`` tokens (never more than the context itself).

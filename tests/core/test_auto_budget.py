@@ -52,9 +52,15 @@ def test_selection_policy_wraps_only_auto_budgets():
     assert isinstance(wrapped, AttentionMassSelection) and isinstance(wrapped.inner, PerHeadSelection)
     assert wrapped.mass == 0.7 and wrapped.needs_attention
     with pytest.raises(ValueError, match="does not use attention"):
-        selection_policy(FinchConfig(target_tokens="auto", selection="recency"), 4)
-    with pytest.raises(ValueError, match="does not use attention"):
         AttentionMassSelection(RecencySelection())
+
+
+@pytest.mark.parametrize("selection", ["recency", "random", "first"])
+def test_auto_budget_with_a_control_selection_fails_when_the_config_is_built(selection):
+    """Not at the first compress: a server configured this way must fail at startup, not on every request."""
+    with pytest.raises(ValueError, match="uses none; use a fixed target_tokens"):
+        FinchConfig(target_tokens="auto", selection=selection)
+    FinchConfig(target_tokens=8, selection=selection)
 
 
 # ------------------------------------------------------------------------------------------------ counting
