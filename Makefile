@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned here only (the CPU wheel this machine has); pyproject keeps an open range for users.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test test-fast test-min lint bench-quick clean
+.PHONY: demo test test-heavy test-fast test-min lint bench-quick clean
 
 # Each integration's tests are their own `tests` package, so pytest runs them one folder at a time.
 TEST_PATHS := tests integrations/langchain/tests integrations/llama_index/tests
@@ -34,9 +34,13 @@ $(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/finch-rag demo
 
-# --durations names the slowest tests, to keep the run near 10 minutes on 2 cores.
+# Every test but the few marked heavy (minutes each; `make test-heavy`, which CI also runs), so that the run stays
+# near 10 minutes on 2 cores; --durations names the slowest tests.
 test: $(STAMP)
-	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10 $$path; done
+	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not heavy" --durations=10 $$path; done
+
+test-heavy: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m heavy --durations=5 tests
 
 test-fast: $(STAMP)
 	set -e; for path in $(TEST_PATHS); do HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" $$path; done

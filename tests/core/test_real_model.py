@@ -78,6 +78,7 @@ def test_question_rows_match_eager_on_real_model(real_model):
         )
 
 
+@pytest.mark.heavy  # compresses 24k tokens: about 2 minutes on 2 CPU cores
 def test_three_windows_of_context_compress_and_answer(real_model):
     """An input three times the model's 8,192-position window compresses and answers; no position reaches it."""
     model, tokenizer = real_model

