@@ -16,8 +16,8 @@ Evidence (supporting sentences; answer occurrences in the gold paragraph) that t
 counts as lost: its tokens count as not kept in ``retention``, and the question fails ``all_hops``. So a curve
 rises with ``k`` while retrieval recall grows, and falls when the budget cannot hold what was retrieved.
 
-    python -m benchmarks.retrieve_more hotpotqa --limit 60 --top-k 2 4 6 8 10
-    python -m benchmarks.retrieve_more rag-squad --limit 40 --top-k 4 8 16 32
+    python -m benchmarks.retrieve_more hotpotqa --limit 30      # k = 2 4 6 8 10, as in docs/results
+    python -m benchmarks.retrieve_more rag-squad --limit 12     # k = 4 8 16 32 (embeds all 1,023 paragraphs)
 """
 
 from __future__ import annotations
