@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -16,8 +16,11 @@ from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
 from .generation import SamplingParams, eos_token_ids, generate_batch_texts, generate_token_ids, stream_text
-from .prompts import History, PassageLike, as_passages, build_prompt
+from .prompts import History, Passage, PassageLike, as_passages, build_prompt
 from .store import ContextStore, context_store
+
+if TYPE_CHECKING:
+    from .allocation import AllocationPlan
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +193,33 @@ class FinchCompressor:
                 'Use compress() with the text, or config.replace(granularity="token").'
             )
         return self._run([prepared], config)[0]
+
+    def compress_plans(
+        self,
+        plans: Sequence[AllocationPlan[Passage]],
+        questions: Sequence[str],
+        *,
+        histories: Sequence[History | None] | None = None,
+    ) -> list[CompressedContext]:
+        """`compress_batch` of passages as `PassageAllocation.plan` laid them out: one plan per question.
+
+        Each plan brings its packed passages and score priors; they share one config (plans of one allocation
+        and config do), which runs as one padded batch. The one step `FinchRAG` and every front end take.
+        """
+        if len(plans) != len(questions):
+            raise ValueError(f"Got {len(plans)} plans for {len(questions)} questions; give one plan per question.")
+        if not plans:
+            return []
+        if any(plan.config != plans[0].config for plan in plans):
+            raise ValueError("The plans have different configs; compress plans of one config together.")
+        return self.compress_batch(
+            [plan.packed for plan in plans],
+            questions,
+            config=plans[0].config,
+            passage_weights=[plan.passage_weights for plan in plans],
+            batch_size=len(plans),
+            histories=histories,
+        )
 
     def _prepare(
         self,

@@ -416,12 +416,9 @@ class CompressorHandle:
         """
         plans = [allocation.plan(passages, config) for passages, _, _ in requests]
         compressor = self.get()
-        contexts = compressor.compress_batch(
-            [plan.packed for plan in plans],
+        contexts = compressor.compress_plans(
+            plans,
             [question for _, question, _ in requests],
-            config=plans[0].config,
-            passage_weights=[plan.passage_weights for plan in plans],
-            batch_size=len(requests),
             histories=[list(history or ()) for _, _, history in requests],
         )
         for context in contexts:

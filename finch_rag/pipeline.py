@@ -299,17 +299,13 @@ class FinchRAG:
                 answers[index] = Answer(questions[index], NO_CONTEXT_ANSWER, [], None, stats)
         if with_context:
             plans = [
-                self.passage_allocation.plan(passages, self.config, [passage.rank for passage in passages])
+                self.passage_allocation.plan(
+                    [passage.to_passage() for passage in passages], self.config, [passage.rank for passage in passages]
+                )
                 for passages in (retrieved[index] for index in with_context)
             ]
             compress_started = time.perf_counter()
-            compressed = self.compressor.compress_batch(
-                [[passage.to_passage() for passage in plan.packed] for plan in plans],
-                [questions[index] for index in with_context],
-                config=plans[0].config,  # the same for every plan: it depends on the allocation only
-                passage_weights=[plan.passage_weights for plan in plans],
-                batch_size=len(with_context),
-            )
+            compressed = self.compressor.compress_plans(plans, [questions[index] for index in with_context])
             compression_seconds = time.perf_counter() - compress_started
             generate_started = time.perf_counter()
             if len(compressed) == 1:

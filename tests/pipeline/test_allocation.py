@@ -64,3 +64,20 @@ def test_finchrag_compresses_what_the_plan_says(tiny_models: Any, tiny_tokenizer
     assert answer.compressed is not None
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
     assert [s.kept_fraction for s in answer.sources] == pytest.approx(plan.restore(direct.passage_kept_fractions()))
+
+
+def test_compress_plans_is_compress_of_each_plan_and_refuses_mixed_configs(
+    tiny_models: Any, tiny_tokenizer: Any
+) -> None:
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, CONFIG)
+    allocation = PassageAllocation(weighting=RankWeighting(tau=1.0, floor=0.0))
+    plans = [allocation.plan(PASSAGES, CONFIG), allocation.plan(PASSAGES[::-1], CONFIG)]
+    batched = compressor.compress_plans(plans, [QUESTION, QUESTION])
+    for plan, compressed in zip(plans, batched, strict=True):
+        alone = compressor.compress(plan.packed, QUESTION, config=plan.config, passage_weights=plan.passage_weights)
+        assert [p.tolist() for p in compressed.kept_positions] == [p.tolist() for p in alone.kept_positions]
+    other = PassageAllocation("global").plan(PASSAGES, CONFIG.replace(target_tokens=5))
+    with pytest.raises(ValueError, match="different configs"):
+        compressor.compress_plans([plans[0], other], [QUESTION, QUESTION])
+    with pytest.raises(ValueError, match="one plan per question"):
+        compressor.compress_plans(plans, [QUESTION])
