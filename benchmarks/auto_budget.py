@@ -27,11 +27,10 @@ import torch
 
 from finch_rag import FinchConfig, load_model
 from finch_rag.compression.auto_budget import AttentionMassSelection
-from finch_rag.prompts import build_prompt
 
 from .common import RESULTS_DIR, data_dir, machine_description, markdown_table, mean, write_json
 from .qa import load_hotpotqa
-from .single_pass import record_pass
+from .single_pass import Truncation, record_pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,15 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         n, evidence = recorded.context_length, recorded.evidence_masks(example.evidence)
         if not evidence:
             continue
+        # Truncation: the ranked passages in rank order, first B tokens (its own prompt, same passages).
+        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
         rows = []
         for budget in args.budgets:
             rows.append({"method": f"fixed B={budget}", **coverage(recorded.kept(budget).bool(), evidence)})
-            # Truncation: the ranked passages in rank order, first B tokens (its own prompt, same passages).
-            ranked = build_prompt(tokenizer, example.passages, example.question)
-            ranked_evidence = [ranked.span_tokens([span]) for span in example.evidence]
-            kept = torch.zeros(len(ranked.context_ids), dtype=torch.bool)
-            kept[:budget] = True
-            rows.append({"method": f"truncation B={budget}", **coverage(kept, ranked_evidence)})
+            kept = truncation.kept(budget).bool()
+            rows.append({"method": f"truncation B={budget}", **coverage(kept, truncation.evidence)})
         for mass in args.masses:
             policy = AttentionMassSelection(recorded.policy, mass)
             kept = recorded.kept(min(args.cap, n - 1), policy=policy).bool()

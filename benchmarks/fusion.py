@@ -28,12 +28,12 @@ import torch
 
 from finch_rag import FinchConfig, load_model
 from finch_rag.compression.selection import CandidateScores
-from finch_rag.prompts import PromptParts, build_prompt
+from finch_rag.prompts import PromptParts
 from finch_rag.retrieval import load_embedding_model
 
 from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
 from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
-from .single_pass import record_pass
+from .single_pass import Truncation, record_pass
 
 
 def sentence_texts(parts: PromptParts, sentence_ids: torch.Tensor) -> list[str]:
@@ -89,15 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         similarity = (vectors[:-1] @ vectors[-1]).float().cpu()
         embed_seconds += time.perf_counter() - tick
         masks = recorded.evidence_masks(example.evidence)
-        ranked = build_prompt(tokenizer, example.passages, example.question)
-        ranked_masks = [ranked.span_tokens([span]) for span in example.evidence]
+        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
         if not masks:
             continue
         for budget in args.budgets:
-            first = (torch.arange(len(ranked.context_ids)) < budget).float()
             records.append(
                 {"qid": example.qid, "method": "truncation", "budget": str(budget)}
-                | _evidence_metrics(first, None, ranked_masks)
+                | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
             )
             for strength in args.strengths:
                 prior = torch.exp(strength * (similarity - similarity.max()))[sentence_ids]

@@ -34,11 +34,10 @@ from typing import Any
 import torch
 
 from finch_rag import FinchConfig, load_model
-from finch_rag.prompts import build_prompt
 
 from .common import RESULTS_DIR, group_means, machine_description, markdown_table, write_json
 from .qa import Example, _evidence_metrics, load_suite, paired_comparison
-from .single_pass import record_pass
+from .single_pass import Truncation, record_pass
 
 SUITES = ("hotpotqa", "rag-squad")
 METHODS = ("truncation", "finch_rag")
@@ -73,17 +72,15 @@ def _curve_records(
     """
     unretrieved = sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in example.unretrieved_evidence)
     common = {"suite": example.suite, "qid": example.qid, **example.info}
-    ranked = build_prompt(tokenizer, example.passages, example.question)
-    ranked_masks = [ranked.span_tokens([span]) for span in example.evidence]
+    truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
     recorded = record_pass(model, tokenizer, example.passages, example.question, config)
     n, masks = recorded.context_length, recorded.evidence_masks(example.evidence)
     records = []
     for budget in budgets:
-        first = (torch.arange(len(ranked.context_ids)) < budget).float()
         records.append(
             common
-            | {"method": "truncation", "budget": str(budget), "context_tokens": len(ranked.context_ids)}
-            | _evidence_metrics(first, None, ranked_masks, unretrieved)
+            | {"method": "truncation", "budget": str(budget), "context_tokens": truncation.context_length}
+            | _evidence_metrics(truncation.kept(budget), None, truncation.evidence, unretrieved)
         )
         records.append(
             common

@@ -82,3 +82,23 @@ def record_pass(
     with torch.inference_mode():
         compress_batch(model, [request], plan.config.replace(target_tokens=max(n - 1, 1)), policy=recorder)
     return RecordedPass(plan, parts, policy, recorder.steps[0], time.perf_counter() - started)
+
+
+@dataclass
+class Truncation:
+    """Top-k truncation of ranked passages: it keeps the first ``B`` context tokens of the ranked prompt.
+
+    No model call is needed to know what it keeps; ``evidence`` masks are on that ranked prompt.
+    """
+
+    context_length: int
+    evidence: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, tokenizer: Any, passages: Sequence[Passage], question: str, evidence: Sequence[Span]) -> Truncation:
+        ranked = build_prompt(tokenizer, list(passages), question)
+        return cls(len(ranked.context_ids), [ranked.span_tokens([span]) for span in evidence])
+
+    def kept(self, budget: int) -> torch.Tensor:
+        """``[n]`` float 0/1: the first ``budget`` tokens."""
+        return (torch.arange(self.context_length) < budget).float()
