@@ -267,9 +267,9 @@ class FinchRAG:
         if isinstance(piece_words, bool) or not isinstance(piece_words, int) or piece_words < 1:
             raise ValueError(f"piece_words must be an int >= 1, got {piece_words!r}.")
         whole = [_as_retrieved(document, index).to_passage() for index, document in enumerate(documents)]
-        if all(len(document.text.split()) <= 2 * piece_words for document in whole):
-            return self.answer_from(question, whole)
         pieces = [piece for document in whole for piece in _pieces(document, piece_words)]
+        if len(pieces) == len(whole):  # nothing was cut: the order given stands
+            return self.answer_from(question, whole)
         model = self.retriever.model if isinstance(self.retriever, EmbeddingRetriever) else None
         ranking = EmbeddingRetriever(
             [(piece.text, {**piece.metadata, "title": piece.title}) for piece in pieces], model=model, progress=False
