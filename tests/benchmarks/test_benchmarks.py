@@ -377,3 +377,29 @@ def test_fusion_sentence_texts_and_priors(tiny_tokenizer):
     prior = torch.tensor([10.0, 20.0, 30.0, 40.0])
     assert with_prior(candidates, prior).weights[0].tolist() == [[[10.0, 60.0, 20.0]]]
     assert with_prior(CandidateScores([], positions), prior).weights[0].tolist() == [[[10.0, 30.0, 40.0]]]
+
+
+def test_paired_comparison_reports_differences_wins_and_the_all_hops_ratio():
+    from benchmarks.qa import paired_comparison
+
+    ours, theirs = [1, 1, 0, 1], [1, 0, 0, 0]
+    records = [
+        {"qid": str(q), "method": method, "budget": "128", "all_hops": hops, "retention": hops / 2}
+        for method, values in (("finch_rag", ours), ("truncation", theirs))
+        for q, hops in enumerate(values)
+    ]
+    table = "\n".join(paired_comparison(records, ["128"], "finch_rag", "truncation"))
+    row = next(line for line in table.splitlines() if line.startswith("| 128"))
+    assert "+0.500 [" in row and "+0.250 [" in row, "all_hops and retention differences"
+    assert "| 2 / 0 |" in row and "3.00x [" in row
+    for record in records:
+        record["all_hops"] = 0
+    assert "| - |" in "\n".join(paired_comparison(records, ["128"], "finch_rag", "truncation")), "no ratio over 0"
+
+
+def test_truncation_without_answers_needs_no_prefill_and_keeps_the_same(compressor, example):
+    method = [BUILTIN_METHODS["truncation"]]
+    (quick,) = run_example(compressor, example, method, ["8"], answer=False)
+    (answered,) = run_example(compressor, example, method, ["8"], answer=True, max_new_tokens=1)
+    assert quick["compress_s"] == 0.0 and quick["kept_tokens"] == 8
+    assert quick["retention"] == answered["retention"] and quick["all_hops"] == answered["all_hops"]
