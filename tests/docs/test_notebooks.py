@@ -42,8 +42,16 @@ def test_notebook_is_stripped(path: Path) -> None:
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: commit notebooks without outputs"
 
 
+# The explorer's budget sweep (32 compressions and answers) takes about 100 s on 2 CPU cores: `make test-heavy`.
+HEAVY = {"compression_explorer.ipynb"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(path, marks=[pytest.mark.heavy] if path.name in HEAVY else []) for path in NOTEBOOKS],
+    ids=[path.name for path in NOTEBOOKS],
+)
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for module in NEEDS.get(path.name, ()):
         pytest.importorskip(module)
