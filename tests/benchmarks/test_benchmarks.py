@@ -403,3 +403,40 @@ def test_truncation_without_answers_needs_no_prefill_and_keeps_the_same(compress
     (answered,) = run_example(compressor, example, method, ["8"], answer=True, max_new_tokens=1)
     assert quick["compress_s"] == 0.0 and quick["kept_tokens"] == 8
     assert quick["retention"] == answered["retention"] and quick["all_hops"] == answered["all_hops"]
+
+
+def test_requery_mixes_two_passes_and_reads_the_lead_sentences(compressor):
+    from benchmarks.requery import lead_sentences, mixed
+    from benchmarks.single_pass import record_pass
+    from finch_rag.compression.selection import CandidateScores
+
+    positions = [torch.tensor([[0, 1, 2]])]
+    first = CandidateScores([torch.tensor([[[[1.0, 0.0, 0.0]]]])], positions)
+    second = CandidateScores([torch.tensor([[[[0.0, 0.0, 1.0]]]])], positions)
+    assert mixed(first, second, 0.25).layer_scores[0].flatten().tolist() == [0.75, 0.0, 0.25]
+    with pytest.raises(ValueError, match="different candidates"):
+        mixed(first, CandidateScores(second.layer_scores, [torch.tensor([[0, 1, 3]])]), 0.5)
+    recorded = record_pass(compressor.model, compressor.tokenizer, PASSAGES, QUESTION, FinchConfig(progress=False))
+    lead = lead_sentences(recorded, 4)
+    rendered = [f"{passage.title}\n{passage.text}" for passage in PASSAGES]  # a first sentence carries the title
+    assert lead and all(any(text in passage for passage in rendered) for text in lead)
+    everything = lead_sentences(recorded, recorded.context_length)
+    assert len(everything) == 3 and set(lead) <= set(everything), "one sentence per passage here"
+
+
+def test_retrieval_head_probe_and_vote(compressor):
+    import random
+
+    from benchmarks.heads import HeadVote, probe_example, probe_heads, top_heads
+    from finch_rag.compression.selection import CandidateScores
+
+    haystack, question, answer = probe_example(random.Random(0), sentences=3)
+    assert f" is {answer}." in haystack and answer not in question
+    lift = probe_heads(compressor.model, compressor.tokenizer, probes=1)
+    text_config = compressor.model.config
+    assert lift.shape == (text_config.num_hidden_layers, text_config.num_attention_heads) and bool((lift >= 0).all())
+    assert top_heads(torch.tensor([[0.0, 3.0], [2.0, 1.0]]), 2) == ((0, 1), (1, 0))
+    scores = [torch.tensor([[[[1.0, 3.0]], [[2.0, 2.0]]]])]  # one layer, 2 KV heads of 1 query head each
+    candidates = CandidateScores(scores, [torch.tensor([[[0, 1]]]).expand(1, 2, 2)])
+    assert HeadVote(heads=((0, 1),)).shared(candidates).tolist() == [[0.5, 0.5]]
+    assert HeadVote(heads=((0, 0), (0, 1))).shared(candidates).tolist() == [[0.375, 0.625]]

@@ -1,0 +1,169 @@
+"""Lever screen: retrieval heads, found once per model with a synthetic probe, cast the selection's vote.
+
+Issue 13's "retrieval heads" lever. In a small model most heads' question attention is noisy; a few heads
+find and copy facts from the context (Wu et al., "Retrieval Head Mechanistically Explains Long-Context
+Factuality", 2024, https://arxiv.org/abs/2404.15574). The probe hides a fact ("The vault code of Mira
+Olsen is 4821.") among generated filler sentences, asks for it, and scores every query head by how much of
+its question attention lands on the answer's tokens (which the question never names, so lexical echo of
+the question does not count), as a lift over uniform attention. The screen then lets only the top
+``k`` heads vote: each chosen head's scores are normalised to sum 1 and averaged, then sentence pooling
+and priors apply as in `FinchRAG`'s default (``k = 0``: the default, the upper half of the layers, all heads).
+
+As in `benchmarks.fusion`, each question is read once in a single pass (``chunk_size=None``) and every
+(k, budget) selects from its recorded scores, so the lever costs no model time here; in the library the
+probe would run once per model (a few seconds) and be cached.
+
+    python -m benchmarks.heads --limit 30 --seed 4 --top-heads 0 8 16 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finch_rag import FinchConfig, Passage, load_model
+from finch_rag.compression.selection import CandidateScores, SharedSelection
+from finch_rag.retrieval import load_embedding_model
+
+from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
+from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
+from .single_pass import Truncation, record_pass
+
+FIRST = ["Mira", "Tomas", "Edda", "Jonas", "Lena", "Oskar", "Ines", "Pavel", "Sigrid", "Anton"]
+LAST = ["Olsen", "Varga", "Holm", "Brandt", "Keller", "Novak", "Lind", "Moreau", "Sato", "Ruiz"]
+ATTRIBUTES = ["vault code", "locker number", "badge number", "room number", "pin"]
+PLACES = ["the harbour", "the old mill", "the northern cape", "the market square", "the river bank"]
+THINGS = ["fishing boats", "red tiles", "stone bridges", "apple trees", "wooden fences", "church bells"]
+VERBS = ["were repaired", "were counted", "were painted", "were sold", "were moved", "were photographed"]
+
+
+def probe_example(generator: random.Random, sentences: int = 24) -> tuple[str, str, str]:
+    """A haystack of filler sentences with one fact, the question for it, and the fact's answer."""
+    name = f"{generator.choice(FIRST)} {generator.choice(LAST)}"
+    attribute = generator.choice(ATTRIBUTES)
+    answer = str(generator.randint(1000, 9999))
+    filler = [
+        f"In {generator.randint(1850, 1990)} the {generator.choice(THINGS)} near {generator.choice(PLACES)} "
+        f"{generator.choice(VERBS)}."
+        for _ in range(sentences)
+    ]
+    filler.insert(generator.randint(0, sentences), f"The {attribute} of {name} is {answer}.")
+    return " ".join(filler), f"What is the {attribute} of {name}?", answer
+
+
+def probe_heads(model: Any, tokenizer: Any, probes: int = 8, seed: int = 0) -> torch.Tensor:
+    """``[layers, query heads]``: each head's mean lift of question attention on the hidden answer's tokens."""
+    generator = random.Random(seed)
+    config = FinchConfig(chunk_size=None, progress=False)
+    lifts = []
+    for _ in range(probes):
+        haystack, question, answer = probe_example(generator)
+        recorded = record_pass(model, tokenizer, [Passage(haystack)], question, config)
+        start = haystack.index(" is " + answer + ".") + len(" is ")
+        answer_tokens = recorded.parts.span_tokens([(0, start, start + len(answer))]).bool()
+        per_layer = []
+        for scores in recorded.candidates.layer_scores:  # [1, kvh, g, n]: query head kvh * g + i
+            heads = scores[0].flatten(0, 1)
+            share = heads[:, answer_tokens].sum(-1) / heads.sum(-1).clamp(min=1e-12)
+            per_layer.append(share / (answer_tokens.sum() / answer_tokens.numel()))
+        lifts.append(torch.stack(per_layer))
+    return torch.stack(lifts).mean(dim=0)
+
+
+@dataclass(frozen=True)
+class HeadVote(SharedSelection):
+    """`SharedSelection` whose vote is cast by ``heads`` (``(layer, query head)`` pairs) only."""
+
+    heads: tuple[tuple[int, int], ...] = ()
+
+    def shared(self, candidates: CandidateScores) -> torch.Tensor:
+        votes = []
+        for layer, head in self.heads:
+            scores = candidates.layer_scores[layer].flatten(1, 2)[:, head]  # [1, n]
+            votes.append(scores / scores.sum(dim=-1, keepdim=True).clamp(min=1e-12))
+        return torch.stack(votes).mean(dim=0)
+
+
+def top_heads(lift: torch.Tensor, k: int) -> tuple[tuple[int, int], ...]:
+    flat = lift.flatten().topk(k).indices
+    return tuple((int(i) // lift.shape[1], int(i) % lift.shape[1]) for i in flat)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.heads", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data")
+    parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--top-heads", type=int, nargs="+", default=[0, 8, 16, 32])
+    parser.add_argument("--probes", type=int, default=8)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "heads"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model, tokenizer = load_model()
+    tick = time.perf_counter()
+    lift = probe_heads(model, tokenizer, args.probes)
+    probe_seconds = time.perf_counter() - tick
+    config = FinchConfig(chunk_size=None, progress=False)
+    records: list[dict[str, Any]] = []
+    model_seconds = 0.0
+    examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=load_embedding_model())
+    for example in examples:
+        recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+        model_seconds += recorded.seconds
+        masks = recorded.evidence_masks(example.evidence)
+        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
+        if not masks:
+            continue
+        for budget in args.budgets:
+            records.append(
+                {"qid": example.qid, "method": "truncation", "budget": str(budget)}
+                | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
+            )
+            for k in args.top_heads:
+                policy = HeadVote(smoothing=recorded.policy.smoothing, heads=top_heads(lift, k)) if k else None
+                name = "finch_rag" if k == 0 else f"top {k} heads"
+                kept = recorded.kept(budget, policy=policy)
+                records.append(
+                    {"qid": example.qid, "method": name, "budget": str(budget)} | _evidence_metrics(kept, None, masks)
+                )
+    questions = len({r["qid"] for r in records})
+    best = top_heads(lift, 16)
+    meta = {
+        "command": "python -m benchmarks.heads " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_description(),
+        "model": "SmolLM2-135M-Instruct (embedded default)",
+        "questions": questions,
+        "seconds": round(time.perf_counter() - started),
+        "probe seconds (once per model)": round(probe_seconds, 1),
+        "single-pass compression seconds per question": round(model_seconds / max(questions, 1), 3),
+        "top heads (layer.head: lift)": ", ".join(f"{layer}.{head}: {lift[layer, head]:.1f}" for layer, head in best),
+    }
+    summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
+    lines = ["# Lever screen: retrieval heads (HotpotQA, single-pass selection)", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
+    budgets = [str(b) for b in args.budgets]
+    for k in args.top_heads:
+        if k:
+            lines += paired_comparison(records, budgets, f"top {k} heads", "finch_rag")
+    lines += paired_comparison(records, budgets, "finch_rag", "truncation")
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records, "lift": lift.tolist()})
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
