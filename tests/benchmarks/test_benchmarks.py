@@ -440,3 +440,31 @@ def test_retrieval_head_probe_and_vote(compressor):
     candidates = CandidateScores(scores, [torch.tensor([[[0, 1]]]).expand(1, 2, 2)])
     assert HeadVote(heads=((0, 1),)).shared(candidates).tolist() == [[0.5, 0.5]]
     assert HeadVote(heads=((0, 0), (0, 1))).shared(candidates).tolist() == [[0.375, 0.625]]
+
+
+def test_spreading_with_no_decay_keeps_the_defaults_sentences(compressor):
+    from benchmarks.diversity import spread_kept
+    from benchmarks.single_pass import record_pass
+
+    recorded = record_pass(compressor.model, compressor.tokenizer, PASSAGES, QUESTION, FinchConfig(progress=False))
+    sentence_ids = recorded.parts.sentence_ids()
+
+    def whole_sentences(kept: torch.Tensor) -> set[int]:
+        return {s for s in set(sentence_ids.tolist()) if bool(kept[sentence_ids == s].all())}
+
+    for budget in (5, 12, recorded.context_length):
+        spread = spread_kept(recorded, budget, 1.0)
+        assert int(spread.sum()) == min(budget, recorded.context_length)
+        assert whole_sentences(spread) == whole_sentences(recorded.kept(budget))
+
+    # Two sentences a passage: with decay 0 the first three sentences kept whole come from three passages.
+    passages = [Passage(f"{p.text} The weather there was mild that year.", p.title) for p in PASSAGES]
+    recorded = record_pass(compressor.model, compressor.tokenizer, passages, QUESTION, FinchConfig(progress=False))
+    sentence_ids = recorded.parts.sentence_ids()
+    starts = torch.tensor(recorded.parts.passage_token_starts)
+    passage_of = torch.bucketize(torch.arange(recorded.context_length), starts, right=True) - 1
+    order: list[int] = []
+    for budget in range(1, recorded.context_length + 1):
+        order += sorted(whole_sentences(spread_kept(recorded, budget, 0.0)) - set(order))
+    first_passages = [int(passage_of[sentence_ids == s][0]) for s in order[:3]]
+    assert len(order) == 6 and sorted(first_passages) == [0, 1, 2]

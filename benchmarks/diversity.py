@@ -1,0 +1,131 @@
+"""Lever screen: spread a small budget over passages, so that each hop's passage gets a sentence.
+
+A multi-hop answer needs one fact from each of several passages, but sentence selection ranks sentences
+by attention alone and may spend a small budget on three sentences of the passage the question names.
+Here whole sentences are taken greedily, best first, with each candidate's score multiplied by
+``decay ** (sentences already taken from its passage)`` (``decay = 1`` is `FinchRAG`'s default: plain
+best-first, the last sentence admitted cut to fit). The scores are the default's: the shared vote,
+sentence pooling and priors, from one recorded single pass per question (as in `benchmarks.fusion`), so
+the lever costs no model time.
+
+    python -m benchmarks.diversity --limit 30 --seed 5 --decays 1 0.5 0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finch_rag import FinchConfig, load_model
+from finch_rag.retrieval import load_embedding_model
+
+from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
+from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
+from .single_pass import RecordedPass, Truncation, record_pass
+
+
+def sentence_scores(recorded: RecordedPass) -> torch.Tensor:
+    """``[n]``: each context token's selection score under the default policy (its sentence's pooled score)."""
+    candidates, policy = recorded.candidates, recorded.policy
+    spans = None if candidates.spans is None else candidates.spans[0][:, 0]
+    weights = None if candidates.weights is None else candidates.weights[0][:, 0]
+    pooled = policy.adjust(policy.shared(candidates), spans, weights)[0]
+    scores = torch.empty(recorded.context_length)
+    scores[candidates.positions[0][0, 0]] = pooled.float()
+    return scores
+
+
+def spread_kept(recorded: RecordedPass, budget: int, decay: float) -> torch.Tensor:
+    """``[n]`` 0/1: whole sentences best first, each scored ``score * decay ** taken_from_its_passage``."""
+    scores = sentence_scores(recorded)
+    sentence_ids = recorded.parts.sentence_ids()
+    starts = torch.tensor(recorded.parts.passage_token_starts)
+    passage_of_token = torch.bucketize(torch.arange(recorded.context_length), starts, right=True) - 1
+    sentences = {}
+    for sentence in range(int(sentence_ids.max()) + 1):
+        tokens = (sentence_ids == sentence).nonzero().flatten()
+        if len(tokens):
+            sentences[sentence] = (float(scores[tokens].mean()), int(passage_of_token[tokens[0]]), tokens)
+    kept = torch.zeros(recorded.context_length)
+    taken: dict[int, int] = {}
+    room = min(budget, recorded.context_length)
+    while room > 0 and sentences:
+        best = max(sentences, key=lambda s: sentences[s][0] * decay ** taken.get(sentences[s][1], 0))
+        _, passage, tokens = sentences.pop(best)
+        kept[tokens[:room]] = 1.0  # only the last sentence admitted is cut
+        room -= min(room, len(tokens))
+        taken[passage] = taken.get(passage, 0) + 1
+    return kept
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.diversity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data")
+    parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--decays", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS_DIR / "diversity"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model, tokenizer = load_model()
+    config = FinchConfig(chunk_size=None, progress=False)
+    records: list[dict[str, Any]] = []
+    model_seconds = 0.0
+    examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=load_embedding_model())
+    for example in examples:
+        recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+        model_seconds += recorded.seconds
+        masks = recorded.evidence_masks(example.evidence)
+        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
+        if not masks:
+            continue
+        for budget in args.budgets:
+            records.append(
+                {"qid": example.qid, "method": "truncation", "budget": str(budget)}
+                | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
+            )
+            records.append(
+                {"qid": example.qid, "method": "finch_rag", "budget": str(budget)}
+                | _evidence_metrics(recorded.kept(budget), None, masks)
+            )
+            for decay in args.decays:
+                records.append(
+                    {"qid": example.qid, "method": f"spread decay={decay:g}", "budget": str(budget)}
+                    | _evidence_metrics(spread_kept(recorded, budget, decay), None, masks)
+                )
+    questions = len({r["qid"] for r in records})
+    meta = {
+        "command": "python -m benchmarks.diversity " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_description(),
+        "model": "SmolLM2-135M-Instruct (embedded default)",
+        "questions": questions,
+        "seconds": round(time.perf_counter() - started),
+        "single-pass compression seconds per question": round(model_seconds / max(questions, 1), 3),
+    }
+    summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
+    lines = ["# Lever screen: spreading the budget over passages (HotpotQA, single-pass selection)", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
+    budgets = [str(b) for b in args.budgets]
+    for decay in args.decays:
+        if decay != 1:
+            lines += paired_comparison(records, budgets, f"spread decay={decay:g}", "finch_rag")
+    lines += paired_comparison(records, budgets, "finch_rag", "truncation")
+    out = Path(args.out)
+    write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records})
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
