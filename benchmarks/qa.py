@@ -454,7 +454,7 @@ def markdown_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any
         "",
         "retention = gold-evidence KV entries kept (over layers and KV heads); contains = a gold answer occurs in "
         "the answer; em, f1 = SQuAD exact match and token F1; factor = context tokens / B (mean); seconds per "
-        "question (compress_s is the prefill for full and truncation).",
+        "question (compress_s is the prefill for full and truncation, 0 when answers are off: none is needed).",
         "",
     ]
     lines += [
