@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", help="benchmark data folder (default: ../shared/data from the working directory)")
     parser.add_argument("--limit", type=int, default=60, help="questions (drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", type=int, default=0, help="skip the first START of the --limit questions")
     parser.add_argument("--top-k", type=int, nargs="+", help="passages retrieved (default: 2-10 / 4-32)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512], help="B, in tokens")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, tokenizer = load_model()
-    examples = load_suite(args.suite, args.data, args.limit, args.seed, top_k=max(top_ks))
+    examples = load_suite(args.suite, args.data, args.limit, args.seed, top_k=max(top_ks))[args.start :]
     journal = Path(args.journal) if args.journal else None
     records = run(model, tokenizer, examples, top_ks, args.budgets, journal, progress=not args.quiet)
     meta = {
