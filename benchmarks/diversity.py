@@ -13,26 +13,27 @@ the lever costs no model time.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from finch_rag import FinchConfig, load_model
+from finch_rag.compression.selection import SharedSelection
 from finch_rag.retrieval import load_embedding_model
 
-from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
-from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
+from .common import data_dir
+from .qa import load_hotpotqa
+from .screen import Kept, budget_records, screen_parser, write_screen
 from .single_pass import RecordedPass, Truncation, record_pass
 
 
 def sentence_scores(recorded: RecordedPass) -> torch.Tensor:
     """``[n]``: each context token's selection score under the default policy (its sentence's pooled score)."""
     candidates, policy = recorded.candidates, recorded.policy
+    if not isinstance(policy, SharedSelection):
+        raise TypeError(f"the default's shared vote is needed, got {type(policy).__name__}")
     spans = None if candidates.spans is None else candidates.spans[0][:, 0]
     weights = None if candidates.weights is None else candidates.weights[0][:, 0]
     pooled = policy.adjust(policy.shared(candidates), spans, weights)[0]
@@ -65,14 +66,8 @@ def spread_kept(recorded: RecordedPass, budget: int, decay: float) -> torch.Tens
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.diversity", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data")
-    parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=5)
+    parser = screen_parser("diversity", __doc__, seed=5)
     parser.add_argument("--decays", type=float, nargs="+", default=[1.0, 0.5, 0.25])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "diversity"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -88,42 +83,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
         if not masks:
             continue
-        for budget in args.budgets:
-            records.append(
-                {"qid": example.qid, "method": "truncation", "budget": str(budget)}
-                | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
-            )
-            records.append(
-                {"qid": example.qid, "method": "finch_rag", "budget": str(budget)}
-                | _evidence_metrics(recorded.kept(budget), None, masks)
-            )
-            for decay in args.decays:
-                records.append(
-                    {"qid": example.qid, "method": f"spread decay={decay:g}", "budget": str(budget)}
-                    | _evidence_metrics(spread_kept(recorded, budget, decay), None, masks)
-                )
-    questions = len({r["qid"] for r in records})
-    meta = {
-        "command": "python -m benchmarks.diversity " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_description(),
-        "model": "SmolLM2-135M-Instruct (embedded default)",
-        "questions": questions,
+
+        def spread(decay: float, recorded: RecordedPass = recorded) -> Kept:
+            return lambda budget: spread_kept(recorded, budget, decay)
+
+        variants: dict[str, Kept] = {"finch_rag": recorded.kept}
+        variants |= {f"spread decay={decay:g}": spread(decay) for decay in args.decays}
+        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+    questions = max(len({r["qid"] for r in records}), 1)
+    extra = {
         "seconds": round(time.perf_counter() - started),
-        "single-pass compression seconds per question": round(model_seconds / max(questions, 1), 3),
+        "single-pass compression seconds per question": round(model_seconds / questions, 3),
     }
-    summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
-    lines = ["# Lever screen: spreading the budget over passages (HotpotQA, single-pass selection)", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
-    lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
-    budgets = [str(b) for b in args.budgets]
-    for decay in args.decays:
-        if decay != 1:
-            lines += paired_comparison(records, budgets, f"spread decay={decay:g}", "finch_rag")
-    lines += paired_comparison(records, budgets, "finch_rag", "truncation")
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records})
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    levers = [f"spread decay={decay:g}" for decay in args.decays if decay != 1]
+    write_screen(
+        "diversity", "spreading the budget over passages", argv, args.out, records, args.budgets, levers, extra
+    )
     return 0
 
 

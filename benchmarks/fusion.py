@@ -16,12 +16,9 @@ runs did not use).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +28,10 @@ from finch_rag.compression.selection import CandidateScores
 from finch_rag.prompts import PromptParts
 from finch_rag.retrieval import load_embedding_model
 
-from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
-from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
-from .single_pass import Truncation, record_pass
+from .common import data_dir
+from .qa import load_hotpotqa
+from .screen import Kept, budget_records, screen_parser, write_screen
+from .single_pass import RecordedPass, Truncation, record_pass
 
 
 def sentence_texts(parts: PromptParts, sentence_ids: torch.Tensor) -> list[str]:
@@ -58,14 +56,8 @@ def with_prior(candidates: CandidateScores, token_prior: torch.Tensor) -> Candid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fusion", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data")
-    parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = screen_parser("fusion", __doc__, seed=1)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "fusion"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -92,41 +84,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
         if not masks:
             continue
-        for budget in args.budgets:
-            records.append(
-                {"qid": example.qid, "method": "truncation", "budget": str(budget)}
-                | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
-            )
-            for strength in args.strengths:
-                prior = torch.exp(strength * (similarity - similarity.max()))[sentence_ids]
-                kept = recorded.kept(budget, with_prior(recorded.candidates, prior))
-                name = "finch_rag" if strength == 0 else f"fused s={strength:g}"
-                records.append(
-                    {"qid": example.qid, "method": name, "budget": str(budget)} | _evidence_metrics(kept, None, masks)
-                )
-    questions = len({r["qid"] for r in records})
-    meta = {
-        "command": "python -m benchmarks.fusion " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_description(),
-        "model": "SmolLM2-135M-Instruct (embedded default); embedder all-MiniLM-L6-v2 (embedded)",
-        "questions": questions,
+
+        def fused(strength: float, recorded: RecordedPass = recorded, similarity: torch.Tensor = similarity) -> Kept:
+            prior = torch.exp(strength * (similarity - similarity.max()))[recorded.parts.sentence_ids()]
+            return lambda budget: recorded.kept(budget, with_prior(recorded.candidates, prior))
+
+        variants = {("finch_rag" if s == 0 else f"fused s={s:g}"): fused(s) for s in args.strengths}
+        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+    questions = max(len({r["qid"] for r in records}), 1)
+    extra = {
         "seconds": round(time.perf_counter() - started),
-        "embedding seconds per question (the fusion's cost)": round(embed_seconds / max(questions, 1), 3),
-        "single-pass compression seconds per question": round(model_seconds / max(questions, 1), 3),
+        "embedding seconds per question (the fusion's cost)": round(embed_seconds / questions, 3),
+        "single-pass compression seconds per question": round(model_seconds / questions, 3),
     }
-    summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
-    lines = ["# Lever screen: fused sentence scores (HotpotQA, single-pass selection)", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
-    lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
-    budgets = [str(b) for b in args.budgets]
-    for strength in args.strengths:
-        if strength:
-            lines += paired_comparison(records, budgets, f"fused s={strength:g}", "finch_rag")
-    lines += paired_comparison(records, budgets, "finch_rag", "truncation")
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records})
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    levers = [f"fused s={s:g}" for s in args.strengths if s]
+    model_line = "SmolLM2-135M-Instruct (embedded default); embedder all-MiniLM-L6-v2 (embedded)"
+    write_screen("fusion", "fused sentence scores", argv, args.out, records, args.budgets, levers, extra, model_line)
     return 0
 
 

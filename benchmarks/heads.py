@@ -18,13 +18,10 @@ probe would run once per model (a few seconds) and be cached.
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,9 +30,10 @@ from finch_rag import FinchConfig, Passage, load_model
 from finch_rag.compression.selection import CandidateScores, SharedSelection
 from finch_rag.retrieval import load_embedding_model
 
-from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
-from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
-from .single_pass import Truncation, record_pass
+from .common import data_dir
+from .qa import load_hotpotqa
+from .screen import Kept, budget_records, screen_parser, write_screen
+from .single_pass import RecordedPass, Truncation, record_pass
 
 FIRST = ["Mira", "Tomas", "Edda", "Jonas", "Lena", "Oskar", "Ines", "Pavel", "Sigrid", "Anton"]
 LAST = ["Olsen", "Varga", "Holm", "Brandt", "Keller", "Novak", "Lind", "Moreau", "Sato", "Ruiz"]
@@ -98,15 +96,9 @@ def top_heads(lift: torch.Tensor, k: int) -> tuple[tuple[int, int], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.heads", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data")
-    parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=4)
+    parser = screen_parser("heads", __doc__, seed=4)
     parser.add_argument("--top-heads", type=int, nargs="+", default=[0, 8, 16, 32])
     parser.add_argument("--probes", type=int, default=8)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "heads"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -125,43 +117,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
         if not masks:
             continue
-        for budget in args.budgets:
-            records.append(
-                {"qid": example.qid, "method": "truncation", "budget": str(budget)}
-                | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
-            )
-            for k in args.top_heads:
-                policy = HeadVote(smoothing=recorded.policy.smoothing, heads=top_heads(lift, k)) if k else None
-                name = "finch_rag" if k == 0 else f"top {k} heads"
-                kept = recorded.kept(budget, policy=policy)
-                records.append(
-                    {"qid": example.qid, "method": name, "budget": str(budget)} | _evidence_metrics(kept, None, masks)
-                )
-    questions = len({r["qid"] for r in records})
+
+        def voted_by(k: int, recorded: RecordedPass = recorded) -> Kept:
+            policy = HeadVote(smoothing=recorded.policy.smoothing, heads=top_heads(lift, k)) if k else None
+            return lambda budget: recorded.kept(budget, policy=policy)
+
+        variants = {("finch_rag" if k == 0 else f"top {k} heads"): voted_by(k) for k in args.top_heads}
+        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+    questions = max(len({r["qid"] for r in records}), 1)
     best = top_heads(lift, 16)
-    meta = {
-        "command": "python -m benchmarks.heads " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_description(),
-        "model": "SmolLM2-135M-Instruct (embedded default)",
-        "questions": questions,
+    extra = {
         "seconds": round(time.perf_counter() - started),
         "probe seconds (once per model)": round(probe_seconds, 1),
-        "single-pass compression seconds per question": round(model_seconds / max(questions, 1), 3),
+        "single-pass compression seconds per question": round(model_seconds / questions, 3),
         "top heads (layer.head: lift)": ", ".join(f"{layer}.{head}: {lift[layer, head]:.1f}" for layer, head in best),
     }
-    summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
-    lines = ["# Lever screen: retrieval heads (HotpotQA, single-pass selection)", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
-    lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
-    budgets = [str(b) for b in args.budgets]
-    for k in args.top_heads:
-        if k:
-            lines += paired_comparison(records, budgets, f"top {k} heads", "finch_rag")
-    lines += paired_comparison(records, budgets, "finch_rag", "truncation")
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records, "lift": lift.tolist()})
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    levers = [f"top {k} heads" for k in args.top_heads if k]
+    write_screen(
+        "heads",
+        "retrieval heads",
+        argv,
+        args.out,
+        records,
+        args.budgets,
+        levers,
+        extra,
+        extra_json={"lift": lift.tolist()},
+    )
     return 0
 
 

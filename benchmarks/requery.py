@@ -18,12 +18,9 @@ context (a few percent of the prefill), which ``second-pass seconds`` here overs
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,9 +29,10 @@ from finch_rag import FinchConfig, load_model
 from finch_rag.compression.selection import CandidateScores
 from finch_rag.retrieval import load_embedding_model
 
-from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
+from .common import data_dir
 from .fusion import sentence_texts
-from .qa import _evidence_metrics, load_hotpotqa, paired_comparison
+from .qa import load_hotpotqa
+from .screen import Kept, budget_records, screen_parser, write_screen
 from .single_pass import RecordedPass, Truncation, record_pass
 
 
@@ -57,15 +55,9 @@ def mixed(first: CandidateScores, second: CandidateScores, mix: float) -> Candid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.requery", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data")
-    parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=3)
+    parser = screen_parser("requery", __doc__, seed=3)
     parser.add_argument("--mixes", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     parser.add_argument("--lead-tokens", type=int, default=64, help="first-pass budget whose sentences are added")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(RESULTS_DIR / "requery"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -84,40 +76,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
         if not masks:
             continue
-        for budget in args.budgets:
-            records.append(
-                {"qid": example.qid, "method": "truncation", "budget": str(budget)}
-                | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
-            )
-            for mix in args.mixes:
-                kept = first.kept(budget, mixed(first.candidates, second.candidates, mix))
-                name = "finch_rag" if mix == 0 else f"requery mix={mix:g}"
-                records.append(
-                    {"qid": example.qid, "method": name, "budget": str(budget)} | _evidence_metrics(kept, None, masks)
-                )
-    questions = len({r["qid"] for r in records})
-    meta = {
-        "command": "python -m benchmarks.requery " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_description(),
-        "model": "SmolLM2-135M-Instruct (embedded default)",
-        "questions": questions,
+
+        def requeried(mix: float, first: RecordedPass = first, second: RecordedPass = second) -> Kept:
+            return lambda budget: first.kept(budget, mixed(first.candidates, second.candidates, mix))
+
+        variants = {("finch_rag" if mix == 0 else f"requery mix={mix:g}"): requeried(mix) for mix in args.mixes}
+        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+    questions = max(len({r["qid"] for r in records}), 1)
+    extra = {
         "seconds": round(time.perf_counter() - started),
-        "first-pass seconds per question": round(first_seconds / max(questions, 1), 3),
-        "second-pass seconds per question (a full prefill here)": round(second_seconds / max(questions, 1), 3),
+        "first-pass seconds per question": round(first_seconds / questions, 3),
+        "second-pass seconds per question (a full prefill here)": round(second_seconds / questions, 3),
     }
-    summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
-    lines = ["# Lever screen: second-hop re-query (HotpotQA, single-pass selection)", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
-    lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
-    budgets = [str(b) for b in args.budgets]
-    for mix in args.mixes:
-        if mix:
-            lines += paired_comparison(records, budgets, f"requery mix={mix:g}", "finch_rag")
-    lines += paired_comparison(records, budgets, "finch_rag", "truncation")
-    out = Path(args.out)
-    write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records})
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    levers = [f"requery mix={mix:g}" for mix in args.mixes if mix]
+    write_screen("requery", "second-hop re-query", argv, args.out, records, args.budgets, levers, extra)
     return 0
 
 

@@ -1,0 +1,92 @@
+"""What the lever screens (`fusion`, `requery`, `heads`, `diversity`) share: options, records and report.
+
+Each screen reads HotpotQA questions in recorded single passes (`benchmarks.single_pass`) and compares, per
+budget, what its variants keep against `FinchRAG`'s default (``finch_rag``) and top-k truncation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .common import RESULTS_DIR, group_means, machine_description, markdown_table, write_json
+from .qa import _evidence_metrics, paired_comparison
+from .single_pass import Truncation
+
+MODEL = "SmolLM2-135M-Instruct (embedded default)"
+Kept = Callable[[int], torch.Tensor]
+"""What a variant keeps at budget ``B``: a ``[n]`` 0/1 mask."""
+
+
+def screen_parser(name: str, doc: str, seed: int) -> argparse.ArgumentParser:
+    """The options every screen takes; the screen adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.split("\n\n")[0])
+    parser.add_argument("--data")
+    parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=seed, help="use a seed the committed runs did not use")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS_DIR / name))
+    return parser
+
+
+def budget_records(
+    qid: str,
+    budgets: Sequence[int],
+    truncation: Truncation,
+    masks: list[torch.Tensor],
+    variants: Mapping[str, Kept],
+) -> list[dict[str, Any]]:
+    """Per budget: truncation's record, then one per variant (``name -> kept mask at B``), in order."""
+    records = []
+    for budget in budgets:
+        records.append(
+            {"qid": qid, "method": "truncation", "budget": str(budget)}
+            | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
+        )
+        for name, kept in variants.items():
+            records.append(
+                {"qid": qid, "method": name, "budget": str(budget)} | _evidence_metrics(kept(budget), None, masks)
+            )
+    return records
+
+
+def write_screen(
+    name: str,
+    title: str,
+    argv: Sequence[str] | None,
+    out: str | Path,
+    records: Sequence[Mapping[str, Any]],
+    budgets: Sequence[int],
+    levers: Sequence[str],
+    extra: Mapping[str, Any],
+    model: str = MODEL,
+    extra_json: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``out``.md/.json: means per (budget, method), each lever against ``finch_rag``, that against truncation."""
+    meta = {
+        "command": f"python -m benchmarks.{name} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_description(),
+        "model": model,
+        "questions": len({r["qid"] for r in records}),
+        **extra,
+    }
+    summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
+    lines = [f"# Lever screen: {title} (HotpotQA, single-pass selection)", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
+    labels = [str(b) for b in budgets]
+    for lever in levers:
+        lines += paired_comparison(records, labels, lever, "finch_rag")
+    lines += paired_comparison(records, labels, "finch_rag", "truncation")
+    out = Path(out)
+    write_json(
+        out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": list(records), **(extra_json or {})}
+    )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
