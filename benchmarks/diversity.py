@@ -19,14 +19,11 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchConfig, load_model
+from finch_rag import load_model
 from finch_rag.compression.selection import SharedSelection
-from finch_rag.retrieval import load_embedding_model
 
-from .common import data_dir
-from .qa import load_hotpotqa
-from .screen import Kept, budget_records, screen_parser, write_screen
-from .single_pass import RecordedPass, Truncation, record_pass
+from .screen import Kept, budget_records, screen_parser, screen_questions, write_screen
+from .single_pass import RecordedPass
 
 
 def sentence_scores(recorded: RecordedPass) -> torch.Tensor:
@@ -72,24 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, tokenizer = load_model()
-    config = FinchConfig(chunk_size=None, progress=False)
     records: list[dict[str, Any]] = []
     model_seconds = 0.0
-    examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=load_embedding_model())
-    for example in examples:
-        recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+    for question in screen_questions(args, model, tokenizer):
+        recorded = question.recorded
         model_seconds += recorded.seconds
-        masks = recorded.evidence_masks(example.evidence)
-        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
-        if not masks:
-            continue
 
         def spread(decay: float, recorded: RecordedPass = recorded) -> Kept:
             return lambda budget: spread_kept(recorded, budget, decay)
 
         variants: dict[str, Kept] = {"finch_rag": recorded.kept}
         variants |= {f"spread decay={decay:g}": spread(decay) for decay in args.decays}
-        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+        records += budget_records(question.example.qid, args.budgets, question.truncation, question.masks, variants)
     questions = max(len({r["qid"] for r in records}), 1)
     extra = {
         "seconds": round(time.perf_counter() - started),

@@ -23,15 +23,13 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchConfig, load_model
+from finch_rag import load_model
 from finch_rag.compression.selection import CandidateScores
 from finch_rag.prompts import PromptParts
 from finch_rag.retrieval import load_embedding_model
 
-from .common import data_dir
-from .qa import load_hotpotqa
-from .screen import Kept, budget_records, screen_parser, write_screen
-from .single_pass import RecordedPass, Truncation, record_pass
+from .screen import Kept, budget_records, screen_parser, screen_questions, write_screen
+from .single_pass import RecordedPass
 
 
 def sentence_texts(parts: PromptParts, sentence_ids: torch.Tensor) -> list[str]:
@@ -63,11 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model()
     embedder = load_embedding_model()
-    config = FinchConfig(chunk_size=None, progress=False)
     records: list[dict[str, Any]] = []
     embed_seconds = model_seconds = 0.0
-    for example in load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=embedder):
-        recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+    for question in screen_questions(args, model, tokenizer, embedder):
+        example, recorded = question.example, question.recorded
         model_seconds += recorded.seconds
         parts = recorded.parts
         sentence_ids = parts.sentence_ids()
@@ -80,17 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         similarity = (vectors[:-1] @ vectors[-1]).float().cpu()
         embed_seconds += time.perf_counter() - tick
-        masks = recorded.evidence_masks(example.evidence)
-        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
-        if not masks:
-            continue
 
         def fused(strength: float, recorded: RecordedPass = recorded, similarity: torch.Tensor = similarity) -> Kept:
             prior = torch.exp(strength * (similarity - similarity.max()))[recorded.parts.sentence_ids()]
             return lambda budget: recorded.kept(budget, with_prior(recorded.candidates, prior))
 
         variants = {("finch_rag" if s == 0 else f"fused s={s:g}"): fused(s) for s in args.strengths}
-        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+        records += budget_records(example.qid, args.budgets, question.truncation, question.masks, variants)
     questions = max(len({r["qid"] for r in records}), 1)
     extra = {
         "seconds": round(time.perf_counter() - started),

@@ -28,12 +28,9 @@ import torch
 
 from finch_rag import FinchConfig, Passage, load_model
 from finch_rag.compression.selection import CandidateScores, SharedSelection
-from finch_rag.retrieval import load_embedding_model
 
-from .common import data_dir
-from .qa import load_hotpotqa
-from .screen import Kept, budget_records, screen_parser, write_screen
-from .single_pass import RecordedPass, Truncation, record_pass
+from .screen import Kept, budget_records, screen_parser, screen_questions, write_screen
+from .single_pass import RecordedPass, record_pass
 
 FIRST = ["Mira", "Tomas", "Edda", "Jonas", "Lena", "Oskar", "Ines", "Pavel", "Sigrid", "Anton"]
 LAST = ["Olsen", "Varga", "Holm", "Brandt", "Keller", "Novak", "Lind", "Moreau", "Sato", "Ruiz"]
@@ -106,24 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     tick = time.perf_counter()
     lift = probe_heads(model, tokenizer, args.probes)
     probe_seconds = time.perf_counter() - tick
-    config = FinchConfig(chunk_size=None, progress=False)
     records: list[dict[str, Any]] = []
     model_seconds = 0.0
-    examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=load_embedding_model())
-    for example in examples:
-        recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+    for question in screen_questions(args, model, tokenizer):
+        recorded = question.recorded
         model_seconds += recorded.seconds
-        masks = recorded.evidence_masks(example.evidence)
-        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
-        if not masks:
-            continue
 
         def voted_by(k: int, recorded: RecordedPass = recorded) -> Kept:
             policy = HeadVote(smoothing=recorded.policy.smoothing, heads=top_heads(lift, k)) if k else None
             return lambda budget: recorded.kept(budget, policy=policy)
 
         variants = {("finch_rag" if k == 0 else f"top {k} heads"): voted_by(k) for k in args.top_heads}
-        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+        records += budget_records(question.example.qid, args.budgets, question.truncation, question.masks, variants)
     questions = max(len({r["qid"] for r in records}), 1)
     best = top_heads(lift, 16)
     extra = {

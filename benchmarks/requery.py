@@ -25,15 +25,12 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchConfig, load_model
+from finch_rag import load_model
 from finch_rag.compression.selection import CandidateScores
-from finch_rag.retrieval import load_embedding_model
 
-from .common import data_dir
 from .fusion import sentence_texts
-from .qa import load_hotpotqa
-from .screen import Kept, budget_records, screen_parser, write_screen
-from .single_pass import RecordedPass, Truncation, record_pass
+from .screen import SINGLE_PASS, Kept, budget_records, screen_parser, screen_questions, write_screen
+from .single_pass import RecordedPass, record_pass
 
 
 def lead_sentences(recorded: RecordedPass, lead_tokens: int) -> list[str]:
@@ -62,26 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model, tokenizer = load_model()
-    config = FinchConfig(chunk_size=None, progress=False)
     records: list[dict[str, Any]] = []
     first_seconds = second_seconds = 0.0
-    examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=load_embedding_model())
-    for example in examples:
-        first = record_pass(model, tokenizer, example.passages, example.question, config)
+    for question in screen_questions(args, model, tokenizer):
+        example, first = question.example, question.recorded
         lead = lead_sentences(first, args.lead_tokens)
-        second = record_pass(model, tokenizer, example.passages, " ".join([*lead, example.question]), config)
+        second = record_pass(model, tokenizer, example.passages, " ".join([*lead, example.question]), SINGLE_PASS)
         first_seconds += first.seconds
         second_seconds += second.seconds
-        masks = first.evidence_masks(example.evidence)
-        truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
-        if not masks:
-            continue
 
         def requeried(mix: float, first: RecordedPass = first, second: RecordedPass = second) -> Kept:
             return lambda budget: first.kept(budget, mixed(first.candidates, second.candidates, mix))
 
         variants = {("finch_rag" if mix == 0 else f"requery mix={mix:g}"): requeried(mix) for mix in args.mixes}
-        records += budget_records(example.qid, args.budgets, truncation, masks, variants)
+        records += budget_records(example.qid, args.budgets, question.truncation, question.masks, variants)
     questions = max(len({r["qid"] for r in records}), 1)
     extra = {
         "seconds": round(time.perf_counter() - started),

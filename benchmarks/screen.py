@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .common import RESULTS_DIR, group_means, machine_description, markdown_table, write_json
-from .qa import _evidence_metrics, paired_comparison
-from .single_pass import Truncation
+from finch_rag import FinchConfig
+from finch_rag.retrieval import load_embedding_model
+
+from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
+from .qa import Example, _evidence_metrics, load_hotpotqa, paired_comparison
+from .single_pass import RecordedPass, Truncation, record_pass
 
 MODEL = "SmolLM2-135M-Instruct (embedded default)"
 Kept = Callable[[int], torch.Tensor]
@@ -33,6 +37,33 @@ def screen_parser(name: str, doc: str, seed: int) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS_DIR / name))
     return parser
+
+
+SINGLE_PASS = FinchConfig(chunk_size=None, progress=False)
+"""The config every screen records its passes with: `FinchRAG`'s default, read in one pass."""
+
+
+@dataclass
+class ScreenQuestion:
+    """One question of a screen: its recorded single pass, its evidence masks on it, and truncation's view."""
+
+    example: Example
+    recorded: RecordedPass
+    masks: list[torch.Tensor]
+    truncation: Truncation
+
+
+def screen_questions(
+    args: argparse.Namespace, model: Any, tokenizer: Any, embedder: Any = None
+) -> Iterator[ScreenQuestion]:
+    """``args``' seeded HotpotQA sample, each question read in one recorded pass; those without evidence left out."""
+    examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=embedder or load_embedding_model())
+    for example in examples:
+        recorded = record_pass(model, tokenizer, example.passages, example.question, SINGLE_PASS)
+        masks = recorded.evidence_masks(example.evidence)
+        if masks:
+            truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
+            yield ScreenQuestion(example, recorded, masks, truncation)
 
 
 def budget_records(
