@@ -3,7 +3,8 @@
 Plain FINCH (``"global"``) packs the passages in rank order and lets every token compete on question
 attention alone. On multi-hop questions that starves the best passages and scatters the budget over
 fragments of many sentences (``docs/results/allocation_study.md``). ``"retrieval_weighted"`` (the default)
-folds the retriever's ranking in through the packing order, and makes sentences, not tokens, compete. Not in
+folds the retriever's ranking in through the packing order, makes sentences, not tokens, compete, and boosts
+the passages that the best-ranked passage names by title (`linking`, ``docs/results/links.md``). Not in
 the paper (FINCH: Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
 
 `FinchRAG` and the four integration classes all call `PassageAllocation.plan`, which returns the passages in
@@ -19,9 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar, get_args
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 from .config import GRANULARITIES, FinchConfig, Granularity
+from .linking import named_passages
+from .prompts import Passage
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -48,6 +51,10 @@ class RankWeighting:
       ``max(floor, exp(-(r - 1) / tau))``, so a lower-ranked passage must draw proportionally more attention
       to keep its entries. ``None`` (the default) applies no factor: on top of reverse packing it did not
       help.
+    - ``link_boost`` and ``link_sources``: multiply the scores of every passage that the ``link_sources``
+      best-ranked passages name by title by ``link_boost`` (`finch_rag.linking`), so the bridge passage of a
+      multi-hop question survives a small budget (``docs/results/links.md``). ``link_boost=1`` turns links
+      off; passages without titles, or sharing one title, never link.
 
     Parameters
     ----------
@@ -59,12 +66,18 @@ class RankWeighting:
         Lowest factor any passage gets, in ``[0, 1]``.
     granularity : {"sentence", "token"}
         What competes for the budget.
+    link_boost : float
+        Score factor of a passage that a best-ranked passage names, ``>= 1`` (``1`` = off).
+    link_sources : int
+        How many of the best-ranked passages lend their links, ``>= 1``.
     """
 
     reverse_packing: bool = True
     tau: float | None = None
     floor: float = 0.0
     granularity: Granularity = "sentence"
+    link_boost: float = 4.0
+    link_sources: int = 1
 
     def __post_init__(self) -> None:
         if self.tau is not None and (
@@ -75,6 +88,14 @@ class RankWeighting:
             raise ValueError(f"floor is the lowest passage weight and must be in [0, 1], got {self.floor!r}.")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}.")
+        boost = self.link_boost
+        if isinstance(boost, bool) or not isinstance(boost, (int, float)) or not 1 <= boost < math.inf:
+            raise ValueError(f"link_boost is a score factor and must be a finite number >= 1 (1 = off), got {boost!r}.")
+        sources = self.link_sources
+        if isinstance(sources, bool) or not isinstance(sources, int) or sources < 1:
+            raise ValueError(
+                f"link_sources (best-ranked passages that lend their links) must be an int >= 1, got {sources!r}."
+            )
 
     def pack(self, ranked: Sequence[T]) -> list[T]:
         """Ranked items (best first) in packing order; applied twice it restores the ranking."""
@@ -87,6 +108,18 @@ class RankWeighting:
     def weights(self, ranks: Sequence[int]) -> list[float] | None:
         """Score factors of the passages of these 1-based ranks, or ``None`` when there is no rank factor."""
         return None if self.tau is None else rank_weights(ranks, self)
+
+    def link_weights(self, ranked: Sequence[Any]) -> list[float] | None:
+        """Per ranked passage (best first), ``link_boost`` if a best-ranked one names it, else 1; ``None`` if none is.
+
+        Only `Passage` items have titles; plain strings never link.
+        """
+        if self.link_boost == 1 or not any(isinstance(item, Passage) and item.title for item in ranked):
+            return None
+        titles = [item.title if isinstance(item, Passage) else None for item in ranked]
+        texts = [item.text if isinstance(item, Passage) else str(item) for item in ranked]
+        named = named_passages(titles, texts, self.link_sources)
+        return [self.link_boost if is_named else 1.0 for is_named in named] if any(named) else None
 
 
 def rank_weights(ranks: Sequence[int], weighting: RankWeighting | None = None) -> list[float]:
@@ -118,8 +151,8 @@ class AllocationPlan(Generic[T]):
     config : FinchConfig
         The config to compress them with (with the allocation's granularity).
     passage_weights : list of float or None
-        One score prior per *packed* passage (`RankWeighting.weights`), for ``FinchCompressor.compress``'s
-        ``passage_weights``; ``None`` applies none.
+        One score prior per *packed* passage (`RankWeighting.weights` times `RankWeighting.link_weights`), for
+        ``FinchCompressor.compress``'s ``passage_weights``; ``None`` applies none.
     order : tuple of int
         ``packed[i]`` is ``ranked[order[i]]``.
     """
@@ -180,4 +213,12 @@ class PassageAllocation:
             return AllocationPlan(ranked, config, None, tuple(range(len(ranked))))
         order = tuple(self.weighting.pack(range(len(ranked))))
         weights = self.weighting.weights([ranks[index] for index in order])
+        links = self.weighting.link_weights(ranked)
+        if links is not None:
+            packed_links = [links[index] for index in order]
+            weights = (
+                packed_links
+                if weights is None
+                else [rank * link for rank, link in zip(weights, packed_links, strict=True)]
+            )
         return AllocationPlan([ranked[index] for index in order], self.configure(config), weights, order)
