@@ -41,6 +41,8 @@ KINDS = ("finch", "full", "truncation")
 CONTROLS = ("random", "recency", "first")
 """``selection`` values that are a fixed rule instead of attention: the library's benchmark-control policies."""
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinchConfig))
+WEIGHTING_FIELDS = ("tau", "floor", "link_boost", "link_sources")
+"""`RankWeighting` fields a method spec may set (granularity is the config's, packing is ``packing``)."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,15 @@ class Method:
         `FinchConfig` field changes (``"finch"`` only).
     packing : {"best_last", "rank"}
         Passage order: best passage last (`FinchRAG`'s default), or the retriever's order.
+    weighting : mapping
+        `RankWeighting` field changes for ``packing="best_last"`` (`WEIGHTING_FIELDS`), e.g. ``link_boost``.
     """
 
     name: str
     kind: str = "finch"
     options: Mapping[str, Any] = field(default_factory=dict)
     packing: str = "rank"
+    weighting: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -133,7 +138,8 @@ def parse_method(spec: str) -> Method:
     """A preset by name, or ``label:key=value,...``.
 
     The keys of a spec are `FinchConfig` fields, plus ``packing=best_last|rank`` (default ``best_last``, like
-    ``finch``): ``shared_s1:smoothing=1,chunk_size=512``. ``score_layers=upper`` is the upper half of the
+    ``finch``) and the `RankWeighting` fields of `WEIGHTING_FIELDS`: ``shared_s1:smoothing=1,chunk_size=512``,
+    ``no_links:granularity=sentence,link_boost=1``. ``score_layers=upper`` is the upper half of the
     layers, ``score_layers=lower`` the lower half, ``score_layers=a..b`` a range (inclusive), ``all`` or
     ``none`` every layer. ``selection=random|recency|first`` is a control.
     """
@@ -144,6 +150,7 @@ def parse_method(spec: str) -> Method:
         raise ValueError(f"Unknown method {spec!r}: use one of {names} or 'label:key=value,...'.")
     label, _, body = spec.partition(":")
     options: dict[str, Any] = {}
+    weighting: dict[str, Any] = {}
     packing = "best_last"
     for item in filter(None, body.split(",")):
         key, sep, raw = item.partition("=")
@@ -152,11 +159,16 @@ def parse_method(spec: str) -> Method:
             raise ValueError(f"In method {spec!r}, {item!r} is not key=value.")
         if key == "packing":
             packing = raw.strip()
+        elif key in WEIGHTING_FIELDS:
+            weighting[key] = _parse_value(key, raw)
         elif key not in CONFIG_FIELDS:
-            raise ValueError(f"In method {spec!r}, {key!r} is neither packing nor a FinchConfig field {CONFIG_FIELDS}.")
+            raise ValueError(
+                f"In method {spec!r}, {key!r} is neither packing, a RankWeighting field {WEIGHTING_FIELDS} nor a "
+                f"FinchConfig field {CONFIG_FIELDS}."
+            )
         else:
             options[key] = _parse_value(key, raw)
-    return Method(label.strip(), "finch", options, packing=packing)
+    return Method(label.strip(), "finch", options, packing=packing, weighting=weighting)
 
 
 def expand_methods(specs: Iterable[str | Method]) -> list[Method]:
@@ -190,9 +202,10 @@ def allocation_of(method: Method, config: FinchConfig) -> PassageAllocation:
     """How ``method`` lays out ranked passages, as the library's `PassageAllocation`.
 
     ``packing="best_last"``: `FinchRAG`'s default ``"retrieval_weighted"`` allocation (best passage last, no rank
-    factor) keeping ``config``'s granularity, so that ``finch`` stays token-level and ``finch_rag`` is exactly
-    ``PassageAllocation()``. ``packing="rank"``: plain FINCH's ``"global"`` allocation.
+    factor, passage links) keeping ``config``'s granularity, so that ``finch`` stays token-level and ``finch_rag``
+    is exactly ``PassageAllocation()``; ``method.weighting`` changes the rest (``link_boost=1``: no links).
+    ``packing="rank"``: plain FINCH's ``"global"`` allocation.
     """
     if method.packing == "rank":
         return PassageAllocation("global")
-    return PassageAllocation(weighting=RankWeighting(granularity=config.granularity))
+    return PassageAllocation(weighting=RankWeighting(granularity=config.granularity, **method.weighting))

@@ -1,6 +1,7 @@
 """What the lever screens (`fusion`, `requery`, `heads`, `diversity`) share: options, records and report.
 
-Each screen reads HotpotQA questions in recorded single passes (`benchmarks.single_pass`) and compares, per
+Each screen reads HotpotQA questions (``--suite rag-squad``: SQuAD's corpus) in recorded single passes
+(`benchmarks.single_pass`) and compares, per
 budget, what its variants keep against `FinchRAG`'s default (``finch_rag``) and top-k truncation.
 """
 
@@ -19,7 +20,7 @@ from finch_rag import FinchConfig
 from finch_rag.retrieval import load_embedding_model
 
 from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
-from .qa import Example, _evidence_metrics, load_hotpotqa, paired_comparison
+from .qa import Example, _evidence_metrics, load_hotpotqa, load_suite, paired_comparison
 from .single_pass import RecordedPass, Truncation, record_pass
 
 MODEL = "SmolLM2-135M-Instruct (embedded default)"
@@ -31,7 +32,10 @@ def screen_parser(name: str, doc: str, seed: int) -> argparse.ArgumentParser:
     """The options every screen takes; the screen adds its own."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.split("\n\n")[0])
     parser.add_argument("--data")
+    parser.add_argument("--suite", choices=["hotpotqa", "rag-squad"], default="hotpotqa")
+    parser.add_argument("--top-k", type=int, default=8, help="rag-squad: passages retrieved per question")
     parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--start", type=int, default=0, help="skip the first START of the --limit questions")
     parser.add_argument("--seed", type=int, default=seed, help="use a seed the committed runs did not use")
     parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--threads", type=int, default=1)
@@ -56,9 +60,13 @@ class ScreenQuestion:
 def screen_questions(
     args: argparse.Namespace, model: Any, tokenizer: Any, embedder: Any = None
 ) -> Iterator[ScreenQuestion]:
-    """``args``' seeded HotpotQA sample, each question read in one recorded pass; those without evidence left out."""
-    examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=embedder or load_embedding_model())
-    for example in examples:
+    """``args``' seeded sample, each question read in one recorded pass; those without evidence left out."""
+    if args.suite == "hotpotqa":
+        embedder = embedder or load_embedding_model()
+        examples = load_hotpotqa(data_dir(args.data), args.limit, args.seed, embedder=embedder)
+    else:
+        examples = load_suite(args.suite, args.data, args.limit, args.seed, top_k=args.top_k)
+    for example in examples[args.start :]:
         recorded = record_pass(model, tokenizer, example.passages, example.question, SINGLE_PASS)
         masks = recorded.evidence_masks(example.evidence)
         if masks:
@@ -108,7 +116,8 @@ def write_screen(
         **extra,
     }
     summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
-    lines = [f"# Lever screen: {title} (HotpotQA, single-pass selection)", ""]
+    suite = "SQuAD corpus" if "rag-squad" in meta["command"] else "HotpotQA"
+    lines = [f"# Lever screen: {title} ({suite}, single-pass selection)", ""]
     lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
     lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
     labels = [str(b) for b in budgets]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.methods import BUILTIN_METHODS, Method, expand_methods, parse_method
+from benchmarks.methods import BUILTIN_METHODS, Method, allocation_of, expand_methods, parse_method
 from benchmarks.qa import Example, _sample, _truncated, budget_of, run_example
-from finch_rag import FinchCompressor, FinchConfig, Passage
+from finch_rag import FinchCompressor, FinchConfig, Passage, PassageAllocation
 from finch_rag.prompts import build_prompt
 
 PASSAGES = [
@@ -65,6 +65,13 @@ def test_methods_by_name_group_and_spec():
         parse_method("x:smoothing")
     with pytest.raises(ValueError, match="packing"):
         parse_method("x:packing=middle")
+    no_links = parse_method("no_links:granularity=sentence,link_boost=1")
+    assert no_links.weighting == {"link_boost": 1} and no_links.options == {"granularity": "sentence"}
+    config = FinchConfig(granularity="sentence")
+    assert allocation_of(no_links, config).weighting.link_boost == 1
+    assert allocation_of(BUILTIN_METHODS["finch_rag"], config) == PassageAllocation()
+    with pytest.raises(ValueError, match="RankWeighting field"):
+        parse_method("x:link_boots=1")
 
 
 def test_truncation_keeps_passages_in_rank_order_up_to_the_budget(tiny_tokenizer):
@@ -468,3 +475,21 @@ def test_spreading_with_no_decay_keeps_the_defaults_sentences(compressor):
         order += sorted(whole_sentences(spread_kept(recorded, budget, 0.0)) - set(order))
     first_passages = [int(passage_of[sentence_ids == s][0]) for s in order[:3]]
     assert len(order) == 6 and sorted(first_passages) == [0, 1, 2]
+
+
+def test_the_links_screen_replays_the_default_with_and_without_links(compressor):
+    from benchmarks.links import with_boost
+    from benchmarks.screen import ScreenQuestion
+    from benchmarks.single_pass import Truncation, record_pass
+
+    passages = [Passage("The secret code is kept by the Bananas guild.", "The code"), *PASSAGES[1:]]
+    passages.append(Passage("Bananas are yellow fruits.", "Bananas"))
+    recorded = record_pass(compressor.model, compressor.tokenizer, passages, QUESTION, FinchConfig(progress=False))
+    assert recorded.plan.passage_weights is not None  # the best passage names "Bananas"
+    example = Example("hotpotqa", "q", QUESTION, passages, ["4817"], [(0, 0, 10)])
+    question = ScreenQuestion(example, recorded, [], Truncation.of(compressor.tokenizer, passages, QUESTION, []))
+    bananas_end = recorded.parts.passage_token_starts[1]  # "Bananas" is ranked last, so packed first
+    for budget in (4, 8):
+        assert torch.equal(with_boost(question, 4.0)(budget), recorded.kept(budget))  # the default is boost 4
+    boosted, plain = with_boost(question, 1e9)(8), with_boost(question, 1.0)(8)
+    assert int(boosted[:bananas_end].sum()) == 8 and not torch.equal(boosted, plain)

@@ -1,0 +1,93 @@
+"""Lever screen: passage links, the default's boost of the passages that the best-ranked passage names by title.
+
+`FinchRAG`'s default allocation multiplies the scores of every passage that the best-ranked passage names by
+title by ``link_boost`` (4), so the bridge passage of a multi-hop question survives a small budget
+(`finch_rag.linking`). Links are a passage prior and change only the selection, not the question's
+attention, so one recorded single pass per question gives the default (``finch_rag``), the default without
+links (``no_links``, ``link_boost=1``) and each other ``--boosts`` value, against top-k truncation.
+
+    python -m benchmarks.links --limit 30 --seed 6 --boosts 2 10
+    # a run split in two parts, then one report over both parts' records
+    python -m benchmarks.links --seed 0 --start 200 --limit 350 --out part_a
+    python -m benchmarks.links --seed 0 --start 350 --limit 500 --out part_b
+    python -m benchmarks.links --merge part_a.json part_b.json --out docs/results/links
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finch_rag import PassageAllocation, RankWeighting, load_model
+from finch_rag.compressor import _token_weights
+
+from .screen import Kept, ScreenQuestion, budget_records, screen_parser, screen_questions, write_screen
+
+TITLE = "passage links"
+
+
+def with_boost(question: ScreenQuestion, boost: float) -> Kept:
+    """What the recorded pass keeps at each budget when the allocation's ``link_boost`` is ``boost``."""
+    recorded = question.recorded
+    plan = PassageAllocation(weighting=RankWeighting(link_boost=boost)).plan(
+        question.example.passages, recorded.plan.config
+    )
+    if plan.order != recorded.plan.order:
+        raise RuntimeError("link_boost must not change the packing order")
+    weights = None
+    if plan.passage_weights is not None:
+        token_weights = _token_weights(
+            plan.passage_weights, recorded.parts.passage_token_starts, recorded.context_length
+        )
+        weights = [token_weights[positions] for positions in recorded.candidates.positions]
+    candidates = dataclasses.replace(recorded.candidates, weights=weights)
+    return lambda budget: recorded.kept(budget, candidates)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = screen_parser("links", __doc__, seed=6)
+    parser.add_argument("--boosts", type=float, nargs="*", default=[], help="other link_boost values to screen")
+    parser.add_argument("--merge", nargs="+", help="report over these parts' .json records; runs nothing")
+    args = parser.parse_args(argv)
+    levers = ["no_links"] + [f"boost={boost:g}" for boost in args.boosts]
+    if args.merge:
+        parts = [json.loads(Path(path).read_text()) for path in args.merge]
+        records = [record for part in parts for record in part["records"]]
+        budgets = sorted({int(record["budget"]) for record in records})
+        extra = {
+            "parts": "; ".join(f"`{part['meta']['command']}`" for part in parts),
+            "seconds": sum(part["meta"]["seconds"] for part in parts),
+            "questions with a link": sum(part["meta"]["questions with a link"] for part in parts),
+        }
+        levers = [lever for lever in levers if any(record["method"] == lever for record in records)]
+        write_screen("links", TITLE, argv, args.out, records, budgets, levers, extra)
+        return 0
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model, tokenizer = load_model()
+    records: list[dict[str, Any]] = []
+    model_seconds, linked = 0.0, 0
+    for question in screen_questions(args, model, tokenizer):
+        model_seconds += question.recorded.seconds
+        linked += question.recorded.plan.passage_weights is not None
+        variants: dict[str, Kept] = {"finch_rag": question.recorded.kept, "no_links": with_boost(question, 1.0)}
+        variants |= {f"boost={boost:g}": with_boost(question, boost) for boost in args.boosts}
+        records += budget_records(question.example.qid, args.budgets, question.truncation, question.masks, variants)
+    questions = max(len({r["qid"] for r in records}), 1)
+    extra = {
+        "seconds": round(time.perf_counter() - started),
+        "single-pass compression seconds per question": round(model_seconds / questions, 3),
+        "questions with a link": linked,
+    }
+    write_screen("links", TITLE, argv, args.out, records, args.budgets, levers, extra)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
