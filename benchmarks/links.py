@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,21 @@ def with_boost(question: ScreenQuestion, boost: float) -> Kept:
     return lambda budget: recorded.kept(budget, candidates)
 
 
+def links_cost(question: ScreenQuestion, repeats: int = 20) -> float:
+    """Seconds that planning with links takes more than planning without them, for one question (median)."""
+    config = question.recorded.plan.config
+    timings = []
+    for weighting in (RankWeighting(), RankWeighting(link_boost=1)):
+        allocation = PassageAllocation(weighting=weighting)
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            allocation.plan(question.example.passages, config)
+            runs.append(time.perf_counter() - started)
+        timings.append(statistics.median(runs))
+    return max(timings[0] - timings[1], 0.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = screen_parser("links", __doc__, seed=6)
     parser.add_argument("--boosts", type=float, nargs="*", default=[], help="other link_boost values to screen")
@@ -72,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model()
     records: list[dict[str, Any]] = []
-    model_seconds, linked = 0.0, 0
+    model_seconds, link_seconds, linked = 0.0, 0.0, 0
     for question in screen_questions(args, model, tokenizer):
         model_seconds += question.recorded.seconds
+        link_seconds += links_cost(question)
         linked += question.recorded.plan.passage_weights is not None
         variants: dict[str, Kept] = {"finch_rag": question.recorded.kept, "no_links": with_boost(question, 1.0)}
         variants |= {f"boost={boost:g}": with_boost(question, boost) for boost in args.boosts}
@@ -83,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {
         "seconds": round(time.perf_counter() - started),
         "single-pass compression seconds per question": round(model_seconds / questions, 3),
+        "link seconds per question (the lever's cost: finding the links while planning)": round(
+            link_seconds / questions, 6
+        ),
         "questions with a link": linked,
     }
     write_screen("links", TITLE, argv, args.out, records, args.budgets, levers, extra)

@@ -493,3 +493,21 @@ def test_the_links_screen_replays_the_default_with_and_without_links(compressor)
         assert torch.equal(with_boost(question, 4.0)(budget), recorded.kept(budget))  # the default is boost 4
     boosted, plain = with_boost(question, 1e9)(8), with_boost(question, 1.0)(8)
     assert int(boosted[:bananas_end].sum()) == 8 and not torch.equal(boosted, plain)
+
+
+def test_compare_pairs_one_methods_records_across_two_files(tmp_path, capsys):
+    from benchmarks.compare import main as compare
+
+    def records(all_hops: list[float]) -> dict:
+        rows = [{"qid": f"q{i}", "method": "finch_rag", "budget": "128", "all_hops": v} for i, v in enumerate(all_hops)]
+        return {"records": [*rows, {"qid": "q0", "method": "truncation", "budget": "128", "all_hops": 1.0}]}
+
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps(records([0.0, 0.0, 1.0, 1.0])))
+    after.write_text(json.dumps(records([1.0, 1.0, 1.0])))  # q3 is missing: only questions in both are paired
+    assert compare([str(before), str(after), "--labels", "old", "new", "--out", str(tmp_path / "paired")]) == 0
+    report = (tmp_path / "paired.md").read_text()
+    assert "- questions in both: 3" in report and "## Paired: new minus old" in report
+    assert "| 128 | 3 | +0.667 [" in report and "| 2 / 0 | 3.00x [" in report
+    with pytest.raises(SystemExit):
+        compare([str(before), str(after), "--method", "nothing"])

@@ -1,0 +1,63 @@
+"""Pair one method's records across two result files: the same questions, before and after a change.
+
+Each result file (`benchmarks.qa`'s ``.json``, or a screen's) holds per-question records. This joins the
+records of ``--method`` in ``BEFORE`` and ``AFTER`` by question and budget, and writes the paired
+difference (after minus before) with bootstrap intervals, as the suites' own paired tables.
+
+    python -m benchmarks.compare docs/results/hotpotqa_heldout300.json docs/results/links_heldout300.json
+        --method finch_rag --labels "without links" "with links" --out docs/results/links_heldout300_paired
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .common import group_means, markdown_table
+from .qa import paired_comparison
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("before")
+    parser.add_argument("after")
+    parser.add_argument("--method", default="finch_rag", help="the method whose records are paired")
+    parser.add_argument("--labels", nargs=2, default=["before", "after"], metavar=("BEFORE", "AFTER"))
+    parser.add_argument("--out", help="write OUT.md (else print only)")
+    args = parser.parse_args(argv)
+    before_label, after_label = args.labels
+    if before_label == after_label:
+        parser.error("--labels must differ")
+    records = []
+    for path, label in ((args.before, before_label), (args.after, after_label)):
+        found = [r for r in json.loads(Path(path).read_text())["records"] if r.get("method") == args.method]
+        if not found:
+            parser.error(f"{path} has no records of method {args.method!r}")
+        records += [r | {"method": label} for r in found]
+    budgets = sorted({str(r["budget"]) for r in records}, key=lambda b: (not b.isdigit(), int(b) if b.isdigit() else 0))
+    common = {(r["qid"], str(r["budget"])) for r in records if r["method"] == before_label}
+    common &= {(r["qid"], str(r["budget"])) for r in records if r["method"] == after_label}
+    paired = [r for r in records if (r["qid"], str(r["budget"])) in common]
+    metrics = tuple(m for m in ("retention", "all_hops", "contains", "f1") if any(m in r for r in paired))
+    lines = [
+        f"# {args.method}: {after_label} against {before_label}",
+        "",
+        f"- command: `python -m benchmarks.compare {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- {before_label}: `{args.before}`; {after_label}: `{args.after}`",
+        f"- questions in both: {len({qid for qid, _ in common})}",
+        "",
+        markdown_table(group_means(paired, ["budget", "method"], metrics), ["budget", "method", "n", *metrics]),
+        "",
+        *paired_comparison(paired, budgets, after_label, before_label),
+    ]
+    if args.out:
+        Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
