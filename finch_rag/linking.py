@@ -11,7 +11,8 @@ before compression, so it holds at every step of the chunk loop, and costs no mo
 A passage names another when the other's title occurs in its text as whole words, ignoring case and a
 trailing disambiguation in parentheses ("Democratic Party (South Africa)" is named by "the Democratic
 Party"). Titles are matched as literal text, never as patterns. A title shorter than `MIN_TITLE_CHARS` or
-without a letter names nothing, and passages that share a title (pieces of one document) never link.
+without a letter names nothing, and passages that share a title (pieces of one document) never link each
+other.
 """
 
 from __future__ import annotations
