@@ -15,7 +15,6 @@ links (``no_links``, ``link_boost=1``) and each other ``--boosts`` value, agains
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import time
@@ -26,7 +25,6 @@ from typing import Any
 import torch
 
 from finch_rag import PassageAllocation, RankWeighting, load_model
-from finch_rag.compressor import _token_weights
 
 from .screen import Kept, ScreenQuestion, budget_records, screen_parser, screen_questions, write_screen
 
@@ -41,13 +39,7 @@ def with_boost(question: ScreenQuestion, boost: float) -> Kept:
     )
     if plan.order != recorded.plan.order:
         raise RuntimeError("link_boost must not change the packing order")
-    weights = None
-    if plan.passage_weights is not None:
-        token_weights = _token_weights(
-            plan.passage_weights, recorded.parts.passage_token_starts, recorded.context_length
-        )
-        weights = [token_weights[positions] for positions in recorded.candidates.positions]
-    candidates = dataclasses.replace(recorded.candidates, weights=weights)
+    candidates = recorded.reweighted(plan.passage_weights)
     return lambda budget: recorded.kept(budget, candidates)
 
 
@@ -82,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "questions with a link": sum(part["meta"]["questions with a link"] for part in parts),
         }
         levers = [lever for lever in levers if any(record["method"] == lever for record in records)]
-        write_screen("links", TITLE, argv, args.out, records, budgets, levers, extra)
+        write_screen("links", TITLE, argv, args.out, records, budgets, levers, extra, suite=args.suite)
         return 0
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -105,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "questions with a link": linked,
     }
-    write_screen("links", TITLE, argv, args.out, records, args.budgets, levers, extra)
+    write_screen("links", TITLE, argv, args.out, records, args.budgets, levers, extra, suite=args.suite)
     return 0
 
 

@@ -8,6 +8,7 @@ Any budget (or budget rule, or extra prior) then selects from those scores exact
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,14 @@ class RecordedPass:
         """``[n]`` token masks of evidence spans given on the ranked passages, in the packed prompt."""
         packed_index = {ranked_at: packed_at for packed_at, ranked_at in enumerate(self.plan.order)}
         return [self.parts.span_tokens([(packed_index[p], start, end)]) for p, start, end in evidence]
+
+    def reweighted(self, passage_weights: Sequence[float] | None) -> CandidateScores:
+        """The pass's candidates with other packed-passage priors (``None``: none), as compression would weigh them."""
+        weights = None
+        if passage_weights is not None:
+            token_weights = _token_weights(passage_weights, self.parts.passage_token_starts, self.context_length)
+            weights = [token_weights[positions] for positions in self.candidates.positions]
+        return dataclasses.replace(self.candidates, weights=weights)
 
     def kept(self, budget: int, candidates: CandidateScores | None = None, policy: Any = None) -> torch.Tensor:
         """``[n]`` float 0/1: what ``policy`` (default: the pass's) keeps at ``budget`` from ``candidates``."""
