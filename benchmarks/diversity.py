@@ -88,7 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     levers = [f"spread decay={decay:g}" for decay in args.decays if decay != 1]
     write_screen(
-        "diversity", "spreading the budget over passages", argv, args.out, records, args.budgets, levers, extra
+        "diversity",
+        "spreading the budget over passages",
+        argv,
+        args.out,
+        records,
+        args.budgets,
+        levers,
+        extra,
+        suite=args.suite,
     )
     return 0
 

@@ -92,7 +92,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     levers = [f"fused s={s:g}" for s in args.strengths if s]
     model_line = "SmolLM2-135M-Instruct (embedded default); embedder all-MiniLM-L6-v2 (embedded)"
-    write_screen("fusion", "fused sentence scores", argv, args.out, records, args.budgets, levers, extra, model_line)
+    write_screen(
+        "fusion",
+        "fused sentence scores",
+        argv,
+        args.out,
+        records,
+        args.budgets,
+        levers,
+        extra,
+        model_line,
+        suite=args.suite,
+    )
     return 0
 
 

@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         levers,
         extra,
         extra_json={"lift": lift.tolist()},
+        suite=args.suite,
     )
     return 0
 

@@ -80,7 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "second-pass seconds per question (a full prefill here)": round(second_seconds / questions, 3),
     }
     levers = [f"requery mix={mix:g}" for mix in args.mixes if mix]
-    write_screen("requery", "second-hop re-query", argv, args.out, records, args.budgets, levers, extra)
+    write_screen(
+        "requery", "second-hop re-query", argv, args.out, records, args.budgets, levers, extra, suite=args.suite
+    )
     return 0
 
 

@@ -1,8 +1,8 @@
 """What the lever screens (`fusion`, `requery`, `heads`, `diversity`) share: options, records and report.
 
 Each screen reads HotpotQA questions (``--suite rag-squad``: SQuAD's corpus) in recorded single passes
-(`benchmarks.single_pass`) and compares, per
-budget, what its variants keep against `FinchRAG`'s default (``finch_rag``) and top-k truncation.
+(`benchmarks.single_pass`) and compares, per budget, what its variants keep against `FinchRAG`'s default
+(``finch_rag``) and top-k truncation.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def write_screen(
     extra: Mapping[str, Any],
     model: str = MODEL,
     extra_json: Mapping[str, Any] | None = None,
+    suite: str = "hotpotqa",
 ) -> None:
     """Write ``out``.md/.json: means per (budget, method), each lever against ``finch_rag``, that against truncation."""
     meta = {
@@ -116,8 +117,8 @@ def write_screen(
         **extra,
     }
     summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
-    suite = "SQuAD corpus" if "rag-squad" in meta["command"] else "HotpotQA"
-    lines = [f"# Lever screen: {title} ({suite}, single-pass selection)", ""]
+    suite_name = {"hotpotqa": "HotpotQA", "rag-squad": "SQuAD corpus"}[suite]
+    lines = [f"# Lever screen: {title} ({suite_name}, single-pass selection)", ""]
     lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
     lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
     labels = [str(b) for b in budgets]
