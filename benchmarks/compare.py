@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not found:
             parser.error(f"{path} has no records of method {args.method!r}")
         records += [r | {"method": label} for r in found]
-    budgets = sorted({str(r["budget"]) for r in records}, key=lambda b: (not b.isdigit(), int(b) if b.isdigit() else 0))
+    budgets = list(dict.fromkeys(str(r["budget"]) for r in records))  # in the files' order, as the suites' reports
     common = {(r["qid"], str(r["budget"])) for r in records if r["method"] == before_label}
     common &= {(r["qid"], str(r["budget"])) for r in records if r["method"] == after_label}
     paired = [r for r in records if (r["qid"], str(r["budget"])) in common]

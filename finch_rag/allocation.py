@@ -215,10 +215,6 @@ class PassageAllocation:
         weights = self.weighting.weights([ranks[index] for index in order])
         links = self.weighting.link_weights(ranked)
         if links is not None:
-            packed_links = [links[index] for index in order]
-            weights = (
-                packed_links
-                if weights is None
-                else [rank * link for rank, link in zip(weights, packed_links, strict=True)]
-            )
+            rank_factors = weights or [1.0] * len(order)
+            weights = [factor * links[index] for factor, index in zip(rank_factors, order, strict=True)]
         return AllocationPlan([ranked[index] for index in order], self.configure(config), weights, order)
