@@ -20,7 +20,6 @@ from finch_rag import FinchConfig, Passage, PassageAllocation
 from finch_rag.allocation import AllocationPlan
 from finch_rag.compression.loop import CompressionRequest, compress_batch
 from finch_rag.compression.selection import CandidateScores, RecordingSelection, SelectionPolicy, selection_policy
-from finch_rag.compressor import _token_weights
 from finch_rag.prompts import PromptParts, build_prompt
 
 Span = tuple[int, int, int]
@@ -49,7 +48,7 @@ class RecordedPass:
         """The pass's candidates with other packed-passage priors (``None``: none), as compression would weigh them."""
         weights = None
         if passage_weights is not None:
-            token_weights = _token_weights(passage_weights, self.parts.passage_token_starts, self.context_length)
+            token_weights = self.parts.token_weights(passage_weights)
             weights = [token_weights[positions] for positions in self.candidates.positions]
         return dataclasses.replace(self.candidates, weights=weights)
 
@@ -81,7 +80,7 @@ def record_pass(
         context_ids=torch.tensor([parts.context_ids]),
         question_ids=torch.tensor([parts.question_ids]),
         passage_starts=parts.passage_token_starts,
-        token_weights=None if weights is None else _token_weights(weights, parts.passage_token_starts, n),
+        token_weights=None if weights is None else parts.token_weights(weights),
         span_ids=parts.sentence_ids() if plan.config.granularity == "sentence" else None,
     )
     text_config = model.config.get_text_config(decoder=True)

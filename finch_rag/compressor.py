@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -16,7 +15,7 @@ from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
 from .generation import SamplingParams, eos_token_ids, generate_batch_texts, generate_token_ids, stream_text
-from .prompts import History, Passage, PassageLike, as_passages, build_prompt
+from .prompts import History, Passage, PassageLike, PromptParts, as_passages, build_prompt
 from .store import ContextStore, context_store
 
 if TYPE_CHECKING:
@@ -24,19 +23,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class _Prepared:
-    """One request's prompt parts as token ids, before compression."""
-
-    prefix_ids: list[int]
-    context_ids: list[int]
-    question_ids: list[int]
-    suffix_ids: list[int]
-    passage_starts: Sequence[int] = ()
-    token_weights: torch.Tensor | None = None
-    span_ids: torch.Tensor | None = None  # sentence of each context token, for granularity="sentence"
-    extra: dict[str, Any] = field(default_factory=dict)
+_Prompt = tuple[PromptParts, torch.Tensor | None]
+"""A prompt to compress and its tokens' score priors (`PromptParts.token_weights`), or ``None``."""
 
 
 class FinchCompressor:
@@ -157,13 +145,13 @@ class FinchCompressor:
         config = config or self.config
         weights = passage_weights if passage_weights is not None else [None] * len(contexts)
         turns = histories if histories is not None else [None] * len(contexts)
-        prepared = [
+        prompts = [
             self._prepare(context, question, config, weight, history)
             for context, question, weight, history in zip(contexts, questions, weights, turns, strict=True)
         ]
         results: list[CompressedContext] = []
-        for start in range(0, len(prepared), batch_size):
-            results += self._run(prepared[start : start + batch_size], config)
+        for start in range(0, len(prompts), batch_size):
+            results += self._run(prompts[start : start + batch_size], config)
         return results
 
     def compress_ids(
@@ -180,7 +168,7 @@ class FinchCompressor:
         ``suffix_ids`` (optional) is fed after the question when answering. Every id must be in the model's
         vocabulary (``ValueError`` otherwise).
         """
-        prepared = _Prepared(
+        parts = PromptParts(
             prefix_ids=self._vocabulary_ids(prefix_ids, "prefix_ids", allow_empty=True),
             context_ids=self._vocabulary_ids(context_ids, "context_ids"),
             question_ids=self._vocabulary_ids(question_ids, "question_ids"),
@@ -192,7 +180,7 @@ class FinchCompressor:
                 'granularity="sentence" finds sentences in the text, and compress_ids gets token ids only. '
                 'Use compress() with the text, or config.replace(granularity="token").'
             )
-        return self._run([prepared], config)[0]
+        return self._run([(parts, None)], config)[0]
 
     def compress_plans(
         self,
@@ -228,46 +216,26 @@ class FinchCompressor:
         config: FinchConfig,
         passage_weights: Sequence[float] | None,
         history: History | None = None,
-    ) -> _Prepared:
-        passages = as_passages(context)
+    ) -> _Prompt:
+        """The prompt's parts and, with ``passage_weights``, its tokens' score priors (both checked now)."""
         parts = build_prompt(
             self.tokenizer,
-            passages,
+            as_passages(context),
             question,
             chat_template=config.chat_template,
             system_prompt=config.system_prompt,
             history=history,
         )
-        token_weights = None
-        if passage_weights is not None:
-            token_weights = _token_weights(passage_weights, parts.passage_token_starts, len(parts.context_ids))
-        return _Prepared(
-            prefix_ids=parts.prefix_ids,
-            context_ids=parts.context_ids,
-            question_ids=parts.question_ids,
-            suffix_ids=parts.suffix_ids,
-            passage_starts=parts.passage_token_starts,
-            token_weights=token_weights,
-            span_ids=parts.sentence_ids() if config.granularity == "sentence" else None,
-            extra={
-                "question": question,
-                "passages": passages,
-                "history": [{"role": turn["role"], "content": turn["content"]} for turn in history or ()],
-                "context_text": parts.context_text,
-                "token_offsets": parts.token_offsets,
-                "passage_text_spans": parts.passage_text_spans,
-                "passage_token_starts": parts.passage_token_starts,
-            },
-        )
+        return parts, None if passage_weights is None else parts.token_weights(passage_weights)
 
-    def _run(self, prepared: list[_Prepared], config: FinchConfig) -> list[CompressedContext]:
-        for item in prepared:
-            if not item.context_ids:
+    def _run(self, prompts: Sequence[_Prompt], config: FinchConfig) -> list[CompressedContext]:
+        for parts, _ in prompts:
+            if not parts.context_ids:
                 raise ValueError("The context is empty: give at least one context token to compress.")
-            if not item.question_ids:
+            if not parts.question_ids:
                 raise ValueError("The question is empty: FINCH compresses the context for a question, so give one.")
             self._check_fits(
-                len(item.prefix_ids), len(item.context_ids), len(item.question_ids), len(item.suffix_ids), config
+                len(parts.prefix_ids), len(parts.context_ids), len(parts.question_ids), len(parts.suffix_ids), config
             )
         device = self.device
 
@@ -276,30 +244,20 @@ class FinchCompressor:
 
         requests = [
             CompressionRequest(
-                prefix_ids=tensor(item.prefix_ids),
-                context_ids=tensor(item.context_ids),
-                question_ids=tensor(item.question_ids),
-                passage_starts=item.passage_starts,
-                token_weights=None if item.token_weights is None else item.token_weights.to(device),
-                span_ids=None if item.span_ids is None else item.span_ids.to(device),
+                prefix_ids=tensor(parts.prefix_ids),
+                context_ids=tensor(parts.context_ids),
+                question_ids=tensor(parts.question_ids),
+                passage_starts=parts.passage_token_starts or (),
+                token_weights=None if token_weights is None else token_weights.to(device),
+                span_ids=parts.sentence_ids().to(device) if config.granularity == "sentence" else None,
             )
-            for item in prepared
+            for parts, token_weights in prompts
         ]
         with self._lock, torch.inference_mode():
             caches = compress_batch(self.model, requests, config, self._rotation, pad_token_id=self._pad_token_id)
         return [
-            CompressedContext(
-                cache=cache,
-                prefix_ids=torch.tensor(item.prefix_ids, dtype=torch.long),
-                context_ids=torch.tensor(item.context_ids, dtype=torch.long),
-                question_ids=torch.tensor(item.question_ids, dtype=torch.long),
-                suffix_ids=torch.tensor(item.suffix_ids, dtype=torch.long),
-                config=config,
-                tokenizer=self.tokenizer,
-                model_name=self.model_name,
-                **item.extra,
-            )
-            for item, cache in zip(prepared, caches, strict=True)
+            CompressedContext(cache, parts, config, self.tokenizer, self.model_name)
+            for (parts, _), cache in zip(prompts, caches, strict=True)
         ]
 
     def _check_fits(self, prefix: int, context: int, question: int, suffix: int, config: FinchConfig) -> None:
@@ -455,17 +413,6 @@ class FinchCompressor:
 
     def __repr__(self) -> str:
         return f"FinchCompressor(model={self.model_name!r}, config={self.config})"
-
-
-def _token_weights(weights: Sequence[float], passage_starts: Sequence[int], context_length: int) -> torch.Tensor:
-    if len(weights) != len(passage_starts):
-        raise ValueError(f"passage_weights has {len(weights)} values for {len(passage_starts)} passages.")
-    values = torch.tensor([float(w) for w in weights], dtype=torch.float32)
-    if not torch.isfinite(values).all() or (values < 0).any():
-        raise ValueError(f"passage_weights must be finite and >= 0, got {list(weights)}.")
-    ends = list(passage_starts[1:]) + [context_length]
-    lengths = torch.tensor([end - start for start, end in zip(passage_starts, ends, strict=True)])
-    return values.repeat_interleave(lengths)
 
 
 def _as_ids(ids: torch.Tensor | Sequence[int] | None, name: str, allow_empty: bool = False) -> list[int]:

@@ -6,6 +6,7 @@ import hashlib
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, cast
 
 import torch
@@ -13,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .compression.loop import CompressedCache
 from .config import FinchConfig
-from .prompts import Passage, span_token_mask
+from .prompts import Passage, PromptParts
 
 STATS_KEYS = ("finch_kept_fraction", "finch_tokens_before", "finch_tokens_after")
 """Per-passage statistics (`CompressedContext.passage_stats`) that the integrations add to each output's metadata."""
@@ -35,28 +36,68 @@ class CompressedContext:
     ----------
     cache : CompressedCache
         Per-layer keys/values ``[1, num_kv_heads, |P| + B, head_dim]`` and where each entry came from.
-    prefix_ids, context_ids, question_ids, suffix_ids : torch.LongTensor
-        1-D token ids of each prompt part (``suffix_ids`` is the assistant-turn cue fed after the question).
-    question, passages, history
-        What it was compressed from (with `FinchCompressor.compress`): the question, the passages in packed
-        order, and the earlier turns of the conversation held in the prefix.
+    parts : PromptParts
+        The prompt it was compressed from: each part's token ids and, with `FinchCompressor.compress`, the
+        question, the passages in packed order, the earlier turns held in the prefix, and where each context
+        token sits in the passages' text. The attributes of the same names read it.
+    config : FinchConfig
+        The configuration it was compressed with.
     """
 
     cache: CompressedCache
-    prefix_ids: torch.Tensor
-    context_ids: torch.Tensor
-    question_ids: torch.Tensor
-    suffix_ids: torch.Tensor
+    parts: PromptParts
     config: FinchConfig
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
     model_name: str = ""
-    question: str | None = None
-    passages: list[Passage] | None = None
-    history: list[dict[str, str]] = field(default_factory=list)
-    context_text: str | None = field(default=None, repr=False)
-    token_offsets: list[tuple[int, int]] | None = field(default=None, repr=False)
-    passage_text_spans: list[tuple[int, int]] | None = field(default=None, repr=False)
-    passage_token_starts: list[int] | None = field(default=None, repr=False)
+
+    # ---------------------------------------------------------------- the prompt
+    @cached_property
+    def prefix_ids(self) -> torch.Tensor:
+        """1-D ``LongTensor``: the protected prefix (chat-template start, system prompt, earlier turns)."""
+        return torch.tensor(self.parts.prefix_ids, dtype=torch.long)
+
+    @cached_property
+    def context_ids(self) -> torch.Tensor:
+        """1-D ``LongTensor``: the context before compression."""
+        return torch.tensor(self.parts.context_ids, dtype=torch.long)
+
+    @cached_property
+    def question_ids(self) -> torch.Tensor:
+        """1-D ``LongTensor``: the question, fed after the compressed cache when answering."""
+        return torch.tensor(self.parts.question_ids, dtype=torch.long)
+
+    @cached_property
+    def suffix_ids(self) -> torch.Tensor:
+        """1-D ``LongTensor``: the assistant-turn cue fed after the question."""
+        return torch.tensor(self.parts.suffix_ids, dtype=torch.long)
+
+    @property
+    def question(self) -> str | None:
+        return self.parts.question
+
+    @property
+    def passages(self) -> list[Passage] | None:
+        return self.parts.passages
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        return self.parts.history
+
+    @property
+    def context_text(self) -> str | None:
+        return self.parts.context_text
+
+    @property
+    def token_offsets(self) -> list[tuple[int, int]] | None:
+        return self.parts.token_offsets
+
+    @property
+    def passage_text_spans(self) -> list[tuple[int, int]] | None:
+        return self.parts.passage_text_spans
+
+    @property
+    def passage_token_starts(self) -> list[int] | None:
+        return self.parts.passage_token_starts
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -73,6 +114,11 @@ class CompressedContext:
     def kept_tokens(self) -> int:
         """``B``, context entries kept per layer and KV head."""
         return int(self.cache.kept_positions[0].shape[-1])
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the whole prompt uncompressed: prefix, context, question and answer cue (usage counts)."""
+        return self.parts.prompt_tokens
 
     @property
     def compression_factor(self) -> float:
@@ -92,8 +138,8 @@ class CompressedContext:
             "original_tokens": self.original_tokens,
             "kept_tokens": self.kept_tokens,
             "compression_factor": self.compression_factor,
-            "prefix_tokens": int(self.prefix_ids.shape[0]),
-            "question_tokens": int(self.question_ids.shape[0]),
+            "prefix_tokens": len(self.parts.prefix_ids),
+            "question_tokens": len(self.parts.question_ids),
         }
 
     @property
@@ -132,17 +178,7 @@ class CompressedContext:
         """``[n]`` bool: the tokens of one passage's own text (no title, no separator), or all tokens."""
         if passage is None:
             return torch.ones(self.original_tokens, dtype=torch.bool)
-        if self.passage_text_spans is None:
-            raise ValueError("This context was built from token ids; it has no passages.")
-        if not 0 <= passage < len(self.passage_text_spans):
-            raise IndexError(f"passage {passage} out of range (0..{len(self.passage_text_spans) - 1}).")
-        start, end = self.passage_text_spans[passage]
-        return self._tokens_overlapping(start, end)
-
-    def _tokens_overlapping(self, char_start: int, char_end: int) -> torch.Tensor:
-        assert self.token_offsets is not None
-        offsets = torch.tensor(self.token_offsets, dtype=torch.long).reshape(-1, 2)
-        return (offsets[:, 0] < char_end) & (offsets[:, 1] > char_start)
+        return self.parts.passage_tokens(passage)
 
     def kept_text(self, threshold: float = 0.5, passage: int | None = None, gap: str = " … ") -> str:
         """Extractive view: the context tokens kept by at least ``threshold`` of the (layer, KV head) pairs.
@@ -162,23 +198,23 @@ class CompressedContext:
                 runs[-1] = (runs[-1][0], token + 1)
             else:
                 runs.append((token, token + 1))
-        pieces = [self._text_of(start, end) for start, end in runs]
+        pieces = [self.text_of(start, end) for start, end in runs]
         return gap.join(piece.strip() for piece in pieces if piece.strip())
 
-    def _text_of(self, start: int, end: int) -> str:
-        if self.context_text is not None and self.token_offsets is not None:
-            return self.context_text[self.token_offsets[start][0] : self.token_offsets[end - 1][1]]
+    def text_of(self, start: int, end: int) -> str:
+        """The context text of tokens ``start..end-1``: a slice of the passages' text, or decoded from token ids."""
+        if self.parts.context_text is not None and self.parts.token_offsets is not None:
+            offsets = self.parts.token_offsets
+            return self.parts.context_text[offsets[start][0] : offsets[end - 1][1]]
         # One sequence decodes to a str; `decode` is annotated for batches too.
-        return cast(str, self.tokenizer.decode(self.context_ids[start:end].tolist()))
+        return cast(str, self.tokenizer.decode(self.parts.context_ids[start:end]))
 
     def span_tokens(self, spans: Sequence[tuple[int, int, int]]) -> torch.Tensor:
         """``[n]`` bool: the context tokens overlapping ``spans``.
 
         ``spans`` holds ``(passage_index, char_start, char_end)`` in that passage's own text.
         """
-        if self.passage_text_spans is None or self.token_offsets is None:
-            raise ValueError("Spans need a context built from passages (compress(), not compress_ids()).")
-        return span_token_mask(self.token_offsets, self.passage_text_spans, spans)
+        return self.parts.span_tokens(spans)
 
     def kept_fraction(self, spans: Sequence[tuple[int, int, int]]) -> float:
         """Fraction of the KV entries of the tokens overlapping ``spans`` that survived.
@@ -200,11 +236,11 @@ class CompressedContext:
 
     def passage_kept_fractions(self) -> list[float]:
         """For each passage, the fraction of its tokens' KV entries that survived."""
-        if self.passage_text_spans is None:
+        if self.parts.passage_text_spans is None:
             return []
         mask = self.kept_mask()
         fractions = []
-        for index in range(len(self.passage_text_spans)):
+        for index in range(len(self.parts.passage_text_spans)):
             tokens = self.passage_tokens(index)
             fractions.append(float(mask[tokens].mean()) if tokens.any() else 0.0)
         return fractions
@@ -221,6 +257,15 @@ class CompressedContext:
             before = int(self.passage_tokens(index).sum())
             stats.append(dict(zip(STATS_KEYS, (fraction, before, round(fraction * before)), strict=True)))
         return stats
+
+    def kept_passages(self, threshold: float = 0.5) -> list[tuple[str, dict[str, Any]]]:
+        """Per passage, in packed order: its kept text (`kept_text` at ``threshold``) and its `passage_stats`.
+
+        What a front end returns for each document it compressed; an allocation plan's ``restore`` puts it back
+        in the order the documents were given. A context built from token ids has no passages: ``[]``.
+        """
+        texts = [self.kept_text(threshold, passage=index) for index in range(len(self.parts.passage_text_spans or ()))]
+        return list(zip(texts, self.passage_stats(), strict=True))
 
     def __repr__(self) -> str:
         return (

@@ -96,20 +96,88 @@ def as_passages(context: str | Sequence[PassageLike]) -> list[Passage]:
 
 @dataclass
 class PromptParts:
-    """Token ids of each part, plus what is needed to map context tokens back to passage text."""
+    """One prompt as FINCH reads it: the token ids of each part, and what they were built from.
+
+    `build_prompt` fills every field. A prompt given as token ids (`FinchCompressor.compress_ids`) has the ids
+    only: the fields that map context tokens back to passage text are ``None``, and the methods that need them
+    raise a ``ValueError`` that says so.
+
+    Attributes
+    ----------
+    prefix_ids, context_ids, question_ids, suffix_ids : list of int
+        The protected prefix, the context to compress, the question that conditions it, and the answer cue fed
+        after the question when answering.
+    context_text : str, optional
+        The passages as packed into the context (titles and separators included).
+    token_offsets : list of (int, int), optional
+        ``(char_start, char_end)`` of each context token in ``context_text``.
+    passage_text_spans : list of (int, int), optional
+        Where each passage's own text (no title, no separator) sits in ``context_text``.
+    passage_token_starts : list of int, optional
+        The first context token of each passage (its title included).
+    question, passages, history
+        What the prompt was built from: the question, the passages in packed order, and the earlier turns of the
+        conversation, which live in the prefix.
+    """
 
     prefix_ids: list[int]
     context_ids: list[int]
     question_ids: list[int]
     suffix_ids: list[int]
-    context_text: str
-    token_offsets: list[tuple[int, int]]  # (char_start, char_end) of each context token in context_text
-    passage_text_spans: list[tuple[int, int]]  # where each passage's own text sits in context_text
-    passage_token_starts: list[int]
+    context_text: str | None = None
+    token_offsets: list[tuple[int, int]] | None = None
+    passage_text_spans: list[tuple[int, int]] | None = None
+    passage_token_starts: list[int] | None = None
+    question: str | None = None
+    passages: list[Passage] | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the whole prompt, as the model would read it uncompressed (all four parts)."""
+        return len(self.prefix_ids) + len(self.context_ids) + len(self.question_ids) + len(self.suffix_ids)
+
+    def _layout(self) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]], list[int]]:
+        """``context_text``, ``token_offsets``, ``passage_text_spans`` and ``passage_token_starts``, all set."""
+        if (
+            self.context_text is None
+            or self.token_offsets is None
+            or self.passage_text_spans is None
+            or self.passage_token_starts is None
+        ):
+            raise ValueError(
+                "This context was built from token ids (compress_ids()), so it has no passages or text: "
+                "compress() the passages to inspect them."
+            )
+        return self.context_text, self.token_offsets, self.passage_text_spans, self.passage_token_starts
 
     def span_tokens(self, spans: Sequence[tuple[int, int, int]]) -> torch.Tensor:
         """``[n]`` bool: the context tokens overlapping ``spans`` (see `span_token_mask`)."""
-        return span_token_mask(self.token_offsets, self.passage_text_spans, spans)
+        _, offsets, passage_spans, _ = self._layout()
+        return span_token_mask(offsets, passage_spans, spans)
+
+    def passage_tokens(self, passage: int) -> torch.Tensor:
+        """``[n]`` bool: the tokens of one passage's own text (no title, no separator)."""
+        _, offsets, passage_spans, _ = self._layout()
+        if not 0 <= passage < len(passage_spans):
+            raise IndexError(f"passage {passage} out of range (0..{len(passage_spans) - 1}).")
+        start, end = passage_spans[passage]
+        return span_token_mask(offsets, passage_spans, [(passage, 0, end - start)])
+
+    def token_weights(self, passage_weights: Sequence[float]) -> torch.Tensor:
+        """``[n]`` float: each passage's weight (one non-negative prior per passage) on each of its tokens.
+
+        A passage's tokens run from its `passage_token_starts` entry (title included) to the next passage's.
+        """
+        _, _, _, starts = self._layout()
+        if len(passage_weights) != len(starts):
+            raise ValueError(f"passage_weights has {len(passage_weights)} values for {len(starts)} passages.")
+        values = torch.tensor([float(w) for w in passage_weights], dtype=torch.float32)
+        if not torch.isfinite(values).all() or (values < 0).any():
+            raise ValueError(f"passage_weights must be finite and >= 0, got {list(passage_weights)}.")
+        ends = [*starts[1:], len(self.context_ids)]
+        lengths = torch.tensor([end - start for start, end in zip(starts, ends, strict=True)])
+        return values.repeat_interleave(lengths)
 
     def sentence_ids(self) -> torch.Tensor:
         """``[n]`` long: the index of the sentence each context token starts in, counted over the context.
@@ -120,14 +188,15 @@ class PromptParts:
         block markup (``</p>``, ``</tr>``, ``</table>``, ``</ul>``, ``</h2>``...) also ends a sentence, and a
         sentence longer than `MAX_SENTENCE_TOKENS` is split into even pieces.
         """
+        context_text, offsets, passage_spans, _ = self._layout()
         cuts = {0}
-        for text_start, text_end in self.passage_text_spans:
-            block_start = self.context_text.rfind(PASSAGE_SEPARATOR, 0, text_start)
+        for text_start, text_end in passage_spans:
+            block_start = context_text.rfind(PASSAGE_SEPARATOR, 0, text_start)
             cuts.add(0 if block_start < 0 else block_start + len(PASSAGE_SEPARATOR))
             for pattern in (_SENTENCE_END, _BLOCK_END):
-                cuts.update(match.end() for match in pattern.finditer(self.context_text, text_start, text_end))
+                cuts.update(match.end() for match in pattern.finditer(context_text, text_start, text_end))
         boundaries = torch.tensor(sorted(cuts), dtype=torch.long)
-        last_chars = torch.tensor([max(end - 1, 0) for _, end in self.token_offsets], dtype=torch.long)
+        last_chars = torch.tensor([max(end - 1, 0) for _, end in offsets], dtype=torch.long)
         return cap_spans(torch.searchsorted(boundaries, last_chars, right=True) - 1, MAX_SENTENCE_TOKENS)
 
 
@@ -481,4 +550,7 @@ def build_prompt(
         token_offsets=offsets,  # type: ignore[arg-type]
         passage_text_spans=spans,
         passage_token_starts=passage_starts,
+        question=question,
+        passages=list(passages),
+        history=turns,
     )

@@ -24,7 +24,7 @@ def kept_tokens_html(compressed: CompressedContext, max_tokens: int = MAX_HTML_T
     shown = min(len(mask), max_tokens)
     spans = []
     for token in range(shown):
-        text = compressed._text_of(token, token + 1)
+        text = compressed.text_of(token, token + 1)
         alpha = round(0.15 + 0.85 * mask[token], 3) if mask[token] > 0 else 0
         style = f"background: rgba(255, 170, 0, {alpha});" if alpha else "color: #888;"
         spans.append(f'<span title="kept by {mask[token]:.0%}" style="{style}">{html.escape(text)}</span>')
