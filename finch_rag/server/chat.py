@@ -102,9 +102,8 @@ class _Context:
         """
         if self.compressed is not None:
             context = self.compressed.context
-            fed = context.stats["question_tokens"] + int(context.suffix_ids.shape[0])
-            prompt_tokens = context.stats["prefix_tokens"] + context.original_tokens + fed
-            kept_kv_entries = context.cache_length + fed
+            prompt_tokens = context.prompt_tokens
+            kept_kv_entries = prompt_tokens - (context.original_tokens - context.kept_tokens)  # less what was dropped
             sizes = {"context_tokens": context.original_tokens, "context_tokens_kept": context.kept_tokens}
         else:
             prompt_tokens = kept_kv_entries = len(cast(PromptJob, self.work).prompt_ids)

@@ -69,8 +69,7 @@ async def compress_documents(body: CompressRequest, state: ServerState) -> dict[
             entry["title"] = document.title
             entry["metadata"] = document.metadata
         documents.append(entry)
-    prompt_tokens = context.stats["prefix_tokens"] + context.original_tokens + context.stats["question_tokens"]
-    state.metrics.prompt_tokens.inc(prompt_tokens)
+    state.metrics.prompt_tokens.inc(context.prompt_tokens)
     return {
         "object": "finch.compression",
         "model": state.settings.model_id,
@@ -78,7 +77,7 @@ async def compress_documents(body: CompressRequest, state: ServerState) -> dict[
         "documents": documents,
         "stats": {**context.stats, "allocation": allocation, "threshold": threshold},
         "usage": {
-            "prompt_tokens": prompt_tokens,
+            "prompt_tokens": context.prompt_tokens,
             "context_tokens": context.original_tokens,
             "kept_tokens": context.kept_tokens,
         },

@@ -81,11 +81,8 @@ class Compressed:
     answer: str | None = None
 
     def per_document(self, threshold: float) -> list[dict[str, Any]]:
-        """Per document, in the order given: kept text and `CompressedContext.passage_stats`."""
-        packed = len(self.context.passages or [])
-        texts = [self.context.kept_text(threshold, passage=index) for index in range(packed)]
-        stats = self.context.passage_stats()
-        return self.plan.restore([{"text": text, **stat} for text, stat in zip(texts, stats, strict=True)])
+        """Per document, in the order given: kept text and stats (`CompressedContext.kept_passages`)."""
+        return [{"text": text, **stats} for text, stats in self.plan.restore(self.context.kept_passages(threshold))]
 
 
 class Engine:

@@ -15,7 +15,8 @@ from conftest import PASSAGES
 from prometheus_client.parser import text_string_to_metric_families
 from servers import TIMEOUT, assert_error, make_tiny_compressor, serving
 
-from finch_rag import FinchCompressor
+from finch_rag import FinchCompressor, Passage
+from finch_rag.prompts import build_prompt
 from finch_rag.server import ServerThread
 
 QUESTIONS = [
@@ -116,6 +117,26 @@ def test_compress_requests_are_batched_too(server: ServerThread) -> None:
     after = metrics(server.url)
     batches = "finch_batch_size_count{stage=compress}"
     assert after[batches] - before.get(batches, 0) < 4  # absent before when this test runs alone
+
+
+def test_compress_usage_counts_the_whole_prompt(server: ServerThread, tiny: FinchCompressor) -> None:
+    """``/v1/compress`` counts the prompt the chat endpoint counts for the same question and documents.
+
+    Both cover prefix, context, question and the answer cue (the assistant-turn start fed after the question);
+    ``/v1/compress`` once left the cue out.
+    """
+    question = QUESTIONS[0]
+    given = {"documents": PASSAGES, "finch": {"target_tokens": 12, "chunk_size": 16}}
+    messages = [{"role": "user", "content": question}]
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
+        compressed = client.post("/v1/compress", json={"question": question, **given})
+        chat = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1, **given})
+    assert compressed.status_code == chat.status_code == 200, (compressed.text, chat.text)
+    stats, usage = compressed.json()["stats"], compressed.json()["usage"]
+    cue = len(build_prompt(tiny.tokenizer, [Passage("x")], question).suffix_ids)
+    assert cue > 0
+    assert usage["prompt_tokens"] == stats["prefix_tokens"] + usage["context_tokens"] + stats["question_tokens"] + cue
+    assert usage["prompt_tokens"] == chat.json()["usage"]["prompt_tokens"]
 
 
 def test_metrics_count_requests_latency_tokens_and_queue(server: ServerThread) -> None:

@@ -339,10 +339,8 @@ def _passages(documents: Any, name: str) -> list[Passage] | None:
 
 def _input_tokens(prepared: Prepared) -> int:
     """Tokens the request covers: the prompt parts of a compression (context before compression), or the prompt."""
-    compressed = prepared.compressed
-    if compressed is not None:
-        parts = (compressed.prefix_ids, compressed.context_ids, compressed.question_ids, compressed.suffix_ids)
-        return sum(int(part.numel()) for part in parts)
+    if prepared.compressed is not None:
+        return prepared.compressed.prompt_tokens
     return len(prepared.prompt_ids or ())
 
 
