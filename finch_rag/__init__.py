@@ -4,6 +4,7 @@ from .allocation import PassageAllocation, RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
+from .generation import SamplingParams
 from .models import load_model
 from .pipeline import Answer, FinchRAG, Source
 from .prompts import Passage
@@ -21,6 +22,7 @@ __all__ = [
     "RankWeighting",
     "RetrievedPassage",
     "Retriever",
+    "SamplingParams",
     "Source",
     "load_model",
 ]

@@ -14,11 +14,20 @@ from .compression.loop import CompressionRequest, compress_batch
 from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
-from .generation import SamplingParams, eos_token_ids, generate_batch_texts, generate_token_ids, stream_text
+from .generation import (
+    SamplingOverrides,
+    SamplingParams,
+    eos_token_ids,
+    generate_batch_texts,
+    generate_token_ids,
+    stream_text,
+)
 from .prompts import History, Passage, PassageLike, PromptParts, as_passages, build_prompt
 from .store import ContextStore, context_store
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is Python 3.11+
+
     from .allocation import AllocationPlan
 
 logger = logging.getLogger(__name__)
@@ -284,34 +293,29 @@ class FinchCompressor:
             )
 
     # ------------------------------------------------------------- generation
+    # Each call takes a `SamplingParams` and/or its fields as keywords (``generate(cc, max_new_tokens=32)``), as
+    # transformers' ``generate(generation_config, **kwargs)`` does; `SamplingParams.of` converts them, once.
     def generate(
         self,
         compressed: CompressedContext,
-        max_new_tokens: int = 64,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
+        sampling: SamplingParams | int | None = None,
+        **overrides: Unpack[SamplingOverrides],
     ) -> str:
-        """Answer from ``compressed``; it is not modified, so answering twice greedily gives the same text."""
-        return "".join(
-            self.stream(compressed, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
-        )
+        """Answer from ``compressed``; it is not modified, so answering twice greedily gives the same text.
+
+        ``sampling`` (default: greedy, 64 new tokens) and keyword ``overrides`` of its fields say how to decode.
+        """
+        return "".join(self.stream(compressed, SamplingParams.of(sampling, **overrides)))
 
     def stream(
         self,
         compressed: CompressedContext,
-        max_new_tokens: int = 64,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
+        sampling: SamplingParams | int | None = None,
+        **overrides: Unpack[SamplingOverrides],
     ) -> Iterator[str]:
         """Like `generate`, yielding text pieces as they are decoded."""
-        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
-        answer_input = self._answer_input(compressed, max_new_tokens)
+        params = SamplingParams.of(sampling, **overrides)
+        answer_input = self._answer_input(compressed, params.max_new_tokens)
         cache = compressed.cache.as_cache()
         token_ids = generate_token_ids(self.model, cache, answer_input, params, self._eos_ids, self._lock)
         return stream_text(self.tokenizer, token_ids, params.stop)
@@ -319,18 +323,14 @@ class FinchCompressor:
     def generate_batch(
         self,
         compressed: Sequence[CompressedContext],
-        max_new_tokens: int = 64,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
+        sampling: SamplingParams | int | None = None,
+        **overrides: Unpack[SamplingOverrides],
     ) -> list[str]:
         """`generate` for several compressed contexts at once, decoding them as one padded batch."""
         if not compressed:
             return []
-        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
-        inputs = [self._answer_input(item, max_new_tokens) for item in compressed]
+        params = SamplingParams.of(sampling, **overrides)
+        inputs = [self._answer_input(item, params.max_new_tokens) for item in compressed]
         caches = [item.cache.as_cache() for item in compressed]
         return generate_batch_texts(
             self.model, self.tokenizer, caches, inputs, params, self._eos_ids, self._lock, self._pad_token_id
@@ -339,40 +339,30 @@ class FinchCompressor:
     def generate_ids(
         self,
         prompt_ids: torch.Tensor | Sequence[int],
-        max_new_tokens: int = 64,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
+        sampling: SamplingParams | int | None = None,
+        **overrides: Unpack[SamplingOverrides],
     ) -> str:
         """Plain generation, no compression: the model reads the whole ``prompt_ids`` and continues it.
 
         For prompts with nothing to compress (a chat turn without context). ``prompt_ids`` is a full prompt,
         template included (see `finch_rag.prompts.chat_prompt_ids`); every id must be in the vocabulary.
         """
-        return "".join(
-            self.stream_ids(prompt_ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=stop)
-        )
+        return "".join(self.stream_ids(prompt_ids, SamplingParams.of(sampling, **overrides)))
 
     def stream_ids(
         self,
         prompt_ids: torch.Tensor | Sequence[int],
-        max_new_tokens: int = 64,
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop: Sequence[str] | None = None,
+        sampling: SamplingParams | int | None = None,
+        **overrides: Unpack[SamplingOverrides],
     ) -> Iterator[str]:
         """Like `generate_ids`, yielding text pieces as they are decoded."""
-        params = SamplingParams(max_new_tokens, temperature, top_p, seed, tuple(stop or ()))
+        params = SamplingParams.of(sampling, **overrides)
         ids = self._vocabulary_ids(prompt_ids, "prompt_ids")
         window = self.context_window
-        if window and len(ids) + max_new_tokens > window:
+        if window and len(ids) + params.max_new_tokens > window:
             raise ValueError(
-                f"The prompt has {len(ids)} tokens and {max_new_tokens} more would be generated, past the model's "
-                f"window of {window} positions. Shorten the prompt or lower max_new_tokens."
+                f"The prompt has {len(ids)} tokens and {params.max_new_tokens} more would be generated, past the "
+                f"model's window of {window} positions. Shorten the prompt or lower max_new_tokens."
             )
         prompt = torch.tensor([ids], dtype=torch.long, device=self.device)
         token_ids = generate_token_ids(self.model, DynamicCache(), prompt, params, self._eos_ids, self._lock)

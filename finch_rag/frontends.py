@@ -47,6 +47,7 @@ from .chat import ChatPlan, ChatSource, chat_context, chat_question
 from .compressor import FinchCompressor
 from .config import AUTO_OPTIONS, FinchConfig, check_auto_options
 from .context import STATS_KEYS, CompressedContext
+from .generation import SamplingParams
 from .pipeline import NO_CONTEXT_ANSWER
 from .prompts import (
     QUESTION_DELIMITER,
@@ -320,18 +321,18 @@ class Prepared:
             info |= {"original_tokens": size, "kept_tokens": size, "compression_factor": 1.0, "num_chunks": 0}
         return info
 
-    def text(self, compressor: FinchCompressor, sampling: Mapping[str, Any]) -> str:
+    def text(self, compressor: FinchCompressor, sampling: SamplingParams) -> str:
         """The whole answer (`stream` joined)."""
         return "".join(self.stream(compressor, sampling))
 
-    def stream(self, compressor: FinchCompressor, sampling: Mapping[str, Any]) -> Iterator[str]:
-        """Text pieces of the answer, decoded with ``sampling`` (`SamplingOptions.sampling`), cut at ``stop``."""
+    def stream(self, compressor: FinchCompressor, sampling: SamplingParams) -> Iterator[str]:
+        """Text pieces of the answer, decoded with ``sampling`` (`SamplingOptions.to_sampling_params`)."""
         if self.compressed is not None:
-            return compressor.stream(self.compressed, **sampling)
+            return compressor.stream(self.compressed, sampling)
         if self.prompt_ids is not None:
-            return compressor.stream_ids(self.prompt_ids, **sampling)
+            return compressor.stream_ids(self.prompt_ids, sampling)
         text = self.answer or ""
-        cuts = [index for stop in sampling.get("stop") or () if (index := text.find(stop)) >= 0]
+        cuts = [index for stop in sampling.stop if (index := text.find(stop)) >= 0]
         return iter([text[: min(cuts)] if cuts else text])
 
 
@@ -603,10 +604,10 @@ class SamplingOptions(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
     seed: int | None = Field(None, description="Seed for sampling, for reproducible answers.")
 
-    def sampling(self, overrides: Mapping[str, Any], stop: Sequence[str] | None = None) -> dict[str, Any]:
-        """Keyword arguments for `FinchCompressor.stream` / ``stream_ids``: these options, ``overrides`` applied.
+    def to_sampling_params(self, overrides: Mapping[str, Any], stop: Sequence[str] | None = None) -> SamplingParams:
+        """These options with one call's ``overrides`` (`SAMPLING_FIELDS` and ``stop``) as `SamplingParams`.
 
-        ``overrides`` are per-call options (`SAMPLING_FIELDS` and ``stop``); anything else is a ``TypeError``.
+        ``stop`` is the front end's own (an override's ``stop`` wins); an unknown override is a ``TypeError``.
         """
         unknown = set(overrides) - {*SAMPLING_FIELDS, "stop"}
         if unknown:
@@ -615,5 +616,5 @@ class SamplingOptions(BaseModel):
                 f"{(*SAMPLING_FIELDS, 'stop')}."
             )
         options = {name: overrides.get(name, getattr(self, name)) for name in SAMPLING_FIELDS}
-        options["stop"] = list(overrides.get("stop") or stop or ())
-        return options
+        options["stop"] = overrides.get("stop") or stop
+        return SamplingParams(**options)

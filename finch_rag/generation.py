@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .compression.cache import cache_kwargs, stack_left_padded
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is Python 3.11+
+
+
+class SamplingOverrides(TypedDict, total=False):
+    """`SamplingParams` fields given as keywords: ``compressor.generate(cc, max_new_tokens=32, stop=["."])``."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: Sequence[str] | None
+
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens. ``temperature=0`` is greedy; ``seed`` makes sampling repeatable."""
+    """How to pick tokens. ``temperature=0`` is greedy; ``seed`` makes sampling repeatable.
+
+    Checked when built: a bad value is a ``ValueError`` that names it. ``stop`` may be given as any sequence of
+    strings, one string, or ``None`` (no stop strings); it is kept as a tuple.
+    """
 
     max_new_tokens: int = 64
     temperature: float = 0.0
@@ -30,11 +47,41 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        if any(not isinstance(stop, str) or not stop for stop in self.stop):
+        stop: Any = self.stop
+        stop = () if stop is None else (stop,) if isinstance(stop, str) else stop
+        if any(not isinstance(item, str) or not item for item in stop):
             raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}.")
-        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop", tuple(stop))
+
+    @classmethod
+    def of(cls, sampling: SamplingParams | int | None = None, **overrides: Unpack[SamplingOverrides]) -> SamplingParams:
+        """``sampling`` (default ``SamplingParams()``) with keyword ``overrides`` applied, checked.
+
+        The one conversion of a decoding call's arguments (`FinchCompressor.generate` and the like). An int is
+        ``max_new_tokens``, so ``generate(cc, 32)`` reads as it always did; a name that is not a field is a
+        ``TypeError`` naming the fields.
+        """
+        if isinstance(sampling, int):
+            if "max_new_tokens" in overrides:
+                raise TypeError(
+                    f"max_new_tokens given twice: {sampling!r} and max_new_tokens={overrides['max_new_tokens']!r}."
+                )
+            return cls(max_new_tokens=sampling).merged(**overrides)
+        if sampling is None:
+            sampling = cls()
+        elif not isinstance(sampling, SamplingParams):
+            kind = type(sampling).__name__
+            raise TypeError(f"sampling must be a finch_rag.SamplingParams (or an int: max_new_tokens), got {kind}.")
+        return sampling.merged(**overrides)
+
+    def merged(self, **overrides: Unpack[SamplingOverrides]) -> SamplingParams:
+        """These parameters with ``overrides`` applied (checked again); no overrides return ``self``."""
+        names = [item.name for item in fields(self)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise TypeError(f"Unknown sampling options {unknown}; the options are {names}.")
+        changes: dict[str, Any] = dict(overrides)
+        return replace(self, **changes) if changes else self
 
 
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

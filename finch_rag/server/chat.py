@@ -20,24 +20,14 @@ from typing import Any, cast
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .. import Passage, __version__, frontends
+from ..generation import SamplingParams
 from .compress import resolve_options
-from .engine import Compressed, ContextJob, PromptJob, Sampling
+from .engine import Compressed, ContextJob, PromptJob
 from .errors import APIError, error_body
 from .schemas import ChatCompletionRequest
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
-
-
-def sampling_of(body: ChatCompletionRequest, state: ServerState) -> Sampling:
-    settings = state.settings
-    return Sampling(
-        max_new_tokens=body.max_completion_tokens or body.max_tokens or settings.default_max_tokens,
-        temperature=settings.default_temperature if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        seed=body.seed,
-        stop=body.stops(),
-    )
 
 
 async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Response:
@@ -47,7 +37,7 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
     messages = [{"role": message.role, "content": message.text(index)} for index, message in enumerate(body.messages)]
     passages = _passages(body)
     state.check_size([message["content"] for message in messages] + [passage.text for passage in passages or []])
-    sampling = sampling_of(body, state)
+    sampling = body.to_sampling_params(state.settings)
     config, allocation = resolve_options(state, body.options())
     work, config, source = plan_chat(state, messages, passages, config, allocation)
 
@@ -142,7 +132,7 @@ class _Context:
         return {**stats, **context.stats, "allocation": self.allocation, "documents": documents}
 
 
-def _finish_reason(completion_tokens: int, sampling: Sampling) -> str:
+def _finish_reason(completion_tokens: int, sampling: SamplingParams) -> str:
     # Counted on the answer's text: a stop string or the end token ends it early ("stop").
     return "length" if completion_tokens >= sampling.max_new_tokens else "stop"
 
@@ -215,7 +205,7 @@ def _stream(
     body: ChatCompletionRequest,
     state: ServerState,
     context: _Context,
-    sampling: Sampling,
+    sampling: SamplingParams,
     release: Callable[[], None],
 ) -> StreamingResponse:
     engine = state.engine

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import frontends
 from ..frontends import AllocationPlan, CompressedContext, FinchCompressor, FinchConfig, Passage, PassageAllocation
+from ..generation import SamplingParams
 from .batching import Batcher
 from .metrics import ServerMetrics
 from .settings import ServerSettings
@@ -24,29 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """How one answer is decoded (OpenAI's names mapped onto `FinchCompressor.generate`'s)."""
-
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-    def kwargs(self) -> dict[str, Any]:
-        """As `frontends.Prepared.stream` takes them."""
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "stop": list(self.stop) or None,
-        }
-
-
-@dataclass(frozen=True)
 class ContextJob:
-    """Compress ``passages`` (best first) for ``question``; answer too when the batch key has a `Sampling`."""
+    """Compress ``passages`` (best first) for ``question``; answer too when the batch key has `SamplingParams`."""
 
     question: str
     passages: list[Passage]
@@ -64,12 +44,12 @@ class PromptJob:
 class _ContextKey:
     config: FinchConfig
     allocation: str
-    sampling: Sampling | None
+    sampling: SamplingParams | None
 
 
 @dataclass(frozen=True)
 class _PromptKey:
-    sampling: Sampling
+    sampling: SamplingParams
 
 
 @dataclass
@@ -141,24 +121,24 @@ class Engine:
         return frontends.merged_config(self.settings.config, options)
 
     async def compress(
-        self, job: ContextJob, config: FinchConfig, allocation: str, sampling: Sampling | None = None
+        self, job: ContextJob, config: FinchConfig, allocation: str, sampling: SamplingParams | None = None
     ) -> Compressed:
         """Compress (and, with ``sampling``, answer) one request in a batch with others like it."""
         result: Compressed = await self._batcher.submit(_ContextKey(config, allocation, sampling), job)
         return result
 
-    async def answer_prompt(self, job: PromptJob, sampling: Sampling) -> str:
+    async def answer_prompt(self, job: PromptJob, sampling: SamplingParams) -> str:
         """Answer a whole prompt (no compression) in the worker's turn."""
         text: str = await self._batcher.submit(_PromptKey(sampling), job)
         return text
 
-    def stream(self, work: Compressed | PromptJob, sampling: Sampling) -> Iterator[str]:
+    def stream(self, work: Compressed | PromptJob, sampling: SamplingParams) -> Iterator[str]:
         """Text pieces of the answer, decoded alone (the model lock is taken per step, not per answer)."""
         if isinstance(work, Compressed):
             prepared = frontends.Prepared(compressed=work.context)
         else:
             prepared = frontends.Prepared(prompt_ids=work.prompt_ids)
-        return prepared.stream(self.compressor, sampling.kwargs())
+        return prepared.stream(self.compressor, sampling)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` (completion usage is counted on the answer text, after stop strings are cut)."""
@@ -192,8 +172,8 @@ class Engine:
             return error
         return result[0] if isinstance(result, list) else result
 
-    def _answer_prompt(self, job: PromptJob, sampling: Sampling) -> str:
-        return frontends.Prepared(prompt_ids=job.prompt_ids).text(self.compressor, sampling.kwargs())
+    def _answer_prompt(self, job: PromptJob, sampling: SamplingParams) -> str:
+        return frontends.Prepared(prompt_ids=job.prompt_ids).text(self.compressor, sampling)
 
     def _compress_batch(self, key: _ContextKey, jobs: list[ContextJob]) -> list[Compressed]:
         compressor = self.compressor
@@ -204,8 +184,7 @@ class Engine:
         contexts = [context for context, _ in planned]
         results = [Compressed(context, plan) for context, plan in planned]
         if key.sampling is not None:
-            sampling = key.sampling
-            answers = compressor.generate_batch(contexts, **sampling.kwargs())
+            answers = compressor.generate_batch(contexts, key.sampling)
             for result, answer in zip(results, answers, strict=True):
                 result.answer = answer
         for context in contexts:

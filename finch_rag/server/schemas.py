@@ -7,12 +7,16 @@ Unknown OpenAI fields are accepted and ignored where ignoring them cannot change
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..frontends import TargetTokens
+from ..generation import SamplingParams
 from .errors import APIError
+
+if TYPE_CHECKING:
+    from .settings import ServerSettings
 
 
 class Document(BaseModel):
@@ -171,11 +175,21 @@ class ChatCompletionRequest(_WithOptions):
             if refused:
                 raise APIError(400, message, code="unsupported_parameter", param=param)
 
-    def stops(self) -> tuple[str, ...]:
+    def to_sampling_params(self, settings: ServerSettings) -> SamplingParams:
+        """How to decode this request's answer, as vLLM's protocol converts a request once where it enters.
+
+        OpenAI's names map onto `SamplingParams`; the server's defaults fill what the request leaves unset.
+        """
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if any(not stop for stop in stops):
             raise APIError(422, "stop strings must be non-empty.", code="invalid_value", param="stop")
-        return tuple(stops)
+        return SamplingParams(
+            max_new_tokens=self.max_completion_tokens or self.max_tokens or settings.default_max_tokens,
+            temperature=settings.default_temperature if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=tuple(stops),
+        )
 
 
 class CompressRequest(_WithOptions):

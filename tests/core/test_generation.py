@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import PASSAGES, QUESTION
 
-from finch_rag import FinchCompressor, FinchConfig
+from finch_rag import FinchCompressor, FinchConfig, SamplingParams
 
 NEW_TOKENS = 12
 
@@ -105,6 +105,8 @@ def test_stop_strings_cut_generate_and_stream(tiny_models, tiny_tokenizer):
     assert compressor.generate(cc, max_new_tokens=40, stop=["\x01never"]) == text
     # Streaming without stop strings also joins to the plain output.
     assert "".join(compressor.stream(cc, max_new_tokens=40)) == text
+    # One string is one stop string (as OpenAI's stop and SamplingParams read it), not a list of characters.
+    assert compressor.generate(cc, max_new_tokens=40, stop=stop) == expected
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +162,40 @@ def test_generate_refuses_foreign_context(tiny_models, tiny_tokenizer):
     for bad in ({"max_new_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"stop": [""]}):
         with pytest.raises(ValueError):
             llama.generate(cc, **bad)
+
+
+def test_sampling_params_and_keyword_overrides_decode_alike(tiny_models, tiny_tokenizer):
+    """A `SamplingParams`, its fields as keywords, or both (the keywords win) decode the same.
+
+    An int is ``max_new_tokens``, the positional argument it used to be.
+    """
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
+    cc = compressor.compress(PASSAGES, QUESTION)
+    sampled = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, seed=5)
+    expected = compressor.generate(cc, max_new_tokens=NEW_TOKENS, temperature=1.0, seed=5)
+    assert compressor.generate(cc, sampled) == expected
+    assert (
+        compressor.generate(
+            cc, SamplingParams(max_new_tokens=3, seed=1), max_new_tokens=NEW_TOKENS, temperature=1.0, seed=5
+        )
+        == expected
+    )
+    assert "".join(compressor.stream(cc, sampled)) == expected
+    assert compressor.generate_batch([cc, cc], sampled) == [expected, expected]
+    greedy = compressor.generate(cc, max_new_tokens=NEW_TOKENS)
+    assert compressor.generate(cc, NEW_TOKENS) == compressor.generate(cc, sampled, temperature=0.0) == greedy
+    prompt = full_prompt_ids(cc)[0].tolist()
+    assert compressor.generate_ids(prompt, sampled) == compressor.generate_ids(
+        prompt, NEW_TOKENS, temperature=1.0, seed=5
+    )
+    with pytest.raises(TypeError, match="max_new_tokens given twice"):
+        compressor.generate(cc, 4, max_new_tokens=5)
+    with pytest.raises(TypeError, match=r"Unknown sampling options \['max_tokens'\]"):
+        compressor.generate(cc, max_tokens=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="sampling must be a finch_rag.SamplingParams"):
+        compressor.generate(cc, {"max_new_tokens": 5})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="top_p must be in"):
+        compressor.generate(cc, sampled, top_p=1.5)
 
 
 def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tokenizer):

@@ -9,7 +9,7 @@ import torch
 from conftest import PASSAGES, QUESTION
 from pydantic import BaseModel, ValidationError
 
-from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, RankWeighting
+from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, RankWeighting, SamplingParams
 from finch_rag.frontends import (
     CACHE_KEY,
     CompressorHandle,
@@ -117,16 +117,12 @@ def test_automatic_budget_options_with_a_fixed_budget_are_refused(compressor: Fi
 
 def test_sampling_options_per_call() -> None:
     options = Options(max_new_tokens=5, seed=3)
-    assert options.sampling({}, ["\n"]) == {
-        "max_new_tokens": 5,
-        "temperature": 0.0,
-        "top_p": 1.0,
-        "seed": 3,
-        "stop": ["\n"],
-    }
-    assert options.sampling({"max_new_tokens": 2, "stop": ["x"]})["stop"] == ["x"]
+    assert options.to_sampling_params({}, ["\n"]) == SamplingParams(
+        max_new_tokens=5, temperature=0.0, top_p=1.0, seed=3, stop=("\n",)
+    )
+    assert options.to_sampling_params({"max_new_tokens": 2, "stop": ["x"]}).stop == ("x",)
     with pytest.raises(TypeError, match=r"Unknown options \['max_tokens'\] for Options"):
-        options.sampling({"max_tokens": 2})
+        options.to_sampling_params({"max_tokens": 2})
 
 
 # ------------------------------------------------------------------------------------------ passages and keys
@@ -234,7 +230,7 @@ def test_generate_ids_is_plain_greedy_decoding(compressor: FinchCompressor, tiny
 def test_prepared_answers(compressor: FinchCompressor, tiny_tokenizer: Any) -> None:
     ids = plain_prompt_ids(tiny_tokenizer, QUESTION)
     plain = Prepared(prompt_ids=ids)
-    sampling = Options(max_new_tokens=4).sampling({})
+    sampling = Options(max_new_tokens=4).to_sampling_params({})
     assert plain.text(compressor, sampling) == compressor.generate_ids(ids, 4)
     assert plain.info == {
         CACHE_KEY: None,
@@ -245,7 +241,7 @@ def test_prepared_answers(compressor: FinchCompressor, tiny_tokenizer: Any) -> N
         "num_chunks": 0,
     }
     fixed = Prepared(answer="No context. Sorry.")
-    assert fixed.text(compressor, {**sampling, "stop": ["."]}) == "No context"
+    assert fixed.text(compressor, sampling.merged(stop=["."])) == "No context"
     assert fixed.info == {CACHE_KEY: None, "finch_reused": False}
     assert plain_prompt_ids(tiny_tokenizer, "<|user|>x", formatted=True)[0] == 5  # the caller's markup is markup
     assert 5 not in plain_prompt_ids(tiny_tokenizer, "<|user|>x")[2:]  # ... and the user's text is text

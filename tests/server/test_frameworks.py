@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from servers import DOCUMENTS, OPTIONS, QUESTION, TIMEOUT, make_real_compressor, serving
 
-from finch_rag import FinchCompressor, FinchConfig
+from finch_rag import FinchCompressor, FinchConfig, SamplingParams
 from finch_rag.frontends import CompressorHandle, PassageAllocation, chat_context
 from finch_rag.server import ServerThread
 
@@ -38,7 +38,7 @@ def library_answer(compressor: FinchCompressor, messages: list[dict[str, str]], 
     prepared = CompressorHandle(compressor).chat_context(
         plan, FinchConfig(progress=False, **OPTIONS), PassageAllocation()
     )
-    return prepared.text(compressor, {"max_new_tokens": 10})
+    return prepared.text(compressor, SamplingParams(max_new_tokens=10))
 
 
 def test_langchain_chat_openai_in_an_lcel_chain(server: ServerThread, compressor: FinchCompressor) -> None:

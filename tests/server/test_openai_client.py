@@ -13,7 +13,7 @@ import openai
 import pytest
 from servers import ANSWER, DOCUMENTS, OPTIONS, QUESTION, TIMEOUT, make_real_compressor, serving
 
-from finch_rag import FinchCompressor, FinchConfig
+from finch_rag import FinchCompressor, FinchConfig, SamplingParams
 from finch_rag.frontends import CompressorHandle, PassageAllocation, chat_context
 from finch_rag.server import ServerThread
 
@@ -68,7 +68,7 @@ def test_an_answer_from_documents_equals_the_library_path(answer: Any, compresso
     plan = chat_context([{"role": "user", "content": QUESTION}], documents=DOCUMENTS)
     config = FinchConfig(progress=False, **OPTIONS)
     prepared = CompressorHandle(compressor).chat_context(plan, config, PassageAllocation())
-    assert text == prepared.text(compressor, {"max_new_tokens": 10})
+    assert text == prepared.text(compressor, SamplingParams(max_new_tokens=10))
 
 
 def test_usage_and_compression_stats(answer: Any) -> None:
@@ -123,7 +123,7 @@ def test_the_system_message_rule_and_plain_chat(client: openai.OpenAI, compresso
     plan = chat_context(messages)  # the instruction stays whole as the system prompt, the documents are compressed
     config = FinchConfig(progress=False, **OPTIONS)
     prepared = CompressorHandle(compressor).chat_context(plan, config, PassageAllocation())
-    assert rag.choices[0].message.content == prepared.text(compressor, {"max_new_tokens": 10})
+    assert rag.choices[0].message.content == prepared.text(compressor, SamplingParams(max_new_tokens=10))
     plain = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=4, temperature=0
     )

@@ -14,7 +14,7 @@ import openai
 import pytest
 from servers import ANSWER, DOCUMENTS, OPTIONS, QUESTION, TIMEOUT, make_real_compressor, serving
 
-from finch_rag import FinchCompressor
+from finch_rag import FinchCompressor, SamplingParams
 from finch_rag.frontends import Prepared, chat_prompt_ids
 from finch_rag.server import ServerThread
 
@@ -62,7 +62,7 @@ def test_kept_text_from_one_server_is_answered_by_another(
     assert answer.usage.model_extra["context_tokens"] == 0
     # It answered the messages as a plain chat server does: the whole conversation through the chat template.
     expected = Prepared(prompt_ids=chat_prompt_ids(compressor.tokenizer, messages)).text(
-        compressor, {"max_new_tokens": 10}
+        compressor, SamplingParams(max_new_tokens=10)
     )
     assert answer.choices[0].message.content == expected and expected
 

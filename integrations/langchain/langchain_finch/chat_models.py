@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from finch_rag import SamplingParams
 from finch_rag.frontends import (
     CACHE_KEY,
     QUESTION_DELIMITER,
@@ -263,8 +264,8 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
             return self._compressor.model_name
         return self.model_name or DEFAULT_MODEL
 
-    def _call_options(self, kwargs: Mapping[str, Any], stop: list[str] | None) -> tuple[Any, dict[str, Any]]:
-        """(``documents``, sampling keyword arguments) of one call; unknown options are a ``TypeError``."""
+    def _call_options(self, kwargs: Mapping[str, Any], stop: list[str] | None) -> tuple[Any, SamplingParams]:
+        """(``documents``, how to decode) of one call; unknown options are a ``TypeError``."""
         options = dict(kwargs)
         documents = options.pop("documents", None)
         if "max_tokens" in options:
@@ -274,7 +275,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
                 f"ChatFinch runs one local model ({self._model_label()!r}) and cannot switch per call; "
                 "build another ChatFinch(model_name=...) instead of passing model=."
             )
-        return documents, self.sampling(options, stop if stop is not None else self.stop)
+        return documents, self.to_sampling_params(options, stop if stop is not None else self.stop)
 
     def _retrieve(self, turns: list[dict[str, Any]], run_manager: CallbackManagerForLLMRun | None) -> Any:
         if self.retriever is None:

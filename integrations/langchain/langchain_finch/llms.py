@@ -94,10 +94,11 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
+        sampling = self.to_sampling_params(kwargs, stop)
         generations = []
         for prompt in prompts:
             prepared = self._prepare(prompt, run_manager)
-            text = "".join(prepared.stream(self.compressor, self.sampling(kwargs, stop)))
+            text = prepared.text(self.compressor, sampling)
             generations.append([Generation(text=text, generation_info=prepared.info)])
         return LLMResult(generations=generations, llm_output={"model_name": self._identifying_params["model_name"]})
 
@@ -109,7 +110,7 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         prepared = self._prepare(prompt, run_manager)
-        pieces = prepared.stream(self.compressor, self.sampling(kwargs, stop))
+        pieces = prepared.stream(self.compressor, self.to_sampling_params(kwargs, stop))
         try:
             for piece in pieces:
                 chunk = GenerationChunk(text=piece)

@@ -129,17 +129,17 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
     def _complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
         prepared = self._prepare_prompt(prompt, formatted)
         return CompletionResponse(
-            text=prepared.text(self.compressor, self.sampling(kwargs)), additional_kwargs=prepared.info
+            text=prepared.text(self.compressor, self.to_sampling_params(kwargs)), additional_kwargs=prepared.info
         )
 
     def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
         prepared = self._prepare_messages(messages)
-        text = prepared.text(self.compressor, self.sampling(kwargs))
+        text = prepared.text(self.compressor, self.to_sampling_params(kwargs))
         return ChatResponse(message=_reply(text), additional_kwargs=prepared.info)
 
     def _stream(self, prepared: Prepared, kwargs: dict[str, Any], chat: bool) -> Generator[Any, None, None]:
         """One response per decoded piece, with the text so far (options are checked now, not on first read)."""
-        pieces, info = prepared.stream(self.compressor, self.sampling(kwargs)), prepared.info
+        pieces, info = prepared.stream(self.compressor, self.to_sampling_params(kwargs)), prepared.info
         if chat:
             return accumulate(
                 pieces, lambda text, piece: ChatResponse(message=_reply(text), delta=piece, additional_kwargs=info)
