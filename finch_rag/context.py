@@ -6,7 +6,6 @@ import hashlib
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, cast
 
 import torch
@@ -28,6 +27,9 @@ def compression_settings(config: FinchConfig) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((name, value) for name, value in config.to_dict().items() if name not in DISPLAY_OPTIONS))
 
 
+_ID_PARTS = ("prefix_ids", "context_ids", "question_ids", "suffix_ids")
+
+
 @dataclass(eq=False)
 class CompressedContext:
     """The result of `FinchCompressor.compress`: answer from it as often as you like, it never changes.
@@ -42,6 +44,9 @@ class CompressedContext:
         token sits in the passages' text. The attributes of the same names read it.
     config : FinchConfig
         The configuration it was compressed with.
+    prefix_ids, context_ids, question_ids, suffix_ids : torch.LongTensor
+        1-D token ids of each prompt part, from ``parts`` (``suffix_ids`` is the assistant-turn cue fed after the
+        question).
     """
 
     cache: CompressedCache
@@ -50,27 +55,16 @@ class CompressedContext:
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
     model_name: str = ""
 
+    prefix_ids: torch.Tensor = field(init=False, repr=False)
+    context_ids: torch.Tensor = field(init=False, repr=False)
+    question_ids: torch.Tensor = field(init=False, repr=False)
+    suffix_ids: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _ID_PARTS:
+            setattr(self, name, torch.tensor(getattr(self.parts, name), dtype=torch.long))
+
     # ---------------------------------------------------------------- the prompt
-    @cached_property
-    def prefix_ids(self) -> torch.Tensor:
-        """1-D ``LongTensor``: the protected prefix (chat-template start, system prompt, earlier turns)."""
-        return torch.tensor(self.parts.prefix_ids, dtype=torch.long)
-
-    @cached_property
-    def context_ids(self) -> torch.Tensor:
-        """1-D ``LongTensor``: the context before compression."""
-        return torch.tensor(self.parts.context_ids, dtype=torch.long)
-
-    @cached_property
-    def question_ids(self) -> torch.Tensor:
-        """1-D ``LongTensor``: the question, fed after the compressed cache when answering."""
-        return torch.tensor(self.parts.question_ids, dtype=torch.long)
-
-    @cached_property
-    def suffix_ids(self) -> torch.Tensor:
-        """1-D ``LongTensor``: the assistant-turn cue fed after the question."""
-        return torch.tensor(self.parts.suffix_ids, dtype=torch.long)
-
     @property
     def question(self) -> str | None:
         return self.parts.question
