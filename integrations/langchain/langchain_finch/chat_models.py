@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -38,6 +38,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import AliasChoices, ConfigDict, Field
+
+from ._utils import child_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +244,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         turns = _turns(messages)
         retrieved = None
         if self.retriever is not None:
-            callbacks = _child_callbacks(run_manager, AsyncCallbackManager)
+            callbacks = child_callbacks(run_manager, AsyncCallbackManager)
             retrieved = await self.retriever.ainvoke(chat_question(turns), config={"callbacks": callbacks})
         turn = await asyncio.to_thread(self._prepare, turns, documents, retrieved)
         compressor = self.compressor
@@ -279,7 +281,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
     def _retrieve(self, turns: list[dict[str, Any]], run_manager: CallbackManagerForLLMRun | None) -> Any:
         if self.retriever is None:
             return None
-        callbacks = _child_callbacks(run_manager, CallbackManager)
+        callbacks = child_callbacks(run_manager, CallbackManager)
         return self.retriever.invoke(chat_question(turns), config={"callbacks": callbacks})
 
     def _prepare(self, turns: list[dict[str, Any]], documents: Any, retrieved: Any) -> _Turn:
@@ -351,14 +353,3 @@ def _last_chunk(turn: _Turn, compressor: FinchCompressor, text: str) -> ChatGene
         content="", usage_metadata=turn.usage(compressor, text), response_metadata=turn.metadata, chunk_position="last"
     )
     return ChatGenerationChunk(message=message)
-
-
-def _child_callbacks(run_manager: Any, manager_class: Callable[..., Any]) -> Any:
-    """Callbacks for the retriever run, nested under this chat model run (what a chain's ``get_child()`` gives)."""
-    if run_manager is None:
-        return None
-    manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager

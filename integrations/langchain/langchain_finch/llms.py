@@ -23,6 +23,8 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
+from ._utils import child_callbacks
+
 logger = logging.getLogger(__name__)
 
 
@@ -131,21 +133,12 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         question = prompt.strip()
         if not question:
             raise ValueError("The question is empty: with a retriever, the whole prompt is the question.")
-        documents = list(self.retriever.invoke(question, config={"callbacks": _child_callbacks(run_manager)}))
+        documents = list(
+            self.retriever.invoke(question, config={"callbacks": child_callbacks(run_manager, CallbackManager)})
+        )
         documents = documents[: self.top_k] if self.top_k is not None else documents
         if not documents:
             logger.warning("The retriever found nothing for %r; answering without calling the model.", question)
             return Prepared(answer=NO_CONTEXT_ANSWER)
         passages = [as_passage(document.page_content, document.metadata) for document in documents]
         return self._handle.passages_context(passages, question, self.config, self.passage_allocation)
-
-
-def _child_callbacks(run_manager: CallbackManagerForLLMRun | None) -> CallbackManager | None:
-    """Callbacks for the retriever run, nested under this LLM run (what a chain's ``get_child()`` gives)."""
-    if run_manager is None:
-        return None
-    manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager
