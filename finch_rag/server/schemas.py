@@ -2,7 +2,8 @@
 
 Unknown OpenAI fields are accepted and ignored where ignoring them cannot change the answer a client expects
 (``user``, ``metadata``, ``store``, ...); the ones that would (``tools``, ``n > 1``, ``logprobs``, penalties, a JSON
-``response_format``) are refused with a 400 that says so. Responses are plain dicts built in ``app.py``.
+``response_format``) are refused with a 400 that says so. Responses are plain dicts, built by the endpoint that
+answers (``chat.py`` for chat completions, ``compress.py`` for ``/v1/compress``).
 """
 
 from __future__ import annotations
