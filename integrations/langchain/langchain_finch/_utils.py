@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from finch_rag.frontends import CACHE_KEY, FinchOptions, as_passage
+from finch_rag.frontends import FinchOptions
+from finch_rag.retrieval import as_passage
+from finch_rag.store import CACHE_KEY
 from langchain_core.documents import Document
 
 

@@ -8,24 +8,20 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from finch_rag import FinchCompressor, Passage
 from finch_rag.frontends import (
-    CACHE_KEY,
     QUESTION_DELIMITER,
-    ChatPlan,
-    FinchCompressor,
     FinchOptions,
-    Passage,
     Prepared,
     SamplingOptions,
-    as_passage,
-    budget_params,
     chat_context,
     chat_question,
     close,
-    encode_text,
     in_thread,
 )
 from finch_rag.models import DEFAULT_MODEL
+from finch_rag.prompts import encode_text
+from finch_rag.retrieval import as_passage
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -158,13 +154,9 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        config = self.config
         return {
             "model_name": self._model_label(),
-            **budget_params(config),
-            "chunk_size": config.chunk_size,
-            "selection": config.selection,
-            "allocation": self.allocation,
+            **self.compression_params(),
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -294,23 +286,8 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         )
         if self.retriever is not None and plan.source != "retriever":
             logger.info("The retriever found nothing for %r; the context comes from %s.", plan.question, plan.source)
-        given = {"retriever": retrieved, "documents": documents}.get(plan.source)
-        prepared = self._stored(plan, given) or self._handle.chat_context(plan, self.config, self.passage_allocation)
+        prepared = self._handle.chat_context(plan, self.config, self.passage_allocation)
         return _Turn(prepared, plan.source, self.compressor.model_name, _input_tokens(prepared))
-
-    def _stored(self, plan: ChatPlan, documents: Sequence[Document] | None) -> Prepared | None:
-        """The compression the documents name (``finch_cache_key``), made for this question, conversation and options.
-
-        Counted over all the documents as given: a `FinchRetriever` returns a document that kept nothing with empty
-        text, which `chat_context` leaves out of the passages, but it was one of the passages compressed.
-        """
-        keys = {document.metadata.get(CACHE_KEY) for document in documents or ()}
-        if len(keys) != 1 or not isinstance(key := keys.pop(), str):
-            return None
-        config = self.config if plan.system_prompt is None else self.config.replace(system_prompt=plan.system_prompt)
-        config = self.passage_allocation.configure(config)
-        stored = self._handle.find_stored(key, plan.question, config, len(documents or ()), plan.history)
-        return Prepared(stored, reused=True) if stored is not None else None
 
 
 def _turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:

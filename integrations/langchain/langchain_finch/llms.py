@@ -6,17 +6,8 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from finch_rag.frontends import (
-    NO_CONTEXT_ANSWER,
-    QUESTION_DELIMITER,
-    FinchOptions,
-    Prepared,
-    SamplingOptions,
-    as_passage,
-    budget_params,
-    close,
-    split_prompt,
-)
+from finch_rag.frontends import QUESTION_DELIMITER, FinchOptions, Prepared, SamplingOptions, close, split_prompt
+from finch_rag.retrieval import NO_CONTEXT_ANSWER, as_passage
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
@@ -75,13 +66,9 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         model = self._compressor.model_name if self._compressor is not None else (self.model_name or "default")
-        config = self.config
         return {
             "model_name": model,
-            **budget_params(config),
-            "chunk_size": config.chunk_size,
-            "selection": config.selection,
-            "allocation": self.allocation,
+            **self.compression_params(),
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
