@@ -157,17 +157,7 @@ class CompressorHandle:
         history: History | None = None,
     ) -> CompressedContext:
         """Compress ranked passages (best first) as ``allocation`` plans it; the result goes in the store."""
-        return self._compress_plan(passages, question, config, allocation, history)[0]
-
-    def _compress_plan(
-        self,
-        passages: Sequence[Passage],
-        question: str,
-        config: FinchConfig,
-        allocation: PassageAllocation,
-        history: History | None = None,
-    ) -> tuple[CompressedContext, AllocationPlan[Passage]]:
-        return self.compress_plans([(passages, question, history)], config, allocation)[0]
+        return self.compress_plans([(passages, question, history)], config, allocation)[0][0]
 
     def compress_plans(
         self,
@@ -211,7 +201,7 @@ class CompressorHandle:
             return None, []
         if not any(passage.text.strip() for passage in passages):
             return None, [("", dict(zip(STATS_KEYS, (0.0, 0, 0), strict=True))) for _ in passages]
-        compressed, plan = self._compress_plan(passages, query, config, allocation or PassageAllocation())
+        [(compressed, plan)] = self.compress_plans([(passages, query, None)], config, allocation or PassageAllocation())
         texts = [compressed.kept_text(threshold, passage=index) for index in range(len(passages))]
         return compressed, plan.restore(list(zip(texts, compressed.passage_stats(), strict=True)))
 
