@@ -19,7 +19,8 @@ import torch
 from finch_rag import FinchConfig, Passage, PassageAllocation
 from finch_rag.allocation import AllocationPlan
 from finch_rag.compression.loop import CompressionRequest, compress_batch
-from finch_rag.compression.selection import CandidateScores, RecordingSelection, SelectionPolicy, selection_policy
+from finch_rag.compression.registry import selection_policy
+from finch_rag.compression.selection import CandidateScores, RecordingSelection, SelectionPolicy
 from finch_rag.prompts import PromptParts, build_prompt
 
 Span = tuple[int, int, int]

@@ -1,16 +1,21 @@
-"""The budget arguments that ``finch-rag ask``/``demo`` and ``finch-rag serve`` share, and how they become a config.
+"""The budget flags that ``finch-rag ask``/``demo`` and ``finch-rag serve`` share, derived from `BudgetOptions`.
 
-``--target-tokens N`` or ``--ratio R`` (one of them), and for ``--target-tokens auto`` (the automatic budget,
-`finch_rag.compression.auto_budget`) ``--attention-mass`` and ``--max-target-tokens``. Range checks are left to
-`FinchConfig`, whose errors name the field and its legal values.
+One flag per `BudgetOptions` field (the options the integrations and the server's requests take):
+``--target-tokens N|auto`` or ``--ratio R`` (``compression_ratio``; one of them), ``--chunk-size``,
+``--attention-mass`` and ``--max-target-tokens`` (for ``--target-tokens auto``, the automatic budget,
+`finch_rag.compression.auto_budget`) and ``--allocation``. A field added to `BudgetOptions` without a flag here is
+an error at import. Range checks are left to `FinchConfig`, whose errors name the field and its legal values.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from .allocation import ALLOCATIONS
 from .config import AUTO_OPTIONS
+from .frontends import CONFIG_FIELDS, BudgetOptions
 
 
 def target_tokens(value: str) -> int | str:
@@ -25,49 +30,87 @@ def target_tokens(value: str) -> int | str:
         ) from None
 
 
-def add_budget_arguments(group: Any, ratio_help: str) -> None:
-    """Add the budget arguments to ``group`` (a parser or an argument group)."""
-    budget = group.add_mutually_exclusive_group()
-    budget.add_argument(
-        "--target-tokens",
-        type=target_tokens,
-        metavar="N|auto",
-        help="context KV entries kept (the budget B); 'auto': the fewest holding --attention-mass of the "
+def chunk_size_or_none(value: str) -> int | None:
+    """``--chunk-size`` where a single pass may be asked for: an int, or ``none``/``all``."""
+    if value.lower() in {"none", "all"}:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int or 'none' (one pass), got {value!r}") from None
+
+
+FLAGS: dict[str, str] = {name: "--" + name.replace("_", "-") for name in BudgetOptions.model_fields}
+FLAGS["compression_ratio"] = "--ratio"  # the short spelling the CLI has always had
+"""The flag of each `BudgetOptions` field."""
+
+_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "target_tokens": {
+        "type": target_tokens,
+        "metavar": "N|auto",
+        "help": "context KV entries kept (the budget B); 'auto': the fewest holding --attention-mass of the "
         "question's attention, at most --max-target-tokens (for questions whose best B you cannot pick)",
-    )
-    budget.add_argument("--ratio", type=float, metavar="R", help=ratio_help)
-    group.add_argument(
-        "--attention-mass",
-        type=float,
-        metavar="M",
-        help="with --target-tokens auto: share of the question's attention the kept tokens hold, in (0, 1] "
+    },
+    "compression_ratio": {"type": float, "metavar": "R", "help": "fraction of the context removed"},
+    "chunk_size": {"type": int, "metavar": "S", "help": "context tokens read per step"},
+    "attention_mass": {
+        "type": float,
+        "metavar": "M",
+        "help": "with --target-tokens auto: share of the question's attention the kept tokens hold, in (0, 1] "
         "(default 0.9)",
-    )
-    group.add_argument(
-        "--max-target-tokens",
-        type=int,
-        metavar="N",
-        help="with --target-tokens auto: the most tokens it may keep (default 1024)",
-    )
+    },
+    "max_target_tokens": {
+        "type": int,
+        "metavar": "N",
+        "help": "with --target-tokens auto: the most tokens it may keep (default 1024)",
+    },
+    "allocation": {"choices": ALLOCATIONS, "help": "how the passages (best first) share the budget"},
+}
+_missing = set(BudgetOptions.model_fields) - set(_ARGUMENTS)
+if _missing:
+    raise RuntimeError(f"BudgetOptions fields {sorted(_missing)} have no flag in finch_rag.arguments.")
+
+
+def add_budget_arguments(
+    group: Any,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    notes: Mapping[str, str] | None = None,
+    chunk_size: Callable[[str], int | None] = int,
+) -> None:
+    """Add a flag for each `BudgetOptions` field to ``group`` (a parser or an argument group).
+
+    ``defaults`` and ``notes`` (appended to a flag's help) are per field name; ``chunk_size`` parses
+    ``--chunk-size`` (`chunk_size_or_none` where a single pass may be asked for). ``--target-tokens`` and
+    ``--ratio`` form argparse's mutually exclusive group, so the usage line shows that one budget is given.
+    """
+    defaults, notes = defaults or {}, notes or {}
+    budget = group.add_mutually_exclusive_group()
+    for name in BudgetOptions.model_fields:
+        options = dict(_ARGUMENTS[name], default=defaults.get(name))
+        if name == "chunk_size":
+            options["type"] = chunk_size
+        if name in notes:
+            options["help"] = f"{options['help']} {notes[name]}"
+        (budget if name in ("target_tokens", "compression_ratio") else group).add_argument(FLAGS[name], **options)
+
+
+def _value(args: argparse.Namespace, name: str) -> Any:
+    return getattr(args, FLAGS[name].removeprefix("--").replace("-", "_"))
 
 
 def budget_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`FinchConfig` keyword arguments for the budget arguments given (none given: none).
+    """`FinchConfig` keyword arguments for the budget flags given (`CONFIG_FIELDS`; a flag left out: none).
 
     Raises ``ValueError`` when ``--attention-mass`` or ``--max-target-tokens`` comes without
     ``--target-tokens auto``: they would be ignored.
     """
-    options: dict[str, Any] = {}
-    if args.target_tokens is not None:
-        options["target_tokens"] = args.target_tokens
-    elif args.ratio is not None:
-        options["compression_ratio"] = args.ratio
-    auto = {name: getattr(args, name) for name in AUTO_OPTIONS if getattr(args, name) is not None}
-    if auto and args.target_tokens != "auto":
-        flags = [f"--{name.replace('_', '-')}" for name in auto]
+    options = {name: value for name in CONFIG_FIELDS if (value := _value(args, name)) is not None}
+    auto = [FLAGS[name] for name in AUTO_OPTIONS if name in options]
+    if auto and options.get("target_tokens") != "auto":
         raise ValueError(
-            f"{' and '.join(flags)} only {'apply' if len(flags) > 1 else 'applies'} with --target-tokens auto "
+            f"{' and '.join(auto)} only {'apply' if len(auto) > 1 else 'applies'} with --target-tokens auto "
             "(the automatic budget); add --target-tokens auto, or leave "
-            f"{'them' if len(flags) > 1 else 'it'} out."
+            f"{'them' if len(auto) > 1 else 'it'} out."
         )
-    return options | auto
+    return options

@@ -14,9 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .allocation import RETRIEVAL_WEIGHTED
 from .arguments import add_budget_arguments, budget_options
 from .config import FinchConfig
-from .pipeline import ALLOCATIONS, Answer, FinchRAG
+from .pipeline import Answer, FinchRAG
 from .prompts import Passage
 from .server.command import add_serve_parser
 
@@ -41,19 +42,21 @@ def load_demo_corpus() -> dict[str, Any]:
 # ------------------------------------------------------------------ arguments
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    add_budget_arguments(common, ratio_help="fraction of the context removed, in [0, 1) (0.75 = 4x compression)")
-    common.add_argument("--chunk-size", type=int, metavar="S", help="context tokens read per step (default 512)")
+    add_budget_arguments(
+        common,
+        defaults={"allocation": RETRIEVAL_WEIGHTED},
+        notes={
+            "compression_ratio": "(in [0, 1); 0.75 = 4x compression)",
+            "chunk_size": "(default 512)",
+            "allocation": "(retrieval_weighted, the default: the best passage is packed next to the question; "
+            "global: plain FINCH)",
+        },
+    )
     common.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="answer length limit (default 64)")
     common.add_argument(
         "--model",
         metavar="NAME_OR_PATH",
         help="causal LM: hub id, local directory or .gguf (default: SmolLM2, offline)",
-    )
-    common.add_argument(
-        "--allocation",
-        choices=ALLOCATIONS,
-        default="retrieval_weighted",
-        help="retrieval_weighted (default): the best passage is packed next to the question; global: plain FINCH",
     )
     common.add_argument("--quiet", "-q", action="store_true", help="print only the answers; log warnings only")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -105,8 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, default_ratio: float | None = None) -> FinchConfig:
     options: dict[str, Any] = {"progress": not args.no_progress}
-    if args.chunk_size is not None:
-        options["chunk_size"] = args.chunk_size
     try:
         budget = budget_options(args)
         if "target_tokens" not in budget and "compression_ratio" not in budget and default_ratio is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -199,3 +199,33 @@ def check_auto_options(config: FinchConfig, given: Iterable[str]) -> None:
         f'automatic budget), but the budget here is {budget}; set target_tokens="auto", or leave '
         f"{'them' if len(named) > 1 else 'it'} out."
     )
+
+
+_NONE_MEANS_SOMETHING = ("chunk_size",)  # chunk_size=None is a single pass; for the other options None is "not set"
+
+
+def merged_config(base: FinchConfig, explicit: Mapping[str, Any]) -> FinchConfig:
+    """``base`` with the options a user set explicitly (a budget given in one mode clears the other).
+
+    ``explicit`` maps `FinchConfig` field names to values, as a front end's options or a request give them. An
+    explicit ``chunk_size=None`` is kept (a single pass); any other explicit ``None`` means "not set". Errors are
+    `FinchConfig`'s own (both budgets at once, a value out of range), and `check_auto_options`'s:
+    ``attention_mass`` or ``max_target_tokens`` with a budget that is not ``"auto"`` is a ``ValueError``, since
+    they would be ignored.
+    """
+    changes = {name: value for name, value in explicit.items() if value is not None or name in _NONE_MEANS_SOMETHING}
+    config = base.replace(**changes) if changes else base
+    check_auto_options(config, changes)
+    return config
+
+
+def budget_params(config: FinchConfig) -> dict[str, Any]:
+    """``config``'s budget for a framework's identifying parameters (LangChain's ``_identifying_params``).
+
+    ``target_tokens`` and ``compression_ratio``, and with ``target_tokens="auto"`` also ``attention_mass`` and
+    ``max_target_tokens``, which then change what is kept.
+    """
+    params: dict[str, Any] = {"target_tokens": config.target_tokens, "compression_ratio": config.compression_ratio}
+    if config.target_tokens == "auto":
+        params |= {name: getattr(config, name) for name in AUTO_OPTIONS}
+    return params

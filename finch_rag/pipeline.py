@@ -23,13 +23,11 @@ from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
 from .prompts import Passage
-from .retrieval import Document, EmbeddingRetriever, RetrievedPassage, Retriever
+from .retrieval import NO_CONTEXT_ANSWER, Document, EmbeddingRetriever, RetrievedPassage, Retriever
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ALLOCATIONS", "NO_CONTEXT_ANSWER", "Allocation", "Answer", "FinchRAG", "RankWeighting", "Source"]
-
-NO_CONTEXT_ANSWER = "No relevant context was found to answer this question."
 
 
 @dataclass(frozen=True)

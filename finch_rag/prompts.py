@@ -29,13 +29,6 @@ _TEXT_SENTINEL = "\x00FINCH_TEXT_{}\x00"
 _TEXT_SENTINELS = re.compile("\x00FINCH_TEXT_([0-9]+)\x00")
 HISTORY_ROLES = ("user", "assistant")
 
-QUESTION_DELIMITER = "\nQuestion:"
-"""Separates context from question in a prompt (`split_prompt`).
-
-The prompt is cut at the *last* occurrence, so the context may itself contain the delimiter. A leading
-``"Context:"`` label and a trailing ``"Answer:"`` cue are removed, so the usual RAG template
-``"Context:\\n{context}\\n\\nQuestion: {question}\\nAnswer:"`` works as it is.
-"""
 PASSAGE_SEPARATOR = "\n\n"
 # A sentence ends at . ! ? (and any closing quote or bracket) followed by whitespace, or at a line break.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+|\n+")
@@ -249,72 +242,6 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, requested: bool | Non
             "Use chat_template=None (plain prompt for base models) or set tokenizer.chat_template."
         )
     return has_template if requested is None else requested
-
-
-# ------------------------------------------------------------------------------------------ the delimiter rule
-def split_prompt(prompt: str, delimiter: str = QUESTION_DELIMITER) -> tuple[str, str]:
-    """``(context, question)`` from one prompt, cut at the last ``delimiter`` (see `QUESTION_DELIMITER`).
-
-    The context may be empty (the caller decides whether that is an error); the question may not.
-    """
-    if not isinstance(prompt, str):
-        raise TypeError(f"The prompt must be a string, got {type(prompt).__name__}.")
-    context, found, question = prompt.rpartition(delimiter)
-    if not found:
-        raise ValueError(
-            f"Without a retriever, the context and the question must come in one prompt, separated by "
-            f"{delimiter!r} (e.g. 'Context:\\n{{context}}\\n\\nQuestion: {{question}}'); none found in "
-            f"{_preview(prompt)}. Or give a retriever (retriever=...) and pass just the question."
-        )
-    context = context.strip()
-    if context.lower().startswith("context:"):
-        context = context[len("context:") :].strip()
-    question = question.strip()
-    if question.lower().endswith("answer:"):
-        question = question[: -len("answer:")].strip()
-    if not question:
-        raise ValueError(f"The question after {delimiter!r} is empty.")
-    return context, question
-
-
-def template_pieces(
-    template: str, context_field: str, question_field: str, name: str = "The template"
-) -> tuple[str, str, str]:
-    """The literal text of ``template`` before ``context_field``, between the fields, and after ``question_field``.
-
-    ``name`` names the template in the error raised when it lacks a field or the text between them.
-    """
-    head, found_context, rest = template.partition(context_field)
-    middle, found_question, tail = rest.partition(question_field)
-    if not found_context or not found_question or not middle.strip():
-        raise ValueError(
-            f"{name} must contain {context_field} followed by {question_field}, with text between them "
-            f"(like LlamaIndex's default text-QA template); got {template!r}."
-        )
-    return head, middle, tail
-
-
-def split_templated(prompt: str, template: str, context_field: str, question_field: str) -> tuple[str, str] | None:
-    """``(context, question)`` from a prompt written with ``template``, or ``None`` if it is not one.
-
-    The prompt must start with the template's text before ``context_field`` and end with its text after
-    ``question_field`` (surrounding whitespace aside); it is cut at the *last* occurrence of the text between
-    the two fields, so the context may contain anything, including the template's separator lines.
-    """
-    head, middle, tail = template_pieces(template, context_field, question_field)
-    text = prompt.strip()
-    head, tail = head.strip(), tail.strip()
-    if not text.startswith(head) or not text.endswith(tail) or len(text) < len(head) + len(tail):
-        return None
-    body = text[len(head) : len(text) - len(tail)]
-    context, found, question = body.rpartition(middle.strip())
-    if not found or not question.strip():
-        return None
-    return context.strip(), question.strip()
-
-
-def _preview(text: str, size: int = 80) -> str:
-    return repr(text if len(text) <= size else text[: size - 3] + "...")
 
 
 # ------------------------------------------------------------------------------------------ tokenisation

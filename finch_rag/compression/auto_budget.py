@@ -50,7 +50,7 @@ class AttentionMassSelection(SelectionPolicy):
     Parameters
     ----------
     inner : SelectionPolicy
-        The policy that ranks the candidates (`selection_policy`'s choice for the config).
+        The policy that ranks the candidates (`registry.selection_policy`'s choice for the config).
     mass : float
         Share of the question's attention mass to keep, in ``(0, 1]``.
     """

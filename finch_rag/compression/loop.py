@@ -34,8 +34,9 @@ from ..config import FinchConfig
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
 from .chunking import chunk_bounds
+from .registry import selection_policy
 from .rotation import KeyRotation
-from .selection import CandidateScores, SelectionPolicy, selection_policy
+from .selection import CandidateScores, SelectionPolicy
 
 
 @dataclass

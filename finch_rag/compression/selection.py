@@ -9,21 +9,17 @@ it never branches on the policy's type.
 
 Policies: `PerHeadSelection` (kvpress's ``FinchPress``), `PerLayerSelection` (the authors' code),
 `SharedSelection` (finch-rag's default, not in the paper), and the benchmark controls `RandomSelection`,
-`RecencySelection` and `FirstSelection` (not in the paper either), which need no attention at all.
+`RecencySelection` and `FirstSelection` (not in the paper either), which need no attention at all. Which
+policy a `FinchConfig` names is `registry.selection_policy`'s business.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-from .scoring import per_head_scores, per_layer_scores, pool_spans, resolve_layers, shared_scores, smooth_scores
-
-if TYPE_CHECKING:
-    from ..config import FinchConfig
+from .scoring import per_head_scores, per_layer_scores, pool_spans, shared_scores, smooth_scores
 
 
 def step_budget(budget: int, seen_tokens: int, context_length: int) -> int:
@@ -345,46 +341,3 @@ class RecordingSelection(SelectionPolicy):
     def select(self, candidates: CandidateScores, keep: int) -> Selected:
         self.steps.append(candidates)
         return self.inner.select(candidates, keep)
-
-
-CONTROLS: dict[str, type[ControlSelection]] = {
-    "random": RandomSelection,
-    "recency": RecencySelection,
-    "first": FirstSelection,
-}
-
-
-def selection_policy(config: FinchConfig, num_layers: int, layer_types: Sequence[str] | None = None) -> SelectionPolicy:
-    """The policy ``config.selection`` names, with its smoothing and voting layers.
-
-    Parameters
-    ----------
-    config : FinchConfig
-        Reads ``selection``, ``smoothing`` and ``score_layers``.
-    num_layers : int
-        The model's number of decoder layers.
-    layer_types : sequence of str, optional
-        The model's per-layer attention types (``"sliding_attention"`` layers do not vote by default).
-
-    With ``target_tokens="auto"`` the policy is wrapped in `auto_budget.AttentionMassSelection`, which
-    keeps the fewest entries holding ``config.attention_mass`` of the question's attention.
-    """
-    policy = _named_policy(config, num_layers, layer_types)
-    if config.target_tokens == "auto":
-        from .auto_budget import AttentionMassSelection  # it builds on this module
-
-        return AttentionMassSelection(policy, config.attention_mass)
-    return policy
-
-
-def _named_policy(config: FinchConfig, num_layers: int, layer_types: Sequence[str] | None) -> SelectionPolicy:
-    if config.selection == "per_head":
-        return PerHeadSelection(smoothing=config.smoothing)
-    if config.selection == "per_layer":
-        return PerLayerSelection(smoothing=config.smoothing)
-    if config.selection == "shared":
-        voting = resolve_layers(config.score_layers, num_layers, layer_types)
-        return SharedSelection(voting_layers=tuple(voting), smoothing=config.smoothing)
-    if config.selection in CONTROLS:
-        return CONTROLS[config.selection]()
-    raise ValueError(f"Unknown selection {config.selection!r}; see FinchConfig.selection for the legal names.")

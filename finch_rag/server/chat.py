@@ -19,9 +19,12 @@ from typing import Any, cast
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from .. import Passage, __version__, frontends
+from .. import __version__
+from ..allocation import PassageAllocation
+from ..config import FinchConfig
+from ..frontends import chat_context, in_thread, with_system_prompt
 from ..generation import SamplingParams
-from .compress import resolve_options
+from ..prompts import Passage, chat_prompt_ids
 from .engine import Compressed, ContextJob, PromptJob
 from .errors import APIError, error_body
 from .schemas import ChatCompletionRequest
@@ -35,10 +38,10 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
     state.check_model(body.model)
     body.check_supported()
     messages = [{"role": message.role, "content": message.text(index)} for index, message in enumerate(body.messages)]
-    passages = _passages(body)
+    passages = body.passages()
     state.check_size([message["content"] for message in messages] + [passage.text for passage in passages or []])
     sampling = body.to_sampling_params(state.settings)
-    config, allocation = resolve_options(state, body.options())
+    config, allocation = state.resolve_options(body.options())
     work, config, source = plan_chat(state, messages, passages, config, allocation)
 
     context = _Context(work, source, allocation, [passage.text.strip() != "" for passage in passages or []])
@@ -137,22 +140,13 @@ def _finish_reason(completion_tokens: int, sampling: SamplingParams) -> str:
     return "length" if completion_tokens >= sampling.max_new_tokens else "stop"
 
 
-def _passages(body: ChatCompletionRequest) -> list[Passage] | None:
-    if body.documents is None:
-        return None
-    return [
-        Passage(document) if isinstance(document, str) else Passage(document.text, document.title, document.metadata)
-        for document in body.documents
-    ]
-
-
 def plan_chat(
     state: ServerState,
     messages: list[dict[str, str]],
     passages: list[Passage] | None,
-    config: frontends.FinchConfig,
+    config: FinchConfig,
     allocation: str,
-) -> tuple[ContextJob | PromptJob, frontends.FinchConfig, str]:
+) -> tuple[ContextJob | PromptJob, FinchConfig, str]:
     """Where the chat's context comes from (`frontends.chat_context`, `ChatFinch`'s rule) and what runs.
 
     Returns the work, the config to compress with (the plan's system prompt in it), and the rule's ``source``.
@@ -161,12 +155,11 @@ def plan_chat(
     handle = state.engine.handle
     try:
         if not state.settings.compression and passages is None:
-            return PromptJob(frontends.chat_prompt_ids(handle.get().tokenizer, _plain_roles(messages))), config, "none"
-        plan = frontends.chat_context(messages, documents=passages)
-        if plan.system_prompt is not None:
-            config = config.replace(system_prompt=plan.system_prompt)
+            return PromptJob(chat_prompt_ids(handle.get().tokenizer, _plain_roles(messages))), config, "none"
+        plan = chat_context(messages, documents=passages)
+        config = with_system_prompt(config, plan.system_prompt)
         if not plan.passages:
-            prepared = handle.chat_context(plan, config, frontends.PassageAllocation(kind=allocation))  # type: ignore[arg-type]
+            prepared = handle.chat_context(plan, config, PassageAllocation(kind=allocation))  # type: ignore[arg-type]
             return PromptJob(list(prepared.prompt_ids or [])), config, plan.source
     except (TypeError, ValueError) as error:
         raise APIError(400, str(error), code="invalid_messages", param="messages") from error
@@ -221,7 +214,7 @@ def _stream(
         answer: list[str] = []
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for piece in frontends.in_thread(engine.stream(work, sampling)):
+            async for piece in in_thread(engine.stream(work, sampling)):
                 answer.append(piece)
                 yield chunk({"content": piece})
             completion_tokens = engine.count_tokens("".join(answer))

@@ -10,21 +10,11 @@ import logging
 import os
 from typing import Any
 
-from ..allocation import ALLOCATIONS
-from ..arguments import add_budget_arguments, budget_options
+from ..arguments import add_budget_arguments, budget_options, chunk_size_or_none
 from ..config import FinchConfig
 from .settings import ServerSettings
 
 API_KEY_ENV = "FINCH_RAG_API_KEY"
-
-
-def _chunk_size(value: str) -> int | None:
-    if value.lower() in {"none", "all"}:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'none' (one pass), got {value!r}") from None
 
 
 def add_serve_parser(commands: Any) -> None:
@@ -63,19 +53,16 @@ def add_serve_parser(commands: Any) -> None:
         action="store_true",
         help="never compress: a plain chat server (e.g. standing in for vLLM behind another server's /v1/compress)",
     )
-    add_budget_arguments(compression, ratio_help="fraction of the context removed (default 0.75)")
-    compression.add_argument(
-        "--chunk-size",
-        type=_chunk_size,
-        metavar="S",
-        default=512,
-        help="context tokens read per step, or 'none' for one pass (default 512)",
-    )
-    compression.add_argument(
-        "--allocation",
-        choices=ALLOCATIONS,
-        default=defaults["allocation"].default,
-        help="how documents (best first) share the budget (default retrieval_weighted)",
+    chunk_size = FinchConfig.__dataclass_fields__["chunk_size"].default
+    add_budget_arguments(
+        compression,
+        defaults={"chunk_size": chunk_size, "allocation": defaults["allocation"].default},
+        notes={
+            "compression_ratio": "(default 0.75)",
+            "chunk_size": "(default 512), or 'none' for one pass",
+            "allocation": "(default retrieval_weighted)",
+        },
+        chunk_size=chunk_size_or_none,
     )
     limits = serve.add_argument_group("batching and limits")
     limits.add_argument(
@@ -139,7 +126,7 @@ def add_serve_parser(commands: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """`ServerSettings` from the parsed ``serve`` arguments (``ValueError`` names a bad value)."""
-    options: dict[str, Any] = {"progress": False, "chunk_size": args.chunk_size, **budget_options(args)}
+    options: dict[str, Any] = {"progress": False, **budget_options(args), "chunk_size": args.chunk_size}
     return ServerSettings(
         model=args.model,
         served_model_name=args.served_model_name,

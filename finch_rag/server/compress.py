@@ -11,31 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .. import Passage
 from .engine import ContextJob
 from .errors import APIError
-from .schemas import CompressionOptions, CompressRequest, Document, DocumentLike
+from .schemas import CompressRequest, Document
 from .state import ServerState
-
-
-def as_passages(documents: list[DocumentLike], param: str = "documents") -> list[Passage]:
-    """The request's documents as passages (a string is a passage without title)."""
-    passages = [
-        Passage(document) if isinstance(document, str) else Passage(document.text, document.title, document.metadata)
-        for document in documents
-    ]
-    if not any(passage.text.strip() for passage in passages):
-        raise APIError(400, f"Every entry of {param} is empty; send at least one document with text.", param=param)
-    return passages
-
-
-def resolve_options(state: ServerState, options: CompressionOptions) -> tuple[Any, str]:
-    """The request's `FinchConfig` and allocation; invalid values are a 422 naming them."""
-    try:
-        config = state.engine.config(options.explicit())
-    except (TypeError, ValueError) as error:
-        raise APIError(422, f"Invalid compression options: {error}", code="invalid_value", param="finch") from error
-    return config, options.allocation or state.settings.allocation
 
 
 async def compress_documents(body: CompressRequest, state: ServerState) -> dict[str, Any]:
@@ -45,9 +24,13 @@ async def compress_documents(body: CompressRequest, state: ServerState) -> dict[
         raise APIError(
             400, "The question is empty: FINCH keeps what the question needs, so send one.", param="question"
         )
-    passages = as_passages(body.documents)
+    passages = body.passages() or []
+    if not any(passage.text.strip() for passage in passages):
+        raise APIError(
+            400, "Every entry of documents is empty; send at least one document with text.", param="documents"
+        )
     state.check_size([body.question, *(passage.text for passage in passages)])
-    config, allocation = resolve_options(state, body.options())
+    config, allocation = state.resolve_options(body.options())
     with state.admitted():
         try:
             compressed = await state.engine.compress(ContextJob(body.question, passages), config, allocation)

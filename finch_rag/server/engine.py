@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import frontends
-from ..frontends import AllocationPlan, CompressedContext, FinchCompressor, FinchConfig, Passage, PassageAllocation
+from ..allocation import AllocationPlan, PassageAllocation
+from ..compressor import FinchCompressor
+from ..config import FinchConfig, merged_config
+from ..context import CompressedContext
 from ..generation import SamplingParams
+from ..prompts import Passage
 from .batching import Batcher
 from .metrics import ServerMetrics
 from .settings import ServerSettings
@@ -118,7 +122,7 @@ class Engine:
         if not self.settings.compression:
             return self.settings.config.replace(compression_ratio=0.0)
         options = {name: value for name, value in explicit.items() if name != "allocation"}
-        return frontends.merged_config(self.settings.config, options)
+        return merged_config(self.settings.config, options)
 
     async def compress(
         self, job: ContextJob, config: FinchConfig, allocation: str, sampling: SamplingParams | None = None

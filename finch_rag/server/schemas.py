@@ -2,17 +2,19 @@
 
 Unknown OpenAI fields are accepted and ignored where ignoring them cannot change the answer a client expects
 (``user``, ``metadata``, ``store``, ...); the ones that would (``tools``, ``n > 1``, ``logprobs``, penalties, a JSON
-``response_format``) are refused with a 400 that says so. Responses are plain dicts built in ``app.py``.
+``response_format``) are refused with a 400 that says so. Responses are plain dicts, built by the endpoint that
+answers (``chat.py`` for chat completions, ``compress.py`` for ``/v1/compress``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..frontends import TargetTokens
+from ..frontends import BudgetOptions
 from ..generation import SamplingParams
+from ..prompts import Passage
 from .errors import APIError
 
 if TYPE_CHECKING:
@@ -28,63 +30,43 @@ class Document(BaseModel):
     title: str | None = Field(None, description="Written before the text, as retrieved passages' titles are.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Returned as given by /v1/compress.")
 
+    def passage(self) -> Passage:
+        return Passage(self.text, self.title, self.metadata)
+
 
 DocumentLike = str | Document
 
 
-class CompressionOptions(BaseModel):
-    """Compression options of one request (the ``finch`` extension field, or the same names at top level)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target_tokens: TargetTokens = Field(
-        None, description='B: context KV entries kept per layer and KV head; "auto" picks B per question.'
-    )
-    compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
-    chunk_size: int | None = Field(None, ge=1, description="Context tokens read per step; null for one pass.")
-    attention_mass: float | None = Field(
-        None, gt=0, le=1, description='With target_tokens "auto": share of the question\'s attention to keep.'
-    )
-    max_target_tokens: int | None = Field(None, ge=1, description='With target_tokens "auto": the cap on B.')
-    allocation: Literal["retrieval_weighted", "global"] | None = Field(
-        None, description="How the documents (best first) share the budget."
-    )
-
-    @model_validator(mode="after")
-    def _one_budget(self) -> CompressionOptions:
-        if self.target_tokens is not None and self.compression_ratio is not None:
-            raise ValueError("give target_tokens or compression_ratio, not both")
-        return self
-
-    def explicit(self) -> dict[str, Any]:
-        """The options the client set, an explicit ``chunk_size: null`` (one pass) included."""
-        return {name: getattr(self, name) for name in self.model_fields_set}
+CompressionOptions = BudgetOptions
+"""Compression options of one request (the ``finch`` extension field, or the same names at top level): the
+front ends' `BudgetOptions`, declared once. Only the options a client sets apply; the others are the server's."""
 
 
-class _WithOptions(BaseModel):
-    """Top-level spellings of the compression options, merged with the ``finch`` field."""
+class _Request(BudgetOptions):
+    """What both endpoints' requests share: ``documents``, and the compression options at top level or in ``finch``.
 
-    finch: CompressionOptions | None = Field(None, description="Compression options (finch-rag extension).")
-    target_tokens: TargetTokens = None
-    compression_ratio: float | None = Field(None, ge=0, lt=1)
-    chunk_size: int | None = Field(None, ge=1)
-    attention_mass: float | None = Field(None, gt=0, le=1)
-    max_target_tokens: int | None = Field(None, ge=1)
-    allocation: Literal["retrieval_weighted", "global"] | None = None
+    The top-level spellings are `BudgetOptions`' own fields, inherited; `options` merges them with ``finch``.
+    """
 
-    def options(self) -> CompressionOptions:
+    finch: BudgetOptions | None = Field(None, description="Compression options (finch-rag extension).")
+    documents: list[DocumentLike] | None = Field(None, description="Context to compress (finch-rag extension).")
+
+    def options(self) -> BudgetOptions:
         """The ``finch`` field with the top-level options added (a name given in both places is an error)."""
-        top = {name: getattr(self, name) for name in CompressionOptions.model_fields if name in self.model_fields_set}
+        top = self.explicit()
         nested = self.finch.explicit() if self.finch is not None else {}
         both = sorted(set(top) & set(nested))
         if both:
             raise APIError(
                 422, f"{', '.join(both)} given both at top level and in 'finch'; give each option once.", param=both[0]
             )
-        try:
-            return CompressionOptions(**nested, **top)
-        except ValueError as error:
-            raise APIError(422, f"Invalid compression options: {error}", param="finch") from error
+        return BudgetOptions(**nested, **top)
+
+    def passages(self) -> list[Passage] | None:
+        """The request's ``documents`` as passages, best first (a string is a passage without title), or ``None``."""
+        if self.documents is None:
+            return None
+        return [Passage(document) if isinstance(document, str) else document.passage() for document in self.documents]
 
 
 class TextPart(BaseModel):
@@ -128,7 +110,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_WithOptions):
+class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``: OpenAI's fields, plus ``documents`` and the compression options."""
 
     model_config = ConfigDict(extra="allow")
@@ -144,7 +126,6 @@ class ChatCompletionRequest(_WithOptions):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1)
-    documents: list[DocumentLike] | None = Field(None, description="Context to compress (finch-rag extension).")
     # Fields that would change the answer and that this server cannot honour: refused, not ignored.
     tools: list[Any] | None = None
     functions: list[Any] | None = None
@@ -192,7 +173,7 @@ class ChatCompletionRequest(_WithOptions):
         )
 
 
-class CompressRequest(_WithOptions):
+class CompressRequest(_Request):
     """``POST /v1/compress``: compress documents for a question and return what was kept, per document."""
 
     model_config = ConfigDict(extra="forbid")

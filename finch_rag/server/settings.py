@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..allocation import ALLOCATIONS
-from ..config import AUTO_OPTIONS, FinchConfig, check_auto_options
+from ..config import FinchConfig, merged_config
+from ..frontends import CONFIG_FIELDS
 from ..models import DEFAULT_MODEL
 
 
@@ -129,11 +130,9 @@ class ServerSettings:
         if unknown:
             raise ValueError(f"Unknown server options {unknown}; the options are {sorted(own | set(CONFIG_OPTIONS))}.")
         changes = {name: value for name, value in options.items() if name in CONFIG_OPTIONS}
-        changes = {name: value for name, value in changes.items() if value is not None or name == "chunk_size"}
-        config = FinchConfig(progress=False).replace(**changes) if changes else FinchConfig(progress=False)
-        check_auto_options(config, changes)
+        config = merged_config(FinchConfig(progress=False), changes)
         return cls(config=config, **{name: value for name, value in options.items() if name in own})
 
 
-CONFIG_OPTIONS = ("target_tokens", "compression_ratio", "chunk_size", "selection", *AUTO_OPTIONS)
+CONFIG_OPTIONS = (*CONFIG_FIELDS, "selection")
 """`FinchConfig` fields a server's flat options may set (`ServerSettings.from_options`)."""

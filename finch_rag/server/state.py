@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from .. import FinchCompressor
+from ..config import FinchConfig
+from ..frontends import BudgetOptions
 from .batching import Admission, Overloaded
 from .engine import Engine
 from .errors import APIError
@@ -86,6 +88,19 @@ class ServerState:
             yield
         finally:
             release()
+
+    def resolve_options(self, options: BudgetOptions) -> tuple[FinchConfig, str]:
+        """A request's `FinchConfig` and allocation: its explicit options over the server's defaults.
+
+        Invalid values and combinations (both budgets, automatic-budget options with a fixed budget) are
+        `FinchConfig`'s errors, answered as a 422 that quotes them.
+        """
+        explicit = options.explicit()
+        try:
+            config = self.engine.config(explicit)
+        except (TypeError, ValueError) as error:
+            raise APIError(422, f"Invalid compression options: {error}", code="invalid_value", param="finch") from error
+        return config, explicit.get("allocation") or self.settings.allocation
 
     def check_model(self, name: str | None) -> None:
         """404 unless ``name`` is this server's model (or left out)."""

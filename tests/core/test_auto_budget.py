@@ -8,12 +8,12 @@ from conftest import PASSAGES, QUESTION
 
 from finch_rag import FinchCompressor, FinchConfig
 from finch_rag.compression.auto_budget import AttentionMassSelection, is_last_step, mass_count
+from finch_rag.compression.registry import selection_policy
 from finch_rag.compression.selection import (
     CandidateScores,
     PerHeadSelection,
     RecencySelection,
     SharedSelection,
-    selection_policy,
 )
 
 

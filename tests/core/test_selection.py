@@ -14,6 +14,7 @@ from finch_rag.compression.attention import CAPTURE_KWARG, QuestionAttentionCapt
 from finch_rag.compression.cache import cache_kwargs
 from finch_rag.compression.chunking import chunk_bounds
 from finch_rag.compression.loop import CompressionRequest, compress_batch
+from finch_rag.compression.registry import selection_policy
 from finch_rag.compression.rotation import KeyRotation
 from finch_rag.compression.scoring import per_head_scores, per_layer_scores, pool_spans, shared_scores, smooth_scores
 from finch_rag.compression.selection import (
@@ -27,7 +28,6 @@ from finch_rag.compression.selection import (
     SelectionPolicy,
     SharedSelection,
     select_top,
-    selection_policy,
     step_budget,
 )
 from finch_rag.prompts import as_passages, build_prompt

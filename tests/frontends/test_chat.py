@@ -8,7 +8,9 @@ import pytest
 from conftest import PASSAGES, QUESTION
 
 from finch_rag import FinchCompressor, FinchConfig, Passage, PassageAllocation
-from finch_rag.frontends import ChatPlan, CompressorHandle, chat_context, chat_prompt_ids, chat_question
+from finch_rag.frontends import CompressorHandle, chat_context, chat_question
+from finch_rag.frontends.sources import ChatPlan
+from finch_rag.prompts import chat_prompt_ids
 
 MIDDLEWARE = "You are a helpful assistant. Use the following context in your response:"
 RAG_SYSTEM = MIDDLEWARE + "\n\n" + "\n\n".join(PASSAGES)  # as LangChain 1.x's RAG middleware writes it

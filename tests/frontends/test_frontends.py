@@ -10,22 +10,21 @@ from conftest import PASSAGES, QUESTION
 from pydantic import BaseModel, ValidationError
 
 from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, RankWeighting, SamplingParams
+from finch_rag.config import merged_config
 from finch_rag.frontends import (
-    CACHE_KEY,
     CompressorHandle,
     FinchOptions,
     Prepared,
     SamplingOptions,
-    as_passage,
-    chat_prompt_ids,
-    keys_in,
-    merged_config,
     plain_prompt_ids,
     split_prompt,
     split_templated,
-    strip_keys,
     template_pieces,
 )
+from finch_rag.frontends.sources import keys_in, strip_keys
+from finch_rag.prompts import chat_prompt_ids
+from finch_rag.retrieval import as_passage
+from finch_rag.store import CACHE_KEY
 
 CONFIG = FinchConfig(target_tokens=16, chunk_size=32, progress=False)
 

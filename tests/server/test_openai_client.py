@@ -13,8 +13,8 @@ import openai
 import pytest
 from servers import ANSWER, DOCUMENTS, OPTIONS, QUESTION, TIMEOUT, make_real_compressor, serving
 
-from finch_rag import FinchCompressor, FinchConfig, SamplingParams
-from finch_rag.frontends import CompressorHandle, PassageAllocation, chat_context
+from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, SamplingParams
+from finch_rag.frontends import CompressorHandle, chat_context
 from finch_rag.server import ServerThread
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,8 @@ import pytest
 from servers import ANSWER, DOCUMENTS, OPTIONS, QUESTION, TIMEOUT, make_real_compressor, serving
 
 from finch_rag import FinchCompressor, SamplingParams
-from finch_rag.frontends import Prepared, chat_prompt_ids
+from finch_rag.frontends import Prepared
+from finch_rag.prompts import chat_prompt_ids
 from finch_rag.server import ServerThread
 
 pytestmark = pytest.mark.slow

@@ -4,29 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from finch_rag import SamplingParams
+from finch_rag import FinchCompressor, Passage, SamplingParams
 from finch_rag.frontends import (
-    CACHE_KEY,
     QUESTION_DELIMITER,
-    ChatPlan,
-    FinchCompressor,
     FinchOptions,
-    Passage,
     Prepared,
     SamplingOptions,
-    as_passage,
-    budget_params,
     chat_context,
     chat_question,
     close,
-    encode_text,
     in_thread,
 )
 from finch_rag.models import DEFAULT_MODEL
+from finch_rag.prompts import encode_text
+from finch_rag.retrieval import as_passage
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForLLMRun,
@@ -39,6 +34,8 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Chat
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import AliasChoices, ConfigDict, Field
+
+from ._utils import child_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +154,9 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        config = self.config
         return {
             "model_name": self._model_label(),
-            **budget_params(config),
-            "chunk_size": config.chunk_size,
-            "selection": config.selection,
-            "allocation": self.allocation,
+            **self.compression_params(),
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -243,7 +236,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         turns = _turns(messages)
         retrieved = None
         if self.retriever is not None:
-            callbacks = _child_callbacks(run_manager, AsyncCallbackManager)
+            callbacks = child_callbacks(run_manager, AsyncCallbackManager)
             retrieved = await self.retriever.ainvoke(chat_question(turns), config={"callbacks": callbacks})
         turn = await asyncio.to_thread(self._prepare, turns, documents, retrieved)
         compressor = self.compressor
@@ -280,7 +273,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
     def _retrieve(self, turns: list[dict[str, Any]], run_manager: CallbackManagerForLLMRun | None) -> Any:
         if self.retriever is None:
             return None
-        callbacks = _child_callbacks(run_manager, CallbackManager)
+        callbacks = child_callbacks(run_manager, CallbackManager)
         return self.retriever.invoke(chat_question(turns), config={"callbacks": callbacks})
 
     def _prepare(self, turns: list[dict[str, Any]], documents: Any, retrieved: Any) -> _Turn:
@@ -293,23 +286,8 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         )
         if self.retriever is not None and plan.source != "retriever":
             logger.info("The retriever found nothing for %r; the context comes from %s.", plan.question, plan.source)
-        given = {"retriever": retrieved, "documents": documents}.get(plan.source)
-        prepared = self._stored(plan, given) or self._handle.chat_context(plan, self.config, self.passage_allocation)
+        prepared = self._handle.chat_context(plan, self.config, self.passage_allocation)
         return _Turn(prepared, plan.source, self.compressor.model_name, _input_tokens(prepared))
-
-    def _stored(self, plan: ChatPlan, documents: Sequence[Document] | None) -> Prepared | None:
-        """The compression the documents name (``finch_cache_key``), made for this question, conversation and options.
-
-        Counted over all the documents as given: a `FinchRetriever` returns a document that kept nothing with empty
-        text, which `chat_context` leaves out of the passages, but it was one of the passages compressed.
-        """
-        keys = {document.metadata.get(CACHE_KEY) for document in documents or ()}
-        if len(keys) != 1 or not isinstance(key := keys.pop(), str):
-            return None
-        config = self.config if plan.system_prompt is None else self.config.replace(system_prompt=plan.system_prompt)
-        config = self.passage_allocation.configure(config)
-        stored = self._handle.find_stored(key, plan.question, config, len(documents or ()), plan.history)
-        return Prepared(stored, reused=True) if stored is not None else None
 
 
 def _turns(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
@@ -350,14 +328,3 @@ def _last_chunk(turn: _Turn, compressor: FinchCompressor, text: str) -> ChatGene
         content="", usage_metadata=turn.usage(compressor, text), response_metadata=turn.metadata, chunk_position="last"
     )
     return ChatGenerationChunk(message=message)
-
-
-def _child_callbacks(run_manager: Any, manager_class: Callable[..., Any]) -> Any:
-    """Callbacks for the retriever run, nested under this chat model run (what a chain's ``get_child()`` gives)."""
-    if run_manager is None:
-        return None
-    manager = manager_class(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager

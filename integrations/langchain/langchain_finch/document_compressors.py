@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
-from finch_rag.frontends import CACHE_KEY, FinchOptions, as_passage
+from finch_rag.frontends import FinchOptions
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
-if TYPE_CHECKING:
-    from .retrievers import FinchRetriever
+from ._utils import compressed_documents
 
 
 class FinchDocumentCompressor(FinchOptions, BaseDocumentCompressor):
@@ -58,23 +56,4 @@ class FinchDocumentCompressor(FinchOptions, BaseDocumentCompressor):
         for index, document in enumerate(documents):
             if not isinstance(document, Document):
                 raise TypeError(f"documents[{index}] is a {type(document).__name__}; give LangChain Documents.")
-        return compressed_documents(self, documents, query)
-
-
-def compressed_documents(
-    options: FinchDocumentCompressor | FinchRetriever, documents: list[Document], query: str
-) -> list[Document]:
-    """The step `FinchDocumentCompressor` and `FinchRetriever` share: one compressed copy per document, in order."""
-    passages = [as_passage(document.page_content, document.metadata) for document in documents]
-    compressed, outputs = options._handle.compress_for_query(
-        passages, query, options.config, options.threshold, options.passage_allocation
-    )
-    key = compressed.cache_key if compressed is not None else None
-    return [_with_stats(document, text, stats, key) for document, (text, stats) in zip(documents, outputs, strict=True)]
-
-
-def _with_stats(document: Document, text: str, stats: dict[str, Any], key: str | None) -> Document:
-    metadata = dict(document.metadata) | stats
-    if key is not None:
-        metadata[CACHE_KEY] = key
-    return Document(page_content=text, metadata=metadata, id=document.id)
+        return compressed_documents(self, documents, query, self.threshold)

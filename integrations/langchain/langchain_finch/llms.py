@@ -6,22 +6,15 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from finch_rag.frontends import (
-    NO_CONTEXT_ANSWER,
-    QUESTION_DELIMITER,
-    FinchOptions,
-    Prepared,
-    SamplingOptions,
-    as_passage,
-    budget_params,
-    close,
-    split_prompt,
-)
+from finch_rag.frontends import QUESTION_DELIMITER, FinchOptions, Prepared, SamplingOptions, close, split_prompt
+from finch_rag.retrieval import NO_CONTEXT_ANSWER, as_passage
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import BaseLLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
+
+from ._utils import child_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +66,9 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         model = self._compressor.model_name if self._compressor is not None else (self.model_name or "default")
-        config = self.config
         return {
             "model_name": model,
-            **budget_params(config),
-            "chunk_size": config.chunk_size,
-            "selection": config.selection,
-            "allocation": self.allocation,
+            **self.compression_params(),
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -132,21 +121,12 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         question = prompt.strip()
         if not question:
             raise ValueError("The question is empty: with a retriever, the whole prompt is the question.")
-        documents = list(self.retriever.invoke(question, config={"callbacks": _child_callbacks(run_manager)}))
+        documents = list(
+            self.retriever.invoke(question, config={"callbacks": child_callbacks(run_manager, CallbackManager)})
+        )
         documents = documents[: self.top_k] if self.top_k is not None else documents
         if not documents:
             logger.warning("The retriever found nothing for %r; answering without calling the model.", question)
             return Prepared(answer=NO_CONTEXT_ANSWER)
         passages = [as_passage(document.page_content, document.metadata) for document in documents]
         return self._handle.passages_context(passages, question, self.config, self.passage_allocation)
-
-
-def _child_callbacks(run_manager: CallbackManagerForLLMRun | None) -> CallbackManager | None:
-    """Callbacks for the retriever run, nested under this LLM run (what a chain's ``get_child()`` gives)."""
-    if run_manager is None:
-        return None
-    manager = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    manager.set_handlers(run_manager.inheritable_handlers)
-    manager.add_tags(run_manager.inheritable_tags)
-    manager.add_metadata(run_manager.inheritable_metadata)
-    return manager

@@ -12,7 +12,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from .document_compressors import compressed_documents
+from ._utils import compressed_documents
 
 
 class FinchRetriever(FinchOptions, BaseRetriever):
@@ -90,4 +90,4 @@ class FinchRetriever(FinchOptions, BaseRetriever):
                     f"The base retriever returned a {type(document).__name__} at position {index}; "
                     "FinchRetriever compresses langchain_core.documents.Document objects."
                 )
-        return compressed_documents(self, documents, query)
+        return compressed_documents(self, documents, query, self.threshold)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting
-from finch_rag.frontends import chat_prompt_ids
+from finch_rag.prompts import chat_prompt_ids
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode

@@ -11,13 +11,12 @@ from finch_rag.frontends import (
     Prepared,
     SamplingOptions,
     accumulate,
-    chat_prompt_ids,
-    encode_text,
     in_thread,
     plain_prompt_ids,
     split_templated,
     template_pieces,
 )
+from finch_rag.prompts import chat_prompt_ids, encode_text
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
     ChatMessage,

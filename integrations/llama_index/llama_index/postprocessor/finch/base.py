@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from finch_rag.frontends import (
-    CACHE_KEY,
-    CACHE_KEY_PATTERN,
-    STATS_KEYS,
-    CompressedContext,
-    FinchOptions,
-    Passage,
-    as_passage,
-)
+from finch_rag import CompressedContext, Passage
+from finch_rag.context import STATS_KEYS
+from finch_rag.frontends import FinchOptions
+from finch_rag.retrieval import as_passage
+from finch_rag.store import CACHE_KEY, CACHE_KEY_PATTERN
 from llama_index.core.bridge.pydantic import ConfigDict, Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.postprocessor.types import BaseNodePostprocessor

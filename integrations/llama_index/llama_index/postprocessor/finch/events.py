@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from finch_rag.frontends import CompressedContext
+from finch_rag import CompressedContext
 from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation.events import BaseEvent
 

@@ -1,0 +1,184 @@
+"""The pydantic options the front ends share, declared once: the budget, the integration classes', decoding.
+
+`BudgetOptions` declares the budget (``target_tokens``, ``compression_ratio``, ``chunk_size``, ``attention_mass``,
+``max_target_tokens``, ``allocation``) once: the integration classes inherit it through `FinchOptions`, the
+server's requests take it as their ``finch`` field and at top level, and the command line's flags are derived from
+its fields (`finch_rag.arguments`). Validation of the combination ("one budget, not both", automatic-budget
+options only with ``target_tokens="auto"``) is `FinchConfig`'s, reached through `finch_rag.config.merged_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+
+from ..allocation import RETRIEVAL_WEIGHTED, Allocation, PassageAllocation, RankWeighting
+from ..compressor import FinchCompressor
+from ..config import FinchConfig, budget_params
+from ..generation import SamplingParams
+from .handle import CompressorHandle
+
+
+def _budget(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:  # one message for the union, instead of one per member
+        raise ValueError(
+            f'must be an int >= 1 (the budget B) or "auto" (the automatic budget), got {value!r}'
+        ) from None
+
+
+TargetTokens = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"] | None, WrapValidator(_budget)]
+"""The type of a front end's ``target_tokens``: ``B``, ``"auto"`` or ``None`` (not set), with one clear error."""
+
+
+class BudgetOptions(BaseModel):
+    """How much of the context is kept, and how passages share it: the budget options, declared once.
+
+    `FinchOptions` (every integration class) inherits them; the server's requests take them as their ``finch``
+    field (`finch_rag.server.schemas`) and at top level; ``finch-rag``'s flags derive from them. Only the options
+    set explicitly apply (`explicit`): the others come from the config underneath (the compressor's, the server's).
+
+    Parameters
+    ----------
+    target_tokens : int or "auto", optional
+        ``B``, or ``"auto"`` (`FinchConfig.target_tokens`).
+    compression_ratio : float, optional
+        Fraction of the context removed (`FinchConfig.compression_ratio`).
+    chunk_size : int or None
+        Context tokens read per step; ``None`` set explicitly is a single pass.
+    attention_mass, max_target_tokens : float, int, optional
+        With ``target_tokens="auto"``: the share of the question's attention kept, and the cap on ``B``.
+    allocation : {"retrieval_weighted", "global"}, optional
+        How ranked passages share the budget (`finch_rag.PassageAllocation`); ``None`` is the default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_tokens: TargetTokens = Field(
+        None,
+        description='Budget B: context KV entries kept per layer and KV head; "auto" picks B per question '
+        "(the fewest entries holding attention_mass of the question's attention, at most max_target_tokens).",
+    )
+    compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
+    chunk_size: int | None = Field(512, ge=1, description="Context tokens read per step; null for a single pass.")
+    attention_mass: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description='With target_tokens "auto": share of the question\'s attention the kept entries hold (0.9).',
+    )
+    max_target_tokens: int | None = Field(None, ge=1, description='With target_tokens "auto": the cap on B (1024).')
+    allocation: Allocation | None = Field(
+        RETRIEVAL_WEIGHTED, description="How retrieved passages (best first) share the budget (PassageAllocation)."
+    )
+
+    def explicit(self) -> dict[str, Any]:
+        """The budget options set explicitly, an explicit ``chunk_size=None`` (one pass) included."""
+        return {name: getattr(self, name) for name in BudgetOptions.model_fields if name in self.model_fields_set}
+
+    def config_options(self) -> dict[str, Any]:
+        """`explicit` without ``allocation``: the `FinchConfig` fields to merge (`finch_rag.config.merged_config`)."""
+        return {name: value for name, value in self.explicit().items() if name in CONFIG_FIELDS}
+
+
+CONFIG_FIELDS: tuple[str, ...] = tuple(name for name in BudgetOptions.model_fields if name != "allocation")
+"""The budget options that are `FinchConfig` fields (all but ``allocation``, which is how passages share ``B``)."""
+
+
+class FinchOptions(BudgetOptions):
+    """The options every integration class shares, declared once; the integration classes inherit them.
+
+    A subclass also gets ``compressor=`` (keyword only, an already built `FinchCompressor`, not with
+    ``model_name``), the lazily loaded `compressor`, the merged `config` and the `passage_allocation`.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+
+    model_name: str | None = Field(
+        None,
+        description="Model to load when no compressor= is given: a hub id, a local path or a .gguf file; "
+        "None is the embedded SmolLM2-135M-Instruct (offline). Models loaded by name are shared in the process.",
+    )
+    progress: bool = Field(False, description="Show a tqdm bar over chunks.")
+    weighting: RankWeighting = Field(
+        default_factory=RankWeighting, description='Parameters of allocation="retrieval_weighted".'
+    )
+
+    _handle: CompressorHandle = PrivateAttr()
+
+    def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._handle = CompressorHandle(compressor, self.model_name)
+        self.config  # noqa: B018 - validate the option combination now, not on first use
+
+    @property
+    def _compressor(self) -> FinchCompressor | None:
+        """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
+        return self._handle.loaded
+
+    @property
+    def compressor(self) -> FinchCompressor:
+        """The `FinchCompressor`, loaded from ``model_name`` on first use unless one was given."""
+        return self._handle.get()
+
+    @property
+    def config(self) -> FinchConfig:
+        """The compressor's config (or `FinchConfig`'s defaults) with this object's options applied."""
+        return self._handle.config(self.config_options() | {"progress": self.progress})
+
+    @property
+    def passage_allocation(self) -> PassageAllocation:
+        """How passages share the budget: ``allocation`` with ``weighting``."""
+        return PassageAllocation(self.allocation or RETRIEVAL_WEIGHTED, self.weighting)
+
+    def compression_params(self) -> dict[str, Any]:
+        """What decides the compression, for a framework's identifying parameters (LangChain's).
+
+        The budget (`finch_rag.config.budget_params`), ``chunk_size``, ``selection`` and ``allocation``.
+        """
+        config = self.config
+        return {
+            **budget_params(config),
+            "chunk_size": config.chunk_size,
+            "selection": config.selection,
+            "allocation": self.passage_allocation.kind,
+        }
+
+
+class SamplingOptions(BaseModel):
+    """The decoding options of the LLM front ends, declared once; each may also be given per call."""
+
+    max_new_tokens: int = Field(64, gt=0, description="Most tokens generated per answer.")
+    temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int | None = Field(None, description="Seed for sampling, for reproducible answers.")
+
+    def to_sampling_params(self, overrides: Mapping[str, Any], stop: Sequence[str] | None = None) -> SamplingParams:
+        """These options with one call's ``overrides`` (`SAMPLING_FIELDS` and ``stop``) as `SamplingParams`.
+
+        ``stop`` is the front end's own (an override's ``stop`` wins); an unknown override is a ``TypeError``.
+        """
+        unknown = set(overrides) - {*SAMPLING_FIELDS, "stop"}
+        if unknown:
+            raise TypeError(
+                f"Unknown options {sorted(unknown)} for {type(self).__name__}; per call it takes "
+                f"{(*SAMPLING_FIELDS, 'stop')}."
+            )
+        options = {name: overrides.get(name, getattr(self, name)) for name in SAMPLING_FIELDS}
+        options["stop"] = overrides.get("stop") or stop
+        return SamplingParams(**options)
+
+
+SAMPLING_FIELDS: tuple[str, ...] = tuple(SamplingOptions.model_fields)
+"""Decoding options, settable on a front end and per call."""
