@@ -72,7 +72,8 @@ class FinchConfig:
     system_prompt : str, optional
         System message for the chat template; ``None`` keeps the template's default.
     progress : bool
-        Show a tqdm bar over chunks.
+        Show a tqdm bar over chunks, when stderr is a terminal and ``TQDM_DISABLE`` is not set
+        (`finch_rag.progress`).
     attention_mass : float
         With ``target_tokens="auto"``: the share of the question's attention (after sentence pooling and
         priors) that the kept entries must hold, in ``(0, 1]``.

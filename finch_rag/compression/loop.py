@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from ..config import FinchConfig
+from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
 from .chunking import chunk_bounds
@@ -162,8 +162,8 @@ def compress_batch(
     with capture:
         states = [_start(decoder, request, index, config) for index, request in enumerate(requests)]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
-        progress = tqdm(
-            total=total_steps, desc="finch: compressing", unit="chunk", disable=not config.progress or total_steps < 2
+        progress = progress_bar(
+            total=total_steps, desc="finch: compressing", unit="chunk", enabled=config.progress and total_steps > 1
         )
         with progress:
             while active := [state for state in states if not state.done]:
