@@ -25,6 +25,22 @@ def target_tokens(value: str) -> int | str:
         ) from None
 
 
+def chunk_size(value: str) -> int | str | None:
+    """``--chunk-size``: an int, ``"auto"`` (the default rule), or ``"none"``/``"all"`` for one pass (any case)."""
+    word = value.strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in {"none", "all"}:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an int (tokens per step), 'auto' (one pass when it fits, else 512) or 'none' (one pass), "
+            f"got {value!r}"
+        ) from None
+
+
 def add_budget_arguments(group: Any, ratio_help: str) -> None:
     """Add the budget arguments to ``group`` (a parser or an argument group)."""
     budget = group.add_mutually_exclusive_group()

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .arguments import add_budget_arguments, budget_options
+from .arguments import add_budget_arguments, budget_options, chunk_size
 from .config import FinchConfig
 from .pipeline import ALLOCATIONS, Answer, FinchRAG
 from .prompts import Passage
@@ -26,6 +26,7 @@ DEMO_CORPUS = "demo_corpus.json"
 DEMO_TOP_K = 6
 DEMO_RATIO = 0.5  # the 135M default model answers the demo questions reliably at 2x, less so at 4x
 DEMO_CHUNK_SIZE = 256
+CHUNK_UNSET = object()  # --chunk-size not given: None is a value (one pass), so absence needs its own marker
 
 
 class CLIError(Exception):
@@ -42,7 +43,13 @@ def load_demo_corpus() -> dict[str, Any]:
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     add_budget_arguments(common, ratio_help="fraction of the context removed, in [0, 1) (0.75 = 4x compression)")
-    common.add_argument("--chunk-size", type=int, metavar="S", help="context tokens read per step (default 512)")
+    common.add_argument(
+        "--chunk-size",
+        type=chunk_size,
+        default=CHUNK_UNSET,
+        metavar="S|auto|none",
+        help="context tokens read per step; 'auto' (default): one pass when it fits, else 512; 'none': one pass",
+    )
     common.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="answer length limit (default 64)")
     common.add_argument(
         "--model",
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, default_ratio: float | None = None) -> FinchConfig:
     options: dict[str, Any] = {"progress": not args.no_progress}
-    if args.chunk_size is not None:
+    if args.chunk_size is not CHUNK_UNSET:
         options["chunk_size"] = args.chunk_size
     try:
         budget = budget_options(args)
@@ -135,7 +142,7 @@ def _pipeline(args: argparse.Namespace, config: FinchConfig, top_k: int = 8) -> 
 def _demo(args: argparse.Namespace) -> None:
     corpus = load_demo_corpus()
     config = _config(args, default_ratio=DEMO_RATIO)
-    if args.chunk_size is None:
+    if args.chunk_size is CHUNK_UNSET:
         config = config.replace(chunk_size=DEMO_CHUNK_SIZE)
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}.")

@@ -87,6 +87,7 @@ __all__ = [
     "Prepared",
     "RankWeighting",
     "SamplingOptions",
+    "ChunkSize",
     "TargetTokens",
     "accumulate",
     "as_passage",
@@ -133,6 +134,20 @@ def _budget(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 
 TargetTokens = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"] | None, WrapValidator(_budget)]
 """The type of a front end's ``target_tokens``: ``B``, ``"auto"`` or ``None`` (not set), with one clear error."""
+
+
+def _chunk(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError(
+            f'must be an int >= 1 (tokens per step), "auto" (one pass when it fits, else 512) or None (one pass), '
+            f"got {value!r}"
+        ) from None
+
+
+ChunkSize = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"] | None, WrapValidator(_chunk)]
+"""The type of a front end's ``chunk_size``: ``S``, ``"auto"`` or ``None`` (one pass), with one clear error."""
 
 _KEY_LINE = re.compile(rf"^[ \t]*{CACHE_KEY}:[ \t]*{CACHE_KEY_PATTERN.pattern}[ \t]*\n?", re.MULTILINE)
 
@@ -550,7 +565,9 @@ class FinchOptions(BaseModel):
         "(the fewest entries holding attention_mass of the question's attention, at most max_target_tokens).",
     )
     compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
-    chunk_size: int | None = Field(512, ge=1, description="Context tokens read per step; None for a single pass.")
+    chunk_size: ChunkSize = Field(
+        "auto", description='Context tokens read per step; "auto": one pass when it fits, else 512; None: one pass.'
+    )
     attention_mass: float | None = Field(
         None,
         gt=0,

@@ -11,20 +11,11 @@ import os
 from typing import Any
 
 from ..allocation import ALLOCATIONS
-from ..arguments import add_budget_arguments, budget_options
+from ..arguments import add_budget_arguments, budget_options, chunk_size
 from ..config import FinchConfig
 from .settings import ServerSettings
 
 API_KEY_ENV = "FINCH_RAG_API_KEY"
-
-
-def _chunk_size(value: str) -> int | None:
-    if value.lower() in {"none", "all"}:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'none' (one pass), got {value!r}") from None
 
 
 def add_serve_parser(commands: Any) -> None:
@@ -66,10 +57,10 @@ def add_serve_parser(commands: Any) -> None:
     add_budget_arguments(compression, ratio_help="fraction of the context removed (default 0.75)")
     compression.add_argument(
         "--chunk-size",
-        type=_chunk_size,
-        metavar="S",
-        default=512,
-        help="context tokens read per step, or 'none' for one pass (default 512)",
+        type=chunk_size,
+        metavar="S|auto|none",
+        default="auto",
+        help="context tokens read per step; 'auto' (default): one pass when it fits, else 512; 'none': one pass",
     )
     compression.add_argument(
         "--allocation",

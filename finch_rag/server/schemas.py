@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..frontends import TargetTokens
+from ..frontends import ChunkSize, TargetTokens
 from .errors import APIError
 
 
@@ -37,7 +37,9 @@ class CompressionOptions(BaseModel):
         None, description='B: context KV entries kept per layer and KV head; "auto" picks B per question.'
     )
     compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
-    chunk_size: int | None = Field(None, ge=1, description="Context tokens read per step; null for one pass.")
+    chunk_size: ChunkSize = Field(
+        None, description='Context tokens read per step; "auto": one pass when it fits, else 512; null: one pass.'
+    )
     attention_mass: float | None = Field(
         None, gt=0, le=1, description='With target_tokens "auto": share of the question\'s attention to keep.'
     )
@@ -63,7 +65,7 @@ class _WithOptions(BaseModel):
     finch: CompressionOptions | None = Field(None, description="Compression options (finch-rag extension).")
     target_tokens: TargetTokens = None
     compression_ratio: float | None = Field(None, ge=0, lt=1)
-    chunk_size: int | None = Field(None, ge=1)
+    chunk_size: ChunkSize = None
     attention_mass: float | None = Field(None, gt=0, le=1)
     max_target_tokens: int | None = Field(None, ge=1)
     allocation: Literal["retrieval_weighted", "global"] | None = None
