@@ -10,12 +10,12 @@ from typing import Literal
 
 AUTO_CHUNK_SIZE = 512
 """``S`` under ``chunk_size="auto"`` when the context must be read in chunks."""
-AUTO_SINGLE_PASS_TOKENS = 2048
+AUTO_SINGLE_PASS_TOKENS = 1536
 """The most tokens (context plus question) one forward pass reads under ``chunk_size="auto"``: the memory cap.
 
-Activations, and the question rows' attention over them, grow with a pass's length; past this a single pass
-is also slower than chunks on a CPU, because attention's cost grows with the square of the pass
-(``docs/results/cost.md``)."""
+Activations, and the question rows' attention over them, grow with a pass's length. Past about this length a
+single pass is also slower than chunks of 512 on a CPU (the embedded model, one thread, one process: 0.88x
+the chunked time at 1,024 context tokens, 1.38x at 2,048; ``docs/results/cost.md``)."""
 
 
 def resolve_chunk_size(
