@@ -163,6 +163,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     from transformers import DynamicCache, StaticCache
 
     from finch_rag import FinchCompressor, FinchConfig, Passage, load_model
+    from finch_rag.compression.cache import cache_kwargs
     from finch_rag.generation import SamplingParams, generate_token_ids
     from finch_rag.prompts import build_prompt
 
@@ -223,11 +224,11 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
             model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
-                past_key_values=cache,
                 max_new_tokens=new_tokens,
                 min_new_tokens=new_tokens,
                 do_sample=False,
                 pad_token_id=0,
+                **cache_kwargs(model, cache),  # the name generate takes it under, as the forward does
             )
         return time.perf_counter() - started
 
