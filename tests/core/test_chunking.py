@@ -49,8 +49,8 @@ def test_step_budget_ends_at_budget(n, budget):
     ("context", "question", "prefix", "window", "budget", "expected"),
     [
         (1000, 20, 10, 8192, 256, None),  # fits the window and the memory cap: one pass
-        (AUTO_SINGLE_PASS_TOKENS - 20, 20, 10, 8192, 256, None),  # exactly at the cap
-        (AUTO_SINGLE_PASS_TOKENS - 19, 20, 10, 8192, 256, AUTO_CHUNK_SIZE),  # one token past the cap
+        (AUTO_SINGLE_PASS_TOKENS, 20, 10, 8192, 256, None),  # exactly at the cap
+        (AUTO_SINGLE_PASS_TOKENS + 1, 20, 10, 8192, 256, AUTO_CHUNK_SIZE),  # one token past the cap
         (8000, 20, 10, 0, 256, AUTO_CHUNK_SIZE),  # no known window: the cap alone decides
         (600, 20, 10, 512, 100, 382),  # past the window: chunks small enough for P + B + S + m <= window
         (30, 20, 10, 512, 30, None),
