@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from finch_rag.arguments import chunk_size
 
@@ -163,7 +163,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     from transformers import DynamicCache, StaticCache
 
     from finch_rag import FinchCompressor, FinchConfig, Passage, load_model
-    from finch_rag.compression.cache import cache_kwargs
+    from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
     from finch_rag.generation import SamplingParams, generate_token_ids
     from finch_rag.prompts import build_prompt
 
@@ -211,8 +211,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
 
     def static_generate(compressed: Any, answer_input: Any, new_tokens: int) -> float:
         """Seconds of transformers' ``generate`` on a StaticCache holding a copy of the compressed cache."""
-        keys = [layer.keys for layer in compressed.cache.as_cache().layers]
-        values = [layer.values for layer in compressed.cache.as_cache().layers]
+        keys, values = all_layer_tensors(compressed.cache.as_cache())
         cached = keys[0].shape[2]
         cache = StaticCache(config=model.config, max_cache_len=cached + answer_input.shape[1] + new_tokens)
         for layer, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
@@ -221,7 +220,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
         ids = torch.cat((torch.zeros((1, cached), dtype=torch.long), answer_input), dim=1)
         started = time.perf_counter()
         with torch.inference_mode():
-            model.generate(
+            cast(Any, model).generate(  # GenerationMixin's generate, which the stubs do not show on the model
                 ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=new_tokens,
@@ -260,7 +259,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     machine = f"{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch {torch.__version__}, threads={args.threads}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"machine": machine, "args": {k: v for k, v in vars(args).items()}, "records": records}
+    summary: dict[str, Any] = {"machine": machine, "args": vars(args), "records": records}
     summary |= {"weight_floor_ms_per_token": floor_ms, "read_bandwidth_gb_s": bandwidth}
     (out / "cost_alternate.json").write_text(json.dumps(summary, indent=2))
     table = _alternate_markdown(records, machine, args, floor_ms, bandwidth)

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -161,20 +161,20 @@ def static_cache_generate(compressor: FinchCompressor, compressed: CompressedCon
     """
     from transformers import StaticCache
 
-    from finch_rag.compression.cache import cache_kwargs
+    from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
 
     model = compressor.model
     device = next(model.parameters()).device
-    layers = compressed.cache.as_cache().layers
-    cached = int(layers[0].keys.shape[2])
+    keys, values = all_layer_tensors(compressed.cache.as_cache())
+    cached = int(keys[0].shape[2])
     answer = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0).to(device)
     cache = StaticCache(config=model.config, max_cache_len=cached + answer.shape[1] + new_tokens)
-    for layer, entry in enumerate(layers):
-        cache.update(entry.keys.clone(), entry.values.clone(), layer)
+    for layer, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
+        cache.update(layer_keys.clone(), layer_values.clone(), layer)
     # generate skips the ids the cache already holds; any ids stand in for them.
     ids = torch.cat((torch.zeros((1, cached), dtype=torch.long, device=device), answer), dim=1)
     with torch.inference_mode():
-        out = model.generate(
+        out = cast(Any, model).generate(  # GenerationMixin's generate, which the stubs do not show on the model
             ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=new_tokens,
