@@ -8,8 +8,10 @@ explicit ``disable=`` overrides; hence the check here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -28,3 +30,21 @@ def bars_allowed() -> bool:
 def progress_bar(*, total: int, desc: str, unit: str, enabled: bool = True) -> tqdm[Any]:
     """A tqdm bar over ``total`` items, shown only if ``enabled`` and `bars_allowed`."""
     return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and bars_allowed()))
+
+
+@contextlib.contextmanager
+def transformers_bars_as_ours() -> Iterator[None]:
+    """Hide transformers' own bars (weight loading, conversion) inside the block unless `bars_allowed`.
+
+    transformers switches its bars globally; the previous setting is restored on exit.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    if bars_allowed() or not transformers_logging.is_progress_bar_enabled():
+        yield
+        return
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.enable_progress_bar()

@@ -68,3 +68,4 @@ def test_progress_false_hides_the_bar_on_a_terminal(monkeypatch, tiny_models, ti
     terminal = stderr_is(monkeypatch, Terminal())
     compress_chunked(tiny_models, tiny_tokenizer, progress=False)
     assert terminal.getvalue() == ""
+
