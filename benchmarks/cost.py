@@ -5,6 +5,12 @@ methods see the same input, so the ratios are the figures to quote; absolute sec
 machine (named in the output).
 
     python -m benchmarks cost --lengths 2048 8192 32768 --target-tokens 256 --chunk-size 512
+
+``--alternate`` measures in one process instead, alternating the methods within each repeat, with answers of
+equal length (no early stop), and adds decoding from the compressed cache against transformers' own
+``generate`` on a static cache and against the machine's weight-read floor (`_alternate`, ``cost_alternate.md``):
+
+    python -m benchmarks cost --alternate --lengths 1024 2048 --chunk-size auto 512 --threads 1
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from finch_rag.arguments import chunk_size
 
 from .common import RESULTS_DIR, cpu_name, data_dir
 
@@ -107,6 +115,212 @@ def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
         "repeats": args.repeats,
     }
     return record
+
+
+def _timed_tokens(token_ids: Any) -> tuple[float, float, int]:
+    """Drain a token iterator: (seconds to the first token, seconds for the rest, tokens)."""
+    started = time.perf_counter()
+    first = last = started
+    count = 0
+    for _ in token_ids:
+        last = time.perf_counter()
+        if count == 0:
+            first = last
+        count += 1
+    return first - started, last - first, count
+
+
+def _weight_floor_ms(model: Any) -> tuple[float, float]:
+    """(ms to read every weight once at this core's streaming bandwidth, that bandwidth in GB/s).
+
+    Greedy decoding of one sequence multiplies each weight matrix by one vector, so each token reads all the
+    weights from memory: no decoding loop of the same weights and dtype gets below this time per token.
+    """
+    import torch
+
+    block = torch.ones(64 * 2**20)  # 256 MiB, far past the caches
+    seconds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        block.sum()
+        seconds.append(time.perf_counter() - started)
+    bandwidth = block.numel() * block.element_size() / statistics.median(seconds)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 1000 * weight_bytes / bandwidth, bandwidth / 1e9
+
+
+def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
+    """Finch (one row per --chunk-size) vs full prefill, compress+answer and decoding, in one process.
+
+    Each repeat runs every method once, in turn, on the same input; the table gives medians over repeats and
+    ratios of those medians. Answers are ``--new-tokens`` long for every method: decoding does not stop at
+    end-of-sequence, so all methods decode the same number of tokens through the library's own loop
+    (`finch_rag.generation.generate_token_ids`).
+    """
+    import threading
+
+    import torch
+    from transformers import DynamicCache, StaticCache
+
+    from finch_rag import FinchCompressor, FinchConfig, Passage, load_model
+    from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
+    from finch_rag.generation import SamplingParams, generate_token_ids
+    from finch_rag.prompts import build_prompt
+
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model)
+    lock = threading.RLock()
+    params = SamplingParams(max_new_tokens=args.new_tokens)
+    compressors = {
+        size: FinchCompressor(model, tokenizer, FinchConfig(target_tokens=args.target_tokens, chunk_size=size))
+        for size in args.chunk_size
+    }
+    parts = build_prompt(tokenizer, [Passage("placeholder")], _QUESTION)
+    prefix_ids, question_ids, suffix_ids = parts.prefix_ids, parts.question_ids, parts.suffix_ids
+    next(iter(compressors.values())).compress_ids(list(range(100, 164)), question_ids, prefix_ids)  # warm-up
+    window = next(iter(compressors.values())).context_window
+
+    def finch(compressor: FinchCompressor, context: list[int]) -> dict[str, float]:
+        started = time.perf_counter()
+        compressed = compressor.compress_ids(context, question_ids, prefix_ids, suffix_ids=suffix_ids)
+        compress_s = time.perf_counter() - started
+        answer_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0)
+        tokens = generate_token_ids(model, compressed.cache.as_cache(), answer_input, params, set(), lock)
+        first_s, rest_s, count = _timed_tokens(tokens)
+        return {
+            "compress_s": compress_s,
+            "answer_s": first_s + rest_s,
+            "total_s": compress_s + first_s + rest_s,
+            "decode_ms": 1000 * rest_s / (count - 1),
+            "chunks": compressed.stats["num_chunks"],
+            "cache": compressed.cache_length,
+            "answer_input": answer_input,
+            "compressed": compressed,
+        }
+
+    def full(context: list[int]) -> dict[str, float]:
+        prompt = torch.tensor([prefix_ids + context + question_ids + suffix_ids])
+        started = time.perf_counter()
+        tokens = generate_token_ids(model, DynamicCache(), prompt, params, set(), lock)
+        first_s, rest_s, count = _timed_tokens(tokens)
+        return {
+            "prefill_s": first_s,
+            "total_s": time.perf_counter() - started,
+            "decode_ms": 1000 * rest_s / (count - 1),
+        }
+
+    def static_generate(compressed: Any, answer_input: Any, new_tokens: int) -> float:
+        """Seconds of transformers' ``generate`` on a StaticCache holding a copy of the compressed cache."""
+        keys, values = all_layer_tensors(compressed.cache.as_cache())
+        cached = keys[0].shape[2]
+        cache = StaticCache(config=model.config, max_cache_len=cached + answer_input.shape[1] + new_tokens)
+        for layer, (layer_keys, layer_values) in enumerate(zip(keys, values, strict=True)):
+            cache.update(layer_keys.clone(), layer_values.clone(), layer)
+        # generate skips the ids the cache already holds; any ids stand in for them.
+        ids = torch.cat((torch.zeros((1, cached), dtype=torch.long), answer_input), dim=1)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            cast(Any, model).generate(  # GenerationMixin's generate, which the stubs do not show on the model
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+                **cache_kwargs(model, cache),  # the name generate takes it under, as the forward does
+            )
+        return time.perf_counter() - started
+
+    floor_ms, bandwidth = _weight_floor_ms(model)
+    records: list[dict[str, Any]] = []
+    for length in args.lengths:
+        context = _haystack_ids(tokenizer, data_dir(args.data), length)
+        fits = len(prefix_ids + context + question_ids + suffix_ids) + args.new_tokens <= window
+        samples: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.repeats):
+            for size, compressor in compressors.items():
+                samples.setdefault(f"finch S={size}", []).append(finch(compressor, context))
+            if fits:
+                samples.setdefault("full", []).append(full(context))
+            last = samples[f"finch S={args.chunk_size[0]}"][-1]
+            one = static_generate(last["compressed"], last["answer_input"], 1)
+            many = static_generate(last["compressed"], last["answer_input"], args.new_tokens)
+            samples.setdefault("static", []).append({"decode_ms": 1000 * (many - one) / (args.new_tokens - 1)})
+        record: dict[str, Any] = {"context_tokens": length}
+        for method, runs in samples.items():
+            record[method] = {
+                key: statistics.median(run[key] for run in runs)
+                for key in runs[0]
+                if key not in ("answer_input", "compressed")
+            }
+        records.append(record)
+        print(json.dumps(record), file=sys.stderr)
+
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch {torch.__version__}, threads={args.threads}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"machine": machine, "args": vars(args), "records": records}
+    summary |= {"weight_floor_ms_per_token": floor_ms, "read_bandwidth_gb_s": bandwidth}
+    (out / "cost_alternate.json").write_text(json.dumps(summary, indent=2))
+    table = _alternate_markdown(records, machine, args, floor_ms, bandwidth)
+    (out / "cost_alternate.md").write_text(
+        "# Cost, one process: Finch vs full prefill, methods alternated\n\nCommand: `python -m benchmarks cost "
+        + " ".join(argv)
+        + "`\n\n"
+        + table
+    )
+    print(table)
+    return 0
+
+
+def _alternate_markdown(
+    records: list[dict[str, Any]], machine: str, args: argparse.Namespace, floor_ms: float, bandwidth: float
+) -> str:
+    sizes = [f"finch S={size}" for size in args.chunk_size]
+    lines = [
+        f"Machine: {machine}. Model: {args.model or 'SmolLM2-135M-Instruct (embedded default)'}, "
+        f"B={args.target_tokens}, {args.new_tokens} answer tokens for every method (no early stop), median of "
+        f"{args.repeats} repeats; each repeat runs every method once, in turn, in one process.",
+        "",
+        "| context tokens | method | chunks | compress or prefill s | compress+answer s | ratio to full |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for record in records:
+        full = record.get("full")
+        for method in sizes:
+            row = record[method]
+            ratio = f"{row['total_s'] / full['total_s']:.2f}" if full else "-"
+            lines.append(
+                f"| {record['context_tokens']} | {method} | {row['chunks']:.0f} | {row['compress_s']:.2f} | "
+                f"{row['total_s']:.2f} | {ratio} |"
+            )
+        if full:
+            lines.append(
+                f"| {record['context_tokens']} | full prefill | - | {full['prefill_s']:.2f} | {full['total_s']:.2f} | "
+                "1.00 |"
+            )
+        else:
+            lines.append(f"| {record['context_tokens']} | full prefill | - | past the window | - | - |")
+    lines += [
+        "",
+        f"Decoding, ms per token after the first (greedy, {args.new_tokens} tokens): the library's loop on the "
+        f"compressed cache ({sizes[0]}), transformers' `generate` on a StaticCache holding a copy of the same "
+        "compressed cache, and the library's loop on the full context's cache. Floor: the time to read every "
+        f"weight once at this core's streaming bandwidth, {bandwidth:.1f} GB/s measured in the same run "
+        "(`_weight_floor_ms`).",
+        "",
+        "| context tokens | Finch loop ms/token | static-cache generate ms/token | full-context ms/token | "
+        "weight-read floor ms/token | Finch / floor |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for record in records:
+        finch_ms = record[sizes[0]]["decode_ms"]
+        full_ms = f"{record['full']['decode_ms']:.1f}" if "full" in record else "past the window"
+        lines.append(
+            f"| {record['context_tokens']} | {finch_ms:.1f} | {record['static']['decode_ms']:.1f} | {full_ms} | "
+            f"{floor_ms:.1f} | {finch_ms / floor_ms:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _markdown(records: list[dict[str, Any]], machine: str, args: argparse.Namespace) -> str:
@@ -203,19 +417,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     parser.add_argument("--target-tokens", type=int, default=256)
-    parser.add_argument("--chunk-size", type=int, default=512)
+    parser.add_argument(
+        "--chunk-size",
+        type=chunk_size,
+        nargs="+",
+        default=[512],
+        help="S: an int, 'auto' or 'none'; with --alternate, several are measured side by side (default 512)",
+    )
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None)
     parser.add_argument("--data", default=None, help="data folder (default: $FINCH_RAG_DATA, else ../shared/data)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
+    parser.add_argument(
+        "--alternate", action="store_true", help="one process, methods alternated per repeat (cost_alternate.md)"
+    )
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.alternate:
+        return _alternate(args, argv if argv is not None else sys.argv[1:])
+    if len(args.chunk_size) > 1:
+        raise SystemExit("Several --chunk-size values need --alternate.")
+    args.chunk_size = args.chunk_size[0]
     if args.worker:
         print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args)))
         return 0

@@ -10,7 +10,7 @@ an error at import. Range checks are left to `FinchConfig`, whose errors name th
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from .allocation import ALLOCATIONS
@@ -30,14 +30,20 @@ def target_tokens(value: str) -> int | str:
         ) from None
 
 
-def chunk_size_or_none(value: str) -> int | None:
-    """``--chunk-size`` where a single pass may be asked for: an int, or ``none``/``all``."""
-    if value.lower() in {"none", "all"}:
+def chunk_size(value: str) -> int | str | None:
+    """``--chunk-size``: an int, ``"auto"`` (the default rule), or ``"none"``/``"all"`` for one pass (any case)."""
+    word = value.strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in {"none", "all"}:
         return None
     try:
         return int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or 'none' (one pass), got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an int (tokens per step), 'auto' (one pass when it fits, else 512) or 'none' (one pass), "
+            f"got {value!r}"
+        ) from None
 
 
 FLAGS: dict[str, str] = {name: "--" + name.replace("_", "-") for name in BudgetOptions.model_fields}
@@ -52,7 +58,11 @@ _ARGUMENTS: dict[str, dict[str, Any]] = {
         "question's attention, at most --max-target-tokens (for questions whose best B you cannot pick)",
     },
     "compression_ratio": {"type": float, "metavar": "R", "help": "fraction of the context removed"},
-    "chunk_size": {"type": int, "metavar": "S", "help": "context tokens read per step"},
+    "chunk_size": {
+        "type": chunk_size,
+        "metavar": "S|auto|none",
+        "help": "context tokens read per step; 'auto': one pass when it fits, else 512; 'none': one pass",
+    },
     "attention_mass": {
         "type": float,
         "metavar": "M",
@@ -76,36 +86,36 @@ def add_budget_arguments(
     *,
     defaults: Mapping[str, Any] | None = None,
     notes: Mapping[str, str] | None = None,
-    chunk_size: Callable[[str], int | None] = int,
 ) -> None:
     """Add a flag for each `BudgetOptions` field to ``group`` (a parser or an argument group).
 
-    ``defaults`` and ``notes`` (appended to a flag's help) are per field name; ``chunk_size`` parses
-    ``--chunk-size`` (`chunk_size_or_none` where a single pass may be asked for). ``--target-tokens`` and
+    ``defaults`` and ``notes`` (appended to a flag's help) are per field name. ``--target-tokens`` and
     ``--ratio`` form argparse's mutually exclusive group, so the usage line shows that one budget is given.
     """
     defaults, notes = defaults or {}, notes or {}
     budget = group.add_mutually_exclusive_group()
     for name in BudgetOptions.model_fields:
-        options = dict(_ARGUMENTS[name], default=defaults.get(name))
-        if name == "chunk_size":
-            options["type"] = chunk_size
+        # A flag left out leaves no attribute (SUPPRESS), so "not given" differs from `--chunk-size none` (None).
+        options = dict(_ARGUMENTS[name], default=defaults.get(name, argparse.SUPPRESS))
         if name in notes:
             options["help"] = f"{options['help']} {notes[name]}"
         (budget if name in ("target_tokens", "compression_ratio") else group).add_argument(FLAGS[name], **options)
 
 
+_NOT_GIVEN = object()
+
+
 def _value(args: argparse.Namespace, name: str) -> Any:
-    return getattr(args, FLAGS[name].removeprefix("--").replace("-", "_"))
+    return getattr(args, FLAGS[name].removeprefix("--").replace("-", "_"), _NOT_GIVEN)
 
 
 def budget_options(args: argparse.Namespace) -> dict[str, Any]:
-    """`FinchConfig` keyword arguments for the budget flags given (`CONFIG_FIELDS`; a flag left out: none).
+    """`FinchConfig` keyword arguments for the budget flags given or defaulted (`CONFIG_FIELDS`; a flag left out: none).
 
     Raises ``ValueError`` when ``--attention-mass`` or ``--max-target-tokens`` comes without
     ``--target-tokens auto``: they would be ignored.
     """
-    options = {name: value for name in CONFIG_FIELDS if (value := _value(args, name)) is not None}
+    options = {name: value for name in CONFIG_FIELDS if (value := _value(args, name)) is not _NOT_GIVEN}
     auto = [FLAGS[name] for name in AUTO_OPTIONS if name in options]
     if auto and options.get("target_tokens") != "auto":
         raise ValueError(

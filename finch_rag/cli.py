@@ -47,7 +47,7 @@ def _common_options() -> argparse.ArgumentParser:
         defaults={"allocation": RETRIEVAL_WEIGHTED},
         notes={
             "compression_ratio": "(in [0, 1); 0.75 = 4x compression)",
-            "chunk_size": "(default 512)",
+            "chunk_size": "(default auto; the demo reads 256 per step)",
             "allocation": "(retrieval_weighted, the default: the best passage is packed next to the question; "
             "global: plain FINCH)",
         },
@@ -136,7 +136,7 @@ def _pipeline(args: argparse.Namespace, config: FinchConfig, top_k: int = 8) -> 
 def _demo(args: argparse.Namespace) -> None:
     corpus = load_demo_corpus()
     config = _config(args, default_ratio=DEMO_RATIO)
-    if args.chunk_size is None:
+    if not hasattr(args, "chunk_size"):  # not given (a flag left out sets no attribute)
         config = config.replace(chunk_size=DEMO_CHUNK_SIZE)
     if args.top_k < 1:
         raise CLIError(f"--top-k must be >= 1, got {args.top_k}.")

@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._locks import model_lock
+from .compression.chunking import resolve_chunk_size
 from .compression.loop import CompressionRequest, compress_batch
 from .compression.rotation import KeyRotation
 from .config import FinchConfig
@@ -279,7 +280,8 @@ class FinchCompressor:
                 f"does not fit the model's window of {window} tokens. Shorten the question."
             )
         budget = config.budget(context)
-        chunk = min(config.chunk_size or context, context)
+        chunk_size = resolve_chunk_size(config.chunk_size, context, question, prefix, window, budget)
+        chunk = min(chunk_size or context, context)
         # A single pass has no earlier survivors next to its chunk; the chunked loop holds up to B of them.
         held = context if context <= budget or chunk == context else budget + chunk
         peak_position = prefix + held + question

@@ -36,9 +36,11 @@ class FinchConfig:
     compression_ratio : float, optional
         Fraction of the context removed (kvpress's convention): ``B = floor(n * (1 - r))``. ``0`` keeps
         everything.
-    chunk_size : int or None
+    chunk_size : int, "auto" or None
         ``S``, context tokens read per step. ``None`` reads the whole context in one pass (kvpress's
-        ``FinchPress``); memory then grows with the context.
+        ``FinchPress``); memory then grows with the context. ``"auto"`` (the default) reads it in one pass
+        when that fits the model's window and the context has at most 1,024 tokens, and in chunks of 512 otherwise
+        (`finch_rag.compression.chunking.resolve_chunk_size`; ``docs/configuration.md``).
     selection : {"per_head", "per_layer", "shared", "random", "recency", "first"}
         ``"per_head"``: each KV head keeps its own columns, scored by the mean over its query group
         (kvpress). ``"per_layer"``: all heads of a layer keep the same columns (the authors' code).
@@ -72,7 +74,8 @@ class FinchConfig:
     system_prompt : str, optional
         System message for the chat template; ``None`` keeps the template's default.
     progress : bool
-        Show a tqdm bar over chunks.
+        Show a tqdm bar over chunks, when stderr is a terminal and ``TQDM_DISABLE`` is not set
+        (`finch_rag.progress`).
     attention_mass : float
         With ``target_tokens="auto"``: the share of the question's attention (after sentence pooling and
         priors) that the kept entries must hold, in ``(0, 1]``.
@@ -83,7 +86,7 @@ class FinchConfig:
 
     target_tokens: int | Literal["auto"] | None = None
     compression_ratio: float | None = None
-    chunk_size: int | None = 512
+    chunk_size: int | Literal["auto"] | None = "auto"
     selection: Selection = "shared"
     normalize_scores: bool = True
     smoothing: int = 21
@@ -117,9 +120,9 @@ class FinchConfig:
                     f"compression_ratio is the fraction of the context removed and must be in [0, 1), got {ratio}. "
                     "For a 4x compression use 0.75."
                 )
-        if self.chunk_size is not None:
+        if self.chunk_size is not None and self.chunk_size != "auto":
             if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int):
-                raise TypeError(f"chunk_size must be an int >= 1 or None, got {self.chunk_size!r}.")
+                raise TypeError(f'chunk_size must be an int >= 1, "auto" or None, got {self.chunk_size!r}.')
             if self.chunk_size < 1:
                 raise ValueError(f"chunk_size must be >= 1 (or None for a single pass), got {self.chunk_size}.")
         if self.selection not in SELECTIONS:

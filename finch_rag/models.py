@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .progress import transformers_bars_as_ours
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -101,6 +103,17 @@ def load_model(
     **model_kwargs
         Passed to ``from_pretrained``.
     """
+    with transformers_bars_as_ours():
+        return _load(name_or_path, device, dtype, attn_implementation, **model_kwargs)
+
+
+def _load(
+    name_or_path: str | os.PathLike[str] | None,
+    device: str | torch.device | None,
+    dtype: torch.dtype | str | None,
+    attn_implementation: str | None,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     resolved_device = resolve_device(device)
     settings = _auto_settings(resolved_device, dtype, attn_implementation) | model_kwargs
     directory: Path | str

@@ -16,12 +16,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .allocation import ALLOCATIONS, RETRIEVAL_WEIGHTED, Allocation, PassageAllocation, RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
+from .progress import progress_bar
 from .prompts import Passage
 from .retrieval import NO_CONTEXT_ANSWER, Document, EmbeddingRetriever, RetrievedPassage, Retriever
 
@@ -216,11 +215,11 @@ class FinchRAG:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         answers: list[Answer] = []
-        bar = tqdm(
+        bar = progress_bar(
             total=len(questions),
             desc="finch-rag: questions",
             unit="question",
-            disable=not self.config.progress or len(questions) < 2,
+            enabled=self.config.progress and len(questions) > 1,
         )
         with bar:
             for start in range(0, len(questions), batch_size):

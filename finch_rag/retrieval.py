@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from .progress import bars_allowed
 from .prompts import Passage
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class EmbeddingRetriever:
             batch_size=self.batch_size,
             convert_to_tensor=True,
             normalize_embeddings=True,
-            show_progress_bar=progress,
+            show_progress_bar=progress and bars_allowed(),
         )
         return embeddings.detach().float().cpu()
 

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import Cache, DynamicCache, PreTrainedModel
 from transformers.cache_utils import CacheLayerMixin
 
 LayerTensors = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]
@@ -57,7 +57,7 @@ def decoder_of(model: PreTrainedModel) -> torch.nn.Module:
     return model.get_decoder() if hasattr(model, "get_decoder") else model
 
 
-def cache_kwargs(module: torch.nn.Module, cache: DynamicCache) -> dict[str, DynamicCache]:
+def cache_kwargs(module: torch.nn.Module, cache: Cache) -> dict[str, Cache]:
     """``{name: cache}`` for ``module(..., **cache_kwargs(module, cache))``, under the name its forward takes.
 
     Newer transformers 5.x call the argument ``cache`` and deprecate ``past_key_values``; earlier 5.x only

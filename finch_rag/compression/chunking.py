@@ -1,8 +1,53 @@
-"""Splitting the context into chunks of at most ``S`` tokens, ending at passage boundaries when possible."""
+"""Splitting the context into chunks of at most ``S`` tokens, ending at passage boundaries when possible.
+
+``chunk_size="auto"`` (`FinchConfig`'s default) is resolved here, per request, by `resolve_chunk_size`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
+
+AUTO_CHUNK_SIZE = 512
+"""``S`` under ``chunk_size="auto"`` when the context must be read in chunks."""
+AUTO_SINGLE_PASS_TOKENS = 1024
+"""The longest context read in one pass under ``chunk_size="auto"``: the memory cap.
+
+Activations, and the question rows' attention over them, grow with a pass's length, and a long single pass is
+also slower than chunks of 512 on a CPU (the embedded model, one thread, one process: one pass took 0.88x the
+chunked time at 1,024 context tokens, 1.38x at 2,048; ``docs/results/cost.md``). The cap is the longest length
+measured to gain; it leaves the 1.5k-token needle results of the README (chunks of 512) as they were."""
+
+
+def resolve_chunk_size(
+    chunk_size: int | Literal["auto"] | None,
+    context_length: int,
+    question_length: int,
+    prefix_length: int = 0,
+    window: int = 0,
+    budget: int = 0,
+) -> int | None:
+    """The chunk size to read a context with: ``chunk_size`` itself unless it is ``"auto"``.
+
+    ``"auto"`` reads the context in one pass (``None``) when the pass fits both the model's ``window``
+    (``prefix + context + question`` positions; ``0``: no limit) and the memory cap
+    `AUTO_SINGLE_PASS_TOKENS` (context tokens). Otherwise it reads chunks of `AUTO_CHUNK_SIZE`,
+    fewer where the window needs it (``prefix + budget + S + question <= window``), so the memory bound
+    ``|P| + B + S + m`` holds with ``S <= AUTO_CHUNK_SIZE`` whatever the context length.
+
+    >>> resolve_chunk_size("auto", 1000, 20), resolve_chunk_size("auto", 8000, 20), resolve_chunk_size(64, 1000, 20)
+    (None, 512, 64)
+    >>> resolve_chunk_size("auto", 1000, 20, prefix_length=10, window=512, budget=100)
+    382
+    """
+    if chunk_size != "auto":
+        return chunk_size
+    fits_window = not window or prefix_length + context_length + question_length <= window
+    if fits_window and context_length <= AUTO_SINGLE_PASS_TOKENS:
+        return None
+    if not window:
+        return AUTO_CHUNK_SIZE
+    return max(1, min(AUTO_CHUNK_SIZE, window - prefix_length - budget - question_length))
 
 
 def chunk_bounds(

@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
 from ..config import FinchConfig
+from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
-from .chunking import chunk_bounds
+from .chunking import chunk_bounds, resolve_chunk_size
 from .registry import selection_policy
 from .rotation import KeyRotation
 from .selection import CandidateScores, SelectionPolicy
@@ -161,10 +161,11 @@ def compress_batch(
     # then compresses on SDPA throughout (see `attention.capturing_attention`).
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
     with capture:
-        states = [_start(decoder, request, index, config) for index, request in enumerate(requests)]
+        window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
+        states = [_start(decoder, request, index, config, window) for index, request in enumerate(requests)]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
-        progress = tqdm(
-            total=total_steps, desc="finch: compressing", unit="chunk", disable=not config.progress or total_steps < 2
+        progress = progress_bar(
+            total=total_steps, desc="finch: compressing", unit="chunk", enabled=config.progress and total_steps > 1
         )
         with progress:
             while active := [state for state in states if not state.done]:
@@ -179,15 +180,20 @@ def compress_batch(
     return [_result(state, state.seconds + overhead / len(states)) for state in states]
 
 
-def _start(decoder: torch.nn.Module, request: CompressionRequest, index: int, config: FinchConfig) -> _RequestState:
+def _start(
+    decoder: torch.nn.Module, request: CompressionRequest, index: int, config: FinchConfig, window: int
+) -> _RequestState:
     """A request's state after its prefix prefill; a context within budget is prefilled whole and is done."""
     started = time.perf_counter()
     context_length = request.context_ids.shape[1]
+    budget = config.budget(context_length)
+    question_length, prefix_length = request.question_ids.shape[1], request.prefix_ids.shape[1]
+    chunk_size = resolve_chunk_size(config.chunk_size, context_length, question_length, prefix_length, window, budget)
     state = _RequestState(
         request=request,
         index=index,
-        budget=config.budget(context_length),
-        bounds=chunk_bounds(context_length, config.chunk_size, request.passage_starts),
+        budget=budget,
+        bounds=chunk_bounds(context_length, chunk_size, request.passage_starts),
         keys=[],
         values=[],
     )

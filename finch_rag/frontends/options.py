@@ -42,6 +42,20 @@ TargetTokens = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"] | None, W
 """The type of a front end's ``target_tokens``: ``B``, ``"auto"`` or ``None`` (not set), with one clear error."""
 
 
+def _chunk(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError(
+            f'must be an int >= 1 (tokens per step), "auto" (one pass when it fits, else 512) or None (one pass), '
+            f"got {value!r}"
+        ) from None
+
+
+ChunkSize = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"] | None, WrapValidator(_chunk)]
+"""The type of a front end's ``chunk_size``: ``S``, ``"auto"`` or ``None`` (one pass), with one clear error."""
+
+
 class BudgetOptions(BaseModel):
     """How much of the context is kept, and how passages share it: the budget options, declared once.
 
@@ -55,8 +69,8 @@ class BudgetOptions(BaseModel):
         ``B``, or ``"auto"`` (`FinchConfig.target_tokens`).
     compression_ratio : float, optional
         Fraction of the context removed (`FinchConfig.compression_ratio`).
-    chunk_size : int or None
-        Context tokens read per step; ``None`` set explicitly is a single pass.
+    chunk_size : int, "auto" or None
+        Context tokens read per step (`FinchConfig.chunk_size`); ``None`` set explicitly is a single pass.
     attention_mass, max_target_tokens : float, int, optional
         With ``target_tokens="auto"``: the share of the question's attention kept, and the cap on ``B``.
     allocation : {"retrieval_weighted", "global"}, optional
@@ -71,7 +85,9 @@ class BudgetOptions(BaseModel):
         "(the fewest entries holding attention_mass of the question's attention, at most max_target_tokens).",
     )
     compression_ratio: float | None = Field(None, ge=0, lt=1, description="Fraction of the context removed.")
-    chunk_size: int | None = Field(512, ge=1, description="Context tokens read per step; null for a single pass.")
+    chunk_size: ChunkSize = Field(
+        "auto", description='Context tokens read per step; "auto": one pass when it fits, else 512; null: one pass.'
+    )
     attention_mass: float | None = Field(
         None,
         gt=0,

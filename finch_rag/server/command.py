@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from ..arguments import add_budget_arguments, budget_options, chunk_size_or_none
+from ..arguments import add_budget_arguments, budget_options
 from ..config import FinchConfig
 from .settings import ServerSettings
 
@@ -59,10 +59,9 @@ def add_serve_parser(commands: Any) -> None:
         defaults={"chunk_size": chunk_size, "allocation": defaults["allocation"].default},
         notes={
             "compression_ratio": "(default 0.75)",
-            "chunk_size": "(default 512), or 'none' for one pass",
+            "chunk_size": "(default auto)",
             "allocation": "(default retrieval_weighted)",
         },
-        chunk_size=chunk_size_or_none,
     )
     limits = serve.add_argument_group("batching and limits")
     limits.add_argument(
@@ -126,7 +125,7 @@ def add_serve_parser(commands: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """`ServerSettings` from the parsed ``serve`` arguments (``ValueError`` names a bad value)."""
-    options: dict[str, Any] = {"progress": False, **budget_options(args), "chunk_size": args.chunk_size}
+    options: dict[str, Any] = {"progress": False, **budget_options(args)}
     return ServerSettings(
         model=args.model,
         served_model_name=args.served_model_name,

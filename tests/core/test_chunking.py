@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from conftest import build_tiny_model, build_tiny_tokenizer
 
-from finch_rag.compression.chunking import chunk_bounds
+from finch_rag.compression.chunking import AUTO_CHUNK_SIZE, AUTO_SINGLE_PASS_TOKENS, chunk_bounds, resolve_chunk_size
 from finch_rag.compression.selection import step_budget
 
 
@@ -40,3 +42,62 @@ def test_step_budget_ends_at_budget(n, budget):
             assert previous <= kept <= budget
             previous = kept
         assert previous == budget
+
+
+# ------------------------------------------------------------------ chunk_size="auto"
+@pytest.mark.parametrize(
+    ("context", "question", "prefix", "window", "budget", "expected"),
+    [
+        (1000, 20, 10, 8192, 256, None),  # fits the window and the memory cap: one pass
+        (AUTO_SINGLE_PASS_TOKENS, 20, 10, 8192, 256, None),  # exactly at the cap
+        (AUTO_SINGLE_PASS_TOKENS + 1, 20, 10, 8192, 256, AUTO_CHUNK_SIZE),  # one token past the cap
+        (8000, 20, 10, 0, 256, AUTO_CHUNK_SIZE),  # no known window: the cap alone decides
+        (600, 20, 10, 512, 100, 382),  # past the window: chunks small enough for P + B + S + m <= window
+        (30, 20, 10, 512, 30, None),
+    ],
+)
+def test_auto_chunk_size_rule(context, question, prefix, window, budget, expected):
+    assert resolve_chunk_size("auto", context, question, prefix, window, budget) == expected
+    assert resolve_chunk_size(64, context, question, prefix, window, budget) == 64  # an explicit S is kept
+    assert resolve_chunk_size(None, context, question, prefix, window, budget) is None
+
+
+def _compress_auto(model, n: int, budget: int = 16):
+    from conftest import VOCAB
+
+    from finch_rag import FinchCompressor, FinchConfig
+
+    generator = torch.Generator().manual_seed(n)
+    context = torch.randint(8, VOCAB, (n,), generator=generator).tolist()
+    question, prefix = [9, 10, 11, 12, 13], [1, 4, 5]
+    compressor = FinchCompressor(model, build_tiny_tokenizer(), FinchConfig(target_tokens=budget, progress=False))
+    assert compressor.config.chunk_size == "auto"  # the default
+    return compressor.compress_ids(context, question, prefix), len(prefix), len(question)
+
+
+def test_auto_reads_in_one_pass_where_it_fits(tiny_models):
+    cc, prefix, question = _compress_auto(tiny_models("llama"), 300)  # 3 + 300 + 5 positions < window 512
+    assert cc.stats["num_chunks"] == 1
+    assert cc.stats["peak_kv_entries"] == prefix + 300 + question
+    assert cc.kept_tokens == 16
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_auto_chunks_past_the_window_within_the_memory_bound(tiny_models, arch):
+    model = tiny_models(arch)
+    n, budget = 1500, 16  # three times the tiny model's window of 512 positions
+    cc, prefix, question = _compress_auto(model, n, budget)
+    size = resolve_chunk_size("auto", n, question, prefix, model.config.max_position_embeddings, budget)
+    assert size is not None and size <= AUTO_CHUNK_SIZE
+    assert cc.stats["num_chunks"] >= -(-n // size) > 1
+    assert cc.stats["peak_kv_entries"] <= prefix + budget + size + question <= model.config.max_position_embeddings
+    assert cc.kept_tokens == budget
+
+
+def test_auto_chunks_past_the_memory_cap(arch):
+    # A window far above the cap, so only the cap forces chunks of AUTO_CHUNK_SIZE.
+    model = build_tiny_model(arch, max_position_embeddings=8192)
+    n, budget = AUTO_SINGLE_PASS_TOKENS + 100, 16
+    cc, prefix, question = _compress_auto(model, n, budget)
+    assert cc.stats["num_chunks"] == -(-n // AUTO_CHUNK_SIZE)
+    assert cc.stats["peak_kv_entries"] <= prefix + budget + AUTO_CHUNK_SIZE + question

@@ -55,6 +55,21 @@ def test_explicit_chunk_size_none_is_a_single_pass() -> None:
         merged_config(CONFIG, {"target_tokens": 3, "compression_ratio": 0.5})
 
 
+def test_chunk_size_auto_is_accepted_by_the_front_ends() -> None:
+    from finch_rag.cli import _config, build_parser
+    from finch_rag.server.schemas import CompressionOptions
+
+    assert Options().chunk_size == "auto" and FinchConfig().chunk_size == "auto"
+    assert Options(chunk_size="auto").config.chunk_size == "auto"
+    assert merged_config(CONFIG, {"chunk_size": "auto"}).chunk_size == "auto"
+    assert CompressionOptions(chunk_size="auto").explicit() == {"chunk_size": "auto"}
+    assert _config(build_parser().parse_args(["ask", "-f", "x", "--chunk-size", "auto", "q"])).chunk_size == "auto"
+    assert _config(build_parser().parse_args(["ask", "-f", "x", "--chunk-size", "none", "q"])).chunk_size is None
+    for bad in ("lots", 0):
+        with pytest.raises(ValueError, match="auto"):
+            Options(chunk_size=bad)
+
+
 def test_options_are_declared_once_and_validated(compressor: FinchCompressor) -> None:
     options = Options(compressor=compressor, target_tokens=8, allocation="global", weighting=RankWeighting(tau=2.0))
     assert options._compressor is compressor and options.compressor is compressor

@@ -39,6 +39,14 @@ def test_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         settings("--max-queue", "0")
 
 
+def test_chunk_size_auto_is_the_default_and_accepted() -> None:
+    assert settings().config.chunk_size == "auto"
+    assert settings("--chunk-size", "AUTO").config.chunk_size == "auto"
+    assert settings("--chunk-size", "64").config.chunk_size == 64
+    with pytest.raises(SystemExit):
+        settings("--chunk-size", "lots")
+
+
 def test_the_automatic_budget_as_the_default() -> None:
     parsed = settings("--target-tokens", "auto", "--attention-mass", "0.6", "--max-target-tokens", "256")
     assert parsed.config == FinchConfig(target_tokens="auto", attention_mass=0.6, max_target_tokens=256, progress=False)

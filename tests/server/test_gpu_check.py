@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def test_the_gpu_check_smoke_run_measures_and_checks(tmp_path: Path, monkeypatch
     for row in report["contexts"]:
         assert row["kept_tokens"] == 32 and row["chunks"] >= row["context_tokens"] // 64
         assert row["compress_s"] > 0 and row["full_prefill_s"] > 0
-        assert row["decode_ms_per_token_compressed"] > 0 and row["decode_ms_per_token_full"] > 0
+        # A difference of two timings of a random model (it may stop early): measured, not asserted positive.
+        assert math.isfinite(row["decode_ms_per_token_compressed"]) and math.isfinite(row["decode_ms_per_token_full"])
     assert [row["batch"] for row in report["batches"]] == [1, 4]
     checks = {check["check"]: check for check in report["checks"]}
     assert checks["padded batch equals alone (cpu, sdpa)"]["kept_positions_shared"] == [1.0] * 4
