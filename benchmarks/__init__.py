@@ -2,8 +2,24 @@
 
 Each suite writes JSON, Markdown tables and PNG plots (default ``docs/results/``) and reads the benchmark data
 from ``--data`` (default ``../shared/data``); both are relative to the working directory, the repository root.
-The suites call only finch-rag's public API. Nothing here runs at import time: `SUITES` names every suite and
-`run_suite` runs one (``benchmarks/__main__.py`` is the command line).
+Nothing here runs at import time: `SUITES` names every suite and `run_suite` runs one (``benchmarks/__main__.py``
+is the command line).
+
+The harness's own library, which the suites share instead of keeping copies:
+
+- `benchmarks.datasets`: the data loaders (SQuAD, HotpotQA, the essays and needles, L-Eval), seeded samples;
+- `benchmarks.stats`: means per group, evidence retention and all-hops, paired bootstrap differences and ratios;
+- `benchmarks.journal`: the resumable JSON-lines journal behind ``--journal`` and ``--report-only``;
+- `benchmarks.plots`: the figures; `benchmarks.common`: paths, answer scoring, result files;
+- `benchmarks.methods`: the methods every suite compares; `benchmarks.single_pass` and `benchmarks.screen`:
+  one recorded single pass per question, and the lever screens built on it.
+
+The suites (``qa``, ``niah``, ``leval``, ``retrieve_more``, ``cost``, ``batch``, ``serve``, the screens) keep
+their runs, reports and command lines. They compress and answer through finch-rag's public API
+(`FinchCompressor`, `FinchRAG`, `PassageAllocation`, `build_prompt`, ...). The controls, the recorded single
+pass and the screens also reach under it on purpose: they run the library's chunk loop
+(`finch_rag.compression.loop.compress_batch`) with its selection policies (`finch_rag.compression.selection`),
+never a copy of the loop, and the L-Eval ablation swaps `PromptParts.sentence_ids` for one call.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,9 +27,10 @@ import torch
 from finch_rag import FinchConfig, load_model
 from finch_rag.compression.auto_budget import AttentionMassSelection
 
-from .common import RESULTS_DIR, data_dir, machine_description, markdown_table, mean, write_json
-from .qa import load_hotpotqa
+from .common import RESULTS_DIR, command_line, data_dir, machine_description, markdown_table, meta_lines, write_json
+from .datasets import load_hotpotqa
 from .single_pass import Truncation, record_pass
+from .stats import evidence_metrics, mean
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,13 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def coverage(kept: torch.Tensor, evidence: Sequence[torch.Tensor]) -> dict[str, float]:
     """``B`` kept, evidence retention and all-hops coverage of the ``[n]`` mask ``kept``."""
-    covered = [float(kept[tokens].float().mean()) for tokens in evidence]
-    total = torch.stack(list(evidence)).any(dim=0)
-    return {
-        "B": float(kept.sum()),
-        "retention": float(kept[total].float().mean()),
-        "all_hops": float(all(c >= 0.5 for c in covered)),
-    }
+    return {"B": float(kept.sum()), **evidence_metrics(kept.float(), None, evidence)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
         )
     meta = {
-        "command": "python -m benchmarks.auto_budget " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("python -m benchmarks.auto_budget", argv),
         "machine": machine_description(),
         "model": "SmolLM2-135M-Instruct (embedded default)",
         "seconds": round(time.perf_counter() - started),
@@ -108,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     write_json(out.with_suffix(".json"), {"meta": meta, "summary": summary, "records": records})
     lines = ["# Automatic budget against fixed budgets (HotpotQA, single-pass selection)", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += meta_lines(meta)
     columns = ["method", "questions", "mean B", "B p10-p90", "retention", "all_hops", "all_hops per 100 B"]
     lines += ["", markdown_table(summary, columns), ""]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -23,8 +23,8 @@ import torch
 
 from finch_rag import FinchCompressor, FinchConfig
 
-from .common import RESULTS_DIR, machine_description, markdown_table, write_json
-from .qa import load_suite
+from .common import RESULTS_DIR, machine_description, markdown_table, meta_lines, write_json
+from .datasets import load_suite
 
 
 def _same_selection(a: Any, b: Any) -> bool:
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(Path(args.out) / f"{args.name}.json", {"meta": meta, "rows": rows})
     columns = ["mode", "batch_size", "seconds", "questions_per_s", "speedup", "same_answers", "same_kept_positions"]
     lines = ["# Batched requests: throughput against a sequential loop", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += meta_lines(meta)
     lines += ["", "Compress and answer every request; seconds for all of them.", "", markdown_table(rows, columns), ""]
     text = "\n".join(lines)
     (Path(args.out) / f"{args.name}.md").write_text(text)

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: where the data lives, answer scoring, result files.
+"""Helpers shared by the benchmarks: where the data lives, answer scoring, result files and their headers.
 
 Answer scoring follows the official SQuAD v1.1 evaluation script (lower-case, strip punctuation and
 articles, collapse whitespace), so EM and F1 are comparable with published numbers.
@@ -11,7 +11,8 @@ import json
 import os
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,30 +95,6 @@ def answer_scores(prediction: str, golds: Sequence[str]) -> dict[str, float]:
     }
 
 
-# ----------------------------------------------------------- aggregation
-def mean(values: Iterable[float]) -> float:
-    items = list(values)
-    return sum(items) / len(items) if items else float("nan")
-
-
-def group_means(
-    records: Sequence[Mapping[str, Any]], keys: Sequence[str], metrics: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Average ``metrics`` over records grouped by ``keys`` (first-seen order); adds ``n``."""
-    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for record in records:
-        groups.setdefault(tuple(record.get(key) for key in keys), []).append(record)
-    rows = []
-    for group_key, members in groups.items():
-        row: dict[str, Any] = dict(zip(keys, group_key, strict=True))
-        row["n"] = len(members)
-        for metric in metrics:
-            values = [member[metric] for member in members if member.get(metric) is not None]
-            row[metric] = mean(values) if values else None
-        rows.append(row)
-    return rows
-
-
 # ------------------------------------------------------------- outputs
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 2) -> str:
     """A GitHub Markdown table of ``rows`` restricted to ``columns``; floats get ``digits`` decimals."""
@@ -132,6 +109,16 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], di
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def meta_lines(meta: Mapping[str, Any]) -> list[str]:
+    """A report's header: one Markdown bullet per ``meta`` item, the command in backticks."""
+    return [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+
+
+def command_line(prog: str, argv: Sequence[str] | None) -> str:
+    """The command a result file names: ``prog`` and its options (``argv``, else the process's own)."""
+    return f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .common import group_means, markdown_table
-from .qa import paired_comparison
+from .common import command_line, markdown_table
+from .stats import group_means, paired_comparison
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"# {args.method}: {after_label} against {before_label}",
         "",
-        f"- command: `python -m benchmarks.compare {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        f"- command: `{command_line('python -m benchmarks.compare', argv)}`",
         f"- {before_label}: `{args.before}`; {after_label}: `{args.after}`",
         f"- questions in both: {len({qid for qid, _ in common})}",
         "",

@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 
-from finch_rag import load_model
 from finch_rag.compression.selection import SharedSelection
 
-from .screen import Kept, budget_records, screen_parser, screen_questions, write_screen
+from .screen import Kept, budget_records, per_question, screen_model, screen_parser, screen_questions, write_screen
 from .single_pass import RecordedPass
 
 
@@ -66,9 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = screen_parser("diversity", __doc__, seed=5)
     parser.add_argument("--decays", type=float, nargs="+", default=[1.0, 0.5, 0.25])
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer, started = screen_model(args)
     records: list[dict[str, Any]] = []
     model_seconds = 0.0
     for question in screen_questions(args, model, tokenizer):
@@ -81,10 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants: dict[str, Kept] = {"finch_rag": recorded.kept}
         variants |= {f"spread decay={decay:g}": spread(decay) for decay in args.decays}
         records += budget_records(question.example.qid, args.budgets, question.truncation, question.masks, variants)
-    questions = max(len({r["qid"] for r in records}), 1)
     extra = {
         "seconds": round(time.perf_counter() - started),
-        "single-pass compression seconds per question": round(model_seconds / questions, 3),
+        "single-pass compression seconds per question": per_question(records, model_seconds),
     }
     levers = [f"spread decay={decay:g}" for decay in args.decays if decay != 1]
     write_screen(

@@ -23,12 +23,11 @@ from typing import Any
 
 import torch
 
-from finch_rag import load_model
 from finch_rag.compression.selection import CandidateScores
 from finch_rag.prompts import PromptParts
 from finch_rag.retrieval import load_embedding_model
 
-from .screen import Kept, budget_records, screen_parser, screen_questions, write_screen
+from .screen import Kept, budget_records, per_question, screen_model, screen_parser, screen_questions, write_screen
 from .single_pass import RecordedPass
 
 
@@ -57,9 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = screen_parser("fusion", __doc__, seed=1)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.0, 2.0, 4.0, 8.0])
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer, started = screen_model(args)
     embedder = load_embedding_model()
     records: list[dict[str, Any]] = []
     embed_seconds = model_seconds = 0.0
@@ -84,11 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         variants = {("finch_rag" if s == 0 else f"fused s={s:g}"): fused(s) for s in args.strengths}
         records += budget_records(example.qid, args.budgets, question.truncation, question.masks, variants)
-    questions = max(len({r["qid"] for r in records}), 1)
     extra = {
         "seconds": round(time.perf_counter() - started),
-        "embedding seconds per question (the fusion's cost)": round(embed_seconds / questions, 3),
-        "single-pass compression seconds per question": round(model_seconds / questions, 3),
+        "embedding seconds per question (the fusion's cost)": per_question(records, embed_seconds),
+        "single-pass compression seconds per question": per_question(records, model_seconds),
     }
     levers = [f"fused s={s:g}" for s in args.strengths if s]
     model_line = "SmolLM2-135M-Instruct (embedded default); embedder all-MiniLM-L6-v2 (embedded)"

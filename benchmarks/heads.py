@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchConfig, Passage, load_model
+from finch_rag import FinchConfig, Passage
 from finch_rag.compression.selection import CandidateScores, SharedSelection
 
-from .screen import Kept, budget_records, screen_parser, screen_questions, write_screen
+from .screen import Kept, budget_records, per_question, screen_model, screen_parser, screen_questions, write_screen
 from .single_pass import RecordedPass, record_pass
 
 FIRST = ["Mira", "Tomas", "Edda", "Jonas", "Lena", "Oskar", "Ines", "Pavel", "Sigrid", "Anton"]
@@ -97,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top-heads", type=int, nargs="+", default=[0, 8, 16, 32])
     parser.add_argument("--probes", type=int, default=8)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer, started = screen_model(args)
     tick = time.perf_counter()
     lift = probe_heads(model, tokenizer, args.probes)
     probe_seconds = time.perf_counter() - tick
@@ -115,12 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         variants = {("finch_rag" if k == 0 else f"top {k} heads"): voted_by(k) for k in args.top_heads}
         records += budget_records(question.example.qid, args.budgets, question.truncation, question.masks, variants)
-    questions = max(len({r["qid"] for r in records}), 1)
     best = top_heads(lift, 16)
     extra = {
         "seconds": round(time.perf_counter() - started),
         "probe seconds (once per model)": round(probe_seconds, 1),
-        "single-pass compression seconds per question": round(model_seconds / questions, 3),
+        "single-pass compression seconds per question": per_question(records, model_seconds),
         "top heads (layer.head: lift)": ", ".join(f"{layer}.{head}: {lift[layer, head]:.1f}" for layer, head in best),
     }
     levers = [f"top {k} heads" for k in args.top_heads if k]

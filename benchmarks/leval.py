@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import random
 import re
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,24 +43,22 @@ from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_mode
 from finch_rag.prompts import PASSAGE_SEPARATOR, PromptParts, build_prompt
 from finch_rag.retrieval import EmbeddingRetriever
 
-from .common import RESULTS_DIR, contains_gold, data_dir, machine_description, markdown_table, mean, write_json
+from .common import (
+    RESULTS_DIR,
+    command_line,
+    contains_gold,
+    machine_description,
+    markdown_table,
+    meta_lines,
+    write_json,
+)
+from .datasets import MARKUP_TAG, load_leval, strip_markup, word_chunks
+from .journal import Journal, add_journal_options
+from .stats import bootstrap_difference, mean, won_lost
 
-DATA_FILE = "leval-natural-question-part.jsonl"
 METHODS = {"rag": ("truncation", "finch_rag"), "page": ("first", "last", "finch_rag", "finch", "ranked")}
 BASELINES = {"rag": ("truncation",), "page": ("first", "last")}
 _PUNCTUATION = re.compile(r"[.!?][\"')\]]*\s+|\n+")
-_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9_]*(?:=\"[^\"]*\")?>")
-
-
-def strip_markup(text: str) -> str:
-    """The page without its markup tags (``<Td>``, ``<Th_colspan="2">``, ``</Tr>``), whitespace collapsed."""
-    return re.sub(r"\s+", " ", _TAG.sub(" ", text)).strip()
-
-
-def word_chunks(text: str, words: int) -> list[str]:
-    """``text`` cut into pieces of ``words`` whitespace-separated words (the last one shorter)."""
-    tokens = text.split()
-    return [" ".join(tokens[start : start + words]) for start in range(0, len(tokens), words)]
 
 
 def occurrences(text: str, gold: str) -> list[tuple[int, int]]:
@@ -132,7 +128,7 @@ def kept_profile(compressed: Any, question: str) -> dict[str, float]:
     kept = compressed.kept_mask() >= 0.5
     text, offsets = compressed.context_text, compressed.token_offsets
     in_tag = torch.zeros(len(text) + 1, dtype=torch.bool)
-    for match in _TAG.finditer(text):
+    for match in MARKUP_TAG.finditer(text):
         in_tag[match.start() : match.end()] = True
     markup = torch.tensor([bool(in_tag[start:end].any()) and end > start for start, end in offsets])
     words = {word for word in re.findall(r"[a-z0-9]+", question.lower()) if len(word) > 2} - _STOPWORDS
@@ -275,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2)")
     parser.add_argument("--all-questions", action="store_true", help="rag: also questions whose gold is not retrieved")
-    parser.add_argument("--journal", default=None, help="JSON lines of finished records; a rerun skips them")
-    parser.add_argument("--report-only", action="store_true", help="write the report from --journal, run nothing")
+    add_journal_options(parser, default="/tmp/leval_SETTING_BUDGET.jsonl")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="output stem (default docs/results/leval_SETTING)")
     return parser
@@ -287,38 +282,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.budget = args.budget or (256 if args.setting == "rag" else 512)
     methods = args.methods or list(METHODS[args.setting])
     torch.set_num_threads(args.threads)
-    journal = Path(args.journal or f"/tmp/leval_{args.setting}_{args.budget}.jsonl")
-    records = [json.loads(line) for line in journal.open()] if journal.exists() else []
-    done = {(r["page"], r["question"], r["method"]) for r in records}
+    journal = Journal(args.journal or f"/tmp/leval_{args.setting}_{args.budget}.jsonl", _record_key)
+    records = journal.records
     if not args.report_only:
-        rows = [json.loads(line) for line in (data_dir(args.data) / DATA_FILE).open()]
+        rows = load_leval(args.data)
         runner = Runner(args)
-        with journal.open("a") as sink:
-            for page in args.pages:
-                row = rows[page]
-                for index, (question, gold) in enumerate(zip(row["instructions"], row["outputs"], strict=True)):
-                    for method in methods:
-                        if (page, index, method) in done:
-                            continue
-                        base, *flags = method.split("+")
-                        text = strip_markup(row["input"]) if "strip" in flags else row["input"]
-                        started = time.perf_counter()
-                        split = punctuation_sentences() if "punct" in flags else contextlib.nullcontext()
-                        with split:
-                            if args.setting == "rag":
-                                result = runner.rag(page, text, question, gold, base, "strip" in flags)
-                            else:
-                                result = runner.page(text, question, gold, base)
-                        if result is None:
-                            continue
-                        record = _record(result, [gold], time.perf_counter() - started)
-                        record |= {"page": page, "question": index, "method": method, "budget": args.budget}
-                        records.append(record)
-                        sink.write(json.dumps(record) + "\n")
-                        sink.flush()
-    command = "python -m benchmarks.leval " + " ".join(argv if argv is not None else sys.argv[1:])
+        for page in args.pages:
+            row = rows[page]
+            for index, (question, gold) in enumerate(zip(row["instructions"], row["outputs"], strict=True)):
+                for method in methods:
+                    if (page, index, method) in journal:
+                        continue
+                    base, *flags = method.split("+")
+                    text = strip_markup(row["input"]) if "strip" in flags else row["input"]
+                    started = time.perf_counter()
+                    split = punctuation_sentences() if "punct" in flags else contextlib.nullcontext()
+                    with split:
+                        if args.setting == "rag":
+                            result = runner.rag(page, text, question, gold, base, "strip" in flags)
+                        else:
+                            result = runner.page(text, question, gold, base)
+                    if result is None:
+                        continue
+                    record = _record(result, [gold], time.perf_counter() - started)
+                    record |= {"page": page, "question": index, "method": method, "budget": args.budget}
+                    records.append(record)
+                    journal.append([record])
     meta = {
-        "command": command.strip(),
+        "command": command_line("python -m benchmarks.leval", argv).strip(),
         "machine": machine_description(),
         "model": args.model or "SmolLM2-135M-Instruct (embedded default)",
         "setting": args.setting,
@@ -328,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(stem.with_suffix(".json"), {"meta": meta, "records": records})
     stem.with_suffix(".md").write_text(markdown_report(records, meta, args.setting) + "\n")
     return 0
+
+
+def _record_key(record: Mapping[str, Any]) -> tuple[int, int, str]:
+    return (record["page"], record["question"], record["method"])
 
 
 def _record(result: Mapping[str, Any], golds: Sequence[str], seconds: float) -> dict[str, Any]:
@@ -370,7 +365,7 @@ def markdown_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any
             }
         )
     lines = [f"# L-Eval natural_question, setting `{setting}`", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += meta_lines(meta)
     lines += [f"- pages: {sorted({p for p, _ in common})}, questions: {len(common)}", ""]
     columns = ["method", "n", "occurrences", "kept_gold", "best_fraction", "contains", "seconds"]
     lines += [markdown_table(rows, columns), ""]
@@ -392,11 +387,8 @@ def markdown_report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any
             row: dict[str, Any] = {"pair": f"{method} - {baseline}"}
             for metric in ("kept_gold", "contains"):
                 differences = [by_key[(*q, method)][metric] - by_key[(*q, baseline)][metric] for q in common]
-                means = sorted(
-                    sum(generator.choices(differences, k=len(differences))) / len(differences) for _ in range(1000)
-                )
-                row[metric] = f"{mean(differences):+.3f} [{means[25]:+.3f}, {means[974]:+.3f}]"
-                row[f"{metric} won / lost"] = f"{sum(d > 0 for d in differences)} / {sum(d < 0 for d in differences)}"
+                row[metric] = bootstrap_difference(differences, generator)
+                row[f"{metric} won / lost"] = won_lost(differences)
             paired.append(row)
     if paired:
         lines += ["Paired per question, mean and 95% bootstrap interval (1,000 resamples, seed 0):", ""]

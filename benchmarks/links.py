@@ -22,11 +22,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+from finch_rag import PassageAllocation, RankWeighting
 
-from finch_rag import PassageAllocation, RankWeighting, load_model
-
-from .screen import Kept, ScreenQuestion, budget_records, screen_parser, screen_questions, write_screen
+from .screen import (
+    Kept,
+    ScreenQuestion,
+    budget_records,
+    per_question,
+    screen_model,
+    screen_parser,
+    screen_questions,
+    write_screen,
+)
 
 TITLE = "passage links"
 
@@ -76,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         levers = [lever for lever in levers if any(record["method"] == lever for record in records)]
         write_screen("links", TITLE, argv, args.out, records, budgets, levers, extra, suite=args.suite)
         return 0
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer, started = screen_model(args)
     records: list[dict[str, Any]] = []
     model_seconds, link_seconds, linked = 0.0, 0.0, 0
     for question in screen_questions(args, model, tokenizer):
@@ -88,12 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants: dict[str, Kept] = {"finch_rag": question.recorded.kept, "no_links": with_boost(question, 1.0)}
         variants |= {f"boost={boost:g}": with_boost(question, boost) for boost in args.boosts}
         records += budget_records(question.example.qid, args.budgets, question.truncation, question.masks, variants)
-    questions = max(len({r["qid"] for r in records}), 1)
     extra = {
         "seconds": round(time.perf_counter() - started),
-        "single-pass compression seconds per question": round(model_seconds / questions, 3),
-        "link seconds per question (the lever's cost: finding the links while planning)": round(
-            link_seconds / questions, 6
+        "single-pass compression seconds per question": per_question(records, model_seconds),
+        "link seconds per question (the lever's cost: finding the links while planning)": per_question(
+            records, link_seconds, 6
         ),
         "questions with a link": linked,
     }

@@ -36,183 +36,36 @@ the depth x length heatmaps.
 from __future__ import annotations
 
 import argparse
-import bisect
-import json
 import logging
-import re
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig
 from finch_rag.prompts import as_passages, build_prompt
 
+from . import plots
 from .common import (
     RESULTS_DIR,
     answer_scores,
-    data_dir,
-    group_means,
+    command_line,
     machine_description,
     markdown_table,
+    meta_lines,
     write_json,
 )
+from .datasets import NEEDLES, Haystack, Needle, needles_by_key, split_passages
+from .journal import Journal, add_journal_options, report_only_records
 from .methods import METHOD_GROUPS, PRESETS, Method, expand_methods, method_config, parse_method
+from .stats import group_means
 
 TRUNCATION = Method("truncation", options={"selection": "first"})
 """``truncation`` of one haystack: its first ``B`` tokens, run as the ``first`` control (see the module docstring)."""
 
 logger = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- needles
-@dataclass(frozen=True)
-class Needle:
-    """One inserted fact, the question that asks for it and the accepted answers."""
-
-    key: str
-    text: str
-    question: str
-    answers: tuple[str, ...]
-
-
-NEEDLES: tuple[Needle, ...] = (
-    Needle(
-        "lasagna",
-        "The secret ingredient in Grandma Rosa's lasagna is smoked paprika.",
-        "What is the secret ingredient in Grandma Rosa's lasagna?",
-        ("smoked paprika",),
-    ),
-    Needle(
-        "vault",
-        "The access code for the Halvorsen observatory vault is 7413.",
-        "What is the access code for the Halvorsen observatory vault?",
-        ("7413",),
-    ),
-    Needle(
-        "bakery",
-        "In 1998 Marguerite Okonkwo moved her bakery from Lisbon to the city of Tampere.",
-        "To which city did Marguerite Okonkwo move her bakery?",
-        ("Tampere",),
-    ),
-    Needle(
-        "mascot",
-        "The mascot of the Pellington Rowing Club is a purple walrus named Gus.",
-        "What animal is the mascot of the Pellington Rowing Club?",
-        ("walrus",),
-    ),
-    Needle(
-        "lighthouse",
-        "The lighthouse on Corvel Island was first lit in the winter of 1871.",
-        "In which year was the lighthouse on Corvel Island first lit?",
-        ("1871",),
-    ),
-    Needle(
-        "helmet",
-        "The folding bicycle helmet was invented by an engineer named Ingrid Solberg.",
-        "Who invented the folding bicycle helmet?",
-        ("Ingrid Solberg", "Solberg"),
-    ),
-)
-
-
-def needles_by_key(keys: Iterable[str] | None) -> list[Needle]:
-    """The built-in needles named by ``keys`` (all of them for ``None``)."""
-    if keys is None:
-        return list(NEEDLES)
-    known = {needle.key: needle for needle in NEEDLES}
-    unknown = [key for key in keys if key not in known]
-    if unknown:
-        raise ValueError(f"Unknown needle(s) {unknown}; known needles are {sorted(known)}.")
-    return [known[key] for key in keys]
-
-
-# --------------------------------------------------------------- haystack
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|[A-Z]|$)")
-
-
-class Haystack:
-    """The essays concatenated in file-name order, tokenised once, cut on sentence boundaries."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, data: str | Path | None = None) -> None:
-        folder = data_dir(data) / "paul_graham_essays"
-        files = sorted(folder.glob("*.txt"))
-        if not files:
-            raise FileNotFoundError(f"No essays (*.txt) in {folder}.")
-        self.text = "\n\n".join(path.read_text(encoding="utf-8").strip() for path in files)
-        self.tokenizer = tokenizer
-        offsets = tokenizer(self.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        self._token_ends = [end for _, end in offsets]
-        self._boundaries = [0] + [match.end() for match in _SENTENCE_END.finditer(self.text)]
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self._token_ends)
-
-    def cut(self, tokens: int) -> str:
-        """The longest prefix of at most ``tokens`` tokens that ends on a sentence boundary."""
-        if tokens > self.num_tokens:
-            raise ValueError(f"The essays hold {self.num_tokens} tokens; a haystack of {tokens} was asked for.")
-        char_limit = self._token_ends[tokens - 1]
-        index = bisect.bisect_right(self._boundaries, char_limit) - 1
-        return self.text[: self._boundaries[max(index, 0)]]
-
-    def with_needle(self, tokens: int, needle: Needle, depth: float) -> tuple[str, int, int]:
-        """``(context, needle_start, needle_end)``: about ``tokens`` tokens with the needle at ``depth``.
-
-        The needle goes in at the sentence boundary nearest to ``depth`` (a fraction of the characters).
-        """
-        if not 0 <= depth <= 1:
-            raise ValueError(f"depth is a fraction of the haystack and must be in [0, 1], got {depth}.")
-        needle_tokens = len(self.tokenizer(" " + needle.text + " ", add_special_tokens=False).input_ids)
-        hay = self.cut(tokens - needle_tokens)
-        boundaries = [b for b in self._boundaries if b <= len(hay)]
-        target = depth * len(hay)
-        point = min(boundaries, key=lambda boundary: (abs(boundary - target), boundary))
-        before, after = hay[:point], hay[point:]
-        lead = " " if before and not before[-1].isspace() else ""
-        trail = " " if after and not after[0].isspace() else ""
-        start = len(before) + len(lead)
-        context = before + lead + needle.text + trail + after
-        return context, start, start + len(needle.text)
-
-
-def split_passages(
-    tokenizer: PreTrainedTokenizerBase, context: str, span: tuple[int, int], passage_tokens: int | None
-) -> tuple[list[str], tuple[int, int, int]]:
-    """Cut ``context`` into passages of about ``passage_tokens`` tokens on sentence boundaries.
-
-    Returns the passages and the needle's ``(passage_index, char_start, char_end)``. The needle is never
-    split: cuts fall on sentence boundaries outside it.
-    """
-    if passage_tokens is None:
-        return [context], (0, span[0], span[1])
-    offsets = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    ends = [end for _, end in offsets]
-    boundaries = [m.end() for m in _SENTENCE_END.finditer(context) if not span[0] < m.end() < span[1]]
-    cuts, last = [0], 0
-    for boundary in boundaries:
-        if bisect.bisect_left(ends, boundary) - bisect.bisect_left(ends, last) >= passage_tokens:
-            cuts.append(boundary)
-            last = boundary
-    cuts.append(len(context))
-    passages: list[str] = []
-    where = (0, 0, 0)
-    for start, end in zip(cuts[:-1], cuts[1:], strict=True):
-        piece = context[start:end]
-        lead = len(piece) - len(piece.lstrip())
-        text = piece.strip()
-        if not text:
-            continue
-        if start <= span[0] < end:
-            where = (len(passages), span[0] - start - lead, span[1] - start - lead)
-        passages.append(text)
-    return passages, where
 
 
 # -------------------------------------------------------------------- runs
@@ -222,10 +75,12 @@ def needle_retention(compressed: CompressedContext, span: tuple[int, int, int]) 
     return compressed.kept_fraction([span]), [round(value, 4) for value in per_layer]
 
 
-def _record_key(record: Mapping[str, Any]) -> str:
-    return json.dumps(
-        [record["method"], record["length"], record["depth"], record["needle"], record["ratio"], record["passages"]]
-    )
+CASE = ("method", "length", "depth", "needle", "ratio", "passages")
+"""The fields that name one case: a journal holds at most one record per case."""
+
+
+def _case_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(record[field] for field in CASE)
 
 
 def run_niah(
@@ -290,10 +145,7 @@ def run_niah(
     chosen_needles = list(needles if needles is not None else NEEDLES)[: limit if limit else None]
     num_layers = compressor.model.config.get_text_config(decoder=True).num_hidden_layers
     haystack = Haystack(compressor.tokenizer, data)
-    done: dict[str, dict[str, Any]] = {}
-    journal_path = Path(journal) if journal else None
-    if journal_path and journal_path.exists():
-        done = {_record_key(previous): previous for previous in read_journal(journal_path)}
+    journal_file = Journal(journal, _case_key)
     window = compressor.context_window
     jobs = []
     for length in lengths:
@@ -307,18 +159,9 @@ def run_niah(
     records = []
     case_cache: dict[tuple[int, float, str], tuple[list[str], tuple[int, int, int]]] = {}
     for length, depth, needle, method, ratio in tqdm(jobs, desc="niah", unit="case", disable=not progress):
-        key = _record_key(
-            {
-                "method": method.name,
-                "length": length,
-                "depth": depth,
-                "needle": needle.key,
-                "ratio": ratio,
-                "passages": passage_tokens,
-            }
-        )
-        if key in done:
-            records.append(done[key])
+        key = (method.name, length, depth, needle.key, ratio, passage_tokens)
+        if key in journal_file:
+            records.append(journal_file.done[key])
             continue
         if (length, depth, needle.key) not in case_cache:
             context, start, end = haystack.with_needle(length, needle, depth)
@@ -356,14 +199,14 @@ def run_niah(
                 record.update(
                     skipped=f"the full prompt needs {needed + max_new_tokens} positions, past the window of {window}"
                 )
-                _finish(record, records, journal_path, on_record)
+                _finish(record, records, journal_file, on_record)
                 continue
         started = time.perf_counter()
         try:
             compressed = compressor.compress(passages, needle.question, config=config)
         except ValueError as error:  # e.g. the full context does not fit the window
             record.update(skipped=str(error))
-            _finish(record, records, journal_path, on_record)
+            _finish(record, records, journal_file, on_record)
             continue
         record["compress_s"] = round(time.perf_counter() - started, 3)
         record["context_tokens"] = compressed.original_tokens
@@ -382,26 +225,18 @@ def run_niah(
                 record["generate_s"] = round(time.perf_counter() - started, 3)
                 record["answer"] = text
                 record.update(answer_scores(text, needle.answers))
-        _finish(record, records, journal_path, on_record)
+        _finish(record, records, journal_file, on_record)
     return records
-
-
-def read_journal(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines journal written by `run_niah`."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def _finish(
     record: dict[str, Any],
     records: list[dict[str, Any]],
-    journal: Path | None,
+    journal: Journal,
     on_record: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     records.append(record)
-    if journal is not None:
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        with journal.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    journal.append([record])
     if on_record is not None:
         on_record(record)
     logger.info(
@@ -521,60 +356,7 @@ def markdown_report(records: Sequence[Mapping[str, Any]], title: str = "Needle i
 
 def plot_heatmaps(records: Sequence[Mapping[str, Any]], path: str | Path, metric: str = "contains") -> Path:
     """PNG grid of depth x length heatmaps of ``metric``: one row per ratio, one column per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ran = [record for record in records if "skipped" not in record and record.get(metric) is not None]
-    methods = list(dict.fromkeys(record["method"] for record in ran))
-    ratios = sorted({record["ratio"] for record in ran if record["ratio"] != 0.0}) or [0.0]
-    lengths = sorted({record["length"] for record in ran})
-    depths = sorted({record["depth"] for record in ran})
-    figure, axes = plt.subplots(
-        len(ratios),
-        len(methods),
-        figsize=(1.5 + 2.1 * len(methods), 0.8 + 2.3 * len(ratios)),
-        squeeze=False,
-        layout="constrained",
-    )
-    image = None
-    for row, ratio in enumerate(ratios):
-        for column, method in enumerate(methods):
-            axis = axes[row][column]
-            grid = torch.full((len(depths), len(lengths)), float("nan"))
-            for i, depth in enumerate(depths):
-                for j, length in enumerate(lengths):
-                    values = [
-                        r[metric]
-                        for r in ran
-                        if r["method"] == method
-                        and r["depth"] == depth
-                        and r["length"] == length
-                        and (r["ratio"] == ratio or r["ratio"] == 0.0)
-                    ]
-                    if values:
-                        grid[i, j] = sum(values) / len(values)
-            image = axis.imshow(grid.numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-            for i in range(len(depths)):
-                for j in range(len(lengths)):
-                    if not torch.isnan(grid[i, j]):
-                        axis.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7)
-            axis.set_xticks(range(len(lengths)), [str(length) for length in lengths], fontsize=7)
-            axis.set_yticks(range(len(depths)), [f"{depth:.0%}" for depth in depths] if column == 0 else [], fontsize=7)
-            label = "full context" if method == "full" else f"{1 / (1 - ratio):.0f}x"
-            axis.set_title(f"{method}\n{label}", fontsize=7)
-            if column == 0:
-                axis.set_ylabel("needle depth", fontsize=8)
-            if row == len(ratios) - 1:
-                axis.set_xlabel("context tokens", fontsize=8)
-    if image is not None:
-        figure.colorbar(image, ax=axes, shrink=0.6, label=metric)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    return target
+    return plots.heatmaps(records, path, metric)
 
 
 def plot_depth_curves(records: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
@@ -582,45 +364,8 @@ def plot_depth_curves(records: Sequence[Mapping[str, Any]], path: str | Path) ->
 
     One column per context length, one line per method (and compression).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = {"contains": "contains gold", "retention": "needle retention"}
-    curves = {metric: depth_curves(records, metric) for metric in metrics}
-    lengths = sorted({length for by_length in curves.values() for length in by_length})
-    labels = list(dict.fromkeys(label for by_length in curves.values() for c in by_length.values() for label in c))
-    # Curves that coincide (all 1.0, say) stay visible: each has its own colour, marker and marker size.
-    styles = {
-        label: {"color": f"C{i}", "marker": "osD^v<>"[i % 7], "markersize": max(9 - 2 * i, 3), "alpha": 0.85}
-        for i, label in enumerate(labels)
-    }
-    figure, axes = plt.subplots(
-        len(metrics), max(len(lengths), 1), figsize=(0.5 + 4 * max(len(lengths), 1), 6), squeeze=False
-    )
-    for row, (metric, title) in enumerate(metrics.items()):
-        for column, length in enumerate(lengths):
-            axis = axes[row][column]
-            for label, points in curves[metric].get(length, {}).items():
-                xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, label=label, **styles[label])
-            axis.set_ylim(-0.05, 1.05)
-            axis.set_xlim(-0.05, 1.05)
-            axis.grid(alpha=0.3)
-            axis.set_title(f"{length} tokens: {title}", fontsize=9)
-            if row == len(metrics) - 1:
-                axis.set_xlabel("needle depth (0 = start, 1 = end)")
-            if column == 0:
-                axis.set_ylabel(title)
-    handles = {h.get_label(): h for axis in axes.flat for h in axis.get_lines()}
-    figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), frameon=False)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(target, dpi=110)
-    plt.close(figure)
-    return target
+    titles = {"contains": "contains gold", "retention": "needle retention"}
+    return plots.depth_panels({title: depth_curves(records, metric) for metric, title in titles.items()}, path)
 
 
 PLOTS = {"heatmap": plot_heatmaps, "depth": plot_depth_curves}
@@ -650,9 +395,7 @@ def write_results(
         )
     }
     report = markdown_report(records)
-    header = "\n".join(
-        f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in info.items()
-    )
+    header = "\n".join(meta_lines(info))
     paths["md"] = folder / f"{name}.md"
     paths["md"].write_text(report.replace("\n", f"\n\n{header}\n", 1) + "\n")
     if plot:
@@ -691,10 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1 needle, 1,500 tokens, depth 0.5")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument("--name", default="niah", help="output file stem")
-    parser.add_argument("--journal", help="JSON-lines file: append each record, resume from it after a stop")
-    parser.add_argument(
-        "--report-only", action="store_true", help="run nothing: write the results of the records in --journal"
-    )
+    add_journal_options(parser)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument(
         "--plot",
@@ -713,11 +453,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.lengths, args.depths, args.limit = [1500], [0.5], 1
-    command = "python -m benchmarks niah " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("python -m benchmarks niah", argv)
     if args.report_only:
-        if not args.journal:
-            parser.error("--report-only needs --journal")
-        records = read_journal(args.journal)
+        records = report_only_records(parser, args.journal)
         paths = write_results(
             records, args.out, args.name, meta={"command": command}, plot=not args.no_plot, figure=args.plot
         )

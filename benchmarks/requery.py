@@ -25,11 +25,19 @@ from typing import Any
 
 import torch
 
-from finch_rag import load_model
 from finch_rag.compression.selection import CandidateScores
 
 from .fusion import sentence_texts
-from .screen import SINGLE_PASS, Kept, budget_records, screen_parser, screen_questions, write_screen
+from .screen import (
+    SINGLE_PASS,
+    Kept,
+    budget_records,
+    per_question,
+    screen_model,
+    screen_parser,
+    screen_questions,
+    write_screen,
+)
 from .single_pass import RecordedPass, record_pass
 
 
@@ -56,9 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mixes", type=float, nargs="+", default=[0.0, 0.5, 1.0])
     parser.add_argument("--lead-tokens", type=int, default=64, help="first-pass budget whose sentences are added")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-    model, tokenizer = load_model()
+    model, tokenizer, started = screen_model(args)
     records: list[dict[str, Any]] = []
     first_seconds = second_seconds = 0.0
     for question in screen_questions(args, model, tokenizer):
@@ -73,11 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         variants = {("finch_rag" if mix == 0 else f"requery mix={mix:g}"): requeried(mix) for mix in args.mixes}
         records += budget_records(example.qid, args.budgets, question.truncation, question.masks, variants)
-    questions = max(len({r["qid"] for r in records}), 1)
     extra = {
         "seconds": round(time.perf_counter() - started),
-        "first-pass seconds per question": round(first_seconds / questions, 3),
-        "second-pass seconds per question (a full prefill here)": round(second_seconds / questions, 3),
+        "first-pass seconds per question": per_question(records, first_seconds),
+        "second-pass seconds per question (a full prefill here)": per_question(records, second_seconds),
     }
     levers = [f"requery mix={mix:g}" for mix in args.mixes if mix]
     write_screen(

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,9 +33,12 @@ import torch
 
 from finch_rag import FinchConfig, load_model
 
-from .common import RESULTS_DIR, group_means, machine_description, markdown_table, write_json
-from .qa import Example, _evidence_metrics, load_suite, paired_comparison
+from . import plots
+from .common import RESULTS_DIR, command_line, machine_description, markdown_table, meta_lines, write_json
+from .datasets import Example, load_suite
+from .journal import Journal, add_journal_options, report_only_records
 from .single_pass import Truncation, record_pass
+from .stats import evidence_metrics, group_means, paired_comparison
 
 SUITES = ("hotpotqa", "rag-squad")
 METHODS = ("truncation", "finch_rag")
@@ -80,13 +81,13 @@ def _curve_records(
         records.append(
             common
             | {"method": "truncation", "budget": str(budget), "context_tokens": truncation.context_length}
-            | _evidence_metrics(truncation.kept(budget), None, truncation.evidence, unretrieved)
+            | evidence_metrics(truncation.kept(budget), None, truncation.evidence, unretrieved)
         )
         records.append(
             common
             | {"method": "finch_rag", "budget": str(budget), "context_tokens": n}
             | {"compress_s": round(recorded.seconds, 3)}
-            | _evidence_metrics(recorded.kept(budget), None, masks, unretrieved)
+            | evidence_metrics(recorded.kept(budget), None, masks, unretrieved)
         )
     return records
 
@@ -97,28 +98,23 @@ def run(
     examples: Sequence[Example],
     top_ks: Sequence[int],
     budgets: Sequence[int],
-    journal: Path | None = None,
+    journal: str | Path | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One record per (question, k, method, budget); ``journal`` (JSON lines) resumes a stopped run."""
     from tqdm.auto import tqdm
 
-    done: dict[tuple[str, int, str, str], dict[str, Any]] = {}
-    if journal is not None and journal.exists():
-        done = {_key(r): r for r in map(json.loads, journal.read_text().splitlines()) if r}
+    journal_file = Journal(journal, _key)
     config = FinchConfig(chunk_size=None, progress=False)
     records = []
     for example in tqdm(examples, desc="retrieve-more", unit="q", disable=not progress):
         for k in top_ks:
-            previous = [r for key, r in done.items() if key[:2] == (example.qid, k)]
+            previous = journal_file.done_under(example.qid, k)
             if len(previous) == 2 * len(budgets):
                 records += previous
                 continue
             fresh = _curve_records(model, tokenizer, top_k_of(example, k), budgets, config)
-            if journal is not None:
-                journal.parent.mkdir(parents=True, exist_ok=True)
-                with journal.open("a") as handle:
-                    handle.writelines(json.dumps(record) + "\n" for record in fresh)
+            journal_file.append(fresh)
             records += fresh
     return records
 
@@ -131,45 +127,13 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def plot(records: Sequence[Mapping[str, Any]], path: Path, title: str) -> Path:
     """PNG: one column per budget; all-hops (top) and retention (bottom) against k, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = summarize(records)
-    budgets = list(dict.fromkeys(str(r["budget"]) for r in rows))
-    figure, axes = plt.subplots(
-        2, len(budgets), figsize=(3.6 * len(budgets), 5.6), squeeze=False, sharey="row", layout="constrained"
-    )
-    for column, budget in enumerate(budgets):
-        for row, metric in enumerate(("all_hops", "retention")):
-            axis = axes[row][column]
-            for method in METHODS:
-                points = sorted(
-                    (r["top_k"], r[metric]) for r in rows if str(r["budget"]) == budget and r["method"] == method
-                )
-                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
-            axis.set_xscale("log", base=2)
-            axis.set_xticks(
-                sorted({r["top_k"] for r in rows}), labels=[str(k) for k in sorted({r["top_k"] for r in rows})]
-            )
-            axis.set_ylim(-0.02, 1.02)
-            axis.grid(alpha=0.3)
-            axis.set_title(f"B = {budget}", fontsize=9) if row == 0 else axis.set_xlabel("passages retrieved (k)")
-            if column == 0:
-                axis.set_ylabel(metric)
-    axes[0][-1].legend(fontsize=8, loc="best")
-    figure.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return plots.retrieval_curves(summarize(records), path, title, METHODS)
 
 
 def report(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     """Markdown: the curve per budget, then finch_rag minus truncation per (k, B) with paired 95% intervals."""
     lines = [f"# Retrieve more: {meta['suite']}", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += meta_lines(meta)
     lines += [
         "",
         "retention = gold-evidence KV entries kept, evidence outside the top k counted as lost; all_hops = every "
@@ -199,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, nargs="+", help="passages retrieved (default: 2-10 / 4-32)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[128, 256, 512], help="B, in tokens")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--journal", help="JSON-lines file: append each record, resume from it after a stop")
+    add_journal_options(parser)
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument("--name", help="output file stem (default: retrieve_more_<suite>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -207,24 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    top_ks = sorted(set(args.top_k or DEFAULT_TOP_K[args.suite]))
-    if top_ks[0] < 1:
-        raise SystemExit(f"--top-k values must be >= 1, got {top_ks[0]}.")
+    parser = build_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    model, tokenizer = load_model()
-    examples = load_suite(args.suite, args.data, args.limit, args.seed, top_k=max(top_ks))[args.start :]
-    journal = Path(args.journal) if args.journal else None
-    records = run(model, tokenizer, examples, top_ks, args.budgets, journal, progress=not args.quiet)
-    meta = {
+    meta: dict[str, Any] = {
         "suite": args.suite,
-        "command": "python -m benchmarks.retrieve_more " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("python -m benchmarks.retrieve_more", argv),
         "machine": machine_description(),
         "model": "SmolLM2-135M-Instruct (embedded default)",
-        "questions": len(examples),
-        "seconds": round(time.perf_counter() - started),
     }
+    if args.report_only:
+        records = report_only_records(parser, args.journal)
+        meta |= {"questions": len({r["qid"] for r in records}), "report": "from --journal"}
+    else:
+        top_ks = sorted(set(args.top_k or DEFAULT_TOP_K[args.suite]))
+        if top_ks[0] < 1:
+            raise SystemExit(f"--top-k values must be >= 1, got {top_ks[0]}.")
+        model, tokenizer = load_model()
+        examples = load_suite(args.suite, args.data, args.limit, args.seed, top_k=max(top_ks))[args.start :]
+        records = run(model, tokenizer, examples, top_ks, args.budgets, args.journal, progress=not args.quiet)
+        meta |= {"questions": len(examples), "seconds": round(time.perf_counter() - started)}
     name = args.name or f"retrieve_more_{args.suite.replace('-', '_')}"
     out = Path(args.out)
     write_json(out / f"{name}.json", {"meta": meta, "summary": summarize(records), "records": records})

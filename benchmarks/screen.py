@@ -8,7 +8,7 @@ Each screen reads HotpotQA questions (``--suite rag-squad``: SQuAD's corpus) in 
 from __future__ import annotations
 
 import argparse
-import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchConfig
+from finch_rag import FinchConfig, load_model
 from finch_rag.retrieval import load_embedding_model
 
-from .common import RESULTS_DIR, data_dir, group_means, machine_description, markdown_table, write_json
-from .qa import Example, _evidence_metrics, load_hotpotqa, load_suite, paired_comparison
+from .common import RESULTS_DIR, command_line, data_dir, machine_description, markdown_table, meta_lines, write_json
+from .datasets import Example, load_hotpotqa, load_suite
 from .single_pass import RecordedPass, Truncation, record_pass
+from .stats import evidence_metrics, group_means, paired_comparison
 
 MODEL = "SmolLM2-135M-Instruct (embedded default)"
 Kept = Callable[[int], torch.Tensor]
@@ -41,6 +42,19 @@ def screen_parser(name: str, doc: str, seed: int) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(RESULTS_DIR / name))
     return parser
+
+
+def screen_model(args: argparse.Namespace) -> tuple[Any, Any, float]:
+    """The embedded model and tokenizer on ``--threads`` threads, and when the screen started (for its seconds)."""
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    model, tokenizer = load_model()
+    return model, tokenizer, started
+
+
+def per_question(records: Sequence[Mapping[str, Any]], seconds: float, digits: int = 3) -> float:
+    """``seconds`` spread over the questions of ``records``, rounded: a screen's cost per question."""
+    return round(seconds / max(len({r["qid"] for r in records}), 1), digits)
 
 
 SINGLE_PASS = FinchConfig(chunk_size=None, progress=False)
@@ -86,11 +100,11 @@ def budget_records(
     for budget in budgets:
         records.append(
             {"qid": qid, "method": "truncation", "budget": str(budget)}
-            | _evidence_metrics(truncation.kept(budget), None, truncation.evidence)
+            | evidence_metrics(truncation.kept(budget), None, truncation.evidence)
         )
         for name, kept in variants.items():
             records.append(
-                {"qid": qid, "method": name, "budget": str(budget)} | _evidence_metrics(kept(budget), None, masks)
+                {"qid": qid, "method": name, "budget": str(budget)} | evidence_metrics(kept(budget), None, masks)
             )
     return records
 
@@ -110,7 +124,7 @@ def write_screen(
 ) -> None:
     """Write ``out``.md/.json: means per (budget, method), each lever against ``finch_rag``, that against truncation."""
     meta = {
-        "command": f"python -m benchmarks.{name} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line(f"python -m benchmarks.{name}", argv),
         "machine": machine_description(),
         "model": model,
         "questions": len({r["qid"] for r in records}),
@@ -119,7 +133,7 @@ def write_screen(
     summary = group_means(records, ["budget", "method"], ("retention", "all_hops"))
     suite_name = {"hotpotqa": "HotpotQA", "rag-squad": "SQuAD corpus"}[suite]
     lines = [f"# Lever screen: {title} ({suite_name}, single-pass selection)", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += meta_lines(meta)
     lines += ["", markdown_table(summary, ["budget", "method", "n", "retention", "all_hops"]), ""]
     labels = [str(b) for b in budgets]
     for lever in levers:

@@ -32,7 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS_DIR, machine_description, markdown_table, write_json
+from .common import RESULTS_DIR, command_line, machine_description, markdown_table, meta_lines, write_json
 
 TIMEOUT = 3600.0  # seconds per request: under 64 clients on 2 busy cores a request may wait long, never forever
 
@@ -245,9 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="finch-serve-logs-"))
     print(f"Server logs: {logs}", file=sys.stderr)
     rows = run_setups(args, bodies, logs)
-    command = "python -m benchmarks.serve " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
-        "command": command,
+        "command": command_line("python -m benchmarks.serve", argv),
         "machine": machine_description(),
         "server threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
         "model": "SmolLM2-135M-Instruct (embedded default)",
@@ -269,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rss_after_mib",
     ]
     lines = ["# Serving under load: throughput, latency, errors, memory", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += meta_lines(meta)
     lines += ["", "Latency in seconds per request; RSS of every server process, summed, in MiB.", ""]
     lines += [markdown_table(rows, columns), ""]
     text = "\n".join(lines)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.datasets import Example, sample
 from benchmarks.methods import BUILTIN_METHODS, Method, allocation_of, expand_methods, parse_method
-from benchmarks.qa import Example, _sample, _truncated, budget_of, run_example
+from benchmarks.qa import _truncated, budget_of, run_example
 from finch_rag import FinchCompressor, FinchConfig, Passage, PassageAllocation
 from finch_rag.prompts import build_prompt
 
@@ -47,8 +48,8 @@ def test_budget_labels():
 def test_question_samples_are_prefix_stable():
     """`--limit 94` draws the first 94 questions of a `--limit 200` run, so a stopped run's figures reproduce."""
     items = list(range(600))
-    assert _sample(items, 200, seed=0)[:94] == _sample(items, 94, seed=0)
-    assert _sample(items, 94, seed=0) != _sample(items, 94, seed=1)
+    assert sample(items, 200, seed=0)[:94] == sample(items, 94, seed=0)
+    assert sample(items, 94, seed=0) != sample(items, 94, seed=1)
 
 
 def test_methods_by_name_group_and_spec():
@@ -333,12 +334,12 @@ def test_a_smaller_retrieval_counts_the_evidence_it_cut_off_as_lost(compressor, 
 
 
 def test_unretrieved_evidence_dilutes_retention_and_fails_all_hops():
-    from benchmarks.qa import _evidence_metrics
+    from benchmarks.stats import evidence_metrics
 
     kept = torch.tensor([1.0, 1.0, 0.0, 0.0])
     masks = [torch.tensor([True, True, False, False])]
-    assert _evidence_metrics(kept, None, masks) == {"retention": 1.0, "all_hops": 1.0}
-    assert _evidence_metrics(kept, None, masks, unretrieved_tokens=2) == {"retention": 0.5, "all_hops": 0.0}
+    assert evidence_metrics(kept, None, masks) == {"retention": 1.0, "all_hops": 1.0}
+    assert evidence_metrics(kept, None, masks, unretrieved_tokens=2) == {"retention": 0.5, "all_hops": 0.0}
 
 
 def test_retrieve_more_report_and_plot_from_records(tmp_path):
@@ -387,7 +388,7 @@ def test_fusion_sentence_texts_and_priors(tiny_tokenizer):
 
 
 def test_paired_comparison_reports_differences_wins_and_the_all_hops_ratio():
-    from benchmarks.qa import paired_comparison
+    from benchmarks.stats import paired_comparison
 
     ours, theirs = [1, 1, 0, 1], [1, 0, 0, 0]
     records = [

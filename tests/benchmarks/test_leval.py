@@ -5,14 +5,8 @@ from __future__ import annotations
 import torch
 from conftest import QUESTION
 
-from benchmarks.leval import (
-    cut_to_budget,
-    masked_fractions,
-    occurrences,
-    punctuation_sentences,
-    strip_markup,
-    word_chunks,
-)
+from benchmarks.datasets import strip_markup, word_chunks
+from benchmarks.leval import cut_to_budget, masked_fractions, occurrences, punctuation_sentences
 from finch_rag.prompts import Passage, PromptParts, build_prompt
 
 
