@@ -1,5 +1,6 @@
-"""Property tests of the core (hypothesis) on tiny models: drawn passages, questions, budgets, chunk sizes and
-selections, against the invariants of DESIGN.md section 1.
+"""Property tests of the core (hypothesis) on tiny models, against the invariants of DESIGN.md section 1.
+
+Drawn: passages, questions, budgets, chunk sizes, selections, architectures. Checked:
 
 - the budget: exactly ``min(B, n)`` context entries kept, ``|P| + kept`` in the cache;
 - the memory bound: the cache never held more than ``|P| + B + S + m`` entries per layer and KV head;

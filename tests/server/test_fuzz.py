@@ -1,5 +1,6 @@
-"""schemathesis against a real server on a local port (tiny model): every operation of the server's own OpenAPI
-schema, schema-valid and schema-breaking bodies, with and without the API key, and stateful sequences.
+"""Schemathesis against a real server on a local port (tiny model), from the server's own OpenAPI schema.
+
+Every operation, schema-valid and schema-breaking bodies, with and without the API key, and stateful sequences.
 
 The contract (`benchmarks.reliability.fuzz.contract_violation`): no 5xx, every 4xx an OpenAI-style error body, every
 stream ending in ``data: [DONE]``. A few hundred cases here; ``python -m benchmarks reliability fuzz`` runs more.
