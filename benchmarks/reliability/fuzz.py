@@ -31,7 +31,7 @@ def contract_violation(status: int, content_type: str, text: str) -> str | None:
     if status >= 500:
         return f"status {status}: {text[:300]}"
     if 400 <= status < 500:
-        return _error_body_problem(text)
+        return error_body_problem(text)
     if status == 200 and content_type.startswith("text/event-stream"):
         events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
         if not events or events[-1] != "[DONE]":
@@ -39,13 +39,13 @@ def contract_violation(status: int, content_type: str, text: str) -> str | None:
         for event in events[:-1]:
             payload = json.loads(event)
             if "error" in payload:
-                problem = _error_body_problem(event)
+                problem = error_body_problem(event)
                 if problem:
                     return f"stream error event: {problem}"
     return None
 
 
-def _error_body_problem(text: str) -> str | None:
+def error_body_problem(text: str) -> str | None:
     try:
         body = json.loads(text)
     except ValueError:
