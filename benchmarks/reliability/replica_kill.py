@@ -4,7 +4,7 @@ Each client sends small chat completions in a loop and, like OpenAI's clients, r
 429 or a broken connection) up to ``--retries`` times with a short backoff. Counted: requests ok at the first try,
 ok after retries ("retried-ok"), and failed after every retry; every failed attempt's status and body (a clear
 failure is a 503 with an OpenAI-style error body); attempts that ran past the client's deadline; and the recovery
-time, from the kill until Serve reports both replicas running again and until throughput is back to 80 % of its
+time, from the kill until a new replica process answers ``/health`` and until throughput is back to 80 % of its
 level before the kill.
 """
 
@@ -103,18 +103,11 @@ def replica_pids(url: str, replicas: int, timeout: float = 60.0) -> dict[str, in
     return found
 
 
-def running_replicas() -> int:
-    from ray import serve
-
-    from finch_rag.server.ray_serve import APPLICATION_NAME, DEPLOYMENT_NAME
-
-    application = serve.status().applications.get(APPLICATION_NAME)
-    if application is None:
-        return 0
-    deployment = application.deployments.get(DEPLOYMENT_NAME)
-    if deployment is None:
-        return 0
-    return int(deployment.replica_states.get("RUNNING", 0))
+def _new_replica_answers(client: httpx.Client, old_pids: set[int]) -> bool:
+    try:
+        return int(client.get("/health").json()["pid"]) not in old_pids
+    except (httpx.HTTPError, ValueError, KeyError):
+        return False
 
 
 def run_replica_kill(
@@ -135,10 +128,13 @@ def run_replica_kill(
     killed_at = time.monotonic()
     os.kill(victim_pid, signal.SIGKILL)
     replicas_back_at = None
-    while time.monotonic() < stop_at:
-        if replicas_back_at is None and time.monotonic() - killed_at > 1 and running_replicas() >= replicas:
-            replicas_back_at = time.monotonic()
-        time.sleep(0.5)
+    with httpx.Client(base_url=url, timeout=5) as monitor:
+        while time.monotonic() < stop_at:
+            # Back means a replica process that did not exist before the kill answers (Serve's status may still
+            # list the dead replica as running until its health check notices).
+            if replicas_back_at is None and _new_replica_answers(monitor, set(pids.values())):
+                replicas_back_at = time.monotonic()
+            time.sleep(0.2)
     for thread in threads:
         thread.join(deadline * (retries + 2))
     seconds_before = [t - started for t in tally.completions]
@@ -163,7 +159,7 @@ def run_replica_kill(
         "attempts_past_client_deadline": tally.deadline_exceeded,
         "throughput_before_kill_per_second": round(level, 2),
         "throughput_per_second": [buckets.get(second, 0) for second in range(int(seconds))],
-        "seconds_until_replicas_running": round(replicas_back_at - killed_at, 1) if replicas_back_at else None,
+        "seconds_until_new_replica_answers": round(replicas_back_at - killed_at, 1) if replicas_back_at else None,
         "seconds_until_throughput_80_percent": (recovered - kill_second) if recovered is not None else None,
         "new_replica_pids": replica_pids(url, replicas) if replicas_back_at else None,
     }
