@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=200, help="requests before the RSS baseline")
     parser.add_argument("--sample-every", type=int, default=100, help="RSS sample every N requests")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store-bytes", type=int, help="the server's --store-bytes (default: the server's default)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     return parser
 
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         model = _model_path(args.model, Path(scratch), args.seed)
-        with ServerProcess(model, "--max-tokens", "64") as server:
+        extra = ["--store-bytes", str(args.store_bytes)] if args.store_bytes else []
+        with ServerProcess(model, "--max-tokens", "64", *extra) as server:
             result = run_soak(
                 server,
                 requests=args.requests,

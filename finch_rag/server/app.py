@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 
 from .. import FinchCompressor, __version__
+from ..store import context_store
 from .chat import chat_completion
 from .compress import compress_documents
 from .errors import error_responses, install_error_handlers
@@ -45,6 +46,8 @@ def create_app(settings: ServerSettings | None = None, *, compressor: FinchCompr
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.replica_id = settings.replica_id or default_replica_id()
         await asyncio.to_thread(state.engine.start)
+        # Every compression goes in the model's store; bound it in bytes, or it grows to the library's default.
+        context_store(state.engine.compressor.model, max_bytes=settings.store_bytes)
         state.ready = True
         try:
             yield
