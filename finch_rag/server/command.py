@@ -106,6 +106,21 @@ def add_serve_parser(commands: Any) -> None:
         default=defaults["default_temperature"].default,
         help="temperature when a request sets none (default 0: greedy)",
     )
+    limits.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=defaults["drain_timeout"].default,
+        help="on SIGTERM, stop accepting and let requests in flight finish for up to this long, then exit 0 "
+        "(default 30)",
+    )
+    limits.add_argument(
+        "--store-bytes",
+        type=int,
+        metavar="BYTES",
+        default=defaults["store_bytes"].default,
+        help="bound in bytes of KV of the compressed contexts kept for reuse (default 256 MiB)",
+    )
     ray = serve.add_argument_group("Ray Serve (needs finch-rag[ray])")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one process")
     ray.add_argument("--replicas", type=int, default=1, help="replicas, each with its own model (default 1)")
@@ -142,6 +157,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_input_chars=args.max_input_chars,
         default_max_tokens=args.max_tokens,
         default_temperature=args.temperature,
+        drain_timeout=args.drain_timeout,
+        store_bytes=args.store_bytes,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,38 @@ _TYPES = {
     500: "server_error",
     503: "server_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, in OpenAI's error shape."""
+
+    message: str = Field(description="What was wrong and what to send instead.")
+    type: str = Field(description='"invalid_request_error", "authentication_error", "not_found_error", ...')
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None = Field(description='Machine-readable code ("model_not_found", "invalid_api_key", ...).')
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+_WHEN = {
+    400: "The body is not a JSON object, or the request cannot be served as sent (the message says why).",
+    401: "The server has an API key and the request's 'Authorization: Bearer <key>' is missing or wrong.",
+    404: "The model is not the one served, or the path does not exist.",
+    413: "The body or its text is over the server's limits.",
+    422: "A field has the wrong type or is out of range.",
+    429: "The server is full; retry after the 'Retry-After' seconds.",
+    500: "A bug in the server (logged with its traceback there).",
+    503: "The server (a replica) is starting, stopping or unreachable; retry.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting ``statuses`` as `ErrorResponse`s, for a route's decorator."""
+    return {status: {"model": ErrorResponse, "description": _WHEN[status]} for status in statuses}
 
 
 class APIError(Exception):

@@ -71,6 +71,10 @@ def deployment(
         # Let requests through to the replica: its own admission answers 429 past max_queue.
         "max_ongoing_requests": 2 * settings.max_queue,
         "health_check_period_s": 10,
+        # Serve's own drain: a stopping replica gets no new requests and waits for its ongoing ones (checked every
+        # wait loop) for up to the drain timeout before it is killed.
+        "graceful_shutdown_timeout_s": settings.drain_timeout,
+        "graceful_shutdown_wait_loop_s": min(2.0, max(settings.drain_timeout, 0.1)),
     }
     if max_replicas is None:
         options["num_replicas"] = replicas

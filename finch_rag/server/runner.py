@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from typing import Any
@@ -17,9 +18,41 @@ logger = logging.getLogger(__name__)
 
 
 def serve(settings: ServerSettings, *, log_level: str = "info") -> None:
-    """Serve ``settings`` with uvicorn until interrupted (Ctrl-C, SIGTERM)."""
+    """Serve ``settings`` with uvicorn until interrupted (Ctrl-C, SIGTERM), then drain and return.
+
+    On the signal uvicorn closes the listening socket, lets requests in flight finish for up to
+    ``settings.drain_timeout`` seconds (cancelling what is left), and runs the app's shutdown. Returning, rather
+    than dying of the signal, is what makes a drained process exit 0, as process managers expect.
+    """
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level=log_level))
+    # uvicorn handles the signal while it serves, then re-raises it once it has shut down, to give the process the
+    # signal's default outcome (death by SIGTERM, KeyboardInterrupt). Handlers that only note the signal make that
+    # re-raise a no-op, so a clean drain ends as a normal exit.
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in _STOP_SIGNALS}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        logger.info("Drained and stopped on %s.", signal.Signals(received[0]).name)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def uvicorn_config(app: Any, settings: ServerSettings, *, log_level: str = "info") -> uvicorn.Config:
+    """The uvicorn configuration of ``app``: where ``settings`` listen, and their drain period."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        # Typed int, but uvicorn only hands it to asyncio.timeout, which takes any number of seconds.
+        timeout_graceful_shutdown=settings.drain_timeout,  # type: ignore[arg-type]
+    )
 
 
 class ServerThread:
@@ -48,8 +81,7 @@ class ServerThread:
     ) -> None:
         self.settings = settings
         self.app = create_app(settings, compressor=compressor)
-        config = uvicorn.Config(self.app, host=settings.host, port=settings.port, log_level=log_level)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config(self.app, settings, log_level=log_level))
         self._thread: threading.Thread | None = None
         self.startup_timeout = startup_timeout
 

@@ -65,6 +65,13 @@ class ServerSettings:
         entry (`CompressedContext.kept_text`).
     replica_id : str, optional
         Reported in ``/health`` and the ``X-Finch-Replica`` header; default ``<hostname>-<pid>``.
+    drain_timeout : float
+        Grace period in seconds on SIGTERM (or Ctrl-C): the server stops accepting connections at once, lets the
+        requests in flight (streams included) finish for up to this long, cancels what is left, and exits 0. On
+        Ray Serve it is each replica's ``graceful_shutdown_timeout_s``.
+    store_bytes : int
+        Bound, in bytes of KV, of the model's store of compressed contexts (`finch_rag.store.ContextStore`), which
+        keeps each request's compression for reuse by ``cache_key``; least recently used out first.
     """
 
     model: str | None = None
@@ -84,6 +91,8 @@ class ServerSettings:
     default_temperature: float = 0.0
     kept_text_threshold: float = 0.5
     replica_id: str | None = None
+    drain_timeout: float = 30.0
+    store_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, FinchConfig):
@@ -97,7 +106,11 @@ class ServerSettings:
         window = self.batch_window_ms
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not math.isfinite(window) or window < 0:
             raise ValueError(f"batch_window_ms must be a number >= 0, got {window!r}.")
-        for name in ("max_batch_size", "max_queue", "max_request_bytes", "max_input_chars", "default_max_tokens"):
+        drain = self.drain_timeout
+        if isinstance(drain, bool) or not isinstance(drain, (int, float)) or not math.isfinite(drain) or drain < 0:
+            raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain!r}.")
+        counts = ("max_batch_size", "max_queue", "max_request_bytes", "max_input_chars", "default_max_tokens")
+        for name in (*counts, "store_bytes"):
             _positive_int(name, getattr(self, name))
         if not 0 <= self.default_temperature <= 2:
             raise ValueError(f"default_temperature must be in [0, 2], got {self.default_temperature!r}.")

@@ -188,7 +188,7 @@ def test_help_lists_every_suite(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in SUITES) and len(SUITES) == 7
+    assert all(name in out for name in SUITES) and len(SUITES) == 8
     with pytest.raises(SystemExit) as exit_info:
         main(["bogus"])
     assert exit_info.value.code == 2

@@ -54,3 +54,12 @@ def test_flat_options_take_the_automatic_budget() -> None:
         ServerSettings.from_options({"target_tokens": 128, "attention_mass": 0.6})
     with pytest.raises(ValueError, match="max_target_tokens"):
         ServerSettings.from_options({"target_tokens": "auto", "max_target_tokens": 0})
+
+
+def test_the_server_bounds_its_model_store_with_its_setting():
+    """The server puts every compression in the model's store: `ServerSettings.store_bytes` is that store's bound."""
+    from servers import make_tiny_compressor, serving
+
+    compressor = make_tiny_compressor()
+    with serving(compressor, store_bytes=4096):
+        assert compressor.store.max_bytes == 4096
