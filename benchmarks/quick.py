@@ -38,6 +38,7 @@ QUICK: list[tuple[str, list[str]]] = [
         "batch",
         ["--requests", "2", "--batch-sizes", "2", "--top-k", "2", "--corpus-limit", "64", "--max-new-tokens", "2"],
     ),
+    ("reliability", ["soak", "--requests", "40", "--warmup", "10", "--clients", "2", "--sample-every", "10"]),
 ]
 SMOKE: list[tuple[str, list[str]]] = [
     ("squad", ["--limit", "1", "--budgets", "4x", "--methods", "full", "truncation", "finch", "first"]),
