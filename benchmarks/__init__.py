@@ -41,6 +41,8 @@ SUITES: dict[str, Suite] = {
     "niah": Suite("niah", "needle in a haystack over the essays, depth x length"),
     "cost": Suite("cost", "time, decode speed and memory against context length, Finch vs full prefill"),
     "batch": Suite("batch", "throughput of padded batches (1, 4, 8) against a sequential loop"),
+    "ruler": Suite("ruler", "RULER-style synthetic tasks at 4k tokens: generate and encode the cases"),
+    "peers": Suite("peers", "kvpress's presses vs finch-rag on the RULER-style suite, all ratios, one capture each"),
     "quick": Suite("quick", "every suite at a small size (under 3 minutes on 2 CPU cores); --smoke is ~1 minute"),
 }
 

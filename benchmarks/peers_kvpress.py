@@ -57,6 +57,8 @@ RATIOS = (0.5, 0.75, 0.875, 0.9375)
 QUERY_AWARE = ("finchpress", "snapkv", "adakv_snapkv", "chunkkv_snapkv")
 QUERY_AGNOSTIC = ("expected_attention", "keydiff", "tova", "streaming_llm")
 PRESSES = QUERY_AWARE + QUERY_AGNOSTIC + ("kvzip",)
+SOLVED = 0.3
+"""Below this full-context RULER score, press answers are not decoded (retention only), as the report does."""
 RATIO_SCORED = ("streaming_llm",)
 """Presses whose ``score()`` reads the compression ratio (StreamingLLM's sink/recent split): replayed by calling
 their own ``score()`` at each ratio (it reads only the sequence length, so no forward is needed)."""
@@ -87,6 +89,15 @@ def _scorer(press: Any) -> Any:
 
 def _layers(model: Any) -> list[Any]:
     return list(model.model.layers)
+
+
+def ruler_score(metric: str, prediction: str, references: list[str]) -> float:
+    """RULER's string_match_all ("all") or string_match_part ("part"), as `benchmarks.ruler.score`.
+
+    Repeated here because this script runs in the kvpress environment, without the ``benchmarks`` package.
+    """
+    found = [reference.lower() in prediction.lower() for reference in references]
+    return sum(found) / len(found) if metric == "all" else float(any(found))
 
 
 # ----------------------------------------------------------------- capture
@@ -264,7 +275,7 @@ def run_case(
     press_names: list[str],
     ratios: list[float],
     max_new_tokens: int,
-    done: set[str],
+    done: dict[str, dict[str, Any]],
 ) -> list[dict[str, Any]]:
     prefix, context, question, suffix = (case[k] for k in ("prefix_ids", "context_ids", "question_ids", "suffix_ids"))
     agnostic_length = len(prefix) + len(context)
@@ -280,16 +291,34 @@ def run_case(
         kvzip = capture_kvzip(model, input_ids[:, :agnostic_length])
         forward_s += time.perf_counter() - started
     records = []
-    base = {"case": case["key"], "task": case["task"], "capture_s": round(forward_s, 2)}
+    example = case["example"]
+    base = {
+        "case": case["key"],
+        "task": case["task"],
+        "metric": example["metric"],
+        "answers": example["answers"],
+        "capture_s": round(forward_s, 2),
+    }
+    full_answer = done.get("full", {}).get("answer")
     if "full" not in done:
         full = [extract_keys_and_values(cache, i) for i in range(len(_layers(model)))]
         started = time.perf_counter()
-        answer = decode(model, tokenizer, full, [None] * len(full), suffix, input_ids.shape[1], max_new_tokens)
+        full_answer = decode(model, tokenizer, full, [None] * len(full), suffix, input_ids.shape[1], max_new_tokens)
         records.append(
             base
-            | {"method": "full", "ratio": 0.0, "retention": 1.0, "context_kept": 1.0, "answer": answer,
-               "generate_s": round(time.perf_counter() - started, 2)}
+            | {
+                "method": "full",
+                "ratio": 0.0,
+                "retention": 1.0,
+                "context_kept": 1.0,
+                "answer": full_answer,
+                "generate_s": round(time.perf_counter() - started, 2),
+            }
         )
+    # Answers are decoded only where full context solves the input: elsewhere RULER's score says nothing about
+    # the press, and retention (which needs no answer) is what is reported.
+    answering = bool(max_new_tokens) and full_answer is not None
+    answering = answering and ruler_score(example["metric"], full_answer, example["answers"]) >= SOLVED
     for name in press_names:
         for ratio in ratios:
             if f"{name}/{ratio}" in done:
@@ -303,7 +332,7 @@ def run_case(
             if name == "finchpress":  # FinchPress re-rotates the kept keys; the pipeline then counts the cache
                 length = caches[0][0].shape[2]
             started = time.perf_counter()
-            answer = decode(model, tokenizer, caches, masks, feed, length, max_new_tokens) if max_new_tokens else None
+            answer = decode(model, tokenizer, caches, masks, feed, length, max_new_tokens) if answering else None
             records.append(
                 base
                 | {
@@ -368,8 +397,14 @@ def tiny_llama() -> Any:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, attn_implementation="sdpa",
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
     )
     model = LlamaForCausalLM(config).eval()
     return model
@@ -440,17 +475,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cases, --model-dir and --journal are needed (or --self-check).")
     model, tokenizer = load(args.model_dir)
     journal = Path(args.journal)
-    done: dict[str, set[str]] = {}
+    done: dict[str, dict[str, dict[str, Any]]] = {}
     if journal.exists():
         for line in journal.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
-                done.setdefault(record["case"], set()).add(f"{record['method']}/{record['ratio']}")
+                key = "full" if record["method"] == "full" else f"{record['method']}/{record['ratio']}"
+                done.setdefault(record["case"], {})[key] = record
     for line in Path(args.cases).read_text().splitlines():
         case = json.loads(line)
-        finished = done.get(case["key"], set())
+        finished = done.get(case["key"], {})
         wanted = {"full"} | {f"{p}/{r}" for p in args.presses for r in args.ratios}
-        if wanted <= finished:
+        if wanted <= finished.keys():
             continue
         presses = [p for p in args.presses if any(f"{p}/{r}" not in finished for r in args.ratios)]
         records = run_case(model, tokenizer, case, presses, args.ratios, args.max_new_tokens, finished)

@@ -54,8 +54,8 @@ TASKS = (
 )
 DEFAULT_LENGTH = 4096
 """Prompt length in tokens the suite is sized for (context plus template and question), as RULER's 4k."""
-TEMPLATE_RESERVE = 160
-"""Tokens left for the chat template, the question and the answer; the context fills the rest."""
+TEMPLATE_RESERVE = 96
+"""Tokens left for the chat template and the answer (the question is counted too); the context fills the rest."""
 DEPTHS = [round(i / 39, 4) for i in range(40)]
 """Needle depths (fractions of the context) drawn from, as RULER draws from 40 evenly spaced depths."""
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -162,11 +162,13 @@ def _fill(pieces: Callable[[int], str], count: TokenCounter, budget: int, joiner
 
 
 def _insert(
-    haystack: list[str], needles: Sequence[str], depths: Sequence[float], joiner: str = " "
+    haystack: list[str], needles: Sequence[str], depths: Sequence[float], joiner: str = " ", offset: int = 0
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Join ``haystack`` pieces with each needle inserted before the piece nearest its depth (by characters).
+    """Join ``haystack`` pieces with each needle inserted before the piece nearest its depth.
 
-    Returns the text and each needle's character span, in the order of ``needles``.
+    The depth is a fraction of the whole context, characters of a head of length ``offset`` (the instruction
+    written before the haystack) included. Returns the text and each needle's character span in it (without
+    the head), in the order of ``needles``.
     """
     total = sum(len(piece) + len(joiner) for piece in haystack)
     starts, cursor = [], 0
@@ -176,7 +178,8 @@ def _insert(
     starts.append(cursor)
     slots: dict[int, list[int]] = {}
     for which, depth in enumerate(depths):
-        slot = min(range(len(starts)), key=lambda i: (abs(starts[i] - depth * total), i))
+        target = depth * (offset + total) - offset
+        slot = min(range(len(starts)), key=lambda i: (abs(starts[i] - target), i))
         slots.setdefault(slot, []).append(which)
     parts: list[str] = []
     spans: list[tuple[int, int]] = [(0, 0)] * len(needles)
@@ -202,8 +205,10 @@ def _key(rng: random.Random, sources: Sources, taken: set[str]) -> str:
 
 def _value(rng: random.Random, kind: str, taken: set[str]) -> str:
     while True:
-        value = str(uuid.UUID(int=rng.getrandbits(128), version=4)) if kind == "uuids" else str(
-            rng.randint(1_000_000, 9_999_999)
+        value = (
+            str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            if kind == "uuids"
+            else str(rng.randint(1_000_000, 9_999_999))
         )
         if value not in taken:
             taken.add(value)
@@ -235,14 +240,6 @@ def _niah(
         f"Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
         f"I will quiz you about the {kind} afterwards.\n"
     )
-    room = budget - count(head) - sum(count(n + " ") for n in needles)
-    if haystack_kind == "noise":
-        hay = _fill(lambda i: NOISE, count, room)
-    else:
-        start = rng.randrange(len(sources.essay_sentences))
-        sentences = sources.essay_sentences
-        hay = _fill(lambda i: sentences[(start + i) % len(sentences)], count, room)
-    body, spans = _insert(hay, needles, depths)
     queried = keys[:n_queries]
     if n_queries > 1:
         names = ", ".join(queried[:-1]) + f", and {queried[-1]}"
@@ -251,6 +248,14 @@ def _niah(
         question = f"What are all the special magic {kind} for {queried[0]} mentioned in the provided text?"
     else:
         question = f"What is the special magic {singular} for {queried[0]} mentioned in the provided text?"
+    room = budget - count(question) - count(head) - sum(count(n + " ") for n in needles)
+    if haystack_kind == "noise":
+        hay = _fill(lambda i: NOISE, count, room)
+    else:
+        start = rng.randrange(len(sources.essay_sentences))
+        sentences = sources.essay_sentences
+        hay = _fill(lambda i: sentences[(start + i) % len(sentences)], count, room)
+    body, spans = _insert(hay, needles, depths, offset=len(head))
     answers = [value for key, value in pairs if key in queried]
     evidence = [(len(head) + s, len(head) + e) for (key, _), (s, e) in zip(pairs, spans, strict=True) if key in queried]
     chosen = [d for (key, _), d in zip(pairs, depths, strict=True) if key in queried]
@@ -269,13 +274,12 @@ def _vt(index: int, rng: random.Random, sources: Sources, count: TokenCounter, b
     chain = [f"VAR {names[0]} = {value}."] + [f"VAR {names[i]} = VAR {names[i - 1]}." for i in range(1, 5)]
     depths = sorted(rng.sample(DEPTHS, len(chain)))  # a chain reads forward: each hop after the one it copies
     head = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
-    room = budget - count(head) - sum(count(c + " ") for c in chain)
-    hay = _fill(lambda i: NOISE, count, room)
-    body, spans = _insert(hay, chain, depths)
     question = (
-        f"Find all variables that are assigned the value {value} in the text above. "
-        "List the variable names only."
+        f"Find all variables that are assigned the value {value} in the text above. List the variable names only."
     )
+    room = budget - count(question) - count(head) - sum(count(c + " ") for c in chain)
+    hay = _fill(lambda i: NOISE, count, room)
+    body, spans = _insert(hay, chain, depths, offset=len(head))
     evidence = [(len(head) + s, len(head) + e) for s, e in spans]
     return RulerExample("vt", index, head + body, question, names, "all", evidence, depths)
 
@@ -287,8 +291,15 @@ def _cwe(index: int, rng: random.Random, sources: Sources, count: TokenCounter, 
         "Below is a numbered list of words. In these words, some appear more often than others. "
         "Memorize the ones that appear most often.\n"
     )
+    question = "What are the 10 most common words in the above list? Answer with the ten words only."
+    budget -= count(question)
+    # RULER's frequencies (30 per common word, 3 per rare one); the common words' frequency is lowered only where
+    # 300 entries would fill more than 60% of the list (short lengths; never at 4k tokens).
+    frequency = 30
+    while frequency > 4 and sum(count(f"{i + 1}. {w} ") for i, w in enumerate(common * frequency)) > 0.6 * budget:
+        frequency -= 1
     # Each listed word costs about "N. word " tokens; grow the rare set until the list fills the budget.
-    listed = [w for w in common for _ in range(30)]
+    listed = [w for w in common for _ in range(frequency)]
     used = count(head) + sum(count(f"{i + 1}. {w} ") for i, w in enumerate(listed))
     for word in rare:
         cost = sum(count(f"{len(listed) + 1 + j}. {word} ") for j in range(3))
@@ -304,13 +315,10 @@ def _cwe(index: int, rng: random.Random, sources: Sources, count: TokenCounter, 
             evidence.append((cursor + len(label), cursor + len(label) + len(word)))
         pieces.append(label + word)
         cursor += len(label) + len(word) + 1
-    question = "What are the 10 most common words in the above list? Answer with the ten words only."
     return RulerExample("cwe", index, head + " ".join(pieces), question, common, "all", evidence)
 
 
-def _qa(
-    task: str, index: int, rng: random.Random, sources: Sources, count: TokenCounter, budget: int
-) -> RulerExample:
+def _qa(task: str, index: int, rng: random.Random, sources: Sources, count: TokenCounter, budget: int) -> RulerExample:
     head = "The following are given documents.\n\n"
     if task == "qa_squad":
         pool = sources.squad
@@ -320,7 +328,7 @@ def _qa(
         question_text = qa["question"]
         answers = sorted({a["text"] for a in qa["answers"] if a["text"]})
         gold = [(paragraph, [(a["answer_start"], a["answer_start"] + len(a["text"])) for a in qa["answers"]])]
-        distractors = [pool[i][0] for i in rng.sample(range(len(pool)), 80) if i != gold_at]
+        distractors = [pool[i][0] for i in rng.sample(range(len(pool)), min(80, len(pool))) if i != gold_at]
     else:
         pool_h = sources.hotpot
         gold_at = rng.randrange(len(pool_h))
@@ -339,10 +347,14 @@ def _qa(
                     spans.append((cursor, cursor + len(piece)))
                 cursor += len(piece) + 1
             (gold if spans else distractors).append((text, spans) if spans else text)
-        others = [pool_h[i] for i in rng.sample(range(len(pool_h)), 12) if i != gold_at]
+        others = [pool_h[i] for i in rng.sample(range(len(pool_h)), min(12, len(pool_h))) if i != gold_at]
         distractors += [" ".join(s.strip() for s in sents) for other in others for _, sents in other["context"]]
+    question = (
+        "Answer the question based on the given documents. Only give me the answer and do not output any "
+        f"other words.\n\nQuestion: {question_text}"
+    )
     documents: list[tuple[str, list[tuple[int, int]]]] = list(gold)
-    used = count(head) + sum(count(f"Document 00:\n{text}\n\n") for text, _ in documents)
+    used = count(question) + count(head) + sum(count(f"Document 00:\n{text}\n\n") for text, _ in documents)
     for text in distractors:
         cost = count(f"Document 00:\n{text}\n\n")
         if used + cost > budget:
@@ -359,10 +371,6 @@ def _qa(
         parts.append(label + text + "\n\n")
         cursor += len(label) + len(text) + 2
     context = "".join(parts).rstrip()
-    question = (
-        "Answer the question based on the given documents. Only give me the answer and do not output any "
-        f"other words.\n\nQuestion: {question_text}"
-    )
     return RulerExample(task, index, context, question, answers, "part", sorted(set(evidence)), ranking=doc_spans)
 
 
