@@ -442,8 +442,7 @@ def self_check(press_names: list[str], ratios: list[float], n: int = 300, window
     failures = []
     for name in press_names:
         if name == "kvzip":
-            print("kvzip: skipped (needs a tokenizer with a chat template; replay is KVzip's own compress_post)")
-            continue
+            continue  # needs the model's own tokenizer: `kvzip_check` with --model-dir
         for ratio in ratios:
             replayed, _, _ = prune(name, presses[name], model, capture, cache, ratio)
             real = real_kept(name, model, tokenizer, ids, n, ratio)
@@ -456,6 +455,47 @@ def self_check(press_names: list[str], ratios: list[float], n: int = 300, window
     return failures
 
 
+def _masks(model: Any) -> list[tuple[list[int], list[int]]]:
+    """Per layer, the (head, position) pairs KVzip masked, read from the modules (then cleared)."""
+    kept = []
+    for layer in _layers(model):
+        batch, heads, positions = layer.self_attn.masked_key_indices
+        layer.self_attn.masked_key_indices = None
+        kept.append((heads.tolist(), positions.tolist()))
+    return kept
+
+
+def kvzip_check(model_dir: str, ratios: list[float], n: int = 160) -> list[str]:
+    """KVzip replayed from its captured ``score_val`` against KVzip run for real, on the real model (short input).
+
+    KVzip needs the model's own tokenizer and chat template, so the tiny random Llama cannot run it.
+    """
+    model, tokenizer = load(model_dir)
+    text = " ".join(f"Line {i}: the harbour froze in winter {i * 7 % 13} and the ships waited." for i in range(40))
+    ids = torch.tensor([tokenizer(text).input_ids[:n]])
+    score_val = capture_kvzip(model, ids)
+    failures = []
+    for ratio in ratios:
+        press = KVzipPress(compression_ratio=ratio)
+        with torch.inference_mode(), press(model):
+            model.model(input_ids=ids, past_key_values=DynamicCache())
+        real = _masks(model)
+        replay = KVzipPress(compression_ratio=ratio)
+        replay.score_val = score_val.clone()
+        replay.compress_post(model)
+        replayed = _masks(model)
+        same = all(
+            sorted(zip(*a, strict=True)) == sorted(zip(*b, strict=True)) for a, b in zip(real, replayed, strict=True)
+        )
+        pruned = sum(len(heads) for heads, _ in real)
+        print(
+            f"{'kvzip':<20} ratio {ratio:<7} prunes {pruned:>5} entries in all  {'identical' if same else 'DIFFERENT'}"
+        )
+        if not same:
+            failures.append(f"kvzip@{ratio}")
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", help="JSON lines written by `python -m benchmarks peers`")
@@ -464,11 +504,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presses", nargs="+", default=list(PRESSES), choices=PRESSES)
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--self-check", action="store_true", help="replay vs real press on a tiny random Llama")
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="replayed vs real kept positions at each ratio on a tiny random Llama (and KVzip on --model-dir)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.self_check:
         failures = self_check(args.presses, args.ratios)
+        if "kvzip" in args.presses and args.model_dir:
+            failures += kvzip_check(args.model_dir, args.ratios)
         print("SELF-CHECK", "FAILED: " + ", ".join(failures) if failures else "PASSED")
         return 1 if failures else 0
     if not (args.cases and args.model_dir and args.journal):
