@@ -232,6 +232,13 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if values:
             full[task] = sum(values) / len(values)
     solved = sorted(task for task, value in full.items() if value >= SOLVED)
+    # Answers count on the examples full context answers (>= SOLVED) of the tasks it solves; the kvpress worker
+    # decodes press answers only there, so every method is scored on the same examples.
+    answered = {
+        r["case"]
+        for r in records
+        if r["method"] == "full" and r["score"] is not None and r["score"] >= SOLVED and r["task"] in solved
+    }
     methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in records)]
     ratios = sorted({r["ratio"] for r in records if r["method"] != "full"})
     rows = []
@@ -241,7 +248,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             if not chosen:
                 continue
             retention = [r["retention"] for r in chosen]
-            scores = [r["score"] for r in chosen if r["score"] is not None and r["task"] in solved]
+            scores = [r["score"] for r in chosen if r["case"] in answered and r["score"] is not None]
             row = {
                 "method": method,
                 "ratio": ratio,
@@ -255,17 +262,22 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 of_task = [r for r in chosen if r["task"] == task]
                 if of_task:
                     row[f"retention/{task}"] = sum(r["retention"] for r in of_task) / len(of_task)
-                    task_scores = [r["score"] for r in of_task if r["score"] is not None]
+                    task_scores = [r["score"] for r in of_task if r["case"] in answered and r["score"] is not None]
                     if task_scores and task in solved:
                         row[f"score/{task}"] = sum(task_scores) / len(task_scores)
             rows.append(row)
-    return {"full_score_by_task": full, "solved_tasks": solved, "rows": rows}
+    return {"full_score_by_task": full, "solved_tasks": solved, "answered_cases": sorted(answered), "rows": rows}
 
 
 def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     rows, solved = summary["rows"], summary["solved_tasks"]
     lines = [f"# Peers on the RULER-style suite: {meta['model']}", "", f"Command: `{meta['command']}`", ""]
-    lines += [f"Machine: {meta['machine']}. Examples per task: {meta['per_task']} (seed {meta['seed']}).", ""]
+    lines += [
+        f"Machine: {meta['machine']}. Examples per task asked: {meta['per_task']} (seed {meta['seed']}); cases "
+        f"complete for every method: {meta.get('cases_complete')} of {meta.get('cases_started')} started (only "
+        "complete cases are counted).",
+        "",
+    ]
     full = summary["full_score_by_task"]
     lines += ["Full-context score per task (RULER metric; tasks under 0.3 report retention only):", ""]
     lines += [
@@ -335,8 +347,28 @@ def plot(summary: Mapping[str, Any], path: Path, title: str) -> Path:
     return path
 
 
+def complete(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The records of the cases every method has finished (full context and each method at each ratio).
+
+    A run still in progress (or a press added later) leaves some cases partial; averaging them would compare
+    methods on different inputs. Truncation exists only where a ranking does, so it is not required.
+    """
+    ratios = {r["ratio"] for r in records if r["method"] != "full"}
+    methods = {r["method"] for r in records if r["method"] not in ("full", "truncation")}
+    required = {("full", 0.0)} | {(m, ratio) for m in methods for ratio in ratios}
+    have: dict[str, set[tuple[str, float]]] = {}
+    for record in records:
+        have.setdefault(record["case"], set()).add((record["method"], record["ratio"]))
+    return [r for r in records if required <= have[r["case"]]]
+
+
 def report(journals: Sequence[Path], out: Path, tag: str, meta: dict[str, Any]) -> dict[str, Any]:
-    records = [r for path in journals for r in _read(path)]
+    every = [r for path in journals for r in _read(path)]
+    records = complete(every)
+    meta = meta | {
+        "cases_complete": len({r["case"] for r in records}),
+        "cases_started": len({r["case"] for r in every}),
+    }
     summary = summarize(scored(records))
     cases = {r["case"] for r in records}
     meta = meta | {"machine": machine_description()}

@@ -101,6 +101,15 @@ def test_summary_scores_only_the_tasks_full_context_solves():
     assert "score/cwe" not in rows[("finch", 0.5)] and rows[("finch", 0.5)]["retention/cwe"] == 1.0
 
 
+def test_only_cases_every_method_finished_are_counted():
+    from benchmarks.peers import complete
+
+    records = _records()
+    partial = [r for r in records if not (r["case"] == "cwe/1" and r["method"] == "snapkv" and r["ratio"] == 0.75)]
+    assert {r["case"] for r in complete(partial)} == {"niah_single_1/0"}
+    assert len(complete(records)) == len(records)
+
+
 def test_report_writes_tables_and_plot(tmp_path):
     journal = tmp_path / "journal.jsonl"
     journal.write_text("".join(json.dumps(r) + "\n" for r in _records()))
