@@ -105,10 +105,12 @@ def run_finch(
 
     from finch_rag import FinchCompressor, FinchConfig, load_model
 
-    done = {(r["case"], r["method"], r["ratio"]) for r in _read(journal)}
     loaded, tokenizer = load_model(model)
     compressor = FinchCompressor(loaded, tokenizer, FinchConfig(progress=False))
     for case in cases:
+        # Re-read for each case, so that two processes sharing the journal (say, over other --tasks) skip each
+        # other's finished work.
+        done = {(r["case"], r["method"], r["ratio"]) for r in _read(journal)}
         prefix, context, question, suffix = (
             case[k] for k in ("prefix_ids", "context_ids", "question_ids", "suffix_ids")
         )
@@ -363,7 +365,12 @@ def complete(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def report(journals: Sequence[Path], out: Path, tag: str, meta: dict[str, Any]) -> dict[str, Any]:
-    every = [r for path in journals for r in _read(path)]
+    every, seen = [], set()
+    for record in (r for path in journals for r in _read(path)):
+        key = (record["case"], record["method"], record["ratio"])
+        if key not in seen:  # the first record of each, should two processes have done one twice
+            seen.add(key)
+            every.append(record)
     records = complete(every)
     meta = meta | {
         "cases_complete": len({r["case"] for r in records}),
