@@ -295,12 +295,17 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             "ratio": f"{r['ratio']:g}",
             "n": r["n"],
             "retention": _cell(r["retention"], r["n"]),
+            "n answered": r["n_scored"],
             "score (solved tasks)": _cell(r["score"], r["n_scored"]),
             "context kept": r["context_kept"],
         }
         for r in rows
     ]
-    lines += [markdown_table(table, ["method", "ratio", "n", "retention", "score (solved tasks)", "context kept"])]
+    lines += [
+        markdown_table(
+            table, ["method", "ratio", "n", "retention", "n answered", "score (solved tasks)", "context kept"]
+        )
+    ]
     for metric in ("retention", "score"):
         tasks = [t for t in TASKS if any(f"{metric}/{t}" in r for r in rows)]
         if not tasks:

@@ -120,7 +120,7 @@ def test_report_writes_tables_and_plot(tmp_path):
         {"model": "tiny", "command": "python -m benchmarks peers", "per_task": 1, "seed": 0, "ratios": [0.5, 0.75]},
     )
     text = (tmp_path / "peers_tiny.md").read_text()
-    assert "| finch | 0.5 | 2 | 1.00 [1.00, 1.00] | 1.00 | 0.50 |" in text
+    assert "| finch | 0.5 | 2 | 1.00 [1.00, 1.00] | 1 | 1.00 | 0.50 |" in text
     assert "| snapkv | 0.75 | 0.00 | 0.25 |" not in text and "| snapkv | 0.75 | 0.25 | 0.25 |" in text
     assert (tmp_path / "peers_tiny.png").stat().st_size > 1000
     assert json.loads((tmp_path / "peers_tiny.json").read_text())["summary"]["solved_tasks"] == ["niah_single_1"]
