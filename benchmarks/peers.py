@@ -340,10 +340,10 @@ def plot(summary: Mapping[str, Any], path: Path, title: str) -> Path:
                 style = {"linewidth": 2.5, "color": "black"} if method == "finch" else {}
                 axis.plot(*zip(*points, strict=True), marker="o", label=method, **style)
         if full and not math.isnan(full[0][metric][0]):
-            axis.axhline(full[0][metric][0], linestyle="--", color="grey", label="full")
+            axis.axhline(full[0][metric][0], linestyle=":", color="0.4", label="full context")
         axis.set_xlabel("compression ratio")
         axis.set_ylabel(label)
-        axis.set_xticks(list(RATIOS))
+        axis.set_xticks(list(RATIOS), [f"{ratio:g}" for ratio in RATIOS])
         axis.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower left")
     figure.suptitle(title)
