@@ -60,6 +60,8 @@ SUITES: dict[str, Suite] = {
     "reliability": Suite(
         "reliability", "the server under faults: schemathesis fuzz, soak, Ray replica kill (fuzz|soak|replica-kill)"
     ),
+    "ruler": Suite("ruler", "RULER-style synthetic tasks at 4k tokens: generate and encode the cases"),
+    "peers": Suite("peers", "kvpress's presses vs finch-rag on the RULER-style suite, all ratios, one capture each"),
     "quick": Suite("quick", "every suite at a small size (under 3 minutes on 2 CPU cores); --smoke is ~1 minute"),
 }
 

@@ -1,0 +1,126 @@
+"""The peers harness: replayed pruning equals the real press (kvpress env), and the finch-side metrics and report.
+
+The first test needs kvpress, which pins transformers < 5.3 and so lives in its own environment. It skips here
+unless kvpress is importable; run it there with
+
+    /work/kvpress-venv/bin/python benchmarks/peers_kvpress.py --self-check
+
+(``scripts/setup_kvpress_env.sh`` builds that environment).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.peers import bootstrap, evidence_retention, report, summarize, truncated_ids
+
+WORKER = Path(__file__).resolve().parents[2] / "benchmarks" / "peers_kvpress.py"
+
+
+def test_replayed_scores_keep_what_each_press_keeps_at_every_ratio():
+    if importlib.util.find_spec("kvpress") is None:
+        pytest.skip(
+            "kvpress is not importable in this interpreter (it pins transformers < 5.3); run "
+            "`/work/kvpress-venv/bin/python benchmarks/peers_kvpress.py --self-check` in the kvpress environment "
+            "built by scripts/setup_kvpress_env.sh"
+        )
+    spec = importlib.util.spec_from_file_location("peers_kvpress", WORKER)
+    assert spec is not None and spec.loader is not None
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    presses = [name for name in worker.PRESSES if name != "kvzip"]
+    assert worker.self_check(presses, list(worker.RATIOS)) == []
+
+
+def test_evidence_retention_counts_entries_over_layers_and_heads():
+    kept = [torch.tensor([[0, 1, 2], [2, 3, 4]]), torch.tensor([[1, 2, 3], [1, 2, 3]])]
+    # evidence tokens 1 and 2: layer 0 heads keep 2/2 and 1/2, layer 1 heads 2/2 and 2/2
+    assert evidence_retention(kept, [1, 2]) == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert math.isnan(evidence_retention(kept, []))
+
+
+def test_truncation_keeps_the_first_tokens_of_the_ranked_documents():
+    case = {
+        "context_ids": list(range(100, 112)),
+        "ranked_documents": [(8, 12), (2, 5), (5, 8)],  # token ranges, best first; tokens 0-1 are the head
+        "evidence_tokens": [3, 9],
+    }
+    ids, share = truncated_ids(case, 6)
+    assert ids == [100, 101, 108, 109, 110, 111]
+    assert share == 0.5
+    ids, share = truncated_ids(case, 9)
+    assert ids[-3:] == [102, 103, 104] and share == 1.0
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
+    values = [0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+    mean, low, high = bootstrap(values)
+    assert mean == pytest.approx(0.625) and low <= mean <= high and 0 <= low < high <= 1
+    assert bootstrap(values) == (mean, low, high)
+    assert all(math.isnan(x) for x in bootstrap([float("nan")]))
+
+
+def _records() -> list[dict]:
+    records = []
+    for case, (task, full_answer) in enumerate([("niah_single_1", "1234567"), ("cwe", "nothing")]):
+        answers = ["1234567"] if task == "niah_single_1" else ["alpha", "beta"]
+        base = {"case": f"{task}/{case}", "task": task, "metric": "all", "answers": answers}
+        records.append(
+            base | {"method": "full", "ratio": 0.0, "retention": 1.0, "context_kept": 1.0, "answer": full_answer}
+        )
+        for method, retention, answer in (("finch", 1.0, "1234567"), ("snapkv", 0.25, "7654321")):
+            for ratio in (0.5, 0.75):
+                records.append(
+                    base
+                    | {
+                        "method": method,
+                        "ratio": ratio,
+                        "retention": retention,
+                        "context_kept": 1 - ratio,
+                        "answer": answer,
+                    }
+                )
+    return records
+
+
+def test_summary_scores_only_the_tasks_full_context_solves():
+    from benchmarks.peers import scored
+
+    summary = summarize(scored(_records()))
+    assert summary["solved_tasks"] == ["niah_single_1"]
+    rows = {(r["method"], r["ratio"]): r for r in summary["rows"]}
+    assert rows[("finch", 0.5)]["score"][0] == 1.0 and rows[("finch", 0.5)]["n_scored"] == 1
+    assert rows[("snapkv", 0.75)]["score"][0] == 0.0
+    assert rows[("snapkv", 0.75)]["retention"][0] == 0.25
+    assert "score/cwe" not in rows[("finch", 0.5)] and rows[("finch", 0.5)]["retention/cwe"] == 1.0
+
+
+def test_only_cases_every_method_finished_are_counted():
+    from benchmarks.peers import complete
+
+    records = _records()
+    partial = [r for r in records if not (r["case"] == "cwe/1" and r["method"] == "snapkv" and r["ratio"] == 0.75)]
+    assert {r["case"] for r in complete(partial)} == {"niah_single_1/0"}
+    assert len(complete(records)) == len(records)
+
+
+def test_report_writes_tables_and_plot(tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    report(
+        [journal],
+        tmp_path,
+        "tiny",
+        {"model": "tiny", "command": "python -m benchmarks peers", "per_task": 1, "seed": 0, "ratios": [0.5, 0.75]},
+    )
+    text = (tmp_path / "peers_tiny.md").read_text()
+    assert "| finch | 0.5 | 2 | 1.00 [1.00, 1.00] | 1 | 1.00 | 0.50 |" in text
+    assert "| snapkv | 0.75 | 0.00 | 0.25 |" not in text and "| snapkv | 0.75 | 0.25 | 0.25 |" in text
+    assert (tmp_path / "peers_tiny.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "peers_tiny.json").read_text())["summary"]["solved_tasks"] == ["niah_single_1"]
