@@ -45,7 +45,18 @@ APPLICATION_NAME = "finch-rag"
 RETRY_AFTER_SECONDS = 1
 """Suggested wait before retrying a request whose replica was lost: the other replicas are usually up."""
 
-_SCOPE_KEYS = ("http_version", "method", "scheme", "path", "raw_path", "query_string", "headers", "client", "server")
+_SCOPE_KEYS = (
+    "http_version",
+    "method",
+    "scheme",
+    "path",
+    "raw_path",
+    "root_path",
+    "query_string",
+    "headers",
+    "client",
+    "server",
+)
 
 
 class FinchServer:
@@ -176,7 +187,8 @@ class _Relay(Response):
                 return
             status, body = _lost_replica(error)
             if not started:
-                for message in _json_messages(status, body, {"retry-after": str(RETRY_AFTER_SECONDS)}):
+                retry = {"retry-after": str(RETRY_AFTER_SECONDS)} if status in (429, 503) else {}
+                for message in _json_messages(status, body, retry):
                     await send(message)
             elif streaming:
                 events = f"data: {json.dumps(body, ensure_ascii=False)}\n\ndata: [DONE]\n\n".encode()
