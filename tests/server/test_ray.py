@@ -1,11 +1,18 @@
-"""The same app on Ray Serve: a local Ray instance, 2 replicas, requests spread over both, the same answers.
+"""The same app on Ray Serve: 2 replicas, requests spread over both, the same answers, clear 503s when one dies.
+
+A local Ray instance with 2 replicas; when a replica's process is killed mid-request, its requests get 503s in
+OpenAI's shape (never a hang, never Ray's plain-text 500).
 
 Starts and stops its own Ray instance (about a minute on 2 busy cores); skipped where Ray is not installed.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,3 +100,64 @@ def test_the_serve_config_file_builds_the_same_deployment() -> None:
     assert deployment.name == "finch-rag" and deployment.num_replicas == 2
     built = build_app(application.args)  # the builder accepts the file's args as they are
     assert built is not None
+
+
+def replica_pids(client: httpx.Client, replicas: int = 2) -> dict[str, int]:
+    """Replica id -> process id, from ``/health``, polled until every replica has answered."""
+    found: dict[str, int] = {}
+    deadline = time.monotonic() + TIMEOUT
+    while len(found) < replicas and time.monotonic() < deadline:
+        health = client.get("/health").json()
+        found[health["replica"]] = int(health["pid"])
+    assert len(found) == replicas, found
+    return found
+
+
+def lost_replica_error(text: str) -> bool:
+    """Whether ``text`` is the OpenAI-shaped error body of a request whose replica was lost."""
+    error = json.loads(text)["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    return error["code"] == "replica_unavailable" and error["type"] == "server_error" and "retry" in error["message"]
+
+
+def outcome(client: httpx.Client, stream: bool) -> str:
+    """``ok``, or ``lost`` for the answer of a request whose replica died (asserting its shape), else fails."""
+    body = chat_body(max_tokens=64, stream=stream)
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        text = response.read().decode()
+    if response.status_code == 503:
+        assert int(response.headers["retry-after"]) >= 0
+        assert lost_replica_error(text), text
+        return "lost"
+    assert response.status_code == 200, (response.status_code, text)
+    if not stream:
+        return "ok"
+    events = [line.removeprefix("data: ") for line in text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", text
+    errors = [event for event in events[:-1] if "error" in json.loads(event)]
+    if not errors:
+        return "ok"
+    assert len(errors) == 1 and errors[0] == events[-2] and lost_replica_error(errors[0]), text
+    return "lost"
+
+
+def test_a_killed_replica_gives_clear_503s_not_hangs(ray_server: Any) -> None:
+    """Last in the module: kills one of its two replicas (Serve replaces it) while requests are on both.
+
+    The requests on the killed replica answer a 503 in OpenAI's shape with ``Retry-After`` (a stream already
+    begun ends with that error as its last event, then ``[DONE]``); the others answer normally; a retry gets
+    through. Every call is bounded by the client timeout, so a hang fails the test.
+    """
+    with httpx.Client(base_url=ray_server.url, timeout=TIMEOUT) as client, ThreadPoolExecutor(12) as pool:
+        (victim, *_) = sorted(replica_pids(client).values())
+        futures = [pool.submit(outcome, client, stream) for stream in [False, True] * 6]
+        time.sleep(2.0)  # the requests are on both replicas (Serve balances them), compressing or decoding
+        os.kill(victim, signal.SIGKILL)
+        outcomes = Counter(future.result(timeout=2 * TIMEOUT) for future in futures)
+        for _ in range(5):  # as a retrying client does, after Retry-After
+            retried = client.post("/v1/chat/completions", json=chat_body())
+            if retried.status_code != 503:
+                break
+            time.sleep(int(retried.headers["retry-after"]))
+    assert set(outcomes) <= {"ok", "lost"} and outcomes["lost"] >= 1, outcomes
+    assert retried.status_code == 200, retried.text
