@@ -4,6 +4,7 @@ from .allocation import PassageAllocation, RankWeighting
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
+from .deadline import Deadline, DeadlineExceeded
 from .generation import SamplingParams
 from .models import load_model
 from .pipeline import Answer, FinchRAG, Source
@@ -13,6 +14,8 @@ from .retrieval import EmbeddingRetriever, RetrievedPassage, Retriever
 __all__ = [
     "Answer",
     "CompressedContext",
+    "Deadline",
+    "DeadlineExceeded",
     "EmbeddingRetriever",
     "FinchCompressor",
     "FinchConfig",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -15,6 +15,7 @@ from .compression.loop import CompressionRequest, compress_batch
 from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
+from .deadline import Deadline, DeadlineExceeded, DeadlineLike, deadlines_for
 from .generation import (
     SamplingOverrides,
     SamplingParams,
@@ -111,6 +112,7 @@ class FinchCompressor:
         config: FinchConfig | None = None,
         passage_weights: Sequence[float] | None = None,
         history: History | None = None,
+        deadline: DeadlineLike = None,
     ) -> CompressedContext:
         """Compress ``context`` (one string or a list of passages) for ``question``.
 
@@ -121,9 +123,41 @@ class FinchCompressor:
         ``history`` (the earlier turns of a conversation) is rendered by the chat template before the final
         user turn and lives in the protected prefix: kept whole, never compressed or dropped (`build_prompt`).
         Passages, question and history are tokenised as plain text: control-token strings stay text.
+        ``deadline`` (seconds from now, or a `Deadline`) stops the compression at the next chunk once it has
+        passed, with `DeadlineExceeded`.
         """
+        limit = Deadline.of(deadline)
         config = config or self.config
-        return self._run([self._prepare(context, question, config, passage_weights, history)], config)[0]
+        prompt = self._prepare(context, question, config, passage_weights, history)
+        return _raised(self._run([prompt], config, [limit]))[0]
+
+    @overload
+    def compress_batch(
+        self,
+        contexts: Sequence[str | Sequence[PassageLike]],
+        questions: Sequence[str],
+        *,
+        config: FinchConfig | None = None,
+        passage_weights: Sequence[Sequence[float] | None] | None = None,
+        batch_size: int = 8,
+        histories: Sequence[History | None] | None = None,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[False] = False,
+    ) -> list[CompressedContext]: ...
+
+    @overload
+    def compress_batch(
+        self,
+        contexts: Sequence[str | Sequence[PassageLike]],
+        questions: Sequence[str],
+        *,
+        config: FinchConfig | None = None,
+        passage_weights: Sequence[Sequence[float] | None] | None = None,
+        batch_size: int = 8,
+        histories: Sequence[History | None] | None = None,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[True],
+    ) -> list[CompressedContext | DeadlineExceeded]: ...
 
     def compress_batch(
         self,
@@ -134,11 +168,17 @@ class FinchCompressor:
         passage_weights: Sequence[Sequence[float] | None] | None = None,
         batch_size: int = 8,
         histories: Sequence[History | None] | None = None,
-    ) -> list[CompressedContext]:
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: bool = False,
+    ) -> list[CompressedContext] | list[CompressedContext | DeadlineExceeded]:
         """`compress` for several (context, question) pairs, run ``batch_size`` at a time as padded batches.
 
         Each result equals what `compress` gives for that pair alone (up to float rounding in the padded
         matrix products). Batching pays off on a GPU; on a CPU it mostly saves per-call overhead.
+
+        ``deadline`` is one for the whole call (seconds from now, or a `Deadline`) or one per pair. A pair whose
+        deadline passes leaves its batch at the next chunk and the others finish as they would alone; its
+        `DeadlineExceeded` is raised, or with ``return_exceptions=True`` put in its place in the results.
         """
         if isinstance(contexts, str) or isinstance(questions, str):
             raise TypeError("compress_batch takes a list of contexts and a list of questions; use compress() for one.")
@@ -152,6 +192,7 @@ class FinchCompressor:
             raise ValueError(f"histories has {len(histories)} entries for {len(contexts)} contexts.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        limits = deadlines_for(deadline, len(contexts))
         config = config or self.config
         weights = passage_weights if passage_weights is not None else [None] * len(contexts)
         turns = histories if histories is not None else [None] * len(contexts)
@@ -159,9 +200,10 @@ class FinchCompressor:
             self._prepare(context, question, config, weight, history)
             for context, question, weight, history in zip(contexts, questions, weights, turns, strict=True)
         ]
-        results: list[CompressedContext] = []
+        results: list[CompressedContext | DeadlineExceeded] = []
         for start in range(0, len(prompts), batch_size):
-            results += self._run(prompts[start : start + batch_size], config)
+            done = self._run(prompts[start : start + batch_size], config, limits[start : start + batch_size])
+            results += done if return_exceptions else _raised(done)
         return results
 
     def compress_ids(
@@ -172,12 +214,14 @@ class FinchCompressor:
         *,
         suffix_ids: torch.Tensor | Sequence[int] | None = None,
         config: FinchConfig | None = None,
+        deadline: DeadlineLike = None,
     ) -> CompressedContext:
         """Token-level entry point: no template is applied, and with no prefix nothing is protected.
 
         ``suffix_ids`` (optional) is fed after the question when answering. Every id must be in the model's
-        vocabulary (``ValueError`` otherwise).
+        vocabulary (``ValueError`` otherwise). ``deadline`` as in `compress`.
         """
+        limit = Deadline.of(deadline)
         parts = PromptParts(
             prefix_ids=self._vocabulary_ids(prefix_ids, "prefix_ids", allow_empty=True),
             context_ids=self._vocabulary_ids(context_ids, "context_ids"),
@@ -190,7 +234,29 @@ class FinchCompressor:
                 'granularity="sentence" finds sentences in the text, and compress_ids gets token ids only. '
                 'Use compress() with the text, or config.replace(granularity="token").'
             )
-        return self._run([(parts, None)], config)[0]
+        return _raised(self._run([(parts, None)], config, [limit]))[0]
+
+    @overload
+    def compress_plans(
+        self,
+        plans: Sequence[AllocationPlan[Passage]],
+        questions: Sequence[str],
+        *,
+        histories: Sequence[History | None] | None = None,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[False] = False,
+    ) -> list[CompressedContext]: ...
+
+    @overload
+    def compress_plans(
+        self,
+        plans: Sequence[AllocationPlan[Passage]],
+        questions: Sequence[str],
+        *,
+        histories: Sequence[History | None] | None = None,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[True],
+    ) -> list[CompressedContext | DeadlineExceeded]: ...
 
     def compress_plans(
         self,
@@ -198,11 +264,14 @@ class FinchCompressor:
         questions: Sequence[str],
         *,
         histories: Sequence[History | None] | None = None,
-    ) -> list[CompressedContext]:
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: bool = False,
+    ) -> list[CompressedContext] | list[CompressedContext | DeadlineExceeded]:
         """`compress_batch` of passages as `PassageAllocation.plan` laid them out: one plan per question.
 
         Each plan brings its packed passages and score priors; they share one config (plans of one allocation
         and config do), which runs as one padded batch. The one step `FinchRAG` and every front end take.
+        ``deadline`` and ``return_exceptions`` as in `compress_batch`.
         """
         if len(plans) != len(questions):
             raise ValueError(f"Got {len(plans)} plans for {len(questions)} questions; give one plan per question.")
@@ -210,14 +279,17 @@ class FinchCompressor:
             return []
         if any(plan.config != plans[0].config for plan in plans):
             raise ValueError("The plans have different configs; compress plans of one config together.")
-        return self.compress_batch(
+        results = self.compress_batch(
             [plan.packed for plan in plans],
             questions,
             config=plans[0].config,
             passage_weights=[plan.passage_weights for plan in plans],
             batch_size=len(plans),
             histories=histories,
+            deadline=deadline,
+            return_exceptions=True,
         )
+        return results if return_exceptions else _raised(results)
 
     def _prepare(
         self,
@@ -238,7 +310,10 @@ class FinchCompressor:
         )
         return parts, None if passage_weights is None else parts.token_weights(passage_weights)
 
-    def _run(self, prompts: Sequence[_Prompt], config: FinchConfig) -> list[CompressedContext]:
+    def _run(
+        self, prompts: Sequence[_Prompt], config: FinchConfig, deadlines: Sequence[Deadline | None]
+    ) -> list[CompressedContext | DeadlineExceeded]:
+        """Compress as one padded batch; a request whose deadline passed gets its `DeadlineExceeded` instead."""
         for parts, _ in prompts:
             if not parts.context_ids:
                 raise ValueError("The context is empty: give at least one context token to compress.")
@@ -260,13 +335,16 @@ class FinchCompressor:
                 passage_starts=parts.passage_token_starts or (),
                 token_weights=None if token_weights is None else token_weights.to(device),
                 span_ids=parts.sentence_ids().to(device) if config.granularity == "sentence" else None,
+                deadline=deadline,
             )
-            for parts, token_weights in prompts
+            for (parts, token_weights), deadline in zip(prompts, deadlines, strict=True)
         ]
         with self._lock, torch.inference_mode():
             caches = compress_batch(self.model, requests, config, self._rotation, pad_token_id=self._pad_token_id)
         return [
-            CompressedContext(cache, parts, config, self.tokenizer, self.model_name)
+            cache
+            if isinstance(cache, DeadlineExceeded)
+            else CompressedContext(cache, parts, config, self.tokenizer, self.model_name)
             for (parts, _), cache in zip(prompts, caches, strict=True)
         ]
 
@@ -297,67 +375,115 @@ class FinchCompressor:
     # ------------------------------------------------------------- generation
     # Each call takes a `SamplingParams` and/or its fields as keywords (``generate(cc, max_new_tokens=32)``), as
     # transformers' ``generate(generation_config, **kwargs)`` does; `SamplingParams.of` converts them, once.
+    # ``deadline`` (seconds from now, or a `Deadline`) stops decoding at the next token once it has passed, with
+    # `DeadlineExceeded`.
     def generate(
         self,
         compressed: CompressedContext,
         sampling: SamplingParams | int | None = None,
+        *,
+        deadline: DeadlineLike = None,
         **overrides: Unpack[SamplingOverrides],
     ) -> str:
         """Answer from ``compressed``; it is not modified, so answering twice greedily gives the same text.
 
-        ``sampling`` (default: greedy, 64 new tokens) and keyword ``overrides`` of its fields say how to decode.
+        ``sampling`` (default: greedy, 64 new tokens) and keyword ``overrides`` of its fields say how to decode;
+        past ``deadline``, `DeadlineExceeded`.
         """
-        return "".join(self.stream(compressed, SamplingParams.of(sampling, **overrides)))
+        limit = Deadline.of(deadline)
+        return "".join(self.stream(compressed, SamplingParams.of(sampling, **overrides), deadline=limit))
 
     def stream(
         self,
         compressed: CompressedContext,
         sampling: SamplingParams | int | None = None,
+        *,
+        deadline: DeadlineLike = None,
         **overrides: Unpack[SamplingOverrides],
     ) -> Iterator[str]:
-        """Like `generate`, yielding text pieces as they are decoded."""
+        """Like `generate`, yielding text pieces as they are decoded (`DeadlineExceeded` past ``deadline``)."""
+        limit = Deadline.of(deadline)
         params = SamplingParams.of(sampling, **overrides)
         answer_input = self._answer_input(compressed, params.max_new_tokens)
         cache = compressed.cache.as_cache()
-        token_ids = generate_token_ids(self.model, cache, answer_input, params, self._eos_ids, self._lock)
+        token_ids = generate_token_ids(self.model, cache, answer_input, params, self._eos_ids, self._lock, limit)
         return stream_text(self.tokenizer, token_ids, params.stop)
+
+    @overload
+    def generate_batch(
+        self,
+        compressed: Sequence[CompressedContext],
+        sampling: SamplingParams | int | None = None,
+        *,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[False] = False,
+        **overrides: Unpack[SamplingOverrides],
+    ) -> list[str]: ...
+
+    @overload
+    def generate_batch(
+        self,
+        compressed: Sequence[CompressedContext],
+        sampling: SamplingParams | int | None = None,
+        *,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[True],
+        **overrides: Unpack[SamplingOverrides],
+    ) -> list[str | DeadlineExceeded]: ...
 
     def generate_batch(
         self,
         compressed: Sequence[CompressedContext],
         sampling: SamplingParams | int | None = None,
+        *,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: bool = False,
         **overrides: Unpack[SamplingOverrides],
-    ) -> list[str]:
-        """`generate` for several compressed contexts at once, decoding them as one padded batch."""
+    ) -> list[str] | list[str | DeadlineExceeded]:
+        """`generate` for several compressed contexts at once, decoding them as one padded batch.
+
+        ``deadline`` is one for the whole call or one per context: an answer whose deadline passes stops at the
+        next token and the others decode on unchanged; its `DeadlineExceeded` is raised, or with
+        ``return_exceptions=True`` put in its place in the results.
+        """
+        limits = deadlines_for(deadline, len(compressed))
         if not compressed:
             return []
         params = SamplingParams.of(sampling, **overrides)
         inputs = [self._answer_input(item, params.max_new_tokens) for item in compressed]
         caches = [item.cache.as_cache() for item in compressed]
-        return generate_batch_texts(
-            self.model, self.tokenizer, caches, inputs, params, self._eos_ids, self._lock, self._pad_token_id
+        texts = generate_batch_texts(
+            self.model, self.tokenizer, caches, inputs, params, self._eos_ids, self._lock, self._pad_token_id, limits
         )
+        return texts if return_exceptions else _raised(texts)
 
     def generate_ids(
         self,
         prompt_ids: torch.Tensor | Sequence[int],
         sampling: SamplingParams | int | None = None,
+        *,
+        deadline: DeadlineLike = None,
         **overrides: Unpack[SamplingOverrides],
     ) -> str:
         """Plain generation, no compression: the model reads the whole ``prompt_ids`` and continues it.
 
         For prompts with nothing to compress (a chat turn without context). ``prompt_ids`` is a full prompt,
         template included (see `finch_rag.prompts.chat_prompt_ids`); every id must be in the vocabulary.
+        ``deadline`` as in `generate`.
         """
-        return "".join(self.stream_ids(prompt_ids, SamplingParams.of(sampling, **overrides)))
+        limit = Deadline.of(deadline)
+        return "".join(self.stream_ids(prompt_ids, SamplingParams.of(sampling, **overrides), deadline=limit))
 
     def stream_ids(
         self,
         prompt_ids: torch.Tensor | Sequence[int],
         sampling: SamplingParams | int | None = None,
+        *,
+        deadline: DeadlineLike = None,
         **overrides: Unpack[SamplingOverrides],
     ) -> Iterator[str]:
-        """Like `generate_ids`, yielding text pieces as they are decoded."""
+        """Like `generate_ids`, yielding text pieces as they are decoded (`DeadlineExceeded` past ``deadline``)."""
+        limit = Deadline.of(deadline)
         params = SamplingParams.of(sampling, **overrides)
         ids = self._vocabulary_ids(prompt_ids, "prompt_ids")
         window = self.context_window
@@ -367,7 +493,7 @@ class FinchCompressor:
                 f"model's window of {window} positions. Shorten the prompt or lower max_new_tokens."
             )
         prompt = torch.tensor([ids], dtype=torch.long, device=self.device)
-        token_ids = generate_token_ids(self.model, DynamicCache(), prompt, params, self._eos_ids, self._lock)
+        token_ids = generate_token_ids(self.model, DynamicCache(), prompt, params, self._eos_ids, self._lock, limit)
         return stream_text(self.tokenizer, token_ids, params.stop)
 
     def _vocabulary_ids(
@@ -405,6 +531,17 @@ class FinchCompressor:
 
     def __repr__(self) -> str:
         return f"FinchCompressor(model={self.model_name!r}, config={self.config})"
+
+
+T = TypeVar("T")
+
+
+def _raised(results: Sequence[T | DeadlineExceeded]) -> list[T]:
+    """``results`` with no failure in them: the first request's `DeadlineExceeded` is raised."""
+    for result in results:
+        if isinstance(result, DeadlineExceeded):
+            raise result
+    return cast(list[T], list(results))
 
 
 def _as_ids(ids: torch.Tensor | Sequence[int] | None, name: str, allow_empty: bool = False) -> list[int]:

@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .compression.cache import cache_kwargs, stack_left_padded
+from .deadline import Deadline, DeadlineExceeded
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack is Python 3.11+
@@ -114,17 +115,20 @@ def generate_token_ids(
     params: SamplingParams,
     eos_ids: set[int],
     lock: threading.RLock,
+    deadline: Deadline | None = None,
 ) -> Iterator[int]:
     """Yield new token ids after feeding ``input_ids`` ``[1, k]`` on top of ``cache`` (which grows).
 
     The lock is held for each forward pass only, never across a ``yield``, so a slow consumer does not
-    block other requests on the same model.
+    block other requests on the same model. Past ``deadline``, the next step raises `DeadlineExceeded`.
     """
     generator = None
     if params.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(params.seed)
     step_input = input_ids
     for step in range(params.max_new_tokens):
+        if deadline is not None:
+            deadline.check(_token_stage(step, params))
         with lock, torch.inference_mode():
             logits = model(input_ids=step_input, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)).logits
         token = _pick(logits[0, -1], params, generator)
@@ -133,6 +137,10 @@ def generate_token_ids(
         yield token
         if step + 1 < params.max_new_tokens:
             step_input = torch.tensor([[token]], device=input_ids.device)
+
+
+def _token_stage(step: int, params: SamplingParams) -> str:
+    return f"decoding, before token {step + 1} of at most {params.max_new_tokens}"
 
 
 def stream_text(tokenizer: PreTrainedTokenizerBase, token_ids: Iterator[int], stop: Sequence[str]) -> Iterator[str]:
@@ -199,11 +207,14 @@ def generate_batch_texts(
     eos_ids: set[int],
     lock: threading.RLock,
     pad_token_id: int = 0,
-) -> list[str]:
+    deadlines: Sequence[Deadline | None] | None = None,
+) -> list[str | DeadlineExceeded]:
     """Decode several answers at once; each equals what `generate_token_ids` + `stream_text` give alone.
 
     Each request's question is fed on its own cache first (lengths differ); decoding then runs as one
-    left-padded batch, one token per request per step, until every request has stopped.
+    left-padded batch, one token per request per step, until every request has stopped. A request whose
+    deadline (``deadlines``, one per request) passes stops there as a finished one does, and its result is
+    its `DeadlineExceeded`; the others decode on unchanged.
     """
     device = answer_inputs[0].device
     rows = len(caches)
@@ -213,6 +224,15 @@ def generate_batch_texts(
     ]
     generated: list[list[int]] = [[] for _ in range(rows)]
     finished = [False] * rows
+    failed: list[DeadlineExceeded | None] = [None] * rows
+    limits = list(deadlines) if deadlines is not None else [None] * rows
+
+    def past_deadline(row: int, step: int) -> bool:
+        deadline = limits[row]
+        if finished[row] or deadline is None or not deadline.expired:
+            return False
+        failed[row], finished[row] = deadline.error(_token_stage(step, params)), True
+        return True
 
     def accept(row: int, logits: torch.Tensor) -> None:
         token = _pick(logits, params, generators[row])
@@ -225,6 +245,8 @@ def generate_batch_texts(
             finished[row] = _first_stop(text, params.stop, 0) is not None
 
     for row, (cache, answer_input) in enumerate(zip(caches, answer_inputs, strict=True)):
+        if past_deadline(row, 0):
+            continue
         with lock, torch.inference_mode():
             logits = model(
                 input_ids=answer_input, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)
@@ -239,7 +261,9 @@ def generate_batch_texts(
         attention_mask[row, longest - length :] = 1
     next_positions = torch.tensor(lengths, device=device)
 
-    for _ in range(params.max_new_tokens - 1):
+    for step in range(1, params.max_new_tokens):
+        for row in range(rows):
+            past_deadline(row, step)
         if all(finished):
             break
         step_tokens = [
@@ -261,8 +285,11 @@ def generate_batch_texts(
             if not finished[row]:
                 accept(row, logits[row, -1])
 
-    texts = []
-    for tokens in generated:
+    texts: list[str | DeadlineExceeded] = []
+    for tokens, error in zip(generated, failed, strict=True):
+        if error is not None:
+            texts.append(error)
+            continue
         text = _decode(tokenizer, tokens)
         cut = _first_stop(text, params.stop, 0) if params.stop else None
         texts.append(text if cut is None else text[:cut])

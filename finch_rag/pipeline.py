@@ -20,6 +20,7 @@ from .allocation import ALLOCATIONS, RETRIEVAL_WEIGHTED, Allocation, PassageAllo
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
+from .deadline import Deadline, DeadlineLike
 from .progress import progress_bar
 from .prompts import Passage
 from .retrieval import NO_CONTEXT_ANSWER, Document, EmbeddingRetriever, RetrievedPassage, Retriever
@@ -198,22 +199,29 @@ class FinchRAG:
         return sorted(passages, key=lambda passage: passage.rank)
 
     # -------------------------------------------------------------- answers
-    def ask(self, question: str) -> Answer:
-        """Retrieve, compress for ``question`` and answer (see the class notes for empty cases)."""
+    def ask(self, question: str, *, deadline: DeadlineLike = None) -> Answer:
+        """Retrieve, compress for ``question`` and answer (see the class notes for empty cases).
+
+        ``deadline`` (seconds from now, or a `Deadline`) covers the whole call: past it, compression stops at its
+        next chunk or decoding at its next token, with `DeadlineExceeded`.
+        """
+        limit = Deadline.of(deadline)
         started = time.perf_counter()
         passages = self.retrieve(question)
-        return self._answer(question, passages, started, retrieval_seconds=time.perf_counter() - started)
+        return self._answer(question, passages, started, time.perf_counter() - started, limit)
 
-    def ask_many(self, questions: Sequence[str], batch_size: int = 8) -> list[Answer]:
+    def ask_many(self, questions: Sequence[str], batch_size: int = 8, *, deadline: DeadlineLike = None) -> list[Answer]:
         """Answer several questions, compressing and decoding ``batch_size`` of them at a time.
 
         Each answer equals what `ask` gives for that question alone (greedy decoding); the batch's
-        compression and generation times are reported in each answer's stats.
+        compression and generation times are reported in each answer's stats. ``deadline`` covers the whole
+        call, every batch together (`DeadlineExceeded` past it, as in `ask`).
         """
         if isinstance(questions, str):
             raise TypeError("ask_many takes a list of questions; use ask() for one.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        limit = Deadline.of(deadline)
         answers: list[Answer] = []
         bar = progress_bar(
             total=len(questions),
@@ -226,25 +234,34 @@ class FinchRAG:
                 batch = questions[start : start + batch_size]
                 started = time.perf_counter()
                 retrieved = [self.retrieve(question) for question in batch]
-                answers += self._answer_batch(batch, retrieved, started, time.perf_counter() - started)
+                answers += self._answer_batch(batch, retrieved, started, time.perf_counter() - started, limit)
                 bar.update(len(batch))
         return answers
 
-    def answer_from(self, question: str, passages: Sequence[RetrievedPassage | Passage | str]) -> Answer:
+    def answer_from(
+        self, question: str, passages: Sequence[RetrievedPassage | Passage | str], *, deadline: DeadlineLike = None
+    ) -> Answer:
         """Compress the given passages for ``question`` and answer, skipping retrieval.
 
         Passages keep the order given, which is their rank (1-based) for ``"retrieval_weighted"``; a
         `RetrievedPassage` keeps its own score and rank. No passages gives the no-context `Answer`.
+        ``deadline`` as in `ask`.
         """
+        limit = Deadline.of(deadline)
         started = time.perf_counter()
         _check_question(question)
         if isinstance(passages, str):
             raise TypeError("passages is a list; wrap a single string in a list.")
         retrieved = [_as_retrieved(passage, index) for index, passage in enumerate(passages)]
-        return self._answer(question, retrieved, started, retrieval_seconds=0.0)
+        return self._answer(question, retrieved, started, 0.0, limit)
 
     def answer_from_documents(
-        self, question: str, documents: Sequence[Passage | str], *, piece_words: int = 120
+        self,
+        question: str,
+        documents: Sequence[Passage | str],
+        *,
+        piece_words: int = 120,
+        deadline: DeadlineLike = None,
     ) -> Answer:
         """Answer from whole documents (files, pages): a long one is cut into pieces that are ranked, best last.
 
@@ -256,7 +273,9 @@ class FinchRAG:
         retriever's embedding model (the embedded all-MiniLM-L6-v2 unless the retriever is an
         `EmbeddingRetriever` with another), then compressed as `ask` compresses retrieved passages. Nothing
         is dropped: ranking only orders. When no document is long, this is `answer_from` in the order given.
+        ``deadline`` as in `ask` (the ranking counts towards it).
         """
+        limit = Deadline.of(deadline)
         started = time.perf_counter()
         _check_question(question)
         if isinstance(documents, (str, Passage)):
@@ -266,18 +285,23 @@ class FinchRAG:
         whole = [_as_retrieved(document, index).to_passage() for index, document in enumerate(documents)]
         pieces = [piece for document in whole for piece in _pieces(document, piece_words)]
         if len(pieces) == len(whole):  # nothing was cut: the order given stands
-            return self.answer_from(question, whole)
+            return self.answer_from(question, whole, deadline=limit)
         model = self.retriever.model if isinstance(self.retriever, EmbeddingRetriever) else None
         ranking = EmbeddingRetriever(
             [(piece.text, {**piece.metadata, "title": piece.title}) for piece in pieces], model=model, progress=False
         )
         ranked = ranking.retrieve(question, len(pieces))
-        return self._answer(question, ranked, started, retrieval_seconds=time.perf_counter() - started)
+        return self._answer(question, ranked, started, time.perf_counter() - started, limit)
 
     def _answer(
-        self, question: str, passages: list[RetrievedPassage], started: float, retrieval_seconds: float
+        self,
+        question: str,
+        passages: list[RetrievedPassage],
+        started: float,
+        retrieval_seconds: float,
+        deadline: Deadline | None = None,
     ) -> Answer:
-        return self._answer_batch([question], [passages], started, retrieval_seconds)[0]
+        return self._answer_batch([question], [passages], started, retrieval_seconds, deadline)[0]
 
     def _answer_batch(
         self,
@@ -285,6 +309,7 @@ class FinchRAG:
         retrieved: Sequence[list[RetrievedPassage]],
         started: float,
         retrieval_seconds: float,
+        deadline: Deadline | None = None,
     ) -> list[Answer]:
         """Compress and answer the questions that found passages together; the others get no-context answers."""
         answers: list[Answer | None] = [None] * len(questions)
@@ -302,13 +327,14 @@ class FinchRAG:
                 for passages in (retrieved[index] for index in with_context)
             ]
             compress_started = time.perf_counter()
-            compressed = self.compressor.compress_plans(plans, [questions[index] for index in with_context])
+            asked = [questions[index] for index in with_context]
+            compressed = self.compressor.compress_plans(plans, asked, deadline=deadline)
             compression_seconds = time.perf_counter() - compress_started
             generate_started = time.perf_counter()
             if len(compressed) == 1:
-                texts = [self.compressor.generate(compressed[0], max_new_tokens=self.max_new_tokens)]
+                texts = [self.compressor.generate(compressed[0], self.max_new_tokens, deadline=deadline)]
             else:
-                texts = self.compressor.generate_batch(compressed, max_new_tokens=self.max_new_tokens)
+                texts = self.compressor.generate_batch(compressed, self.max_new_tokens, deadline=deadline)
             generation_seconds = time.perf_counter() - generate_started
             for index, plan, item, text in zip(with_context, plans, compressed, texts, strict=True):
                 kept = plan.restore(item.passage_kept_fractions())

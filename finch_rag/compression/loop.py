@@ -15,6 +15,11 @@ positions, so each request's real tokens are contiguous and it sees exactly what
 One request is the same code with no padding. A policy that needs no attention (a benchmark control)
 gets no question: its step is ``[cache padding | cache | chunk | padding]``.
 
+A request may carry a `Deadline`: it is checked before the request's prefill and before each of its chunks. A
+request whose deadline has passed leaves the batch there, as a request with fewer chunks leaves it when it is
+done: its partial cache is dropped, its result is a `DeadlineExceeded`, and the others go on to the end, each
+still what it would be alone (the batch only loses a row; every row's layout is its own).
+
 Memory bound: during a step the cache holds ``|P| + B_{t-1} + |c_t| + m <= |P| + B + S + m`` real
 entries per request and activations cover ``|c_t| + m`` tokens, whatever the context length.
 """
@@ -30,6 +35,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..config import FinchConfig
+from ..deadline import Deadline, DeadlineExceeded
 from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
@@ -78,7 +84,8 @@ class CompressionRequest:
     ``passage_starts`` are token offsets where passages begin (chunks end on them when they can);
     ``token_weights`` is an optional ``[n]`` non-negative prior multiplied onto the scores before
     selection (`FinchRAG` folds the retriever's ranking in with it); ``span_ids`` an optional ``[n]`` long
-    label of each token's sentence, which ``granularity="sentence"`` needs.
+    label of each token's sentence, which ``granularity="sentence"`` needs; ``deadline`` an optional
+    `Deadline` past which the request stops at its next chunk (its result is then a `DeadlineExceeded`).
     """
 
     prefix_ids: torch.Tensor
@@ -87,6 +94,7 @@ class CompressionRequest:
     passage_starts: Sequence[int] = ()
     token_weights: torch.Tensor | None = None
     span_ids: torch.Tensor | None = None
+    deadline: Deadline | None = None
 
 
 @dataclass
@@ -105,6 +113,7 @@ class _RequestState:
     kept_scores: list[torch.Tensor] = field(default_factory=list)
     peak: int = 0
     seconds: float = 0.0  # time attributed so far (see CompressedCache.seconds)
+    error: DeadlineExceeded | None = None
 
     @property
     def prefix_length(self) -> int:
@@ -116,7 +125,16 @@ class _RequestState:
 
     @property
     def done(self) -> bool:
-        return self.next_chunk >= len(self.bounds)
+        return self.error is not None or self.next_chunk >= len(self.bounds)
+
+    def past_deadline(self, stage: str) -> bool:
+        """Whether the request's deadline has passed; if so it fails here and its partial cache is dropped."""
+        deadline = self.request.deadline
+        if deadline is None or not deadline.expired:
+            return False
+        self.error = deadline.error(stage)
+        self.keys, self.values, self.kept_positions, self.kept_scores = [], [], [], []
+        return True
 
 
 def compress_batch(
@@ -126,8 +144,10 @@ def compress_batch(
     rotation: KeyRotation | None = None,
     pad_token_id: int = 0,
     policy: SelectionPolicy | None = None,
-) -> list[CompressedCache]:
+) -> list[CompressedCache | DeadlineExceeded]:
     """Run FINCH over several contexts in padded batches; each result equals compressing it alone.
+
+    A request whose `CompressionRequest.deadline` passes gets its `DeadlineExceeded` as its result instead.
 
     Parameters
     ----------
@@ -169,6 +189,9 @@ def compress_batch(
         )
         with progress:
             while active := [state for state in states if not state.done]:
+                active = [state for state in active if not state.past_deadline(_chunk_stage(state))]
+                if not active:
+                    break
                 step_started = time.perf_counter()
                 _step(decoder, active, config, policy, num_layers, rotation, pad_token_id)
                 share = (time.perf_counter() - step_started) / len(active)
@@ -177,7 +200,11 @@ def compress_batch(
                 progress.update(len(active))
 
     overhead = max(time.perf_counter() - started - sum(state.seconds for state in states), 0.0)
-    return [_result(state, state.seconds + overhead / len(states)) for state in states]
+    return [state.error or _result(state, state.seconds + overhead / len(states)) for state in states]
+
+
+def _chunk_stage(state: _RequestState) -> str:
+    return f"compression, before chunk {state.next_chunk + 1} of {len(state.bounds)}"
 
 
 def _start(
@@ -197,13 +224,17 @@ def _start(
         keys=[],
         values=[],
     )
+    if state.past_deadline("compression, before the prefix"):
+        return state
     _prefill(decoder, state, request.prefix_ids)
     if context_length <= state.budget:
         # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
         for start, end in state.bounds:
+            if state.past_deadline(_chunk_stage(state)):
+                return state
             _prefill(decoder, state, request.context_ids[:, start:end])
+            state.next_chunk += 1
         state.kept_count = context_length
-        state.next_chunk = len(state.bounds)
     state.seconds = time.perf_counter() - started
     return state
 
