@@ -166,6 +166,13 @@ class ContextStore:
             return None
         return compressed
 
+    def discard(self, key: str) -> None:
+        """Drop the context stored under ``key``, if any (a request that failed after its compression)."""
+        with self._lock:
+            dropped = self._items.pop(key, None)
+            if dropped is not None:
+                self._bytes -= dropped[1]
+
     def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._items

@@ -13,12 +13,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..allocation import AllocationPlan, PassageAllocation
 from ..compressor import FinchCompressor
 from ..config import FinchConfig, merged_config
 from ..context import STATS_KEYS, CompressedContext
+from ..deadline import Deadline, DeadlineExceeded, DeadlineLike
 from ..generation import SamplingParams
 from ..prompts import History, Passage, chat_prompt_ids
 from ..store import CACHE_KEY
@@ -87,19 +88,38 @@ class Prepared:
             info |= {"original_tokens": size, "kept_tokens": size, "compression_factor": 1.0, "num_chunks": 0}
         return info
 
-    def text(self, compressor: FinchCompressor, sampling: SamplingParams) -> str:
+    def text(self, compressor: FinchCompressor, sampling: SamplingParams, deadline: Deadline | None = None) -> str:
         """The whole answer (`stream` joined)."""
-        return "".join(self.stream(compressor, sampling))
+        return "".join(self.stream(compressor, sampling, deadline))
 
-    def stream(self, compressor: FinchCompressor, sampling: SamplingParams) -> Iterator[str]:
-        """Text pieces of the answer, decoded with ``sampling`` (`SamplingOptions.to_sampling_params`)."""
+    def stream(
+        self, compressor: FinchCompressor, sampling: SamplingParams, deadline: Deadline | None = None
+    ) -> Iterator[str]:
+        """Text pieces of the answer, decoded with ``sampling`` (`SamplingOptions.to_sampling_params`).
+
+        Past ``deadline`` decoding stops with `DeadlineExceeded`, and a compression made for this request (not
+        reused) leaves the compressor's store: nothing is kept for a failed request.
+        """
         if self.compressed is not None:
-            return compressor.stream(self.compressed, sampling)
+            pieces = compressor.stream(self.compressed, sampling, deadline=deadline)
+            return (
+                pieces if deadline is None or self.reused else _forget_on_deadline(pieces, compressor, self.compressed)
+            )
         if self.prompt_ids is not None:
-            return compressor.stream_ids(self.prompt_ids, sampling)
+            return compressor.stream_ids(self.prompt_ids, sampling, deadline=deadline)
         text = self.answer or ""
         cuts = [index for stop in sampling.stop if (index := text.find(stop)) >= 0]
         return iter([text[: min(cuts)] if cuts else text])
+
+
+def _forget_on_deadline(
+    pieces: Iterator[str], compressor: FinchCompressor, compressed: CompressedContext
+) -> Iterator[str]:
+    try:
+        yield from pieces
+    except DeadlineExceeded:
+        compressor.store.discard(compressed.cache_key)
+        raise
 
 
 class CompressorHandle:
@@ -141,11 +161,16 @@ class CompressorHandle:
 
     # ---------------------------------------------------------------- compress
     def compress(
-        self, context: str | Sequence[Passage], question: str, config: FinchConfig, history: History | None = None
+        self,
+        context: str | Sequence[Passage],
+        question: str,
+        config: FinchConfig,
+        history: History | None = None,
+        deadline: Deadline | None = None,
     ) -> CompressedContext:
         """Compress as given (no allocation) and put the result in the compressor's store."""
         compressor = self.get()
-        compressed = compressor.compress(context, question, config=config, history=history)
+        compressed = compressor.compress(context, question, config=config, history=history, deadline=deadline)
         compressor.store.put(compressed)
         return compressed
 
@@ -156,19 +181,50 @@ class CompressorHandle:
         config: FinchConfig,
         allocation: PassageAllocation,
         history: History | None = None,
+        deadline: Deadline | None = None,
     ) -> CompressedContext:
         """Compress ranked passages (best first) as ``allocation`` plans it; the result goes in the store."""
-        return self.compress_plans([(passages, question, history)], config, allocation)[0][0]
+        return self.compress_plans([(passages, question, history)], config, allocation, deadline=deadline)[0][0]
+
+    @overload
+    def compress_plans(
+        self,
+        requests: Sequence[tuple[Sequence[Passage], str, History | None]],
+        config: FinchConfig,
+        allocation: PassageAllocation,
+        *,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[False] = False,
+    ) -> list[tuple[CompressedContext, AllocationPlan[Passage]]]: ...
+
+    @overload
+    def compress_plans(
+        self,
+        requests: Sequence[tuple[Sequence[Passage], str, History | None]],
+        config: FinchConfig,
+        allocation: PassageAllocation,
+        *,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: Literal[True],
+    ) -> list[tuple[CompressedContext, AllocationPlan[Passage]] | DeadlineExceeded]: ...
 
     def compress_plans(
         self,
         requests: Sequence[tuple[Sequence[Passage], str, History | None]],
         config: FinchConfig,
         allocation: PassageAllocation,
-    ) -> list[tuple[CompressedContext, AllocationPlan[Passage]]]:
+        *,
+        deadline: DeadlineLike | Sequence[DeadlineLike] = None,
+        return_exceptions: bool = False,
+    ) -> (
+        list[tuple[CompressedContext, AllocationPlan[Passage]]]
+        | list[tuple[CompressedContext, AllocationPlan[Passage]] | DeadlineExceeded]
+    ):
         """Plan and compress several ``(ranked passages, question, history)`` requests as one padded batch.
 
-        Each result equals compressing that request alone; every result goes in the store.
+        Each result equals compressing that request alone; every result goes in the store. ``deadline`` and
+        ``return_exceptions`` are `FinchCompressor.compress_plans`'; a request that ran past its deadline leaves
+        nothing in the store.
         """
         plans = [allocation.plan(passages, config) for passages, _, _ in requests]
         compressor = self.get()
@@ -176,10 +232,19 @@ class CompressorHandle:
             plans,
             [question for _, question, _ in requests],
             histories=[list(history or ()) for _, _, history in requests],
+            deadline=deadline,
+            return_exceptions=True,
         )
-        for context in contexts:
-            compressor.store.put(context)
-        return list(zip(contexts, plans, strict=True))
+        results: list[tuple[CompressedContext, AllocationPlan[Passage]] | DeadlineExceeded] = []
+        for context, plan in zip(contexts, plans, strict=True):
+            if isinstance(context, DeadlineExceeded):
+                if not return_exceptions:
+                    raise context
+                results.append(context)
+            else:
+                compressor.store.put(context)
+                results.append((context, plan))
+        return results
 
     def compress_for_query(
         self,
@@ -226,6 +291,7 @@ class CompressorHandle:
         allocation: PassageAllocation,
         history: History | None = None,
         given: int | None = None,
+        deadline: Deadline | None = None,
     ) -> Prepared:
         """Reuse the compression named in the passages' metadata (`CACHE_KEY`), or compress them.
 
@@ -238,7 +304,7 @@ class CompressorHandle:
         stored = self.find_stored(key, question, allocation.configure(config), count, history)
         if stored is not None:
             return Prepared(stored, reused=True)
-        return Prepared(self.compress_passages(passages, question, config, allocation, history))
+        return Prepared(self.compress_passages(passages, question, config, allocation, history, deadline))
 
     def prompt_context(
         self,
@@ -249,6 +315,7 @@ class CompressorHandle:
         *,
         count_keys: bool,
         system_prompt: str | None = None,
+        deadline: Deadline | None = None,
     ) -> Prepared:
         """A prompt's context: the stored compression it names (`keys_in`), or ``context`` compressed as given.
 
@@ -267,9 +334,11 @@ class CompressorHandle:
         text = strip_keys(context)
         if not text:
             raise ValueError("The prompt's context is empty: there is nothing to compress for the question.")
-        return Prepared(self.compress(text, question, with_system_prompt(config, system_prompt)))
+        return Prepared(self.compress(text, question, with_system_prompt(config, system_prompt), deadline=deadline))
 
-    def chat_context(self, plan: ChatPlan, config: FinchConfig, allocation: PassageAllocation) -> Prepared:
+    def chat_context(
+        self, plan: ChatPlan, config: FinchConfig, allocation: PassageAllocation, deadline: Deadline | None = None
+    ) -> Prepared:
         """What a chat plan (`sources.chat_context`) turns into: a stored or new compression, or a plain prompt.
 
         The plan's system prompt (when it has one) replaces ``config.system_prompt`` (`with_system_prompt`); its
@@ -282,4 +351,6 @@ class CompressorHandle:
         if not plan.passages:
             ids = chat_prompt_ids(self.get().tokenizer, plan.messages, chat_template=config.chat_template)
             return Prepared(prompt_ids=ids)
-        return self.passages_context(plan.passages, plan.question, config, allocation, plan.history, plan.given)
+        return self.passages_context(
+            plan.passages, plan.question, config, allocation, plan.history, plan.given, deadline
+        )

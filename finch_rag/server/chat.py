@@ -4,7 +4,8 @@ Where the context comes from is `finch_rag.frontends`' chat-context rule, the on
 request's ``documents`` (finch-rag's extension), else the system message (its instruction kept whole, the
 retrieved text compressed), else the question delimiter in the last user message; with none of these it is a
 plain chat. The last user message is the question. Streaming answers are server-sent events in OpenAI's chunk
-format, ending with ``data: [DONE]``.
+format, ending with ``data: [DONE]``; an error after the first event (a deadline passed while decoding: code
+``"timeout"``) is sent as an error event before it.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from .. import __version__
 from ..allocation import PassageAllocation
 from ..config import FinchConfig
+from ..deadline import Deadline, DeadlineExceeded
 from ..frontends import chat_context, in_thread, with_system_prompt
 from ..generation import SamplingParams
 from ..prompts import Passage, chat_prompt_ids
 from .engine import Compressed, ContextJob, PromptJob
-from .errors import APIError, error_body
+from .errors import APIError, deadline_error, error_body
 from .schemas import ChatCompletionRequest
 from .state import ServerState
 
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Response:
     """Answer one chat-completion request (JSON, or server-sent events with ``stream: true``)."""
+    deadline = state.deadline(body.timeout)
     state.check_model(body.model)
     body.check_supported()
     messages = [{"role": message.role, "content": message.text(index)} for index, message in enumerate(body.messages)]
@@ -42,7 +45,7 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
     state.check_size([message["content"] for message in messages] + [passage.text for passage in passages or []])
     sampling = body.to_sampling_params(state.settings)
     config, allocation = state.resolve_options(body.options())
-    work, config, source = plan_chat(state, messages, passages, config, allocation)
+    work, config, source = plan_chat(state, messages, passages, config, allocation, deadline)
 
     context = _Context(work, source, allocation, [passage.text.strip() != "" for passage in passages or []])
     release = state.admit()
@@ -50,7 +53,7 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
         if body.stream:
             if isinstance(work, ContextJob):
                 context.compressed = await _run(state.engine.compress(work, config, allocation))
-            response: Response = _stream(body, state, context, sampling, release)
+            response: Response = _stream(body, state, context, sampling, release, deadline)
             release = _noop  # the stream releases its place when it ends
             return response
         if isinstance(work, ContextJob):
@@ -146,6 +149,7 @@ def plan_chat(
     passages: list[Passage] | None,
     config: FinchConfig,
     allocation: str,
+    deadline: Deadline | None = None,
 ) -> tuple[ContextJob | PromptJob, FinchConfig, str]:
     """Where the chat's context comes from (`frontends.chat_context`, `ChatFinch`'s rule) and what runs.
 
@@ -155,15 +159,16 @@ def plan_chat(
     handle = state.engine.handle
     try:
         if not state.settings.compression and passages is None:
-            return PromptJob(chat_prompt_ids(handle.get().tokenizer, _plain_roles(messages))), config, "none"
+            ids = chat_prompt_ids(handle.get().tokenizer, _plain_roles(messages))
+            return PromptJob(ids, deadline), config, "none"
         plan = chat_context(messages, documents=passages)
         config = with_system_prompt(config, plan.system_prompt)
         if not plan.passages:
             prepared = handle.chat_context(plan, config, PassageAllocation(kind=allocation))  # type: ignore[arg-type]
-            return PromptJob(list(prepared.prompt_ids or [])), config, plan.source
+            return PromptJob(list(prepared.prompt_ids or []), deadline), config, plan.source
     except (TypeError, ValueError) as error:
         raise APIError(400, str(error), code="invalid_messages", param="messages") from error
-    return ContextJob(plan.question, plan.passages, tuple(plan.history)), config, plan.source
+    return ContextJob(plan.question, plan.passages, tuple(plan.history), deadline), config, plan.source
 
 
 def _plain_roles(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -177,6 +182,8 @@ async def _run(awaitable: Any) -> Any:
         return await awaitable
     except (TypeError, ValueError) as error:  # the library's errors on user input say what to change
         raise APIError(400, str(error)) from error
+    except DeadlineExceeded as error:
+        raise deadline_error(error) from error
 
 
 def _noop() -> None:
@@ -200,6 +207,7 @@ def _stream(
     context: _Context,
     sampling: SamplingParams,
     release: Callable[[], None],
+    deadline: Deadline | None,
 ) -> StreamingResponse:
     engine = state.engine
     work = context.compressed if context.compressed is not None else cast(PromptJob, context.work)
@@ -214,7 +222,7 @@ def _stream(
         answer: list[str] = []
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for piece in in_thread(engine.stream(work, sampling)):
+            async for piece in in_thread(engine.stream(work, sampling, deadline)):
                 answer.append(piece)
                 yield chunk({"content": piece})
             completion_tokens = engine.count_tokens("".join(answer))
@@ -224,6 +232,8 @@ def _stream(
                 yield _event({**envelope, "choices": [], "usage": usage})
         except (TypeError, ValueError) as error:
             yield _event(error_body(400, str(error)))
+        except DeadlineExceeded as error:
+            yield _event(deadline_error(error).body())
         except Exception as error:  # noqa: BLE001 - the status line is sent: report in-stream, log the rest
             logger.exception("A streamed answer failed")
             yield _event(error_body(500, f"Internal server error ({type(error).__name__}); see the server log."))

@@ -101,6 +101,14 @@ def add_serve_parser(commands: Any) -> None:
         help="answer length when a request sets none (default 256)",
     )
     limits.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        default=defaults["default_timeout"].default,
+        help="per-request deadline, from arrival; a request may set its own 'timeout'. Past it, the request stops "
+        "at its next chunk or token and gets 504 (code 'timeout'). Default: none",
+    )
+    limits.add_argument(
         "--temperature",
         type=float,
         default=defaults["default_temperature"].default,
@@ -157,6 +165,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_input_chars=args.max_input_chars,
         default_max_tokens=args.max_tokens,
         default_temperature=args.temperature,
+        default_timeout=args.timeout,
         drain_timeout=args.drain_timeout,
         store_bytes=args.store_bytes,
     )

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..deadline import DeadlineExceeded
 from .engine import ContextJob
-from .errors import APIError
+from .errors import APIError, deadline_error
 from .schemas import CompressRequest, Document
 from .state import ServerState
 
 
 async def compress_documents(body: CompressRequest, state: ServerState) -> dict[str, Any]:
     """Run one ``/v1/compress`` request (in a batch with others that share its options)."""
+    deadline = state.deadline(body.timeout)
     state.check_model(body.model)
     if not body.question.strip():
         raise APIError(
@@ -33,9 +35,12 @@ async def compress_documents(body: CompressRequest, state: ServerState) -> dict[
     config, allocation = state.resolve_options(body.options())
     with state.admitted():
         try:
-            compressed = await state.engine.compress(ContextJob(body.question, passages), config, allocation)
+            job = ContextJob(body.question, passages, deadline=deadline)
+            compressed = await state.engine.compress(job, config, allocation)
         except (TypeError, ValueError) as error:
             raise APIError(400, str(error)) from error
+        except DeadlineExceeded as error:
+            raise deadline_error(error) from error
     threshold = body.threshold or state.settings.kept_text_threshold
     per_document = await asyncio.to_thread(compressed.per_document, threshold)
     context = compressed.context

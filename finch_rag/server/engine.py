@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import frontends
@@ -19,6 +19,7 @@ from ..allocation import AllocationPlan, PassageAllocation
 from ..compressor import FinchCompressor
 from ..config import FinchConfig, merged_config
 from ..context import CompressedContext
+from ..deadline import Deadline, DeadlineExceeded
 from ..generation import SamplingParams
 from ..prompts import Passage
 from .batching import Batcher
@@ -30,18 +31,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ContextJob:
-    """Compress ``passages`` (best first) for ``question``; answer too when the batch key has `SamplingParams`."""
+    """Compress ``passages`` (best first) for ``question``; answer too when the batch key has `SamplingParams`.
+
+    Past ``deadline`` the job leaves its batch at the next chunk or token and fails with `DeadlineExceeded`.
+    """
 
     question: str
     passages: list[Passage]
     history: tuple[dict[str, str], ...] = ()
+    deadline: Deadline | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class PromptJob:
-    """Answer a whole prompt, nothing compressed (a plain chat, or the compression-off mode)."""
+    """Answer a whole prompt, nothing compressed (a plain chat, or the compression-off mode), before ``deadline``."""
 
     prompt_ids: list[int]
+    deadline: Deadline | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -136,13 +142,18 @@ class Engine:
         text: str = await self._batcher.submit(_PromptKey(sampling), job)
         return text
 
-    def stream(self, work: Compressed | PromptJob, sampling: SamplingParams) -> Iterator[str]:
-        """Text pieces of the answer, decoded alone (the model lock is taken per step, not per answer)."""
+    def stream(
+        self, work: Compressed | PromptJob, sampling: SamplingParams, deadline: Deadline | None = None
+    ) -> Iterator[str]:
+        """Text pieces of the answer, decoded alone (the model lock is taken per step, not per answer).
+
+        Past ``deadline`` decoding stops with `DeadlineExceeded` (and the compression leaves the store).
+        """
         if isinstance(work, Compressed):
             prepared = frontends.Prepared(compressed=work.context)
         else:
             prepared = frontends.Prepared(prompt_ids=work.prompt_ids)
-        return prepared.stream(self.compressor, sampling)
+        return prepared.stream(self.compressor, sampling, deadline)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` (completion usage is counted on the answer text, after stop strings are cut)."""
@@ -172,26 +183,48 @@ class Engine:
     def _guard(function: Any, *args: Any) -> Any:
         try:
             result = function(*args)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, DeadlineExceeded) as error:
             return error
         return result[0] if isinstance(result, list) else result
 
     def _answer_prompt(self, job: PromptJob, sampling: SamplingParams) -> str:
-        return frontends.Prepared(prompt_ids=job.prompt_ids).text(self.compressor, sampling)
+        return frontends.Prepared(prompt_ids=job.prompt_ids).text(self.compressor, sampling, job.deadline)
 
-    def _compress_batch(self, key: _ContextKey, jobs: list[ContextJob]) -> list[Compressed]:
+    def _compress_batch(self, key: _ContextKey, jobs: list[ContextJob]) -> list[Compressed | DeadlineExceeded]:
+        """Compress (and answer) the jobs as one padded batch; a job past its deadline leaves it at the next step.
+
+        Dropping the expired job from the running batch, rather than splitting the batch, is what the chunk loop
+        and the decoder already do with a request that has finished: the others' rows are untouched, so they
+        give what they give alone. The failed job's result is its `DeadlineExceeded`, and its compression (if
+        it got that far) leaves the store.
+        """
         compressor = self.compressor
         allocation = PassageAllocation(kind=key.allocation)  # type: ignore[arg-type]  # checked by the schema
         planned = self._handle.compress_plans(
-            [(job.passages, job.question, job.history) for job in jobs], key.config, allocation
+            [(job.passages, job.question, job.history) for job in jobs],
+            key.config,
+            allocation,
+            deadline=[job.deadline for job in jobs],
+            return_exceptions=True,
         )
-        contexts = [context for context, _ in planned]
-        results = [Compressed(context, plan) for context, plan in planned]
-        if key.sampling is not None:
-            answers = compressor.generate_batch(contexts, key.sampling)
-            for result, answer in zip(results, answers, strict=True):
-                result.answer = answer
-        for context in contexts:
-            self.metrics.context_tokens.inc(context.original_tokens)
-            self.metrics.kept_tokens.inc(context.kept_tokens)
+        results: list[Compressed | DeadlineExceeded] = [
+            item if isinstance(item, DeadlineExceeded) else Compressed(*item) for item in planned
+        ]
+        compressed = [(index, item) for index, item in enumerate(results) if isinstance(item, Compressed)]
+        if key.sampling is not None and compressed:
+            answers = compressor.generate_batch(
+                [item.context for _, item in compressed],
+                key.sampling,
+                deadline=[jobs[index].deadline for index, _ in compressed],
+                return_exceptions=True,
+            )
+            for (index, item), answer in zip(compressed, answers, strict=True):
+                if isinstance(answer, DeadlineExceeded):
+                    compressor.store.discard(item.context.cache_key)
+                    results[index] = answer
+                else:
+                    item.answer = answer
+        for _, item in compressed:
+            self.metrics.context_tokens.inc(item.context.original_tokens)
+            self.metrics.kept_tokens.inc(item.context.kept_tokens)
         return results

@@ -1,7 +1,8 @@
 """Errors in OpenAI's JSON shape, so that OpenAI clients raise their usual exception classes.
 
 Every failure answers ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status a user can act on.
-A 500 means a bug in the server: it is logged with its traceback, and the client gets a clean message.
+A 500 means a bug in the server: it is logged with its traceback, and the client gets a clean message. A 504
+(code ``"timeout"``) means the request ran past its deadline (its ``timeout``, or the server's ``--timeout``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..deadline import DeadlineExceeded
+
 logger = logging.getLogger(__name__)
 
 _TYPES = {
@@ -27,6 +30,7 @@ _TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "server_error",
+    504: "server_error",
 }
 
 
@@ -100,6 +104,11 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def deadline_error(error: DeadlineExceeded) -> APIError:
+    """The 504 a request gets when it ran past its deadline (``timeout``, or the server's ``--timeout``)."""
+    return APIError(504, str(error), code="timeout", param="timeout")
 
 
 def error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:

@@ -50,6 +50,14 @@ class _Request(BudgetOptions):
 
     finch: BudgetOptions | None = Field(None, description="Compression options (finch-rag extension).")
     documents: list[DocumentLike] | None = Field(None, description="Context to compress (finch-rag extension).")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="Deadline in seconds from arrival (finch-rag extension; default: the server's --timeout). Past "
+        "it the request stops at its next chunk or token and gets a 504 with code 'timeout'.",
+    )
 
     def options(self) -> BudgetOptions:
         """The ``finch`` field with the top-level options added (a name given in both places is an error)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..allocation import ALLOCATIONS
 from ..config import FinchConfig, merged_config
+from ..deadline import check_timeout
 from ..frontends import CONFIG_FIELDS
 from ..models import DEFAULT_MODEL
 
@@ -58,6 +59,10 @@ class ServerSettings:
         Most characters of text (messages and documents) in one request; more gets 413.
     default_max_tokens : int
         Answer length limit when a request gives no ``max_tokens``.
+    default_timeout : float, optional
+        Per-request deadline in seconds, counted from when the request arrives (queueing included), when a
+        request gives no ``timeout`` of its own; ``None``: no deadline. Past it, compression stops at its next
+        chunk and decoding at its next token, and the request gets a 504 with code ``"timeout"``.
     default_temperature : float
         Temperature when a request gives none. ``0`` (greedy, the library's default) differs from OpenAI's 1.
     kept_text_threshold : float
@@ -89,6 +94,7 @@ class ServerSettings:
     max_input_chars: int = 1_000_000
     default_max_tokens: int = 256
     default_temperature: float = 0.0
+    default_timeout: float | None = None
     kept_text_threshold: float = 0.5
     replica_id: str | None = None
     drain_timeout: float = 30.0
@@ -114,6 +120,8 @@ class ServerSettings:
             _positive_int(name, getattr(self, name))
         if not 0 <= self.default_temperature <= 2:
             raise ValueError(f"default_temperature must be in [0, 2], got {self.default_temperature!r}.")
+        if self.default_timeout is not None:
+            check_timeout(self.default_timeout, "default_timeout")
         if not 0 < self.kept_text_threshold <= 1:
             raise ValueError(f"kept_text_threshold must be in (0, 1], got {self.kept_text_threshold!r}.")
 

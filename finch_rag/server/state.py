@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from .. import FinchCompressor
 from ..config import FinchConfig
+from ..deadline import Deadline
 from ..frontends import BudgetOptions
 from .batching import Admission, Overloaded
 from .engine import Engine
@@ -88,6 +89,11 @@ class ServerState:
             yield
         finally:
             release()
+
+    def deadline(self, timeout: float | None) -> Deadline | None:
+        """The request's deadline, from now: its own ``timeout``, else the server's ``default_timeout``, else none."""
+        seconds = timeout if timeout is not None else self.settings.default_timeout
+        return None if seconds is None else Deadline(seconds)
 
     def resolve_options(self, options: BudgetOptions) -> tuple[FinchConfig, str]:
         """A request's `FinchConfig` and allocation: its explicit options over the server's defaults.

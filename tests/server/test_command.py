@@ -35,6 +35,9 @@ def test_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parsed.config == FinchConfig(target_tokens=64, chunk_size=None, progress=False)
     assert parsed.max_batch_size == 1 and not parsed.compression and parsed.api_key == "from-env"
     assert settings("--api-key", "given").api_key == "given"
+    assert settings("--timeout", "2.5").default_timeout == 2.5 and settings().default_timeout is None
+    with pytest.raises(ValueError, match="default_timeout"):
+        settings("--timeout", "0")
     with pytest.raises(ValueError, match="max_queue"):
         settings("--max-queue", "0")
 
