@@ -25,6 +25,7 @@ from pydantic import (
 from ..allocation import RETRIEVAL_WEIGHTED, Allocation, PassageAllocation, RankWeighting
 from ..compressor import FinchCompressor
 from ..config import FinchConfig, budget_params
+from ..deadline import Deadline
 from ..generation import SamplingParams
 from .handle import CompressorHandle
 
@@ -173,28 +174,45 @@ class FinchOptions(BudgetOptions):
 
 
 class SamplingOptions(BaseModel):
-    """The decoding options of the LLM front ends, declared once; each may also be given per call."""
+    """The decoding options of the LLM front ends, and their deadline, declared once; each may be given per call."""
 
     max_new_tokens: int = Field(64, gt=0, description="Most tokens generated per answer.")
     temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
     seed: int | None = Field(None, description="Seed for sampling, for reproducible answers.")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="Deadline in seconds for each call, compression and decoding together: past it the call stops "
+        "at its next chunk or token with finch_rag.DeadlineExceeded (a TimeoutError). None: no deadline.",
+    )
+
+    def deadline(self, overrides: Mapping[str, Any]) -> Deadline | None:
+        """The call's `Deadline`, starting now: ``timeout`` given per call (in ``overrides``), else this object's.
+
+        Made once where a call enters, before retrieval and compression, and passed down to both.
+        """
+        seconds = overrides["timeout"] if "timeout" in overrides else self.timeout
+        return None if seconds is None else Deadline(seconds)
 
     def to_sampling_params(self, overrides: Mapping[str, Any], stop: Sequence[str] | None = None) -> SamplingParams:
         """These options with one call's ``overrides`` (`SAMPLING_FIELDS` and ``stop``) as `SamplingParams`.
 
-        ``stop`` is the front end's own (an override's ``stop`` wins); an unknown override is a ``TypeError``.
+        ``stop`` is the front end's own (an override's ``stop`` wins); ``timeout`` is `deadline`'s, not decoding's;
+        an unknown override is a ``TypeError``.
         """
-        unknown = set(overrides) - {*SAMPLING_FIELDS, "stop"}
+        unknown = set(overrides) - {*SAMPLING_FIELDS, "stop", "timeout"}
         if unknown:
             raise TypeError(
                 f"Unknown options {sorted(unknown)} for {type(self).__name__}; per call it takes "
-                f"{(*SAMPLING_FIELDS, 'stop')}."
+                f"{(*SAMPLING_FIELDS, 'stop', 'timeout')}."
             )
         options = {name: overrides.get(name, getattr(self, name)) for name in SAMPLING_FIELDS}
         options["stop"] = overrides.get("stop") or stop
         return SamplingParams(**options)
 
 
-SAMPLING_FIELDS: tuple[str, ...] = tuple(SamplingOptions.model_fields)
-"""Decoding options, settable on a front end and per call."""
+SAMPLING_FIELDS: tuple[str, ...] = tuple(name for name in SamplingOptions.model_fields if name != "timeout")
+"""Decoding options, settable on a front end and per call (``timeout`` is the call's deadline, not decoding's)."""

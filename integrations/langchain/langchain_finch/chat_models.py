@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from finch_rag import FinchCompressor, Passage, SamplingParams
+from finch_rag import Deadline, FinchCompressor, Passage, SamplingParams
 from finch_rag.frontends import (
     QUESTION_DELIMITER,
     FinchOptions,
@@ -115,6 +115,10 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         from the compressor's config.
     max_tokens : int
         Most tokens generated per answer (LangChain's standard name; ``max_new_tokens`` is accepted too).
+    timeout : float, optional
+        LangChain's standard ``timeout``, here a deadline in seconds for each call, retrieval, compression and
+        decoding together (the model runs in-process: there is no request to a server to time out). Past it the
+        call stops at its next chunk or token and raises `finch_rag.DeadlineExceeded`, a ``TimeoutError``.
     temperature, top_p, seed
         Decoding: ``temperature=0`` is greedy; ``seed`` makes sampling repeatable.
     stop : list of str, optional
@@ -126,8 +130,8 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
     streaming : bool
         Stream in ``invoke`` too (LangChain's convention), so callbacks see each token.
 
-    Each of ``max_tokens``/``max_new_tokens``, ``temperature``, ``top_p``, ``seed`` and ``stop`` may also be given
-    per call, with ``documents``.
+    Each of ``max_tokens``/``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop`` and ``timeout`` may also
+    be given per call, with ``documents``.
     """
 
     model_config = ConfigDict(
@@ -190,12 +194,12 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        documents, sampling = self._call_options(kwargs, stop)
+        documents, sampling, deadline = self._call_options(kwargs, stop)
         turns = _turns(messages)
         retrieved = self._retrieve(turns, run_manager)
-        turn = self._prepare(turns, documents, retrieved)
+        turn = self._prepare(turns, documents, retrieved, deadline)
         compressor = self.compressor
-        text = turn.prepared.text(compressor, sampling)
+        text = turn.prepared.text(compressor, sampling, deadline)
         message = AIMessage(content=text, usage_metadata=turn.usage(compressor, text), response_metadata=turn.metadata)
         return ChatResult(generations=[ChatGeneration(message=message)], llm_output={"model_name": turn.model_name})
 
@@ -206,12 +210,12 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        documents, sampling = self._call_options(kwargs, stop)
+        documents, sampling, deadline = self._call_options(kwargs, stop)
         turns = _turns(messages)
         retrieved = self._retrieve(turns, run_manager)
-        turn = self._prepare(turns, documents, retrieved)
+        turn = self._prepare(turns, documents, retrieved, deadline)
         compressor = self.compressor
-        pieces = turn.prepared.stream(compressor, sampling)
+        pieces = turn.prepared.stream(compressor, sampling, deadline)
         text = []
         try:
             for piece in pieces:
@@ -232,15 +236,15 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         """`_stream` without blocking the event loop: compression and each decoding step run in worker threads."""
-        documents, sampling = self._call_options(kwargs, stop)
+        documents, sampling, deadline = self._call_options(kwargs, stop)
         turns = _turns(messages)
         retrieved = None
         if self.retriever is not None:
             callbacks = child_callbacks(run_manager, AsyncCallbackManager)
             retrieved = await self.retriever.ainvoke(chat_question(turns), config={"callbacks": callbacks})
-        turn = await asyncio.to_thread(self._prepare, turns, documents, retrieved)
+        turn = await asyncio.to_thread(self._prepare, turns, documents, retrieved, deadline)
         compressor = self.compressor
-        pieces = await asyncio.to_thread(turn.prepared.stream, compressor, sampling)
+        pieces = await asyncio.to_thread(turn.prepared.stream, compressor, sampling, deadline)
         text = []
         async for piece in in_thread(pieces):
             text.append(piece)
@@ -257,8 +261,10 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
             return self._compressor.model_name
         return self.model_name or DEFAULT_MODEL
 
-    def _call_options(self, kwargs: Mapping[str, Any], stop: list[str] | None) -> tuple[Any, SamplingParams]:
-        """(``documents``, how to decode) of one call; unknown options are a ``TypeError``."""
+    def _call_options(
+        self, kwargs: Mapping[str, Any], stop: list[str] | None
+    ) -> tuple[Any, SamplingParams, Deadline | None]:
+        """(``documents``, how to decode, deadline from now) of one call; unknown options are a ``TypeError``."""
         options = dict(kwargs)
         documents = options.pop("documents", None)
         if "max_tokens" in options:
@@ -268,7 +274,8 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
                 f"ChatFinch runs one local model ({self._model_label()!r}) and cannot switch per call; "
                 "build another ChatFinch(model_name=...) instead of passing model=."
             )
-        return documents, self.to_sampling_params(options, stop if stop is not None else self.stop)
+        deadline = self.deadline(options)
+        return documents, self.to_sampling_params(options, stop if stop is not None else self.stop), deadline
 
     def _retrieve(self, turns: list[dict[str, Any]], run_manager: CallbackManagerForLLMRun | None) -> Any:
         if self.retriever is None:
@@ -276,7 +283,9 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         callbacks = child_callbacks(run_manager, CallbackManager)
         return self.retriever.invoke(chat_question(turns), config={"callbacks": callbacks})
 
-    def _prepare(self, turns: list[dict[str, Any]], documents: Any, retrieved: Any) -> _Turn:
+    def _prepare(
+        self, turns: list[dict[str, Any]], documents: Any, retrieved: Any, deadline: Deadline | None = None
+    ) -> _Turn:
         """The one input-preparation step of every path: the context's source, then its compression (or reuse)."""
         plan = chat_context(
             turns,
@@ -286,7 +295,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
         )
         if self.retriever is not None and plan.source != "retriever":
             logger.info("The retriever found nothing for %r; the context comes from %s.", plan.question, plan.source)
-        prepared = self._handle.chat_context(plan, self.config, self.passage_allocation)
+        prepared = self._handle.chat_context(plan, self.config, self.passage_allocation, deadline)
         return _Turn(prepared, plan.source, self.compressor.model_name, _input_tokens(prepared))
 
 

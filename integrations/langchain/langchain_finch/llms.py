@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+from finch_rag import Deadline
 from finch_rag.frontends import QUESTION_DELIMITER, FinchOptions, Prepared, SamplingOptions, close, split_prompt
 from finch_rag.retrieval import NO_CONTEXT_ANSWER, as_passage
 from langchain_core.callbacks import CallbackManager, CallbackManagerForLLMRun
@@ -45,6 +46,9 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         from the compressor's config.
     max_new_tokens, temperature, top_p, seed
         Decoding; each may also be given per call (``llm.invoke(prompt, max_new_tokens=16)``).
+    timeout : float, optional
+        Deadline in seconds for each prompt (retrieval, compression and decoding together), also per call: past it,
+        `finch_rag.DeadlineExceeded` (a ``TimeoutError``).
     retriever : BaseRetriever, optional
         Makes the prompt a question to retrieve for.
     top_k : int, optional
@@ -86,8 +90,9 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         sampling = self.to_sampling_params(kwargs, stop)
         generations = []
         for prompt in prompts:
-            prepared = self._prepare(prompt, run_manager)
-            text = prepared.text(self.compressor, sampling)
+            deadline = self.deadline(kwargs)
+            prepared = self._prepare(prompt, run_manager, deadline)
+            text = prepared.text(self.compressor, sampling, deadline)
             generations.append([Generation(text=text, generation_info=prepared.info)])
         return LLMResult(generations=generations, llm_output={"model_name": self._identifying_params["model_name"]})
 
@@ -98,8 +103,9 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
-        prepared = self._prepare(prompt, run_manager)
-        pieces = prepared.stream(self.compressor, self.to_sampling_params(kwargs, stop))
+        deadline = self.deadline(kwargs)
+        prepared = self._prepare(prompt, run_manager, deadline)
+        pieces = prepared.stream(self.compressor, self.to_sampling_params(kwargs, stop), deadline)
         try:
             for piece in pieces:
                 chunk = GenerationChunk(text=piece)
@@ -110,14 +116,18 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
             close(pieces)
         yield GenerationChunk(text="", generation_info=prepared.info)
 
-    def _prepare(self, prompt: str, run_manager: CallbackManagerForLLMRun | None) -> Prepared:
+    def _prepare(
+        self, prompt: str, run_manager: CallbackManagerForLLMRun | None, deadline: Deadline | None = None
+    ) -> Prepared:
         """The one input-preparation step shared by complete and stream: find or build the compressed context."""
         if not isinstance(prompt, str):
             raise TypeError(f"FinchLLM takes a string prompt, got {type(prompt).__name__}.")
         if self.retriever is None:
             context, question = split_prompt(prompt, self.question_delimiter)
             allocation = self.passage_allocation
-            return self._handle.prompt_context(context, question, self.config, allocation, count_keys=False)
+            return self._handle.prompt_context(
+                context, question, self.config, allocation, count_keys=False, deadline=deadline
+            )
         question = prompt.strip()
         if not question:
             raise ValueError("The question is empty: with a retriever, the whole prompt is the question.")
@@ -129,4 +139,6 @@ class FinchLLM(FinchOptions, SamplingOptions, BaseLLM):
             logger.warning("The retriever found nothing for %r; answering without calling the model.", question)
             return Prepared(answer=NO_CONTEXT_ANSWER)
         passages = [as_passage(document.page_content, document.metadata) for document in documents]
-        return self._handle.passages_context(passages, question, self.config, self.passage_allocation)
+        return self._handle.passages_context(
+            passages, question, self.config, self.passage_allocation, deadline=deadline
+        )

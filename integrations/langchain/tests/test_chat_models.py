@@ -44,7 +44,7 @@ def test_options_are_validated_without_loading_a_model() -> None:
     with pytest.raises(ValidationError, match="max_tokens"):
         ChatFinch(max_tokens=0)
     with pytest.raises(ValidationError, match="extra"):
-        ChatFinch(timeout=5)
+        ChatFinch(max_retries=2)
     with pytest.raises(ValueError, match="not both"):
         ChatFinch(target_tokens=10, compression_ratio=0.5)
     chat = ChatFinch(max_tokens=12, target_tokens=32, chunk_size=None, stop=["\n"])

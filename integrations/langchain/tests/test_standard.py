@@ -8,9 +8,10 @@ Unsupported features are declared only through the suites' properties:
 - ``supports_model_override`` is ``False``: ChatFinch runs one local model per instance; ``model=`` per call is a
   ``TypeError`` that says to build another ChatFinch.
 - Image, audio, PDF, video, JSON mode and Anthropic-style inputs keep the suites' ``False`` defaults (text only).
-- ``standard_chat_model_params`` (the unit suite's constructor arguments) drops ``timeout`` and ``max_retries``:
-  the model runs in-process, so there is no request to time out or retry, and ChatFinch rejects unknown options
-  rather than accept ones it would ignore. ``temperature``, ``max_tokens`` and ``stop`` stay.
+- ``standard_chat_model_params`` (the unit suite's constructor arguments) drops ``max_retries``: the model runs
+  in-process, so there is no request to retry, and ChatFinch rejects unknown options rather than accept ones it
+  would ignore. ``temperature``, ``max_tokens``, ``stop`` and ``timeout`` stay; ``timeout`` is ChatFinch's
+  per-call deadline (past it, `finch_rag.DeadlineExceeded`, a ``TimeoutError``).
 
 Skips that remain come from the suites themselves for what those properties switch off (tool calling, structured
 output, multimodal inputs, model override, VCR benchmarks, serialisation of a non-serialisable class and
@@ -47,7 +48,7 @@ class TestChatFinchUnit(ChatModelUnitTests):
 
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
-        return {"temperature": 0, "max_tokens": 100, "stop": []}
+        return {"temperature": 0, "max_tokens": 100, "timeout": 60, "stop": []}
 
     @property
     def has_tool_calling(self) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Generator, Sequence
 from typing import Any
 
+from finch_rag import Deadline
 from finch_rag.frontends import (
     FinchOptions,
     Prepared,
@@ -61,6 +62,9 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         The compressor and the compression (`finch_rag.frontends.FinchOptions`).
     max_new_tokens, temperature, top_p, seed
         Decoding (`finch_rag.frontends.SamplingOptions`); each, and ``stop``, may also be given per call.
+    timeout : float, optional
+        Deadline in seconds for each call, compression and decoding together (also per call, ``timeout=``): past
+        it the call stops at its next chunk or token and raises `finch_rag.DeadlineExceeded`, a ``TimeoutError``.
     qa_template : str
         The template whose ``{context_str}`` is compressed for its ``{query_str}``; set it when the query
         engine uses a custom ``text_qa_template``.
@@ -97,7 +101,8 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
-        return self._stream(self._prepare_prompt(prompt, formatted), kwargs, chat=False)
+        deadline = self.deadline(kwargs)
+        return self._stream(self._prepare_prompt(prompt, formatted, deadline), kwargs, deadline, chat=False)
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
@@ -105,8 +110,9 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
-        prepared = await asyncio.to_thread(self._prepare_prompt, prompt, formatted)
-        return in_thread(self._stream(prepared, kwargs, chat=False))
+        deadline = self.deadline(kwargs)
+        prepared = await asyncio.to_thread(self._prepare_prompt, prompt, formatted, deadline)
+        return in_thread(self._stream(prepared, kwargs, deadline, chat=False))
 
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -114,7 +120,8 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        return self._stream(self._prepare_messages(messages), kwargs, chat=True)
+        deadline = self.deadline(kwargs)
+        return self._stream(self._prepare_messages(messages, deadline), kwargs, deadline, chat=True)
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
@@ -122,23 +129,29 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        prepared = await asyncio.to_thread(self._prepare_messages, messages)
-        return in_thread(self._stream(prepared, kwargs, chat=True))
+        deadline = self.deadline(kwargs)
+        prepared = await asyncio.to_thread(self._prepare_messages, messages, deadline)
+        return in_thread(self._stream(prepared, kwargs, deadline, chat=True))
 
     def _complete(self, prompt: str, formatted: bool, kwargs: dict[str, Any]) -> CompletionResponse:
-        prepared = self._prepare_prompt(prompt, formatted)
+        deadline = self.deadline(kwargs)
+        prepared = self._prepare_prompt(prompt, formatted, deadline)
         return CompletionResponse(
-            text=prepared.text(self.compressor, self.to_sampling_params(kwargs)), additional_kwargs=prepared.info
+            text=prepared.text(self.compressor, self.to_sampling_params(kwargs), deadline),
+            additional_kwargs=prepared.info,
         )
 
     def _chat(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> ChatResponse:
-        prepared = self._prepare_messages(messages)
-        text = prepared.text(self.compressor, self.to_sampling_params(kwargs))
+        deadline = self.deadline(kwargs)
+        prepared = self._prepare_messages(messages, deadline)
+        text = prepared.text(self.compressor, self.to_sampling_params(kwargs), deadline)
         return ChatResponse(message=_reply(text), additional_kwargs=prepared.info)
 
-    def _stream(self, prepared: Prepared, kwargs: dict[str, Any], chat: bool) -> Generator[Any, None, None]:
+    def _stream(
+        self, prepared: Prepared, kwargs: dict[str, Any], deadline: Deadline | None, chat: bool
+    ) -> Generator[Any, None, None]:
         """One response per decoded piece, with the text so far (options are checked now, not on first read)."""
-        pieces, info = prepared.stream(self.compressor, self.to_sampling_params(kwargs)), prepared.info
+        pieces, info = prepared.stream(self.compressor, self.to_sampling_params(kwargs), deadline), prepared.info
         if chat:
             return accumulate(
                 pieces, lambda text, piece: ChatResponse(message=_reply(text), delta=piece, additional_kwargs=info)
@@ -147,16 +160,16 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
             pieces, lambda text, piece: CompletionResponse(text=text, delta=piece, additional_kwargs=info)
         )
 
-    def _prepare_prompt(self, prompt: str, formatted: bool) -> Prepared:
+    def _prepare_prompt(self, prompt: str, formatted: bool, deadline: Deadline | None = None) -> Prepared:
         """Input preparation for the completion paths (plain and streaming)."""
         if not isinstance(prompt, str):
             raise TypeError(f"FinchLLM takes a string prompt, got {type(prompt).__name__}.")
         split = split_qa_prompt(prompt, self.qa_template)
         if split is not None:
-            return self._prepare_qa(*split, system_prompt=None)
+            return self._prepare_qa(*split, system_prompt=None, deadline=deadline)
         return Prepared(prompt_ids=plain_prompt_ids(self.compressor.tokenizer, prompt, formatted=formatted))
 
-    def _prepare_messages(self, messages: Sequence[ChatMessage]) -> Prepared:
+    def _prepare_messages(self, messages: Sequence[ChatMessage], deadline: Deadline | None = None) -> Prepared:
         """Input preparation for the chat paths (plain and streaming)."""
         messages = list(messages)
         if not messages:
@@ -165,7 +178,7 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         split = split_qa_prompt(last.content or "", self.qa_template) if last.role == MessageRole.USER else None
         if split is not None:
             system = [m.content for m in messages if m.role == MessageRole.SYSTEM and m.content]
-            return self._prepare_qa(*split, system_prompt="\n\n".join(system) or None)
+            return self._prepare_qa(*split, system_prompt="\n\n".join(system) or None, deadline=deadline)
         tokenizer = self.compressor.tokenizer
         if self.metadata.is_chat_model:
             turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
@@ -174,13 +187,21 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         return Prepared(prompt_ids=list(encode_text(tokenizer, text, add_special_tokens=True).input_ids))
 
     @dispatcher.span
-    def _prepare_qa(self, context: str, question: str, system_prompt: str | None) -> Prepared:
+    def _prepare_qa(
+        self, context: str, question: str, system_prompt: str | None, deadline: Deadline | None = None
+    ) -> Prepared:
         """Reuse the stored compression named in ``context``, or compress ``context`` for ``question``.
 
         Runs in an instrumentation span and emits a `FinchCompressionEvent` there (``reused`` says which).
         """
         prepared = self._handle.prompt_context(
-            context, question, self.config, self.passage_allocation, count_keys=True, system_prompt=system_prompt
+            context,
+            question,
+            self.config,
+            self.passage_allocation,
+            count_keys=True,
+            system_prompt=system_prompt,
+            deadline=deadline,
         )
         if prepared.compressed is not None:
             dispatcher.event(FinchCompressionEvent.of(prepared.compressed, reused=prepared.reused))
