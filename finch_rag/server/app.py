@@ -74,7 +74,7 @@ def create_app(settings: ServerSettings | None = None, *, compressor: FinchCompr
     # Every status an endpoint can answer is in the OpenAPI schema, so that clients and schema-driven fuzzers
     # (tests/server/test_fuzz.py) know the error shape; the key's 401 only exists where a key is set.
     common = (401, 429, 500) if settings.api_key is not None else (429, 500)
-    posts = error_responses(400, 404, 413, 422, *common)
+    posts = error_responses(400, 404, 413, 422, 504, *common)
 
     @app.get("/health", responses=error_responses(429, 500))
     async def health() -> dict[str, Any]:

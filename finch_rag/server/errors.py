@@ -58,6 +58,7 @@ _WHEN = {
     429: "The server is full; retry after the 'Retry-After' seconds.",
     500: "A bug in the server (logged with its traceback there).",
     503: "The server (a replica) is starting, stopping or unreachable; retry.",
+    504: "The request ran past its deadline (its 'timeout', or the server's --timeout); code 'timeout'.",
 }
 
 

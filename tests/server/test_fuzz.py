@@ -63,7 +63,7 @@ def test_the_schema_documents_the_error_shape(compressor):
     with serving(compressor, api_key=KEY) as server:
         schema = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
     chat = schema["paths"]["/v1/chat/completions"]["post"]["responses"]
-    assert {"400", "401", "404", "413", "422", "429"} <= set(chat)
+    assert {"400", "401", "404", "413", "422", "429", "504"} <= set(chat)
     assert "text/event-stream" in chat["200"]["content"]
     error = schema["components"]["schemas"]["ErrorDetail"]
     assert set(error["properties"]) == {"message", "type", "param", "code"}
@@ -80,6 +80,15 @@ def test_the_schema_documents_the_error_shape(compressor):
         (200, "text/event-stream", 'data: {"error": {"message": "m"}}\n\ndata: [DONE]\n\n', True),
         (401, "application/json", '{"error": {"message": "m", "type": "t", "param": null, "code": "c"}}', False),
         (200, "text/event-stream", 'data: {"choices": []}\n\ndata: [DONE]\n\n', False),
+        # A request past its own deadline (its `timeout`) gets the 504 it asked for; any other 5xx is a fault.
+        (
+            504,
+            "application/json",
+            '{"error": {"message": "m", "type": "t", "param": "timeout", "code": "timeout"}}',
+            False,
+        ),
+        (504, "application/json", '{"error": {"message": "", "type": "t", "param": null, "code": "timeout"}}', True),
+        (504, "application/json", '{"error": {"message": "m", "type": "t", "param": null, "code": null}}', True),
     ],
 )
 def test_the_contract_check_catches_what_it_must(status, content_type, text, bad):
