@@ -23,7 +23,7 @@ from llama_index.llms.finch import FinchLLM
 
 from .island_corpus import ISLAND
 
-STEP_SECONDS = 0.4
+STEP_SECONDS = 1.0  # with a 10 s timeout: compression has ample time, even on a loaded machine
 LONG_QUESTION = "Describe everything the context says about Tessaly, in detail and at length."
 
 
@@ -75,12 +75,12 @@ def test_a_tiny_timeout_stops_compression_and_decoding(compressor: Any) -> None:
 
 @pytest.mark.slow
 def test_a_stream_stops_at_the_next_token_and_nothing_is_kept(compressor: Any) -> None:
-    llm = FinchLLM(compressor=compressor, compression_ratio=0.5, max_new_tokens=60, timeout=4.0)
+    llm = FinchLLM(compressor=compressor, compression_ratio=0.5, max_new_tokens=60, timeout=10.0)
     compressor.store.clear()
     responses = []
     with slow_decoding(compressor), pytest.raises(DeadlineExceeded, match="decoding, before token") as raised:
         for response in llm.stream_complete(qa_prompt(LONG_QUESTION)):
             responses.append(response)
     assert responses and responses[-1].text, "some of the answer came before the deadline"
-    assert raised.value.timeout == 4.0 and raised.value.elapsed >= 4.0
+    assert raised.value.timeout == 10.0 and raised.value.elapsed >= 10.0
     assert len(compressor.store) == 0  # the failed call's compression was dropped
