@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import time
 from collections.abc import Iterator
 
@@ -62,6 +63,8 @@ def test_deadline_object() -> None:
     error = deadline.error("the test")
     assert isinstance(error, TimeoutError) and (error.timeout, error.elapsed, error.stage) == (2.0, 2.5, "the test")
     assert "Raise the timeout" in str(error)
+    copy = pickle.loads(pickle.dumps(error))  # errors cross processes under Ray Serve
+    assert (type(copy), str(copy), copy.stage) == (DeadlineExceeded, str(error), "the test")
     assert Deadline.of(None) is None and Deadline.of(deadline) is deadline and Deadline.of(3).seconds == 3.0
 
 
