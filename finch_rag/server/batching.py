@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class _Job:
     payload: Any
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    queued: float = field(default_factory=time.perf_counter)
 
 
 def _deliver(job: _Job, result: Any) -> None:
@@ -196,6 +197,7 @@ class Batcher:
     def _run_group(self, key: Hashable, group: list[_Job]) -> None:
         if self._on_batch is not None:
             self._on_batch(key, len(group))
+        started = time.perf_counter()
         try:
             results = list(self._run(key, [job.payload for job in group]))
             if len(results) != len(group):
@@ -203,5 +205,14 @@ class Batcher:
         except Exception as error:  # noqa: BLE001 - handed to each request, which answers it cleanly
             logger.exception("A batch of %d requests failed", len(group))
             results = [error] * len(group)
+        if logger.isEnabledFor(logging.DEBUG):
+            waited = [started - job.queued for job in group]
+            logger.debug(
+                "batch of %d: queued %.3f-%.3f s, ran %.3f s",
+                len(group),
+                min(waited),
+                max(waited),
+                time.perf_counter() - started,
+            )
         for job, result in zip(group, results, strict=True):
             _deliver(job, result)

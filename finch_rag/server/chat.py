@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Response:
     """Answer one chat-completion request (JSON, or server-sent events with ``stream: true``)."""
+    started = time.perf_counter()
     deadline = state.deadline(body.timeout)
     state.check_model(body.model)
     body.check_supported()
@@ -48,6 +49,7 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
     work, config, source = plan_chat(state, messages, passages, config, allocation, deadline)
 
     context = _Context(work, source, allocation, [passage.text.strip() != "" for passage in passages or []])
+    planned = time.perf_counter()
     release = state.admit()
     try:
         if body.stream:
@@ -63,6 +65,7 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
             answer = await _run(state.engine.answer_prompt(work, sampling))
     finally:
         release()
+    answered = time.perf_counter()
     completion_tokens = state.engine.count_tokens(answer)
     choice = {
         "index": 0,
@@ -70,7 +73,7 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
         "logprobs": None,
         "finish_reason": _finish_reason(completion_tokens, sampling),
     }
-    return JSONResponse(
+    response = JSONResponse(
         {
             **_envelope(state, "chat.completion"),
             "choices": [choice],
@@ -78,6 +81,13 @@ async def chat_completion(body: ChatCompletionRequest, state: ServerState) -> Re
             "finch": context.stats(),
         }
     )
+    logger.debug(
+        "chat completion: planned in %.3f s, model %.3f s, response built in %.3f s",
+        planned - started,
+        answered - planned,
+        time.perf_counter() - answered,
+    )
+    return response
 
 
 @dataclass
