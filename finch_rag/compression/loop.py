@@ -182,7 +182,8 @@ def compress_batch(
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
     with capture:
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
-        states = [_start(decoder, request, index, config, window) for index, request in enumerate(requests)]
+        prefixes: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        states = [_start(decoder, request, index, config, window, prefixes) for index, request in enumerate(requests)]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
         progress = progress_bar(
             total=total_steps, desc="finch: compressing", unit="chunk", enabled=config.progress and total_steps > 1
@@ -208,9 +209,19 @@ def _chunk_stage(state: _RequestState) -> str:
 
 
 def _start(
-    decoder: torch.nn.Module, request: CompressionRequest, index: int, config: FinchConfig, window: int
+    decoder: torch.nn.Module,
+    request: CompressionRequest,
+    index: int,
+    config: FinchConfig,
+    window: int,
+    prefixes: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]],
 ) -> _RequestState:
-    """A request's state after its prefix prefill; a context within budget is prefilled whole and is done."""
+    """A request's state after its prefix prefill; a context within budget is prefilled whole and is done.
+
+    Requests of a batch usually share their prefix (the chat template's header and system prompt): it is
+    prefilled once, for the first of them, and ``prefixes`` hands its KV tensors to the others. Sharing them is
+    safe because nothing writes into a cache tensor in place (`CompressedCache.as_cache`).
+    """
     started = time.perf_counter()
     context_length = request.context_ids.shape[1]
     budget = config.budget(context_length)
@@ -226,7 +237,13 @@ def _start(
     )
     if state.past_deadline("compression, before the prefix"):
         return state
-    _prefill(decoder, state, request.prefix_ids)
+    prefix = tuple(request.prefix_ids[0].tolist())
+    if prefix in prefixes:
+        keys, values = prefixes[prefix]
+        state.keys, state.values, state.peak = list(keys), list(values), len(prefix)
+    else:
+        _prefill(decoder, state, request.prefix_ids)
+        prefixes[prefix] = (list(state.keys), list(state.values))
     if context_length <= state.budget:
         # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
         for start, end in state.bounds:

@@ -104,3 +104,34 @@ def test_each_request_gets_its_own_seconds(tiny_models, tiny_tokenizer):
     assert results[0].kept_scores is None and results[1].num_chunks > 20  # the short one was only prefilled
     assert 0 < results[0].seconds < results[1].seconds / 3
     assert sum(result.seconds for result in results) == pytest.approx(wall, rel=0.05, abs=0.01)
+
+
+def test_a_shared_prefix_is_prefilled_once(tiny_models, tiny_tokenizer):
+    """Requests with the same prefix (the chat template's header) read it once per batch, and still equal alone."""
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer)
+    config = FinchConfig(target_tokens=12, chunk_size=8, progress=False)
+    prompts = [
+        build_prompt(tiny_tokenizer, as_passages(context), question)
+        for context, question in zip(CONTEXTS, QUESTIONS, strict=True)
+    ]
+    assert len({tuple(parts.prefix_ids) for parts in prompts}) == 1
+    requests = [
+        CompressionRequest(*(torch.tensor([ids]) for ids in (parts.prefix_ids, parts.context_ids, parts.question_ids)))
+        for parts in prompts
+    ]
+    prefix_length = len(prompts[0].prefix_ids)
+    lengths: list[int] = []
+    decoder = compressor.model.get_decoder()
+    hook = decoder.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            together = compress_batch(compressor.model, requests, config)
+            alone = [compress_batch(compressor.model, [request], config)[0] for request in requests]
+    finally:
+        hook.remove()
+    assert lengths.count(prefix_length) == 1 + len(requests)  # once for the batch, once per request alone
+    for got, expected in zip(together, alone, strict=True):
+        for got_keys, expected_keys in zip(got.keys, expected.keys, strict=True):
+            torch.testing.assert_close(got_keys, expected_keys, atol=1e-5, rtol=1e-4)
