@@ -9,7 +9,14 @@ top-k would) and its question, and asks for ``--max-tokens`` tokens, greedily. R
 requests per second, latency percentiles, errors (anything but a 200), and the server's resident memory (every
 replica's, summed) before and after.
 
+With ``--before PATH`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/serve-before a53194e``)
+every setup runs twice, once on that code (``PYTHONPATH=PATH``) and once on this one, side by side in the same
+run, so that a change is measured under the same load. With 1 client in ``--concurrency``, the same requests are
+also answered in this process by `FinchCompressor` (compress, then generate; no HTTP, no batching), the
+reference a 1-client latency is compared with.
+
     python -m benchmarks.serve --concurrency 1 4 16 64 --requests 2
+    python -m benchmarks.serve --setups batched --before /tmp/serve-before --documents 2 --max-tokens 6
 """
 
 from __future__ import annotations
@@ -80,8 +87,11 @@ def demo_requests(count: int, documents: int, max_tokens: int, target_tokens: in
 class ServerProcess:
     """``finch-rag serve`` in a child process, stopped with SIGTERM on exit (it shuts down cleanly)."""
 
-    def __init__(self, arguments: Sequence[str], log: Path, startup_timeout: float = 900.0) -> None:
+    def __init__(
+        self, arguments: Sequence[str], log: Path, startup_timeout: float = 900.0, source: str | None = None
+    ) -> None:
         self.port = free_port()
+        self.source = source  # a source tree put first on PYTHONPATH (`--before`), else this one
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "finch_rag.cli", "serve", "--port", str(self.port), *arguments]
         self.log_path = log
@@ -93,6 +103,8 @@ class ServerProcess:
 
         self._log = self.log_path.open("w")
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        if self.source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (self.source, env.get("PYTHONPATH"))))
         self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -173,31 +185,82 @@ async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, per_cli
     }
 
 
-def measure(key: str, server: ServerProcess, bodies: list[dict[str, Any]], clients: int, per_client: int) -> dict:
+def measure(
+    key: str, code: str, server: ServerProcess, bodies: list[dict[str, Any]], clients: int, per_client: int
+) -> dict:
     """One row: ``clients`` concurrent clients on one setup's server, with its memory before and after."""
     before, processes = server_rss(server.url)
     row = asyncio.run(run_load(server.url, bodies, clients, per_client))
     after, _ = server_rss(server.url)
     row |= {
         "setup": SETUPS[key].name,
+        "code": code,
         "processes": processes,
         "rss_before_mib": before / 2**20,
         "rss_after_mib": after / 2**20,
     }
     print(
-        f"{row['setup']:<36} {clients:>3} clients: {row['requests_per_s']:.2f} req/s, p50 {row['p50_s']:.1f} s, "
-        f"p99 {row['p99_s']:.1f} s, {row['errors']} errors, RSS {row['rss_before_mib']:.0f} -> "
-        f"{row['rss_after_mib']:.0f} MiB",
+        f"{row['setup']:<36} {code:<16} {clients:>3} clients: {row['requests_per_s']:.2f} req/s, "
+        f"p50 {row['p50_s']:.1f} s, p99 {row['p99_s']:.1f} s, {row['errors']} errors, "
+        f"RSS {row['rss_before_mib']:.0f} -> {row['rss_after_mib']:.0f} MiB",
         file=sys.stderr,
     )
     return row
+
+
+def in_process(compressor: Any, bodies: list[dict[str, Any]]) -> dict[str, Any]:
+    """The requests answered one after another in this process: `FinchCompressor.compress`, then ``generate``.
+
+    The same passages, question, budget and answer length as the server gets, on the same embedded model and
+    thread count; what a 1-client request costs without HTTP, batching window or threads in between.
+    """
+    from finch_rag import FinchConfig, Passage
+
+    latencies = []
+    for body in bodies:
+        passages = [Passage(document["text"], document["title"]) for document in body["documents"]]
+        config = FinchConfig(target_tokens=body["finch"]["target_tokens"], progress=False)
+        started = time.perf_counter()
+        compressed = compressor.compress(passages, body["messages"][-1]["content"], config=config)
+        compressor.generate(compressed, max_new_tokens=body["max_tokens"], temperature=body["temperature"])
+        latencies.append(time.perf_counter() - started)
+    ordered = sorted(latencies)
+    return {
+        "setup": "in process: FinchCompressor compress + generate",
+        "code": "this checkout",
+        "clients": 1,
+        "requests": len(latencies),
+        "p50_s": ordered[(len(ordered) - 1) // 2],
+        "mean_s": statistics.fmean(latencies),
+        "errors": 0,
+    }
+
+
+def source_label(source: str | None) -> str:
+    """``before (<commit>)`` for a ``--before`` tree, ``after (<commit>)`` for this checkout."""
+    tree = source or str(Path(__file__).resolve().parent.parent)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        commit += " + uncommitted changes" if changes.strip() else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "not a git checkout"
+    return f"{'before' if source else 'after'} ({commit})"
 
 
 def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], logs: Path) -> list[dict[str, Any]]:
     """Every setup's server up at once, then each concurrency on each setup in turn.
 
     Interleaving keeps the setups side by side: on a machine shared with other work, the load changes over an
-    hour, and a setup measured in one block would be compared under other conditions than the next.
+    hour, and a setup measured in one block would be compared under other conditions than the next. With
+    ``--before``, each setup's before and after servers are neighbours in that turn.
     """
     extra = (
         "--batch-window-ms",
@@ -207,18 +270,62 @@ def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], logs: Pat
         "--log-level",
         "warning",
     )
+    sources = [args.before, None] if args.before else [None]
+    compressor = None
+    if args.in_process and 1 in args.concurrency:
+        from finch_rag import FinchCompressor, FinchConfig
+
+        compressor = FinchCompressor(config=FinchConfig(progress=False))
+        in_process(compressor, bodies[:1])  # warm-up, as the servers get
     rows = []
     with contextlib.ExitStack() as stack:
         servers = {
-            key: stack.enter_context(ServerProcess((*SETUPS[key].arguments, *extra), logs / f"serve_{key}.log"))
+            (key, source_label(source)): stack.enter_context(
+                ServerProcess(
+                    (*SETUPS[key].arguments, *extra),
+                    logs / f"serve_{key}{'_before' if source else ''}.log",
+                    source=source,
+                )
+            )
             for key in args.setups
+            for source in sources
         }
-        for key, server in servers.items():
+        for (key, _), server in servers.items():
             # Warm-up, so that first-call costs stay out of the figures: enough at once to reach every replica.
             asyncio.run(run_load(server.url, bodies, 6 if "--ray" in SETUPS[key].arguments else 2, 1))
         for clients in args.concurrency:
-            rows += [measure(key, server, bodies, clients, args.requests) for key, server in servers.items()]
+            rows += [
+                measure(key, code, server, bodies, clients, args.requests) for (key, code), server in servers.items()
+            ]
+            if clients == 1 and compressor is not None:
+                rows.append(in_process(compressor, bodies[: args.requests]))
     return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Ratios within the run: each server's 1-client p50 over the in-process one, and after over before."""
+    lines = []
+    reference = next((row for row in rows if row["setup"].startswith("in process")), None)
+    served = [row for row in rows if not row["setup"].startswith("in process")]
+    if reference is not None:
+        lines += [f"1-client p50 over the in-process p50 ({reference['p50_s']:.2f} s):", ""]
+        lines += [
+            f"- {row['setup']}, {row['code']}: {row['p50_s'] / reference['p50_s']:.2f}x"
+            for row in served
+            if row["clients"] == 1
+        ]
+        lines.append("")
+    after = {(row["setup"], row["clients"]): row for row in served if row["code"].startswith("after")}
+    pairs = [(row, after.get((row["setup"], row["clients"]))) for row in served if row["code"].startswith("before")]
+    if pairs:
+        lines += ["Requests per second, after over before:", ""]
+        lines += [
+            f"- {before['setup']}, {before['clients']} clients: {now['requests_per_s'] / before['requests_per_s']:.2f}x"
+            for before, now in pairs
+            if now is not None
+        ]
+        lines.append("")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-tokens", type=int, default=8, help="answer tokens")
     parser.add_argument("--batch-window-ms", type=float, default=20.0)
     parser.add_argument("--max-queue", type=int, default=256)
+    parser.add_argument(
+        "--before",
+        metavar="PATH",
+        help="also run every setup on the code at PATH (a checkout of an earlier commit), side by side",
+    )
+    parser.add_argument(
+        "--no-in-process",
+        dest="in_process",
+        action="store_false",
+        help="skip the in-process reference (FinchCompressor compress + generate) at 1 client",
+    )
+    parser.add_argument("--note", help="conditions of the run, written with the machine (e.g. other work on it)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument("--name", default="serve", help="output file stem")
     return parser
@@ -247,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = run_setups(args, bodies, logs)
     meta = {
         "command": command_line("python -m benchmarks.serve", argv),
-        "machine": machine_description(),
+        "machine": machine_description() + (f"; {args.note}" if args.note else ""),
         "server threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
         "model": "SmolLM2-135M-Instruct (embedded default)",
         "request": f"{args.documents} demo passages, B={args.target_tokens}, {args.max_tokens} answer tokens, greedy",
@@ -257,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out / f"{args.name}.json", {"meta": meta, "rows": rows})
     columns = [
         "setup",
+        "code",
         "clients",
         "requests",
         "requests_per_s",
@@ -271,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines += meta_lines(meta)
     lines += ["", "Latency in seconds per request; RSS of every server process, summed, in MiB.", ""]
     lines += [markdown_table(rows, columns), ""]
+    lines += summary(rows)
     text = "\n".join(lines)
     (out / f"{args.name}.md").write_text(text, encoding="utf-8")
     print(text)
