@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import re
+import shlex
 import string
 import sys
 from collections.abc import Mapping, Sequence
@@ -118,7 +119,7 @@ def meta_lines(meta: Mapping[str, Any]) -> list[str]:
 
 def command_line(prog: str, argv: Sequence[str] | None) -> str:
     """The command a result file names: ``prog`` and its options (``argv``, else the process's own)."""
-    return f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return f"{prog} " + shlex.join(argv if argv is not None else sys.argv[1:])  # an argument with spaces stays one
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
