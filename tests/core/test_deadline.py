@@ -127,8 +127,9 @@ def test_an_expired_request_leaves_its_batch_and_the_others_are_unchanged(compre
     alone = [compressor.compress(context, question) for context, question in zip(CONTEXTS, QUESTIONS, strict=True)]
     clock = PassClock()
     with clock.counting(compressor.model):
-        # Four prefix prefills, then batched steps: request 1 (the longest) stops before its third chunk.
-        deadlines = [None, Deadline(5.5, clock=clock), None, 60.0]
+        # One prefill of the prefix the four share, then batched steps: request 1 (the longest) stops before its
+        # third chunk (3 passes done by then).
+        deadlines = [None, Deadline(2.5, clock=clock), None, 60.0]
         results = compressor.compress_batch(CONTEXTS, QUESTIONS, deadline=deadlines, return_exceptions=True)
     failed = results[1]
     assert isinstance(failed, DeadlineExceeded) and "before chunk 3 of" in failed.stage
