@@ -10,13 +10,13 @@ from typing import Literal
 
 AUTO_CHUNK_SIZE = 512
 """``S`` under ``chunk_size="auto"`` when the context must be read in chunks."""
-AUTO_SINGLE_PASS_TOKENS = 1024
-"""The longest context read in one pass under ``chunk_size="auto"``: the memory cap.
+AUTO_SINGLE_PASS_TOKENS = AUTO_CHUNK_SIZE
+"""The longest context read in one pass under ``chunk_size="auto"``: the memory cap, one chunk's length.
 
-Activations, and the question rows' attention over them, grow with a pass's length, and a long single pass is
-also slower than chunks of 512 on a CPU (the embedded model, one thread, one process: one pass took 0.88x the
-chunked time at 1,024 context tokens, 1.38x at 2,048; ``docs/results/cost.md``). The cap is the longest length
-measured to gain; it leaves the 1.5k-token needle results of the README (chunks of 512) as they were."""
+Activations, and the question rows' attention over them, grow with a pass's length, and a single pass is no
+faster than chunks of 512 on a CPU: with the embedded model on one thread, compress+answer took 1.15x a full
+prefill+answer in one pass at 1,024 context tokens against 1.01x in chunks of 512
+(``docs/results/cost_alternate.md``). So a context longer than one chunk is read in chunks."""
 
 
 def resolve_chunk_size(
@@ -35,7 +35,7 @@ def resolve_chunk_size(
     fewer where the window needs it (``prefix + budget + S + question <= window``), so the memory bound
     ``|P| + B + S + m`` holds with ``S <= AUTO_CHUNK_SIZE`` whatever the context length.
 
-    >>> resolve_chunk_size("auto", 1000, 20), resolve_chunk_size("auto", 8000, 20), resolve_chunk_size(64, 1000, 20)
+    >>> resolve_chunk_size("auto", 500, 20), resolve_chunk_size("auto", 8000, 20), resolve_chunk_size(64, 1000, 20)
     (None, 512, 64)
     >>> resolve_chunk_size("auto", 1000, 20, prefix_length=10, window=512, budget=100)
     382

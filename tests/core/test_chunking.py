@@ -48,7 +48,7 @@ def test_step_budget_ends_at_budget(n, budget):
 @pytest.mark.parametrize(
     ("context", "question", "prefix", "window", "budget", "expected"),
     [
-        (1000, 20, 10, 8192, 256, None),  # fits the window and the memory cap: one pass
+        (500, 20, 10, 8192, 256, None),  # fits the window and the memory cap: one pass
         (AUTO_SINGLE_PASS_TOKENS, 20, 10, 8192, 256, None),  # exactly at the cap
         (AUTO_SINGLE_PASS_TOKENS + 1, 20, 10, 8192, 256, AUTO_CHUNK_SIZE),  # one token past the cap
         (8000, 20, 10, 0, 256, AUTO_CHUNK_SIZE),  # no known window: the cap alone decides
