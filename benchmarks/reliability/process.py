@@ -31,15 +31,22 @@ def rss_bytes(pid: int) -> int:
 
 
 class ServerProcess:
-    """``python -m finch_rag.cli serve [--model MODEL] ARGS...`` on a free port; killed on exit if still running."""
+    """``python -m finch_rag.cli serve [--model MODEL] ARGS...`` on a free port; killed on exit if still running.
 
-    def __init__(self, model: str | None, *args: str, startup_timeout: float = 300.0) -> None:
+    ``capture_output`` keeps the server's stdout and stderr for `output` (the tests quote it when a check fails);
+    otherwise they go to this process's own.
+    """
+
+    def __init__(
+        self, model: str | None, *args: str, startup_timeout: float = 300.0, capture_output: bool = False
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "finch_rag.cli", "serve", "--port", str(self.port)]
         self.command += ["--log-level", "warning", *(["--model", model] if model else []), *args]
         self.startup_timeout = startup_timeout
-        self.process: subprocess.Popen[bytes] | None = None
+        self.capture_output = capture_output
+        self.process: subprocess.Popen[str] | None = None
 
     @property
     def pid(self) -> int:
@@ -48,11 +55,16 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        self.process = subprocess.Popen(self.command, cwd=REPO, env=env)
+        pipe = subprocess.PIPE if self.capture_output else None
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO, env=env, stdout=pipe, stderr=subprocess.STDOUT if pipe else None, text=True
+        )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited during startup with status {self.process.returncode}")
+                raise RuntimeError(
+                    f"the server exited during startup with status {self.process.returncode}\n{self.output()}"
+                )
             try:
                 if httpx.get(self.url + "/health", timeout=2).json().get("status") == "ok":
                     return self
@@ -60,13 +72,26 @@ class ServerProcess:
                 pass
             time.sleep(0.2)
         self.kill()
-        raise TimeoutError(f"the server did not start within {self.startup_timeout} s")
+        raise TimeoutError(f"the server did not start within {self.startup_timeout} s\n{self.output()}")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM, then the exit status once it has drained."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        self.signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def output(self) -> str:
+        """What the server printed, once it has exited (with ``capture_output``; else empty)."""
+        if self.process is None or self.process.stdout is None or self.process.poll() is None:
+            return ""
+        return self.process.stdout.read()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
