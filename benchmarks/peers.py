@@ -179,8 +179,11 @@ def start_kvpress(
             f"No kvpress environment at {python}. Build it with scripts/setup_kvpress_env.sh (or pass "
             "--kvpress-python), or run with --skip-kvpress."
         )
+    # -P: the worker's own folder must not come first on sys.path, or kvpress's `import datasets` finds
+    # benchmarks/datasets.py instead of Hugging Face's package.
     command = [
         python,
+        "-P",
         str(WORKER),
         "--cases",
         str(cases_path),

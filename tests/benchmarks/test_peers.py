@@ -3,7 +3,7 @@
 The first test needs kvpress, which pins transformers < 5.3 and so lives in its own environment. It skips here
 unless kvpress is importable; run it there with
 
-    /work/kvpress-venv/bin/python benchmarks/peers_kvpress.py --self-check
+    /work/kvpress-venv/bin/python -P benchmarks/peers_kvpress.py --self-check
 
 (``scripts/setup_kvpress_env.sh`` builds that environment).
 """
@@ -27,7 +27,7 @@ def test_replayed_scores_keep_what_each_press_keeps_at_every_ratio():
     if importlib.util.find_spec("kvpress") is None:
         pytest.skip(
             "kvpress is not importable in this interpreter (it pins transformers < 5.3); run "
-            "`/work/kvpress-venv/bin/python benchmarks/peers_kvpress.py --self-check` in the kvpress environment "
+            "`/work/kvpress-venv/bin/python -P benchmarks/peers_kvpress.py --self-check` in the kvpress environment "
             "built by scripts/setup_kvpress_env.sh"
         )
     spec = importlib.util.spec_from_file_location("peers_kvpress", WORKER)
