@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from .context import CompressedContext, compression_settings
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 1 << 30
-"""Default bound on the KV bytes a store holds (1 GiB): about 30 contexts of SmolLM2-135M at B=4096, or two of an
+"""Default bound on the bytes a store holds (1 GiB): about 30 contexts of SmolLM2-135M at B=4096, or two of an
 8B model; a count of entries would let 16 contexts of an 8B model hold about 8 GB."""
 
 DEFAULT_CAPACITY: int | None = None
@@ -48,14 +49,46 @@ def kv_bytes(compressed: CompressedContext) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
+_INT_BYTES = sys.getsizeof(1 << 20)
+_PAIR_BYTES = sys.getsizeof((0, 0)) + 2 * _INT_BYTES
+
+
+def prompt_bytes(compressed: CompressedContext) -> int:
+    """Bytes of the prompt a stored context keeps beside its KV: the token ids and the text bookkeeping.
+
+    An estimate from each container's length (a Python ``int`` or ``(start, end)`` pair per token), not a walk of
+    every object. It matters for small models: a tiny model's 2,000-token context holds ~100 KB of KV and ~300 KB
+    of token offsets, so a bound on KV alone let the store's real size grow several times past its setting.
+    """
+    parts = compressed.parts
+    ids = [parts.prefix_ids, parts.context_ids, parts.question_ids, parts.suffix_ids]
+    size = sum(sys.getsizeof(part) + len(part) * _INT_BYTES for part in ids)
+    size += sum(
+        int(getattr(compressed, f"{name}_ids").numel()) * 8 for name in ("prefix", "context", "question", "suffix")
+    )
+    for pairs in (parts.token_offsets, parts.passage_text_spans):
+        size += sys.getsizeof(pairs) + len(pairs) * _PAIR_BYTES if pairs is not None else 0
+    if parts.passage_token_starts is not None:
+        size += sys.getsizeof(parts.passage_token_starts) + len(parts.passage_token_starts) * _INT_BYTES
+    texts = [parts.context_text, parts.question, *(turn.get("content") for turn in parts.history)]
+    texts += [text for passage in parts.passages or () for text in (passage.text, passage.title)]
+    return size + sum(sys.getsizeof(text) for text in texts if isinstance(text, str))
+
+
+def entry_bytes(compressed: CompressedContext) -> int:
+    """What a stored context costs the store's bound: `kv_bytes` plus `prompt_bytes`."""
+    return kv_bytes(compressed) + prompt_bytes(compressed)
+
+
 class ContextStore:
-    """Thread-safe LRU of `CompressedContext` by ``cache_key``, bounded in bytes of KV cache.
+    """Thread-safe LRU of `CompressedContext` by ``cache_key``, bounded in bytes.
 
     Parameters
     ----------
     max_bytes : int
-        Most bytes of KV (`kv_bytes`) held at once; the least recently used contexts go first. A context larger
-        than this on its own is not stored (logged at warning level), so one huge compression cannot evict all
+        Most bytes held at once, counted per entry by `entry_bytes` (its KV and its prompt's token ids and
+        text); the least recently used contexts go first. A context larger than this on its own is not stored
+        (logged at warning level), so one huge compression cannot evict all
         the others and then stay pinned.
     capacity : int, optional
         Also bound the number of entries (``None``: only the bytes bound applies).
@@ -74,7 +107,7 @@ class ContextStore:
 
     @property
     def bytes(self) -> int:
-        """KV bytes held now."""
+        """Bytes held now (`entry_bytes` summed over the entries)."""
         with self._lock:
             return self._bytes
 
@@ -84,14 +117,14 @@ class ContextStore:
         A context larger than ``max_bytes`` is not stored; `get` will not find it, and callers compress again.
         """
         key = compressed.cache_key
-        size = kv_bytes(compressed)
+        size = entry_bytes(compressed)
         with self._lock:
             previous = self._items.pop(key, None)
             if previous is not None:
                 self._bytes -= previous[1]
             if size > self.max_bytes:
                 logger.warning(
-                    "%s holds %d bytes of KV, more than the store's bound of %d; not stored (raise max_bytes to "
+                    "%s holds %d bytes, more than the store's bound of %d; not stored (raise max_bytes to "
                     "reuse contexts this large).",
                     key,
                     size,

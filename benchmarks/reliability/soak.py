@@ -45,6 +45,12 @@ QUESTIONS = [
 ]
 
 
+STORE_BYTES = 16 * 2**20
+"""The soak's store bound. The store is a cache that grows to its bound by design; the tiny model's contexts are
+about 150 KB, so the server's default 256 MiB would still be filling at the end of the run and hide a leak or fake
+one. 16 MiB is full after about 100 requests, before the warm-up ends."""
+
+
 @dataclass
 class Outcome:
     index: int
@@ -99,6 +105,14 @@ def send(client: httpx.Client, index: int, kind: str, body: dict[str, Any]) -> O
         return Outcome(index, kind, False, time.perf_counter() - started, f"{type(error).__name__}: {error}")
 
 
+def store_bytes(client: httpx.Client) -> int:
+    """Bytes the server's context store holds now (``finch_store_bytes`` in ``/metrics``)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("finch_store_bytes "):
+            return int(float(line.split()[1]))
+    raise RuntimeError("the server's /metrics has no finch_store_bytes")
+
+
 def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else (values[0] if values else 0.0)
 
@@ -110,6 +124,7 @@ def run_soak(
     plan = [make_request(index, rng) for index in range(requests)]
     outcomes: list[Outcome] = []
     rss: list[tuple[int, int]] = []
+    stored: list[tuple[int, int]] = []
     lock = threading.Lock()
     with httpx.Client(base_url=server.url, timeout=300) as client, ThreadPoolExecutor(clients) as pool:
 
@@ -120,6 +135,7 @@ def run_soak(
                 done = len(outcomes)
                 if done == warmup or done % sample_every == 0 or done == requests:
                     rss.append((done, rss_bytes(server.pid)))
+                    stored.append((done, store_bytes(client)))
 
         started = time.perf_counter()
         list(pool.map(one, range(requests)))
@@ -146,6 +162,8 @@ def run_soak(
         "rss_mib_max_after_warmup": round(max(after_warmup) / 2**20, 1),
         "rss_growth_after_warmup": round(after_warmup[-1] / base - 1, 4),
         "rss_samples_mib": [(done, round(value / 2**20, 1)) for done, value in rss],
+        # the context store fills up to its bound (--store-bytes); growth past the bound would be a leak
+        "store_samples_mib": [(done, round(value / 2**20, 1)) for done, value in stored],
         "p95_seconds_first_quarter": round(p95(first), 4),
         "p95_seconds_last_quarter": round(p95(last), 4),
         "p95_ratio_last_to_first": round(p95(last) / p95(first), 3) if first and p95(first) else None,
@@ -163,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=200, help="requests before the RSS baseline")
     parser.add_argument("--sample-every", type=int, default=100, help="RSS sample every N requests")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--store-bytes", type=int, help="the server's --store-bytes (default: the server's default)")
+    parser.add_argument(
+        "--store-bytes",
+        type=int,
+        default=STORE_BYTES,
+        help="the server's --store-bytes (default 16 MiB, so the store is full before the RSS baseline; 0: the "
+        "server's own default)",
+    )
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     return parser
 

@@ -47,7 +47,7 @@ def create_app(settings: ServerSettings | None = None, *, compressor: FinchCompr
         state.replica_id = settings.replica_id or default_replica_id()
         await asyncio.to_thread(state.engine.start)
         # Every compression goes in the model's store; bound it in bytes, or it grows to the library's default.
-        context_store(state.engine.compressor.model, max_bytes=settings.store_bytes)
+        state.metrics.watch_store(context_store(state.engine.compressor.model, max_bytes=settings.store_bytes))
         state.ready = True
         try:
             yield

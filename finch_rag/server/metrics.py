@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+if TYPE_CHECKING:
+    from ..store import ContextStore
 
 
 class ServerMetrics:
@@ -18,6 +23,8 @@ class ServerMetrics:
     - ``finch_batch_size{stage}``: requests per padded batch (``compress``, ``generate``).
     - ``finch_queue_depth``: requests in the server (waiting, computing or streaming); ``finch_queue_waiting``:
       those not yet in a batch.
+    - ``finch_store_bytes``, ``finch_store_entries``: what the model's `ContextStore` holds (its bound is
+      ``--store-bytes``), read when scraped.
     """
 
     content_type = CONTENT_TYPE_LATEST
@@ -55,6 +62,15 @@ class ServerMetrics:
             "finch_queue_depth", "Requests in the server (waiting, computing or streaming).", registry=registry
         )
         self.queue_waiting = Gauge("finch_queue_waiting", "Requests waiting for a batch.", registry=registry)
+        self.store_bytes = Gauge(
+            "finch_store_bytes", "Bytes held by the compressed-context store (KV and prompts).", registry=registry
+        )
+        self.store_entries = Gauge("finch_store_entries", "Compressed contexts held by the store.", registry=registry)
+
+    def watch_store(self, store: ContextStore) -> None:
+        """Read ``store``'s size at every scrape (so a filling store is told apart from a leak)."""
+        self.store_bytes.set_function(lambda: store.bytes)
+        self.store_entries.set_function(lambda: len(store))
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -17,7 +17,7 @@ import pytest
 from benchmarks.reliability import build_parser
 from benchmarks.reliability.models import compressor_for
 from benchmarks.reliability.replica_kill import Tally, client_loop, replica_pids
-from benchmarks.reliability.soak import make_request, p95, send
+from benchmarks.reliability.soak import make_request, p95, send, store_bytes
 from finch_rag.server import ServerSettings, ServerThread
 
 pytestmark = pytest.mark.timeout(300)
@@ -53,6 +53,7 @@ def test_every_soak_request_kind_succeeds_and_a_cancelled_stream_frees_its_place
         while client.get("/health").json()["queue_depth"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.get("/health").json()["queue_depth"] == 0
+        assert store_bytes(client) > 0  # the soak reads the store's size beside RSS
 
 
 def test_a_failed_request_is_not_counted_ok(server):

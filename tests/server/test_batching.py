@@ -151,5 +151,6 @@ def test_metrics_count_requests_latency_tokens_and_queue(server: ServerThread) -
     assert values["finch_context_tokens_total{}"] > values["finch_kept_tokens_total{}"]
     assert values["finch_completion_tokens_total{}"] > 0
     assert values["finch_queue_depth{}"] == 0 and values["finch_queue_waiting{}"] == 0
+    assert values["finch_store_entries{}"] >= 1 and values["finch_store_bytes{}"] > 0  # every compression is kept
     httpx.get(f"{server.url}/no/such/path", timeout=TIMEOUT)
     assert metrics(server.url)["finch_requests_total{endpoint=other,status=404}"] >= 1  # bounded label values
