@@ -127,7 +127,7 @@ def add_serve_parser(commands: Any) -> None:
         type=int,
         metavar="BYTES",
         default=defaults["store_bytes"].default,
-        help="bound in bytes of KV of the compressed contexts kept for reuse (default 256 MiB)",
+        help="bound in bytes (KV and prompt) of the compressed contexts kept for reuse (default 256 MiB)",
     )
     ray = serve.add_argument_group("Ray Serve (needs finch-rag[ray])")
     ray.add_argument("--ray", action="store_true", help="serve on Ray Serve instead of one process")

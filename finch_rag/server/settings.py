@@ -75,8 +75,9 @@ class ServerSettings:
         requests in flight (streams included) finish for up to this long, cancels what is left, and exits 0. On
         Ray Serve it is each replica's ``graceful_shutdown_timeout_s``.
     store_bytes : int
-        Bound, in bytes of KV, of the model's store of compressed contexts (`finch_rag.store.ContextStore`), which
-        keeps each request's compression for reuse by ``cache_key``; least recently used out first.
+        Bound, in bytes (KV and prompt, `finch_rag.store.entry_bytes`), of the model's store of compressed contexts
+        (`finch_rag.store.ContextStore`), which keeps each request's compression for reuse by ``cache_key``; least
+        recently used out first.
     """
 
     model: str | None = None

@@ -1,4 +1,4 @@
-"""`ContextStore`: bounded in bytes of KV and prompt (not in entries), least recently used out first, oversized never stored."""
+"""`ContextStore`: bounded in bytes of KV and prompt, not entries; least recently used out first; oversized out."""
 
 from __future__ import annotations
 
