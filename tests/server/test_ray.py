@@ -142,7 +142,7 @@ def outcome(client: httpx.Client, stream: bool) -> str:
 
 
 def test_a_killed_replica_gives_clear_503s_not_hangs(ray_server: Any) -> None:
-    """Last in the module: kills one of its two replicas (Serve replaces it) while requests are on both.
+    """Kills one of its two replicas (Serve replaces it) while requests are on both.
 
     The requests on the killed replica answer a 503 in OpenAI's shape with ``Retry-After`` (a stream already
     begun ends with that error as its last event, then ``[DONE]``); the others answer normally; a retry gets
@@ -161,3 +161,36 @@ def test_a_killed_replica_gives_clear_503s_not_hangs(ray_server: Any) -> None:
             time.sleep(int(retried.headers["retry-after"]))
     assert set(outcomes) <= {"ok", "lost"} and outcomes["lost"] >= 1, outcomes
     assert retried.status_code == 200, retried.text
+
+
+def test_deleting_the_application_drains_a_stream_in_flight(ray_server: Any) -> None:
+    """Last in the module (it removes the app): Serve's own graceful shutdown lets a stream in flight finish.
+
+    The deployment's ``graceful_shutdown_timeout_s`` is the server's drain timeout (30 s by default): deleting the
+    application while a stream decodes stops new work, and the stream still runs to its last token and ``[DONE]``.
+    """
+    from ray import serve
+
+    from finch_rag.server.ray_serve import APPLICATION_NAME
+
+    body = chat_body(max_tokens=48, stream=True)
+    with httpx.Client(base_url=ray_server.url, timeout=TIMEOUT) as client:
+        replica_pids(client)  # both replicas are up again after the previous test's kill
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            events: list[str] = []
+            for line in lines:
+                if line.startswith("data: ") and '"content": "' in line and '"content": ""' not in line:
+                    events.append(line.removeprefix("data: "))
+                    break
+            with ThreadPoolExecutor(1) as pool:
+                deleting = pool.submit(serve.delete, APPLICATION_NAME)  # blocks until the replicas have drained
+                events += [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+                deleting.result(timeout=2 * TIMEOUT)
+    assert events[-1] == "[DONE]", events
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert not [chunk for chunk in chunks if "error" in chunk], chunks
+    finishes = [chunk["choices"][0]["finish_reason"] for chunk in chunks if chunk.get("choices")]
+    assert finishes[-1] in {"stop", "length"}, chunks  # the answer ran to its end, not cut by the shutdown
+    assert APPLICATION_NAME not in serve.status().applications
