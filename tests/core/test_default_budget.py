@@ -11,7 +11,7 @@ import math
 import pytest
 from conftest import PASSAGES, QUESTION
 
-from finch_rag import FinchCompressor, FinchConfig
+from finch_rag import FinchCompressor, FinchConfig, FinchRAG
 from finch_rag.config import DEFAULT_COMPRESSION_RATIO, DEFAULT_MIN_TARGET_TOKENS, budget_params, merged_config
 
 FLOOR = DEFAULT_MIN_TARGET_TOKENS
@@ -126,6 +126,16 @@ def test_the_compressor_keeps_a_short_context_whole_by_default(tiny_models, tiny
     ratio = compressor.compress(PASSAGES[:2], QUESTION, config=default.replace(compression_ratio=0.75))
     assert ratio.kept_tokens == whole.original_tokens // 4
     assert all(positions.shape[-1] == ratio.kept_tokens for positions in ratio.kept_positions)
+
+
+def test_finch_rag_keeps_a_short_context_whole_by_default(tiny_models, tiny_tokenizer) -> None:
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(progress=False))
+    rag = FinchRAG(compressor=compressor, max_new_tokens=1)
+    assert rag.config.min_target_tokens == FLOOR
+    stats = rag.answer_from(QUESTION, PASSAGES[:2]).stats
+    assert stats["tokens_before"] < FLOOR and stats["tokens_after"] == stats["tokens_before"]
+    explicit = FinchRAG(compressor=compressor, config=FinchConfig(compression_ratio=0.75), max_new_tokens=1)
+    assert explicit.answer_from(QUESTION, PASSAGES[:2]).stats["tokens_after"] == stats["tokens_before"] // 4
 
 
 def test_the_floor_holds_between_floor_and_a_quarter_and_memory_stays_bounded(tiny_models, tiny_tokenizer) -> None:
