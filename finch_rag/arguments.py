@@ -1,10 +1,11 @@
 """The budget flags that ``finch-rag ask``/``demo`` and ``finch-rag serve`` share, derived from `BudgetOptions`.
 
-One flag per `BudgetOptions` field (the options the integrations and the server's requests take):
-``--target-tokens N|auto`` or ``--ratio R`` (``compression_ratio``; one of them), ``--chunk-size``,
-``--attention-mass`` and ``--max-target-tokens`` (for ``--target-tokens auto``, the automatic budget,
-`finch_rag.compression.auto_budget`) and ``--allocation``. A field added to `BudgetOptions` without a flag here is
-an error at import. Range checks are left to `FinchConfig`, whose errors name the field and its legal values.
+One flag per `BudgetOptions` field (the options the integrations and the server's requests take): ``--target-tokens
+N|auto`` or ``--ratio R`` (``compression_ratio``; one of them), ``--chunk-size``, ``--attention-mass`` and
+``--max-target-tokens`` (for ``--target-tokens auto``, the automatic budget, `finch_rag.compression.auto_budget`),
+``--min-target-tokens`` (the floor on a ratio budget) and ``--allocation``. A field added to `BudgetOptions` without a
+flag here is an error at import. Range checks are left to `FinchConfig`, whose errors name the field and its legal
+values.
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ _ARGUMENTS: dict[str, dict[str, Any]] = {
         "metavar": "N",
         "help": "with --target-tokens auto: the most tokens it may keep (default 1024)",
     },
+    "min_target_tokens": {
+        "type": int,
+        "metavar": "N",
+        "help": "floor on a --ratio budget: keep at least min(N, context length) tokens; with no budget flag the "
+        "default is --ratio 0.75 with a floor of 128, and an explicit --ratio has none unless this is given",
+    },
     "allocation": {"choices": ALLOCATIONS, "help": "how the passages (best first) share the budget"},
 }
 _missing = set(BudgetOptions.model_fields) - set(_ARGUMENTS)
@@ -113,7 +120,7 @@ def budget_options(args: argparse.Namespace) -> dict[str, Any]:
     """`FinchConfig` keyword arguments for the budget flags given or defaulted (`CONFIG_FIELDS`; a flag left out: none).
 
     Raises ``ValueError`` when ``--attention-mass`` or ``--max-target-tokens`` comes without
-    ``--target-tokens auto``: they would be ignored.
+    ``--target-tokens auto``, or ``--min-target-tokens`` with ``--target-tokens``: they would be ignored.
     """
     options = {name: value for name in CONFIG_FIELDS if (value := _value(args, name)) is not _NOT_GIVEN}
     auto = [FLAGS[name] for name in AUTO_OPTIONS if name in options]
@@ -122,5 +129,11 @@ def budget_options(args: argparse.Namespace) -> dict[str, Any]:
             f"{' and '.join(auto)} only {'apply' if len(auto) > 1 else 'applies'} with --target-tokens auto "
             "(the automatic budget); add --target-tokens auto, or leave "
             f"{'them' if len(auto) > 1 else 'it'} out."
+        )
+    if "min_target_tokens" in options and "target_tokens" in options:
+        raise ValueError(
+            f"{FLAGS['min_target_tokens']} is a floor on a {FLAGS['compression_ratio']} budget, and "
+            f"--target-tokens {options['target_tokens']} fixes the budget already; leave "
+            f"{FLAGS['min_target_tokens']} out, or give {FLAGS['compression_ratio']} instead."
         )
     return options

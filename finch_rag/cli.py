@@ -180,6 +180,8 @@ def _describe(rag: FinchRAG) -> str:
         budget = f"keep {config.target_tokens} tokens"
     else:
         budget = f"remove {config.compression_ratio:.0%}"
+        if config.min_target_tokens is not None:
+            budget += f" but keep at least {config.min_target_tokens} tokens"
     return (
         f"Model {rag.compressor.model_name}, {budget}, chunks of {config.chunk_size or 'all'} tokens, "
         f"{config.selection} selection, {rag.allocation} allocation."

@@ -16,6 +16,15 @@ LayerSet = Literal["upper_half", "all"]
 LAYER_SETS: tuple[str, ...] = ("upper_half", "all")
 AUTO_OPTIONS: tuple[str, ...] = ("attention_mass", "max_target_tokens")
 """`FinchConfig` fields that only the automatic budget (``target_tokens="auto"``) reads."""
+DEFAULT_COMPRESSION_RATIO = 0.75
+"""The ratio a `FinchConfig` given no budget compresses by (4x), with `DEFAULT_MIN_TARGET_TOKENS` as its floor."""
+DEFAULT_MIN_TARGET_TOKENS = 128
+"""The floor of the default budget: a context of up to this many tokens is kept whole, and ``B`` never drops below it.
+
+A ratio alone squeezes a short context below what an answer needs (56 tokens at 0.75 keep 14), and the answer goes
+wrong; see ``docs/results/short_context_default.md``. Contexts of more than ``128 / (1 - 0.75) = 512`` tokens get
+the ratio's own budget.
+"""
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,7 @@ class FinchConfig:
         (`finch_rag.compression.auto_budget`; not in the paper).
     compression_ratio : float, optional
         Fraction of the context removed (kvpress's convention): ``B = floor(n * (1 - r))``. ``0`` keeps
-        everything.
+        everything. With neither budget given the default is ``0.75`` with ``min_target_tokens=128``.
     chunk_size : int, "auto" or None
         ``S``, context tokens read per step. ``None`` reads the whole context in one pass (kvpress's
         ``FinchPress``); memory then grows with the context. ``"auto"`` (the default) reads it in one pass
@@ -82,6 +91,12 @@ class FinchConfig:
     max_target_tokens : int
         With ``target_tokens="auto"``: the cap on ``B``, and the budget the chunk loop runs with until its
         last step (so memory is bounded as with ``target_tokens=max_target_tokens``).
+    min_target_tokens : int, optional
+        A floor on a ``compression_ratio`` budget: ``B = max(floor(n * (1 - r)), min(n, min_target_tokens))``,
+        so a context of up to ``min_target_tokens`` tokens is kept whole. Set to `DEFAULT_MIN_TARGET_TOKENS`
+        (128) only when neither ``target_tokens`` nor ``compression_ratio`` is given; an explicit
+        ``compression_ratio`` keeps kvpress's exact ``floor(n * (1 - r))`` unless this is given too. Not with
+        ``target_tokens``, which fixes ``B`` already. Not in the paper or kvpress.
     """
 
     target_tokens: int | Literal["auto"] | None = None
@@ -97,10 +112,13 @@ class FinchConfig:
     progress: bool = True
     attention_mass: float = 0.9
     max_target_tokens: int = 1024
+    min_target_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.target_tokens is None and self.compression_ratio is None:
-            object.__setattr__(self, "compression_ratio", 0.75)
+            object.__setattr__(self, "compression_ratio", DEFAULT_COMPRESSION_RATIO)
+            if self.min_target_tokens is None:
+                object.__setattr__(self, "min_target_tokens", DEFAULT_MIN_TARGET_TOKENS)
         if self.target_tokens is not None and self.compression_ratio is not None:
             raise ValueError(
                 "FinchConfig takes target_tokens or compression_ratio, not both "
@@ -119,6 +137,18 @@ class FinchConfig:
                 raise ValueError(
                     f"compression_ratio is the fraction of the context removed and must be in [0, 1), got {ratio}. "
                     "For a 4x compression use 0.75."
+                )
+        floor = self.min_target_tokens
+        if floor is not None:
+            if isinstance(floor, bool) or not isinstance(floor, int) or floor < 1:
+                raise ValueError(
+                    f"min_target_tokens (the floor on a compression_ratio budget) must be an int >= 1, got {floor!r}."
+                )
+            if self.target_tokens is not None:
+                raise ValueError(
+                    f"min_target_tokens is a floor on a compression_ratio budget, but the budget here is "
+                    f"target_tokens={self.target_tokens!r}; leave min_target_tokens out, or give compression_ratio "
+                    "instead of target_tokens."
                 )
         if self.chunk_size is not None and self.chunk_size != "auto":
             if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int):
@@ -160,9 +190,10 @@ class FinchConfig:
     def budget(self, context_length: int) -> int:
         """``B`` for a context of ``context_length`` tokens (never more than the context itself).
 
-        With ``target_tokens="auto"`` this is the cap the chunk loop runs with: ``max_target_tokens``, and
-        below the context length so that the selection always runs (it then keeps fewer, see
-        `finch_rag.compression.auto_budget`).
+        With ``compression_ratio``: ``floor(n * (1 - r))``, at least ``min(n, min_target_tokens)`` when a floor is
+        set (the default budget's is 128). With ``target_tokens="auto"`` this is the cap the chunk loop runs with:
+        ``max_target_tokens``, and below the context length so that the selection always runs (it then keeps fewer,
+        see `finch_rag.compression.auto_budget`).
         """
         if self.target_tokens == "auto":
             return max(1, min(self.max_target_tokens, context_length - 1))
@@ -170,14 +201,24 @@ class FinchConfig:
             return min(self.target_tokens, context_length)
         assert self.compression_ratio is not None  # set in __post_init__
         # round() first: 100 * (1 - 0.9) is 9.999999999999998 in floating point, and must give 10.
-        return max(1, math.floor(round(context_length * (1 - self.compression_ratio), 6)))
+        budget = max(1, math.floor(round(context_length * (1 - self.compression_ratio), 6)))
+        if self.min_target_tokens is not None:
+            budget = max(budget, min(context_length, self.min_target_tokens))
+        return budget
 
     def replace(self, **changes: Any) -> FinchConfig:
-        """A copy with ``changes`` applied and validated. Switching budget mode clears the other one."""
+        """A copy with ``changes`` applied and validated.
+
+        Giving a budget (``target_tokens`` or ``compression_ratio``) clears the other one, and the floor
+        ``min_target_tokens`` unless it is given too: an explicit ratio is kvpress's exact rule, whether or not the
+        config it replaces had the default budget's floor. Both budgets set to ``None`` give the default again.
+        """
         if "target_tokens" in changes and "compression_ratio" not in changes:
             changes["compression_ratio"] = None
         if "compression_ratio" in changes and "target_tokens" not in changes:
             changes["target_tokens"] = None
+        if "target_tokens" in changes and "min_target_tokens" not in changes:
+            changes["min_target_tokens"] = None
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +238,8 @@ def check_auto_options(config: FinchConfig, given: Iterable[str]) -> None:
         budget = f"target_tokens={config.target_tokens}"
     else:
         budget = f"compression_ratio={config.compression_ratio}"
+        if config.min_target_tokens is not None:
+            budget += f" with min_target_tokens={config.min_target_tokens}"
     raise ValueError(
         f'{" and ".join(named)} only {"apply" if len(named) > 1 else "applies"} with target_tokens="auto" (the '
         f'automatic budget), but the budget here is {budget}; set target_tokens="auto", or leave '
@@ -225,10 +268,12 @@ def merged_config(base: FinchConfig, explicit: Mapping[str, Any]) -> FinchConfig
 def budget_params(config: FinchConfig) -> dict[str, Any]:
     """``config``'s budget for a framework's identifying parameters (LangChain's ``_identifying_params``).
 
-    ``target_tokens`` and ``compression_ratio``, and with ``target_tokens="auto"`` also ``attention_mass`` and
-    ``max_target_tokens``, which then change what is kept.
+    ``target_tokens`` and ``compression_ratio``, ``min_target_tokens`` when a floor is set, and with
+    ``target_tokens="auto"`` also ``attention_mass`` and ``max_target_tokens``, which then change what is kept.
     """
     params: dict[str, Any] = {"target_tokens": config.target_tokens, "compression_ratio": config.compression_ratio}
+    if config.min_target_tokens is not None:
+        params["min_target_tokens"] = config.min_target_tokens
     if config.target_tokens == "auto":
         params |= {name: getattr(config, name) for name in AUTO_OPTIONS}
     return params

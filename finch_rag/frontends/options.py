@@ -1,10 +1,11 @@
 """The pydantic options the front ends share, declared once: the budget, the integration classes', decoding.
 
 `BudgetOptions` declares the budget (``target_tokens``, ``compression_ratio``, ``chunk_size``, ``attention_mass``,
-``max_target_tokens``, ``allocation``) once: the integration classes inherit it through `FinchOptions`, the
-server's requests take it as their ``finch`` field and at top level, and the command line's flags are derived from
-its fields (`finch_rag.arguments`). Validation of the combination ("one budget, not both", automatic-budget
-options only with ``target_tokens="auto"``) is `FinchConfig`'s, reached through `finch_rag.config.merged_config`.
+``max_target_tokens``, ``min_target_tokens``, ``allocation``) once: the integration classes inherit it through
+`FinchOptions`, the server's requests take it as their ``finch`` field and at top level, and the command line's flags
+are derived from its fields (`finch_rag.arguments`). Validation of the combination ("one budget, not both",
+automatic-budget options only with ``target_tokens="auto"``) is `FinchConfig`'s, reached through
+`finch_rag.config.merged_config`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class BudgetOptions(BaseModel):
         Context tokens read per step (`FinchConfig.chunk_size`); ``None`` set explicitly is a single pass.
     attention_mass, max_target_tokens : float, int, optional
         With ``target_tokens="auto"``: the share of the question's attention kept, and the cap on ``B``.
+    min_target_tokens : int, optional
+        A floor on a ``compression_ratio`` budget (`FinchConfig.min_target_tokens`); the default budget's is 128.
     allocation : {"retrieval_weighted", "global"}, optional
         How ranked passages share the budget (`finch_rag.PassageAllocation`); ``None`` is the default.
     """
@@ -96,6 +99,13 @@ class BudgetOptions(BaseModel):
         description='With target_tokens "auto": share of the question\'s attention the kept entries hold (0.9).',
     )
     max_target_tokens: int | None = Field(None, ge=1, description='With target_tokens "auto": the cap on B (1024).')
+    min_target_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Floor on a compression_ratio budget: B = max(floor(n(1 - r)), min(n, min_target_tokens)). "
+        "With no budget given the default is ratio 0.75 with floor 128; an explicit compression_ratio has no floor "
+        "unless this is given too.",
+    )
     allocation: Allocation | None = Field(
         RETRIEVAL_WEIGHTED, description="How retrieved passages (best first) share the budget (PassageAllocation)."
     )

@@ -58,7 +58,7 @@ def add_serve_parser(commands: Any) -> None:
         compression,
         defaults={"chunk_size": chunk_size, "allocation": defaults["allocation"].default},
         notes={
-            "compression_ratio": "(default 0.75)",
+            "compression_ratio": "(default 0.75, with --min-target-tokens 128)",
             "chunk_size": "(default auto)",
             "allocation": "(default retrieval_weighted)",
         },

@@ -48,7 +48,8 @@ def test_config_defaults_and_replace():
     assert switched.replace(compression_ratio=0.5).target_tokens is None
     with pytest.raises(ValueError):
         config.replace(target_tokens=0)
-    assert config.budget(10) == 2 and FinchConfig(target_tokens=50).budget(10) == 10
+    assert config.budget(10) == 10  # the default budget's floor keeps a short context whole
+    assert FinchConfig(compression_ratio=0.75).budget(10) == 2 and FinchConfig(target_tokens=50).budget(10) == 10
     assert FinchConfig(compression_ratio=0.99).budget(10) == 1
 
 

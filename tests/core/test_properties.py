@@ -133,7 +133,15 @@ anything = st.one_of(
 @examples(400)
 @given(
     option=st.sampled_from(
-        ("target_tokens", "compression_ratio", "chunk_size", "selection", "smoothing", "normalize_scores")
+        (
+            "target_tokens",
+            "compression_ratio",
+            "min_target_tokens",
+            "chunk_size",
+            "selection",
+            "smoothing",
+            "normalize_scores",
+        )
     ),
     value=anything,
 )
@@ -147,7 +155,7 @@ def test_any_option_value_builds_a_config_or_raises_a_clear_error(option, value)
         assert isinstance(value, int) and not isinstance(value, bool) and value >= 1
     if option == "compression_ratio" and value is not None:
         assert isinstance(value, float | int) and math.isfinite(value) and 0 <= value < 1
-    if option == "chunk_size" and value is not None:
+    if option in ("chunk_size", "min_target_tokens") and value is not None:
         assert isinstance(value, int) and not isinstance(value, bool) and value >= 1
     assert config.progress is False
 

@@ -23,6 +23,7 @@ from finch_rag.server import ServerSettings, ServerThread
 
 PASS_SECONDS = 0.04
 QUESTION = "Where does the fox jump?"  # the tiny Llama answers it with a long greedy run, no end token
+LONG_RUN = {"compression_ratio": 0.75}  # that budget (B = 43 of 172) gives the long run; kept whole it stops early
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_a_request_past_its_timeout_is_504_and_the_next_one_succeeds(client: htt
     plain = {"messages": [{"role": "user", "content": "Hi"}], "timeout": 1e-6}  # nothing to compress
     assert_timeout(client.post("/v1/chat/completions", json=plain))
     # Past compression, into decoding: the context was compressed, then dropped with the failed request.
-    error = assert_timeout(client.post("/v1/chat/completions", json=chat(timeout=2.0)))
+    error = assert_timeout(client.post("/v1/chat/completions", json=chat(timeout=2.0, **LONG_RUN)))
     assert "decoding, before token" in error["message"]
     assert len(slow.store) == 0 and slow.store.bytes == 0
     wait_until(lambda: client.get("/health").json()["queue_depth"] == 0, what="the failed requests' places freed")
@@ -75,7 +76,7 @@ def test_a_request_past_its_timeout_is_504_and_the_next_one_succeeds(client: htt
 
 def test_a_stream_past_its_timeout_ends_with_an_error_event(client: httpx.Client, slow) -> None:
     slow.store.clear()
-    with client.stream("POST", "/v1/chat/completions", json=chat(stream=True, timeout=2.0)) as response:
+    with client.stream("POST", "/v1/chat/completions", json=chat(stream=True, timeout=2.0, **LONG_RUN)) as response:
         assert response.status_code == 200
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"

@@ -58,7 +58,7 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
     Parameters
     ----------
     model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
-    attention_mass, max_target_tokens
+    attention_mass, max_target_tokens, min_target_tokens
         The compressor and the compression (`finch_rag.frontends.FinchOptions`).
     max_new_tokens, temperature, top_p, seed
         Decoding (`finch_rag.frontends.SamplingOptions`); each, and ``stop``, may also be given per call.

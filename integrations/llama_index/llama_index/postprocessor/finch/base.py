@@ -56,7 +56,7 @@ class FinchNodePostprocessor(FinchOptions, BaseNodePostprocessor):
     threshold : float
         A token is in the output text when at least this fraction of (layer, KV head) pairs kept it.
     model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
-    attention_mass, max_target_tokens
+    attention_mass, max_target_tokens, min_target_tokens
         The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
         from the compressor's config.
     """
