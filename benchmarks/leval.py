@@ -10,7 +10,9 @@ Two settings (issue 13, item 6), each page's Natural Questions asked about it:
   ``finch-rag ask --file page.txt`` does (`FinchRAG.answer_from` with the page); ``finch`` is
   `FinchCompressor.compress` with the library's default config (token granularity); ``first`` and ``last`` keep
   the page's first or last ``B`` tokens and answer from them; ``ranked`` is `FinchRAG` over the page cut into
-  ``--words``-word pieces, all of them, ranked by the retriever and packed best last (nothing is left out).
+  ``--words``-word pieces, all of them, ranked by the retriever and packed best last (nothing is left out);
+  ``ask_file`` is what ``finch-rag ask --file page.txt`` runs now (`FinchRAG.answer_from_documents`: the same
+  ranked pieces, cut by the library).
 
 A method name may end in ``+strip``: the page's markup tags (``<Td>``, ``</Tr>``, ...) are removed before chunking;
 ``+punct`` is the ablation of the sentence split: sentences end at ``. ! ?`` and line breaks only, as before block
@@ -56,7 +58,10 @@ from .datasets import MARKUP_TAG, load_leval, strip_markup, word_chunks
 from .journal import Journal, add_journal_options
 from .stats import bootstrap_difference, mean, won_lost
 
-METHODS = {"rag": ("truncation", "finch_rag"), "page": ("first", "last", "finch_rag", "finch", "ranked")}
+METHODS = {
+    "rag": ("truncation", "finch_rag"),
+    "page": ("first", "last", "finch_rag", "finch", "ranked", "ask_file"),
+}
 BASELINES = {"rag": ("truncation",), "page": ("first", "last")}
 _PUNCTUATION = re.compile(r"[.!?][\"')\]]*\s+|\n+")
 
@@ -243,6 +248,16 @@ class Runner:
             tokens = self.args.max_new_tokens
             rag = FinchRAG(retriever=retriever, compressor=self.compressor, config=self.config, max_new_tokens=tokens)
             answer = rag.answer_from(question, retrieved)
+            return {
+                "fractions": compressed_fractions(answer.compressed, gold),
+                "answer": answer.text,
+                **kept_profile(answer.compressed, question),
+            }
+        if method == "ask_file":
+            # Exactly what `finch-rag ask --file page.txt` runs: FinchRAG.answer_from_documents with the page.
+            tokens = self.args.max_new_tokens
+            rag = FinchRAG(compressor=self.compressor, config=self.config, max_new_tokens=tokens)
+            answer = rag.answer_from_documents(question, passages, piece_words=self.args.words)
             return {
                 "fractions": compressed_fractions(answer.compressed, gold),
                 "answer": answer.text,

@@ -322,7 +322,10 @@ class FinchRAG:
         if with_context:
             plans = [
                 self.passage_allocation.plan(
-                    [passage.to_passage() for passage in passages], self.config, [passage.rank for passage in passages]
+                    [passage.to_passage() for passage in passages],
+                    self.config,
+                    [passage.rank for passage in passages],
+                    [passage.score for passage in passages],
                 )
                 for passages in (retrieved[index] for index in with_context)
             ]
