@@ -18,13 +18,15 @@ packing order, the config to compress them with, their score priors, and a way b
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, get_args
 
+import torch
+
 from .config import GRANULARITIES, FinchConfig, Granularity
 from .linking import named_passages
-from .prompts import Passage
+from .prompts import Passage, PromptParts
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -62,6 +64,13 @@ class RankWeighting:
       default) fuses nothing; passages without a score (``None``) take the best passage's factor, 1.
       Measured on one long document cut into chunks, where attention alone echoes the question's words
       (``docs/results/leval_lead.md``).
+    - ``sentence_fusion_temperature``: fuse an embedding model's sentence scores into the selection. Each
+      sentence of the prompt (as ``granularity="sentence"`` splits it) is embedded with the retriever's
+      model, and its tokens' scores are multiplied by ``exp((c - c_max) / sentence_fusion_temperature)``,
+      ``c`` the sentence's cosine similarity to the question and ``c_max`` the best sentence's. Attention
+      alone favours sentences that repeat the question's words; the embedder reads what a sentence says.
+      ``None`` (the default) fuses nothing. It needs an embedding model: `FinchRAG` uses its
+      `EmbeddingRetriever`'s (the embedded all-MiniLM-L6-v2 otherwise), see `SentenceFusion`.
 
     Parameters
     ----------
@@ -79,6 +88,8 @@ class RankWeighting:
         How many of the best-ranked passages lend their links, ``>= 1``.
     fusion_temperature : float, optional
         Temperature, in units of the retriever's score, of the retrieval-score factor; ``None`` for none.
+    sentence_fusion_temperature : float, optional
+        Temperature, in units of cosine similarity, of the sentence-similarity factor; ``None`` for none.
     """
 
     reverse_packing: bool = True
@@ -88,6 +99,7 @@ class RankWeighting:
     link_boost: float = 4.0
     link_sources: int = 1
     fusion_temperature: float | None = None
+    sentence_fusion_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.tau is not None and (
@@ -106,14 +118,17 @@ class RankWeighting:
             raise ValueError(
                 f"link_sources (best-ranked passages that lend their links) must be an int >= 1, got {sources!r}."
             )
-        temperature = self.fusion_temperature
-        if temperature is not None and (
-            isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf
-        ):
-            raise ValueError(
-                "fusion_temperature is a temperature in retrieval-score units and must be a finite number > 0 "
-                f"(or None to fuse nothing), got {temperature!r}."
-            )
+        for name, units in (("fusion_temperature", "retrieval-score"), ("sentence_fusion_temperature", "cosine")):
+            temperature = getattr(self, name)
+            if temperature is not None and (
+                isinstance(temperature, bool)
+                or not isinstance(temperature, (int, float))
+                or not 0 < temperature < math.inf
+            ):
+                raise ValueError(
+                    f"{name} is a temperature in {units} units and must be a finite number > 0 "
+                    f"(or None to fuse nothing), got {temperature!r}."
+                )
 
     def pack(self, ranked: Sequence[T]) -> list[T]:
         """Ranked items (best first) in packing order; applied twice it restores the ranking."""
@@ -190,12 +205,17 @@ class AllocationPlan(Generic[T]):
         none.
     order : tuple of int
         ``packed[i]`` is ``ranked[order[i]]``.
+    token_prior : callable, optional
+        ``token_prior(parts)`` gives ``[n]`` non-negative factors for the context tokens of the prompt built from
+        ``packed`` (e.g. `SentenceFusion`); ``FinchCompressor.compress_plans`` multiplies them onto the
+        ``passage_weights``. ``None`` for none.
     """
 
     packed: list[T]
     config: FinchConfig
     passage_weights: list[float] | None
     order: tuple[int, ...] = field(repr=False)
+    token_prior: Callable[[PromptParts], torch.Tensor] | None = field(default=None, repr=False)
 
     def restore(self, per_packed: Sequence[U]) -> list[U]:
         """One value per packed passage (e.g. ``compressed.passage_stats()``) back in the ranked order."""
@@ -262,3 +282,42 @@ class PassageAllocation:
                 so_far = weights or [1.0] * len(order)
                 weights = [weight * factors[index] for weight, index in zip(so_far, order, strict=True)]
         return AllocationPlan([ranked[index] for index in order], self.configure(config), weights, order)
+
+
+@dataclass(frozen=True)
+class SentenceFusion:
+    """A token prior from an embedding model: each sentence's similarity to the question, as a score factor.
+
+    ``SentenceFusion(embedder, question, temperature)(parts)`` embeds ``question`` and every sentence of
+    ``parts`` (`PromptParts.sentence_ids`, the sentences ``granularity="sentence"`` makes compete) with
+    ``embedder`` (anything with sentence-transformers' ``encode``), and gives each context token
+    ``exp((c - c_max) / temperature)``, ``c`` its sentence's cosine similarity to the question. It is the
+    ``token_prior`` `FinchRAG` puts on its plans when `RankWeighting.sentence_fusion_temperature` is set.
+    """
+
+    embedder: Any = field(repr=False)
+    question: str
+    temperature: float
+
+    def similarities(self, parts: PromptParts) -> torch.Tensor:
+        """``[n]``: the cosine similarity of each context token's sentence to the question."""
+        labels, inverse = torch.unique(parts.sentence_ids(), return_inverse=True)
+        context_text, token_offsets, _, _ = parts._layout()
+        offsets = torch.tensor(token_offsets, dtype=torch.long).reshape(-1, 2)
+        starts = torch.full((len(labels),), len(context_text), dtype=torch.long)
+        starts = starts.scatter_reduce(0, inverse, offsets[:, 0], reduce="amin")
+        ends = torch.zeros(len(labels), dtype=torch.long).scatter_reduce(0, inverse, offsets[:, 1], reduce="amax")
+        texts = [context_text[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
+        vectors = self.embedder.encode(
+            [self.question, *texts],
+            batch_size=32,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        vectors = vectors.detach().float().cpu()
+        return (vectors[1:] @ vectors[0])[inverse]
+
+    def __call__(self, parts: PromptParts) -> torch.Tensor:
+        similarity = self.similarities(parts)
+        return torch.exp((similarity - similarity.max()) / self.temperature)

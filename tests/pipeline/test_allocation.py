@@ -60,9 +60,11 @@ def test_fusion_multiplies_each_passage_by_its_retrieval_score_factor() -> None:
 
 
 @pytest.mark.parametrize("temperature", [0, -0.1, math.inf, True, "0.1"])
-def test_fusion_temperature_is_validated(temperature: Any) -> None:
-    with pytest.raises(ValueError, match="fusion_temperature"):
+def test_fusion_temperatures_are_validated(temperature: Any) -> None:
+    with pytest.raises(ValueError, match="fusion_temperature is a temperature in retrieval-score"):
         RankWeighting(fusion_temperature=temperature)
+    with pytest.raises(ValueError, match="sentence_fusion_temperature is a temperature in cosine"):
+        RankWeighting(sentence_fusion_temperature=temperature)
 
 
 def test_finchrag_fuses_its_retrievers_scores(tiny_models: Any, tiny_tokenizer: Any) -> None:
