@@ -15,7 +15,9 @@ Two settings (issue 13, item 6), each page's Natural Questions asked about it:
   ranked pieces, cut by the library).
 
 A method name may end in ``+strip``: the page's markup tags (``<Td>``, ``</Tr>``, ...) are removed before chunking;
-``+punct`` is the ablation of the sentence split: sentences end at ``. ! ?`` and line breaks only, as before block
+``+sentT`` and ``+fuseT`` (``rag``'s ``finch_rag`` only) set `RankWeighting`'s ``sentence_fusion_temperature`` and
+``fusion_temperature`` to ``T`` (issue 18's levers, ``docs/results/leval_lead.md``); ``+punct`` is the ablation of the
+sentence split: sentences end at ``. ! ?`` and line breaks only, as before block
 markup and `finch_rag.prompts.MAX_SENTENCE_TOKENS` split them.
 
 Metrics per question: ``occurrences``, the gold answer's case-insensitive occurrences in what the method was given
@@ -41,7 +43,7 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_model
+from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting, load_model
 from finch_rag.prompts import PASSAGE_SEPARATOR, PromptParts, build_prompt
 from finch_rag.retrieval import EmbeddingRetriever
 
@@ -189,7 +191,16 @@ class Runner:
         compressed = self.compressor.compress(list(passages), question, config=full)
         return self.compressor.generate(compressed, max_new_tokens=self.args.max_new_tokens)
 
-    def rag(self, page: int, text: str, question: str, gold: str, method: str, strip: bool) -> dict[str, Any] | None:
+    def rag(
+        self,
+        page: int,
+        text: str,
+        question: str,
+        gold: str,
+        method: str,
+        strip: bool,
+        weighting: RankWeighting | None = None,
+    ) -> dict[str, Any] | None:
         key = (page, strip)
         if key not in self.retrievers:
             self.retrievers[key] = EmbeddingRetriever(word_chunks(text, self.args.words), progress=False)
@@ -215,6 +226,7 @@ class Runner:
                 config=self.config,
                 top_k=self.args.top_k,
                 max_new_tokens=self.args.max_new_tokens,
+                weighting=weighting,
             )
             answer = rag.answer_from(question, retrieved)
             return {
@@ -274,6 +286,22 @@ class Runner:
         raise ValueError(f"Unknown page method {method!r}; use one of {METHODS['page']}.")
 
 
+_FUSION_FLAG = re.compile(r"(sent|fuse)([0-9.]+)")
+
+
+def weighting_of(flags: Sequence[str]) -> RankWeighting | None:
+    """The `RankWeighting` of a method's fusion flags (``None`` without any: the default weighting).
+
+    ``sentT`` sets ``sentence_fusion_temperature=T``, ``fuseT`` sets ``fusion_temperature=T``.
+    """
+    options = {}
+    for flag in flags:
+        if match := _FUSION_FLAG.fullmatch(flag):
+            name = "sentence_fusion_temperature" if match[1] == "sent" else "fusion_temperature"
+            options[name] = float(match[2])
+    return RankWeighting(**options) if options else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.leval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--setting", choices=sorted(METHODS), required=True)
@@ -314,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     split = punctuation_sentences() if "punct" in flags else contextlib.nullcontext()
                     with split:
                         if args.setting == "rag":
-                            result = runner.rag(page, text, question, gold, base, "strip" in flags)
+                            result = runner.rag(page, text, question, gold, base, "strip" in flags, weighting_of(flags))
                         else:
                             result = runner.page(text, question, gold, base)
                     if result is None:
