@@ -181,7 +181,9 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         model, self.tokenizer = load_model(args.model)
-        self.config = FinchConfig(target_tokens=args.budget, progress=False)
+        size = args.chunk_size
+        chunk_size = None if size == "none" else "auto" if size == "auto" else int(size)
+        self.config = FinchConfig(target_tokens=args.budget, chunk_size=chunk_size, progress=False)
         self.compressor = FinchCompressor(model, self.tokenizer, self.config)
         self.retrievers: dict[tuple[int, bool], EmbeddingRetriever] = {}
 
@@ -312,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--words", type=int, default=120, help="words per chunk in the rag setting")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the setting")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--chunk-size", default="auto", help="FinchConfig.chunk_size: auto (default), none or N")
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2)")
     parser.add_argument("--all-questions", action="store_true", help="rag: also questions whose gold is not retrieved")
     add_journal_options(parser, default="/tmp/leval_SETTING_BUDGET.jsonl")
