@@ -10,10 +10,14 @@ Two settings (issue 13, item 6), each page's Natural Questions asked about it:
   ``finch-rag ask --file page.txt`` does (`FinchRAG.answer_from` with the page); ``finch`` is
   `FinchCompressor.compress` with the library's default config (token granularity); ``first`` and ``last`` keep
   the page's first or last ``B`` tokens and answer from them; ``ranked`` is `FinchRAG` over the page cut into
-  ``--words``-word pieces, all of them, ranked by the retriever and packed best last (nothing is left out).
+  ``--words``-word pieces, all of them, ranked by the retriever and packed best last (nothing is left out);
+  ``ask_file`` is what ``finch-rag ask --file page.txt`` runs now (`FinchRAG.answer_from_documents`: the same
+  ranked pieces, cut by the library).
 
 A method name may end in ``+strip``: the page's markup tags (``<Td>``, ``</Tr>``, ...) are removed before chunking;
-``+punct`` is the ablation of the sentence split: sentences end at ``. ! ?`` and line breaks only, as before block
+``+sentT`` and ``+fuseT`` (``rag``'s ``finch_rag`` only) set `RankWeighting`'s ``sentence_fusion_temperature`` and
+``fusion_temperature`` to ``T`` (issue 18's levers, ``docs/results/leval_lead.md``); ``+punct`` is the ablation of the
+sentence split: sentences end at ``. ! ?`` and line breaks only, as before block
 markup and `finch_rag.prompts.MAX_SENTENCE_TOKENS` split them.
 
 Metrics per question: ``occurrences``, the gold answer's case-insensitive occurrences in what the method was given
@@ -39,7 +43,7 @@ from typing import Any
 
 import torch
 
-from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_model
+from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting, load_model
 from finch_rag.prompts import PASSAGE_SEPARATOR, PromptParts, build_prompt
 from finch_rag.retrieval import EmbeddingRetriever
 
@@ -56,7 +60,10 @@ from .datasets import MARKUP_TAG, load_leval, strip_markup, word_chunks
 from .journal import Journal, add_journal_options
 from .stats import bootstrap_difference, mean, won_lost
 
-METHODS = {"rag": ("truncation", "finch_rag"), "page": ("first", "last", "finch_rag", "finch", "ranked")}
+METHODS = {
+    "rag": ("truncation", "finch_rag"),
+    "page": ("first", "last", "finch_rag", "finch", "ranked", "ask_file"),
+}
 BASELINES = {"rag": ("truncation",), "page": ("first", "last")}
 _PUNCTUATION = re.compile(r"[.!?][\"')\]]*\s+|\n+")
 
@@ -174,7 +181,9 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         model, self.tokenizer = load_model(args.model)
-        self.config = FinchConfig(target_tokens=args.budget, progress=False)
+        size = args.chunk_size
+        chunk_size = None if size == "none" else "auto" if size == "auto" else int(size)
+        self.config = FinchConfig(target_tokens=args.budget, chunk_size=chunk_size, progress=False)
         self.compressor = FinchCompressor(model, self.tokenizer, self.config)
         self.retrievers: dict[tuple[int, bool], EmbeddingRetriever] = {}
 
@@ -184,7 +193,16 @@ class Runner:
         compressed = self.compressor.compress(list(passages), question, config=full)
         return self.compressor.generate(compressed, max_new_tokens=self.args.max_new_tokens)
 
-    def rag(self, page: int, text: str, question: str, gold: str, method: str, strip: bool) -> dict[str, Any] | None:
+    def rag(
+        self,
+        page: int,
+        text: str,
+        question: str,
+        gold: str,
+        method: str,
+        strip: bool,
+        weighting: RankWeighting | None = None,
+    ) -> dict[str, Any] | None:
         key = (page, strip)
         if key not in self.retrievers:
             self.retrievers[key] = EmbeddingRetriever(word_chunks(text, self.args.words), progress=False)
@@ -210,6 +228,7 @@ class Runner:
                 config=self.config,
                 top_k=self.args.top_k,
                 max_new_tokens=self.args.max_new_tokens,
+                weighting=weighting,
             )
             answer = rag.answer_from(question, retrieved)
             return {
@@ -248,6 +267,16 @@ class Runner:
                 "answer": answer.text,
                 **kept_profile(answer.compressed, question),
             }
+        if method == "ask_file":
+            # Exactly what `finch-rag ask --file page.txt` runs: FinchRAG.answer_from_documents with the page.
+            tokens = self.args.max_new_tokens
+            rag = FinchRAG(compressor=self.compressor, config=self.config, max_new_tokens=tokens)
+            answer = rag.answer_from_documents(question, passages, piece_words=self.args.words)
+            return {
+                "fractions": compressed_fractions(answer.compressed, gold),
+                "answer": answer.text,
+                **kept_profile(answer.compressed, question),
+            }
         if method == "finch":
             compressed = self.compressor.compress(passages, question, config=self.config)
             generated = self.compressor.generate(compressed, max_new_tokens=self.args.max_new_tokens)
@@ -257,6 +286,22 @@ class Runner:
                 **kept_profile(compressed, question),
             }
         raise ValueError(f"Unknown page method {method!r}; use one of {METHODS['page']}.")
+
+
+_FUSION_FLAG = re.compile(r"(sent|fuse)([0-9.]+)")
+
+
+def weighting_of(flags: Sequence[str]) -> RankWeighting | None:
+    """The `RankWeighting` of a method's fusion flags (``None`` without any: the default weighting).
+
+    ``sentT`` sets ``sentence_fusion_temperature=T``, ``fuseT`` sets ``fusion_temperature=T``.
+    """
+    options = {}
+    for flag in flags:
+        if match := _FUSION_FLAG.fullmatch(flag):
+            name = "sentence_fusion_temperature" if match[1] == "sent" else "fusion_temperature"
+            options[name] = float(match[2])
+    return RankWeighting(**options) if options else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--words", type=int, default=120, help="words per chunk in the rag setting")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the setting")
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--chunk-size", default="auto", help="FinchConfig.chunk_size: auto (default), none or N")
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2)")
     parser.add_argument("--all-questions", action="store_true", help="rag: also questions whose gold is not retrieved")
     add_journal_options(parser, default="/tmp/leval_SETTING_BUDGET.jsonl")
@@ -299,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     split = punctuation_sentences() if "punct" in flags else contextlib.nullcontext()
                     with split:
                         if args.setting == "rag":
-                            result = runner.rag(page, text, question, gold, base, "strip" in flags)
+                            result = runner.rag(page, text, question, gold, base, "strip" in flags, weighting_of(flags))
                         else:
                             result = runner.page(text, question, gold, base)
                     if result is None:

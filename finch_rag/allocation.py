@@ -18,13 +18,15 @@ packing order, the config to compress them with, their score priors, and a way b
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, get_args
 
+import torch
+
 from .config import GRANULARITIES, FinchConfig, Granularity
 from .linking import named_passages
-from .prompts import Passage
+from .prompts import Passage, PromptParts
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -55,6 +57,20 @@ class RankWeighting:
       best-ranked passages name by title by ``link_boost`` (`finch_rag.linking`), so the bridge passage of a
       multi-hop question survives a small budget (``docs/results/links.md``). ``link_boost=1`` turns links
       off; passages without titles, or sharing one title, never link.
+    - ``fusion_temperature``: fuse the retriever's scores into the selection. Every token score of a passage
+      whose retrieval score is ``s`` is multiplied by ``exp((s - s_max) / fusion_temperature)``, ``s_max`` the
+      best passage's score, so the embedder decides how much a passage must out-attend the best one to
+      keep its entries, while attention still picks sentences within and across passages. ``None`` (the
+      default) fuses nothing; passages without a score (``None``) take the best passage's factor, 1.
+      Measured on one long document cut into chunks, where attention alone echoes the question's words
+      (``docs/results/leval_lead.md``).
+    - ``sentence_fusion_temperature``: fuse an embedding model's sentence scores into the selection. Each
+      sentence of the prompt (as ``granularity="sentence"`` splits it) is embedded with the retriever's
+      model, and its tokens' scores are multiplied by ``exp((c - c_max) / sentence_fusion_temperature)``,
+      ``c`` the sentence's cosine similarity to the question and ``c_max`` the best sentence's. Attention
+      alone favours sentences that repeat the question's words; the embedder reads what a sentence says.
+      ``None`` (the default) fuses nothing. It needs an embedding model: `FinchRAG` uses its
+      `EmbeddingRetriever`'s (the embedded all-MiniLM-L6-v2 otherwise), see `SentenceFusion`.
 
     Parameters
     ----------
@@ -70,6 +86,10 @@ class RankWeighting:
         Score factor of a passage that a best-ranked passage names, ``>= 1`` (``1`` = off).
     link_sources : int
         How many of the best-ranked passages lend their links, ``>= 1``.
+    fusion_temperature : float, optional
+        Temperature, in units of the retriever's score, of the retrieval-score factor; ``None`` for none.
+    sentence_fusion_temperature : float, optional
+        Temperature, in units of cosine similarity, of the sentence-similarity factor; ``None`` for none.
     """
 
     reverse_packing: bool = True
@@ -78,6 +98,8 @@ class RankWeighting:
     granularity: Granularity = "sentence"
     link_boost: float = 4.0
     link_sources: int = 1
+    fusion_temperature: float | None = None
+    sentence_fusion_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.tau is not None and (
@@ -96,6 +118,17 @@ class RankWeighting:
             raise ValueError(
                 f"link_sources (best-ranked passages that lend their links) must be an int >= 1, got {sources!r}."
             )
+        for name, units in (("fusion_temperature", "retrieval-score"), ("sentence_fusion_temperature", "cosine")):
+            temperature = getattr(self, name)
+            if temperature is not None and (
+                isinstance(temperature, bool)
+                or not isinstance(temperature, (int, float))
+                or not 0 < temperature < math.inf
+            ):
+                raise ValueError(
+                    f"{name} is a temperature in {units} units and must be a finite number > 0 "
+                    f"(or None to fuse nothing), got {temperature!r}."
+                )
 
     def pack(self, ranked: Sequence[T]) -> list[T]:
         """Ranked items (best first) in packing order; applied twice it restores the ranking."""
@@ -108,6 +141,22 @@ class RankWeighting:
     def weights(self, ranks: Sequence[int]) -> list[float] | None:
         """Score factors of the passages of these 1-based ranks, or ``None`` when there is no rank factor."""
         return None if self.tau is None else rank_weights(ranks, self)
+
+    def fusion_weights(self, scores: Sequence[float | None] | None) -> list[float] | None:
+        """Per passage, ``exp((s - s_max) / fusion_temperature)`` of its retrieval score ``s``; ``None`` when off.
+
+        Off when ``fusion_temperature`` is ``None``, no scores are given, or no passage has one; a passage
+        without a score gets 1, the best passage's factor.
+        """
+        if self.fusion_temperature is None or scores is None:
+            return None
+        known = [float(score) for score in scores if score is not None]
+        if not known:
+            return None
+        if not all(math.isfinite(score) for score in known):
+            raise ValueError(f"retrieval scores must be finite to fuse them, got {list(scores)}.")
+        best = max(known)
+        return [1.0 if score is None else math.exp((score - best) / self.fusion_temperature) for score in scores]
 
     def link_weights(self, ranked: Sequence[Any]) -> list[float] | None:
         """Per ranked passage (best first), ``link_boost`` if a best-ranked one names it, else 1; ``None`` if none is.
@@ -151,16 +200,22 @@ class AllocationPlan(Generic[T]):
     config : FinchConfig
         The config to compress them with (with the allocation's granularity).
     passage_weights : list of float or None
-        One score prior per *packed* passage (`RankWeighting.weights` times `RankWeighting.link_weights`), for
-        ``FinchCompressor.compress``'s ``passage_weights``; ``None`` applies none.
+        One score prior per *packed* passage (`RankWeighting.weights` times `RankWeighting.link_weights` times
+        `RankWeighting.fusion_weights`), for ``FinchCompressor.compress``'s ``passage_weights``; ``None`` applies
+        none.
     order : tuple of int
         ``packed[i]`` is ``ranked[order[i]]``.
+    token_prior : callable, optional
+        ``token_prior(parts)`` gives ``[n]`` non-negative factors for the context tokens of the prompt built from
+        ``packed`` (e.g. `SentenceFusion`); ``FinchCompressor.compress_plans`` multiplies them onto the
+        ``passage_weights``. ``None`` for none.
     """
 
     packed: list[T]
     config: FinchConfig
     passage_weights: list[float] | None
     order: tuple[int, ...] = field(repr=False)
+    token_prior: Callable[[PromptParts], torch.Tensor] | None = field(default=None, repr=False)
 
     def restore(self, per_packed: Sequence[U]) -> list[U]:
         """One value per packed passage (e.g. ``compressed.passage_stats()``) back in the ranked order."""
@@ -199,22 +254,70 @@ class PassageAllocation:
         """The config `plan` compresses with: ``config`` with this allocation's granularity (``"global"``: as is)."""
         return config if self.kind == GLOBAL else self.weighting.configure(config)
 
-    def plan(self, ranked: Sequence[T], config: FinchConfig, ranks: Sequence[int] | None = None) -> AllocationPlan[T]:
+    def plan(
+        self,
+        ranked: Sequence[T],
+        config: FinchConfig,
+        ranks: Sequence[int] | None = None,
+        scores: Sequence[float | None] | None = None,
+    ) -> AllocationPlan[T]:
         """Pack ``ranked`` (best first) and derive the config and score priors to compress it with.
 
         ``ranks`` are the passages' 1-based retrieval ranks (default ``1..n`` in the given order); they only
-        matter for a ``weighting`` with a rank factor (``tau``).
+        matter for a ``weighting`` with a rank factor (``tau``). ``scores`` are their retrieval scores
+        (``None`` where unknown); they only matter for a ``weighting`` with ``fusion_temperature``.
         """
         ranked = list(ranked)
         ranks = list(ranks) if ranks is not None else list(range(1, len(ranked) + 1))
         if len(ranks) != len(ranked):
             raise ValueError(f"Got {len(ranks)} ranks for {len(ranked)} passages.")
+        if scores is not None and len(scores) != len(ranked):
+            raise ValueError(f"Got {len(scores)} retrieval scores for {len(ranked)} passages.")
         if self.kind == GLOBAL:
             return AllocationPlan(ranked, config, None, tuple(range(len(ranked))))
         order = tuple(self.weighting.pack(range(len(ranked))))
         weights = self.weighting.weights([ranks[index] for index in order])
-        links = self.weighting.link_weights(ranked)
-        if links is not None:
-            rank_factors = weights or [1.0] * len(order)
-            weights = [factor * links[index] for factor, index in zip(rank_factors, order, strict=True)]
+        for factors in (self.weighting.link_weights(ranked), self.weighting.fusion_weights(scores)):
+            if factors is not None:
+                so_far = weights or [1.0] * len(order)
+                weights = [weight * factors[index] for weight, index in zip(so_far, order, strict=True)]
         return AllocationPlan([ranked[index] for index in order], self.configure(config), weights, order)
+
+
+@dataclass(frozen=True)
+class SentenceFusion:
+    """A token prior from an embedding model: each sentence's similarity to the question, as a score factor.
+
+    ``SentenceFusion(embedder, question, temperature)(parts)`` embeds ``question`` and every sentence of
+    ``parts`` (`PromptParts.sentence_ids`, the sentences ``granularity="sentence"`` makes compete) with
+    ``embedder`` (anything with sentence-transformers' ``encode``), and gives each context token
+    ``exp((c - c_max) / temperature)``, ``c`` its sentence's cosine similarity to the question. It is the
+    ``token_prior`` `FinchRAG` puts on its plans when `RankWeighting.sentence_fusion_temperature` is set.
+    """
+
+    embedder: Any = field(repr=False)
+    question: str
+    temperature: float
+
+    def similarities(self, parts: PromptParts) -> torch.Tensor:
+        """``[n]``: the cosine similarity of each context token's sentence to the question."""
+        labels, inverse = torch.unique(parts.sentence_ids(), return_inverse=True)
+        context_text, token_offsets, _, _ = parts._layout()
+        offsets = torch.tensor(token_offsets, dtype=torch.long).reshape(-1, 2)
+        starts = torch.full((len(labels),), len(context_text), dtype=torch.long)
+        starts = starts.scatter_reduce(0, inverse, offsets[:, 0], reduce="amin")
+        ends = torch.zeros(len(labels), dtype=torch.long).scatter_reduce(0, inverse, offsets[:, 1], reduce="amax")
+        texts = [context_text[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
+        vectors = self.embedder.encode(
+            [self.question, *texts],
+            batch_size=32,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        vectors = vectors.detach().float().cpu()
+        return (vectors[1:] @ vectors[0])[inverse]
+
+    def __call__(self, parts: PromptParts) -> torch.Tensor:
+        similarity = self.similarities(parts)
+        return torch.exp((similarity - similarity.max()) / self.temperature)

@@ -279,16 +279,18 @@ class FinchCompressor:
             return []
         if any(plan.config != plans[0].config for plan in plans):
             raise ValueError("The plans have different configs; compress plans of one config together.")
-        results = self.compress_batch(
-            [plan.packed for plan in plans],
-            questions,
-            config=plans[0].config,
-            passage_weights=[plan.passage_weights for plan in plans],
-            batch_size=len(plans),
-            histories=histories,
-            deadline=deadline,
-            return_exceptions=True,
-        )
+        if histories is not None and len(histories) != len(plans):
+            raise ValueError(f"histories has {len(histories)} entries for {len(plans)} plans.")
+        limits = deadlines_for(deadline, len(plans))
+        config = plans[0].config
+        prompts = []
+        for plan, question, history in zip(plans, questions, histories or [None] * len(plans), strict=True):
+            parts, weights = self._prepare(plan.packed, question, config, plan.passage_weights, history)
+            if plan.token_prior is not None:
+                prior = _checked_prior(plan.token_prior(parts), len(parts.context_ids))
+                weights = prior if weights is None else weights * prior
+            prompts.append((parts, weights))
+        results = self._run(prompts, config, limits)
         return results if return_exceptions else _raised(results)
 
     def _prepare(
@@ -534,6 +536,16 @@ class FinchCompressor:
 
 
 T = TypeVar("T")
+
+
+def _checked_prior(prior: torch.Tensor, context_length: int) -> torch.Tensor:
+    """A plan's token prior as ``[n]`` float32, refused unless it has one finite, non-negative value a token."""
+    prior = torch.as_tensor(prior, dtype=torch.float32).cpu()
+    if prior.shape != (context_length,):
+        raise ValueError(f"token_prior gave shape {tuple(prior.shape)} for {context_length} context tokens.")
+    if not torch.isfinite(prior).all() or (prior < 0).any():
+        raise ValueError("token_prior must give finite factors >= 0.")
+    return prior
 
 
 def _raised(results: Sequence[T | DeadlineExceeded]) -> list[T]:

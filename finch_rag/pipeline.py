@@ -9,6 +9,7 @@ Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,14 +17,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .allocation import ALLOCATIONS, RETRIEVAL_WEIGHTED, Allocation, PassageAllocation, RankWeighting
+from .allocation import (
+    ALLOCATIONS,
+    RETRIEVAL_WEIGHTED,
+    Allocation,
+    AllocationPlan,
+    PassageAllocation,
+    RankWeighting,
+    SentenceFusion,
+)
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
 from .deadline import Deadline, DeadlineLike
 from .progress import progress_bar
 from .prompts import Passage
-from .retrieval import NO_CONTEXT_ANSWER, Document, EmbeddingRetriever, RetrievedPassage, Retriever
+from .retrieval import (
+    NO_CONTEXT_ANSWER,
+    Document,
+    EmbeddingRetriever,
+    RetrievedPassage,
+    Retriever,
+    load_embedding_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +174,7 @@ class FinchRAG:
 
         self._retriever = retriever
         self._retriever_lock = threading.Lock()
+        self._fusion_embedder: Any = None
         self._progress = config.progress if config is not None else True
         if documents is not None:
             self.add(documents)
@@ -322,12 +339,16 @@ class FinchRAG:
         if with_context:
             plans = [
                 self.passage_allocation.plan(
-                    [passage.to_passage() for passage in passages], self.config, [passage.rank for passage in passages]
+                    [passage.to_passage() for passage in passages],
+                    self.config,
+                    [passage.rank for passage in passages],
+                    [passage.score for passage in passages],
                 )
                 for passages in (retrieved[index] for index in with_context)
             ]
             compress_started = time.perf_counter()
             asked = [questions[index] for index in with_context]
+            plans = self._fused(plans, asked)
             compressed = self.compressor.compress_plans(plans, asked, deadline=deadline)
             compression_seconds = time.perf_counter() - compress_started
             generate_started = time.perf_counter()
@@ -346,6 +367,24 @@ class FinchRAG:
                 logger.debug("Answered %r: %s", questions[index], stats)
                 answers[index] = Answer(questions[index], text.strip(), sources, item, stats)
         return [answer for answer in answers if answer is not None]
+
+    def _fused(self, plans: list[AllocationPlan[Passage]], questions: Sequence[str]) -> list[AllocationPlan[Passage]]:
+        """``plans`` with `SentenceFusion` token priors when the weighting asks for them (else as they are)."""
+        temperature = self.weighting.sentence_fusion_temperature
+        if temperature is None or self.allocation != RETRIEVAL_WEIGHTED:
+            return plans
+        retriever = self.retriever
+        if isinstance(retriever, EmbeddingRetriever):
+            embedder = retriever.model
+        else:
+            with self._retriever_lock:
+                if self._fusion_embedder is None:
+                    self._fusion_embedder = load_embedding_model()
+                embedder = self._fusion_embedder
+        return [
+            dataclasses.replace(plan, token_prior=SentenceFusion(embedder, question, temperature))
+            for plan, question in zip(plans, questions, strict=True)
+        ]
 
     @property
     def allocation(self) -> Allocation:

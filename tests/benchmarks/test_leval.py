@@ -6,7 +6,9 @@ import torch
 from conftest import QUESTION
 
 from benchmarks.datasets import strip_markup, word_chunks
-from benchmarks.leval import cut_to_budget, masked_fractions, occurrences, punctuation_sentences
+from benchmarks.leval import cut_to_budget, masked_fractions, occurrences, punctuation_sentences, weighting_of
+from benchmarks.leval_lead import kept_under, lever_dedup
+from finch_rag import RankWeighting
 from finch_rag.prompts import Passage, PromptParts, build_prompt
 
 
@@ -39,3 +41,29 @@ def test_punctuation_ablation_is_scoped(tiny_tokenizer):
         assert int(parts.sentence_ids().max()) == 0  # no punctuation: one sentence, as before the change
     assert PromptParts.sentence_ids is library
     assert int(parts.sentence_ids().max()) == 2  # two rows and the closing tag
+
+
+def test_fusion_flags_name_rank_weightings():
+    assert weighting_of(["strip"]) is None
+    assert weighting_of(["sent0.1"]) == RankWeighting(sentence_fusion_temperature=0.1)
+    assert weighting_of(["fuse0.05", "sent0.05"]) == RankWeighting(
+        fusion_temperature=0.05, sentence_fusion_temperature=0.05
+    )
+
+
+def test_lead_levers_replay_selections():
+    """Replayed levers: sentences compete whole; dedup silences a repeated sentence; embedder fusion reorders."""
+    spans = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    item = {
+        "shared": torch.tensor([0.9, 0.9, 0.8, 0.8, 0.1, 0.1, 0.5, 0.5]),
+        "spans": spans,
+        "passage_of": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]),
+        "packed_scores": [0.2, 0.6],
+        "packed_ranks": [2, 1],
+        "sentence_texts": {0: "Lost in Space joins Netflix", 1: "Lost in Space joins Netflix", 2: "x", 3: "y"},
+        "sentence_similarity": torch.tensor([0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.2, 0.2]),
+    }
+    assert kept_under("default", item, 4).tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert kept_under("dedup", item, 4).tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
+    assert lever_dedup(item["shared"], item)[2:4].tolist() == [0.0, 0.0]
+    assert kept_under("sent0.1", item, 2).tolist() == [0, 0, 0, 0, 1, 1, 0, 0]

@@ -10,6 +10,7 @@ from conftest import PASSAGES, QUESTION
 
 from finch_rag import FinchCompressor, FinchConfig, FinchRAG, PassageAllocation, RankWeighting
 from finch_rag.allocation import ALLOCATIONS, Allocation, rank_weights
+from finch_rag.retrieval import RetrievedPassage
 
 CONFIG = FinchConfig(target_tokens=24, chunk_size=64, progress=False)
 
@@ -35,6 +36,59 @@ def test_weights_follow_the_packed_order_and_the_given_ranks() -> None:
     assert plan.packed == ["a", "b"] and plan.config is CONFIG and plan.restore([1, 2]) == [1, 2]
     with pytest.raises(ValueError, match="ranks"):
         allocation.plan(["a"], CONFIG, ranks=[1, 2])
+
+
+def test_fusion_multiplies_each_passage_by_its_retrieval_score_factor() -> None:
+    """``fusion_temperature`` turns retrieval scores into priors: the best passage 1, others exp(-gap / T)."""
+    allocation = PassageAllocation(weighting=RankWeighting(fusion_temperature=0.1))
+    plan = allocation.plan(["a", "b", "c"], CONFIG, scores=[0.6, 0.5, 0.3])
+    assert plan.packed == ["c", "b", "a"]
+    assert plan.passage_weights == pytest.approx([math.exp(-3), math.exp(-1), 1.0])  # in the packed order
+    both = PassageAllocation(weighting=RankWeighting(tau=1.0, fusion_temperature=0.1))
+    combined = both.plan(["a", "b"], CONFIG, scores=[0.6, 0.5]).passage_weights
+    assert combined == pytest.approx([math.exp(-1) * math.exp(-1), 1.0])
+    unscored = allocation.plan(["a", "b", "c"], CONFIG, scores=[0.6, None, 0.4]).passage_weights
+    assert unscored == pytest.approx([math.exp(-2), 1.0, 1.0])
+    # Off by default, without scores, or when no passage has one: no prior at all, as before.
+    assert PassageAllocation().plan(["a", "b"], CONFIG, scores=[0.9, 0.1]).passage_weights is None
+    assert allocation.plan(["a", "b"], CONFIG).passage_weights is None
+    assert allocation.plan(["a", "b"], CONFIG, scores=[None, None]).passage_weights is None
+    with pytest.raises(ValueError, match="2 retrieval scores for 3 passages"):
+        allocation.plan(["a", "b", "c"], CONFIG, scores=[0.1, 0.2])
+    with pytest.raises(ValueError, match="finite"):
+        allocation.plan(["a", "b"], CONFIG, scores=[0.1, math.nan])
+
+
+@pytest.mark.parametrize("temperature", [0, -0.1, math.inf, True, "0.1"])
+def test_fusion_temperatures_are_validated(temperature: Any) -> None:
+    with pytest.raises(ValueError, match="fusion_temperature is a temperature in retrieval-score"):
+        RankWeighting(fusion_temperature=temperature)
+    with pytest.raises(ValueError, match="sentence_fusion_temperature is a temperature in cosine"):
+        RankWeighting(sentence_fusion_temperature=temperature)
+
+
+def test_finchrag_fuses_its_retrievers_scores(tiny_models: Any, tiny_tokenizer: Any) -> None:
+    """`FinchRAG` hands each retrieved passage's score to the plan, so the fused prior reaches compression.
+
+    The scores rise with the rank here, so the factor (set by scores, not ranks) moves the budget away from the
+    rank-1 passage that packing puts next to the question: the selection must differ from the unfused one.
+    """
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, CONFIG)
+    weighting = RankWeighting(fusion_temperature=0.05)
+    rag = FinchRAG(compressor=compressor, weighting=weighting, max_new_tokens=1)
+    scores = [0.3, 0.4, 0.6, 0.7]
+    retrieved = [
+        RetrievedPassage(text, None, {}, score, rank)
+        for rank, (text, score) in enumerate(zip(PASSAGES, scores, strict=True), 1)
+    ]
+    answer = rag.answer_from(QUESTION, retrieved)
+    plan = PassageAllocation(weighting=weighting).plan(PASSAGES, CONFIG, scores=scores)
+    assert plan.passage_weights == pytest.approx([1.0, math.exp(-2), math.exp(-6), math.exp(-8)])
+    direct = compressor.compress(plan.packed, QUESTION, config=plan.config, passage_weights=plan.passage_weights)
+    unfused = compressor.compress(plan.packed, QUESTION, config=plan.config)
+    assert answer.compressed is not None
+    assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
+    assert [p.tolist() for p in direct.kept_positions] != [p.tolist() for p in unfused.kept_positions]
 
 
 def test_global_is_plain_finch() -> None:

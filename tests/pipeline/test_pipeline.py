@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import re
@@ -21,11 +22,12 @@ from finch_rag import (
     FinchConfig,
     FinchRAG,
     Passage,
+    PassageAllocation,
     RankWeighting,
     RetrievedPassage,
     Retriever,
 )
-from finch_rag.allocation import rank_weights
+from finch_rag.allocation import SentenceFusion, rank_weights
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.prompts import build_prompt
 from finch_rag.retrieval import as_document, default_embedding_model_path, title_of
@@ -33,6 +35,7 @@ from finch_rag.retrieval import as_document, default_embedding_model_path, title
 TITLES = ["The fox", "France", "Bananas", "Rivers"]
 DOCUMENTS = [(text, {"title": title}) for text, title in zip(PASSAGES, TITLES, strict=True)]
 BUDGET = 24
+BASE = FinchConfig(target_tokens=BUDGET, chunk_size=64, progress=False)
 
 
 class HashingEncoder:
@@ -414,3 +417,51 @@ def test_finchrag_all_defaults_empty_corpus() -> None:
     assert isinstance(rag.retriever, EmbeddingRetriever) and len(rag.retriever) == 0
     with pytest.raises(ValueError, match="corpus is empty"):
         rag.ask("What is the capital of Tarrowen?")
+
+
+# ------------------------------------------------------------------------------------ sentence fusion
+def test_sentence_fusion_scores_each_sentence_by_its_similarity_to_the_question(tiny_tokenizer: Any) -> None:
+    """Every token of a sentence shares one factor; the sentence closest to the question gets 1, others less."""
+    passages = [Passage("Bananas grow in bunches. The secret code is 4817."), Passage("Rivers flow to the sea.")]
+    parts = build_prompt(tiny_tokenizer, passages, QUESTION)
+    fusion = SentenceFusion(HashingEncoder(), QUESTION, 0.1)
+    prior, similarity = fusion(parts), fusion.similarities(parts)
+    sentences = parts.sentence_ids()
+    assert prior.shape == (len(parts.context_ids),) and float(prior.max()) == pytest.approx(1.0)
+    for sentence in sentences.unique():
+        assert prior[sentences == sentence].unique().numel() == 1
+    secret = sentences[parts.span_tokens([(0, 25, 49)])].unique()  # "The secret code is 4817."
+    assert secret.numel() == 1
+    assert bool((prior[sentences == secret] == 1.0).all()) and float(prior[sentences != secret].max()) < 1.0
+    assert torch.allclose(prior, torch.exp((similarity - similarity.max()) / 0.1))
+
+
+def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: FinchCompressor) -> None:
+    """With ``sentence_fusion_temperature`` each plan carries a `SentenceFusion` prior of the retriever's embedder."""
+    encoder = HashingEncoder()
+    retriever = EmbeddingRetriever(DOCUMENTS, model=encoder, progress=False)
+    weighting = RankWeighting(sentence_fusion_temperature=0.02)
+    fused = FinchRAG(retriever=retriever, compressor=compressor, top_k=3, max_new_tokens=1, weighting=weighting)
+    plain = FinchRAG(retriever=retriever, compressor=compressor, top_k=3, max_new_tokens=1)
+    plain.ask(QUESTION)
+    calls = len(encoder.calls)
+    answer = fused.ask(QUESTION)
+    plan = PassageAllocation(weighting=weighting).plan([s.to_passage() for s in fused.retrieve(QUESTION)], BASE)
+    assert plan.token_prior is None  # the allocation alone has no embedder: FinchRAG adds the prior
+    sentences = build_prompt(compressor.tokenizer, plan.packed, QUESTION).sentence_ids().unique().numel()
+    assert 1 + sentences in encoder.calls[calls:]  # the question and every sentence, by the retriever's model
+    prior = SentenceFusion(encoder, QUESTION, 0.02)
+    [direct] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
+    assert answer.compressed is not None
+    assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
+
+
+def test_compress_plans_refuses_a_bad_token_prior(compressor: FinchCompressor) -> None:
+    plan = PassageAllocation().plan([Passage(text) for text in PASSAGES], BASE)
+    for prior, match in ((torch.ones(3), "shape"), (None, "finite")):
+
+        def bad(parts: Any, prior: Any = prior) -> torch.Tensor:
+            return prior if prior is not None else torch.full((len(parts.context_ids),), -1.0)
+
+        with pytest.raises(ValueError, match=match):
+            compressor.compress_plans([dataclasses.replace(plan, token_prior=bad)], [QUESTION])
