@@ -8,12 +8,13 @@ import pytest
 
 
 def count_compressions(monkeypatch: pytest.MonkeyPatch, compressor: Any) -> list[str]:
-    """Record the question of every compression ``compressor`` runs, through `compress` or `compress_batch`.
+    """Record the question of every compression ``compressor`` runs: `compress`, `compress_batch`, `compress_plans`.
 
-    Frontends may take either entry point (a batch of one is still one compression), so both are counted.
+    Frontends may take any entry point (a batch of one is still one compression); each runs its own forward
+    passes (none calls another), so each is counted once.
     """
     calls: list[str] = []
-    single, batch = compressor.compress, compressor.compress_batch
+    single, batch, plans = compressor.compress, compressor.compress_batch, compressor.compress_plans
 
     def counting_single(context: Any, question: str, **kwargs: Any) -> Any:
         calls.append(question)
@@ -23,6 +24,11 @@ def count_compressions(monkeypatch: pytest.MonkeyPatch, compressor: Any) -> list
         calls.extend(questions)
         return batch(contexts, questions, **kwargs)
 
+    def counting_plans(planned: Any, questions: Any, **kwargs: Any) -> Any:
+        calls.extend(questions)
+        return plans(planned, questions, **kwargs)
+
     monkeypatch.setattr(compressor, "compress", counting_single)
+    monkeypatch.setattr(compressor, "compress_plans", counting_plans)
     monkeypatch.setattr(compressor, "compress_batch", counting_batch)
     return calls
