@@ -5,8 +5,6 @@ Fast: a 2-layer model and a 120-token tokenizer built in memory (``tests/conftes
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,18 +15,10 @@ from langchain_core.retrievers import BaseRetriever
 
 from langchain_finch import CACHE_KEY, FinchDocumentCompressor, FinchLLM
 
+from .tiny_models import TINY
+
 WEIGHTING = RankWeighting(tau=1e-3, floor=0.0, reverse_packing=False)  # the top passage takes all
 
-
-def _tiny() -> Any:
-    """finch-rag's ``tests/conftest.py``, whose builders make the tiny model and tokenizer."""
-    spec = importlib.util.spec_from_file_location("finch_tiny", Path(__file__).parents[3] / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-TINY = _tiny()
 DOCUMENTS = [
     Document(page_content=text, metadata={"title": f"T{i}"}, id=str(i)) for i, text in enumerate(TINY.PASSAGES)
 ]

@@ -5,10 +5,6 @@ A short context is kept whole by default; an explicit ``compression_ratio`` is k
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Any
-
 import pytest
 from finch_rag import FinchCompressor, FinchConfig
 from finch_rag.config import DEFAULT_MIN_TARGET_TOKENS
@@ -18,16 +14,7 @@ from pydantic import ValidationError
 from llama_index.llms.finch import FinchLLM
 from llama_index.postprocessor.finch import CACHE_KEY, FinchNodePostprocessor
 
-
-def _tiny() -> Any:
-    """finch-rag's ``tests/conftest.py``, whose builders make the tiny model and tokenizer."""
-    spec = importlib.util.spec_from_file_location("finch_tiny", Path(__file__).parents[3] / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-TINY = _tiny()
+from .tiny_models import TINY
 
 
 @pytest.fixture(scope="module")

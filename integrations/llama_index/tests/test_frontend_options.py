@@ -5,10 +5,6 @@ Fast: a 2-layer model and a 120-token tokenizer built in memory (``tests/conftes
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Any
-
 import pytest
 from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting
 from finch_rag.prompts import chat_prompt_ids
@@ -19,18 +15,10 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from llama_index.llms.finch import FinchLLM
 from llama_index.postprocessor.finch import CACHE_KEY, FinchNodePostprocessor
 
+from .tiny_models import TINY
+
 WEIGHTING = RankWeighting(tau=1e-3, floor=0.0, reverse_packing=False)  # the top passage takes all
 
-
-def _tiny() -> Any:
-    """finch-rag's ``tests/conftest.py``, whose builders make the tiny model and tokenizer."""
-    spec = importlib.util.spec_from_file_location("finch_tiny", Path(__file__).parents[3] / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-TINY = _tiny()
 NODES = [
     NodeWithScore(node=TextNode(text=text, metadata={"title": f"T{i}"}, id_=str(i)), score=1.0 - i / 10)
     for i, text in enumerate(TINY.PASSAGES)
