@@ -46,9 +46,9 @@ QUESTIONS = [
 
 
 STORE_BYTES = 16 * 2**20
-"""The soak's store bound. The store is a cache that grows to its bound by design; the tiny model's contexts are
-about 150 KB, so the server's default 256 MiB would still be filling at the end of the run and hide a leak or fake
-one. 16 MiB is full after about 100 requests, before the warm-up ends."""
+"""The soak's store bound. The store is a cache that grows to its bound by design; a tiny-model context holds 50-500
+KB (KV and prompt), so the server's default 256 MiB fills only after ~1,700 of the soak's requests and would hide a
+leak or fake one. 16 MiB is full after about 100 requests, before the warm-up ends."""
 
 
 @dataclass
