@@ -227,6 +227,15 @@ def tiny_model(arch: str, tiny_models: Callable[[str], PreTrainedModel]) -> PreT
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny random Llama and its tokenizer saved to disk, so ``--model PATH`` loads it like any local model."""
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model("llama").save_pretrained(directory)
+    build_tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def real_model() -> tuple[PreTrainedModel, Any]:
     """The embedded default model (SmolLM2-135M-Instruct), loaded once. Use from ``@pytest.mark.slow`` tests."""
     from finch_rag import load_model

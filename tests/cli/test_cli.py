@@ -8,18 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PASSAGES, QUESTION, build_tiny_model, build_tiny_tokenizer
+from conftest import PASSAGES, QUESTION
 
 from finch_rag.cli import build_parser, load_demo_corpus, main
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama and its tokenizer saved to disk, so ``--model PATH`` loads it like any local model."""
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_model("llama").save_pretrained(directory)
-    build_tiny_tokenizer().save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture

@@ -6,17 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import PASSAGES, QUESTION, build_tiny_model, build_tiny_tokenizer
+from conftest import PASSAGES, QUESTION
 
 from finch_rag.cli import main
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_model("llama").save_pretrained(directory)
-    build_tiny_tokenizer().save_pretrained(directory)
-    return directory
 
 
 def ask(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], *flags: str) -> tuple[int, int, str]:
