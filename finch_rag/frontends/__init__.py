@@ -17,7 +17,7 @@ its modules, not from here. Based on FINCH (Corallo & Papotti, TACL 2024, https:
 """
 
 from .handle import CompressorHandle, Prepared
-from .options import CONFIG_FIELDS, BudgetOptions, FinchOptions, SamplingOptions
+from .options import CONFIG_FIELDS, BudgetOptions, FinchOptions, SamplingOptions, TimeoutSeconds
 from .sources import (
     QUESTION_DELIMITER,
     chat_context,
@@ -38,6 +38,7 @@ __all__ = [
     "FinchOptions",
     "Prepared",
     "SamplingOptions",
+    "TimeoutSeconds",
     "accumulate",
     "chat_context",
     "chat_question",

@@ -57,6 +57,10 @@ def _chunk(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 ChunkSize = Annotated[Annotated[int, Field(ge=1)] | Literal["auto"] | None, WrapValidator(_chunk)]
 """The type of a front end's ``chunk_size``: ``S``, ``"auto"`` or ``None`` (one pass), with one clear error."""
 
+TimeoutSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+"""The type of a per-call deadline in seconds (a number > 0, never NaN or inf; strict, so ``"5"`` is refused), for
+`SamplingOptions.timeout` and the server's request field ``timeout``."""
+
 
 class BudgetOptions(BaseModel):
     """How much of the context is kept, and how passages share it: the budget options, declared once.
@@ -190,11 +194,8 @@ class SamplingOptions(BaseModel):
     temperature: float = Field(0.0, ge=0, description="0 decodes greedily.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
     seed: int | None = Field(None, description="Seed for sampling, for reproducible answers.")
-    timeout: float | None = Field(
+    timeout: TimeoutSeconds | None = Field(
         None,
-        gt=0,
-        allow_inf_nan=False,
-        strict=True,
         description="Deadline in seconds for each call, compression and decoding together: past it the call stops "
         "at its next chunk or token with finch_rag.DeadlineExceeded (a TimeoutError). None: no deadline.",
     )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..frontends import BudgetOptions
+from ..frontends import BudgetOptions, TimeoutSeconds
 from ..generation import SamplingParams
 from ..prompts import Passage
 from .errors import APIError
@@ -50,11 +50,8 @@ class _Request(BudgetOptions):
 
     finch: BudgetOptions | None = Field(None, description="Compression options (finch-rag extension).")
     documents: list[DocumentLike] | None = Field(None, description="Context to compress (finch-rag extension).")
-    timeout: float | None = Field(
+    timeout: TimeoutSeconds | None = Field(
         None,
-        gt=0,
-        allow_inf_nan=False,
-        strict=True,
         description="Deadline in seconds from arrival (finch-rag extension; default: the server's --timeout). Past "
         "it the request stops at its next chunk or token and gets a 504 with code 'timeout'.",
     )
