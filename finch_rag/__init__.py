@@ -1,6 +1,7 @@
 """finch-rag: prompt-guided KV-cache compression (FINCH, TACL 2024) as a retrieval component."""
 
 from .allocation import PassageAllocation, RankWeighting
+from .compression.prefix_cache import PrefixCache
 from .compressor import FinchCompressor
 from .config import FinchConfig
 from .context import CompressedContext
@@ -22,6 +23,7 @@ __all__ = [
     "FinchRAG",
     "Passage",
     "PassageAllocation",
+    "PrefixCache",
     "RankWeighting",
     "RetrievedPassage",
     "Retriever",

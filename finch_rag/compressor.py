@@ -12,6 +12,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from ._locks import model_lock
 from .compression.chunking import resolve_chunk_size
 from .compression.loop import CompressionRequest, compress_batch
+from .compression.prefix_cache import PrefixCache
 from .compression.rotation import KeyRotation
 from .config import FinchConfig
 from .context import CompressedContext
@@ -52,6 +53,11 @@ class FinchCompressor:
         default (`finch_rag.load_model`).
     config : FinchConfig, optional
         Budget, chunk size and selection. Default: ``FinchConfig()``.
+    prefix_cache : PrefixCache, optional
+        Keeps the protected prefix's KV entries (chat header, system prompt) across calls, so each call
+        prefills only its context and question (`finch_rag.compression.prefix_cache`). It assumes the
+        model's weights stay as they are. Default: one when the compressor loads the model itself, none for
+        a model you pass (give ``PrefixCache()`` to have one).
     """
 
     def __init__(
@@ -59,6 +65,8 @@ class FinchCompressor:
         model: PreTrainedModel | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
         config: FinchConfig | None = None,
+        *,
+        prefix_cache: PrefixCache | None = None,
     ) -> None:
         if model is None:
             if tokenizer is not None:
@@ -66,10 +74,14 @@ class FinchCompressor:
             from .models import load_model
 
             model, tokenizer = load_model()
+            prefix_cache = prefix_cache if prefix_cache is not None else PrefixCache()
         elif tokenizer is None:
             raise ValueError("FinchCompressor needs the model's tokenizer: FinchCompressor(model, tokenizer, config).")
         if config is not None and not isinstance(config, FinchConfig):
             raise TypeError(f"config must be a FinchConfig, got {type(config).__name__}.")
+        if prefix_cache is not None and not isinstance(prefix_cache, PrefixCache):
+            raise TypeError(f"prefix_cache must be a PrefixCache or None, got {type(prefix_cache).__name__}.")
+        self.prefix_cache = prefix_cache
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or FinchConfig()
@@ -342,7 +354,14 @@ class FinchCompressor:
             for (parts, token_weights), deadline in zip(prompts, deadlines, strict=True)
         ]
         with self._lock, torch.inference_mode():
-            caches = compress_batch(self.model, requests, config, self._rotation, pad_token_id=self._pad_token_id)
+            caches = compress_batch(
+                self.model,
+                requests,
+                config,
+                self._rotation,
+                pad_token_id=self._pad_token_id,
+                prefix_cache=self.prefix_cache,
+            )
         return [
             cache
             if isinstance(cache, DeadlineExceeded)

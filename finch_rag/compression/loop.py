@@ -40,6 +40,7 @@ from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
 from .chunking import chunk_bounds, resolve_chunk_size
+from .prefix_cache import PrefixCache
 from .registry import selection_policy
 from .rotation import KeyRotation
 from .selection import CandidateScores, SelectionPolicy
@@ -144,6 +145,7 @@ def compress_batch(
     rotation: KeyRotation | None = None,
     pad_token_id: int = 0,
     policy: SelectionPolicy | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> list[CompressedCache | DeadlineExceeded]:
     """Run FINCH over several contexts in padded batches; each result equals compressing it alone.
 
@@ -163,6 +165,8 @@ def compress_batch(
         Token id fed at padded slots; they are masked, so any valid id works.
     policy : SelectionPolicy, optional
         What to keep at each step; default `selection_policy` of ``config`` (``config.selection``).
+    prefix_cache : PrefixCache, optional
+        Prefix KV entries kept across calls (a server's); default: shared within this batch only.
     """
     started = time.perf_counter()
     decoder = decoder_of(model)
@@ -182,7 +186,8 @@ def compress_batch(
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
     with capture:
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
-        prefixes: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.
+        prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=2**62)
         states = [_start(decoder, request, index, config, window, prefixes) for index, request in enumerate(requests)]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
         progress = progress_bar(
@@ -214,13 +219,12 @@ def _start(
     index: int,
     config: FinchConfig,
     window: int,
-    prefixes: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]],
+    prefixes: PrefixCache,
 ) -> _RequestState:
     """A request's state after its prefix prefill; a context within budget is prefilled whole and is done.
 
-    Requests of a batch usually share their prefix (the chat template's header and system prompt): it is
-    prefilled once, for the first of them, and ``prefixes`` hands its KV tensors to the others. Sharing them is
-    safe because nothing writes into a cache tensor in place (`CompressedCache.as_cache`).
+    A prefix ``prefixes`` holds (the chat template's header and system prompt, usually shared by a batch's
+    requests and a server's) is not prefilled again: its KV tensors are shared (`prefix_cache`).
     """
     started = time.perf_counter()
     context_length = request.context_ids.shape[1]
@@ -237,13 +241,13 @@ def _start(
     )
     if state.past_deadline("compression, before the prefix"):
         return state
-    prefix = tuple(request.prefix_ids[0].tolist())
-    if prefix in prefixes:
-        keys, values = prefixes[prefix]
-        state.keys, state.values, state.peak = list(keys), list(values), len(prefix)
+    prefix = PrefixCache.key(request.prefix_ids, next(decoder.parameters()).dtype)
+    shared = prefixes.get(prefix)
+    if shared is not None:
+        state.keys, state.values, state.peak = list(shared[0]), list(shared[1]), state.prefix_length
     else:
         _prefill(decoder, state, request.prefix_ids)
-        prefixes[prefix] = (list(state.keys), list(state.values))
+        prefixes.put(prefix, state.keys, state.values)
     if context_length <= state.budget:
         # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
         for start, end in state.bounds:

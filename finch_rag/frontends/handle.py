@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from ..allocation import AllocationPlan, PassageAllocation
+from ..compression.prefix_cache import PrefixCache
 from ..compressor import FinchCompressor
 from ..config import FinchConfig, merged_config
 from ..context import STATS_KEYS, CompressedContext
@@ -37,7 +38,8 @@ def shared_compressor(model_name: str | None = None) -> FinchCompressor:
             from ..models import load_model
 
             model, tokenizer = load_model(model_name)
-            compressor = FinchCompressor(model, tokenizer)
+            # The model is finch-rag's own and its weights never change: the prefix cache is safe.
+            compressor = FinchCompressor(model, tokenizer, prefix_cache=PrefixCache())
             _compressors[model_name] = compressor
         return compressor
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import PASSAGES, QUESTION
 
-from finch_rag import FinchCompressor, FinchConfig
+from finch_rag import FinchCompressor, FinchConfig, PrefixCache
 from finch_rag.compression.loop import CompressionRequest, compress_batch
 from finch_rag.prompts import as_passages, build_prompt
 
@@ -135,3 +135,53 @@ def test_a_shared_prefix_is_prefilled_once(tiny_models, tiny_tokenizer):
     for got, expected in zip(together, alone, strict=True):
         for got_keys, expected_keys in zip(got.keys, expected.keys, strict=True):
             torch.testing.assert_close(got_keys, expected_keys, atol=1e-5, rtol=1e-4)
+
+
+def test_a_prefix_cache_prefills_a_prefix_once_across_calls(tiny_models, tiny_tokenizer):
+    """With a `PrefixCache`, later calls reuse the prefix's entries and compress exactly as without one."""
+    model = tiny_models("gemma3")  # sliding-window layers too
+    config = FinchConfig(target_tokens=12, chunk_size=8, progress=False)
+    cached = FinchCompressor(model, tiny_tokenizer, config, prefix_cache=PrefixCache())
+    plain = FinchCompressor(model, tiny_tokenizer, config)
+    assert plain.prefix_cache is None  # a model the caller passes may change: no cache unless asked for
+    prefix_length = len(build_prompt(tiny_tokenizer, as_passages(CONTEXTS[0]), QUESTIONS[0]).prefix_ids)
+    lengths: list[int] = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        first = [cached.compress(context, question) for context, question in zip(CONTEXTS, QUESTIONS, strict=True)]
+        second = cached.compress_batch(CONTEXTS, QUESTIONS)
+    finally:
+        hook.remove()
+    assert lengths.count(prefix_length) == 1 and len(cached.prefix_cache) == 1
+    expected = [plain.compress(context, question) for context, question in zip(CONTEXTS, QUESTIONS, strict=True)]
+    for results in (first, second):
+        for got, want in zip(results, expected, strict=True):
+            assert all(torch.equal(a, b) for a, b in zip(got.kept_positions, want.kept_positions, strict=True))
+            for got_keys, want_keys in zip(got.cache.keys, want.cache.keys, strict=True):
+                torch.testing.assert_close(got_keys, want_keys, atol=1e-5, rtol=1e-4)
+    assert cached.generate_batch(second, max_new_tokens=6) == plain.generate_batch(expected, max_new_tokens=6)
+
+
+def test_prefix_cache_is_bounded_in_bytes_and_keyed_by_dtype():
+    def entries(length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [torch.zeros(1, 2, length, 4)], [torch.zeros(1, 2, length, 4)]  # 64 bytes per position
+
+    cache = PrefixCache(max_bytes=64 * 10)
+    ids = [torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5, 6]]), torch.tensor([[7, 8]])]
+    keys = [PrefixCache.key(prefix, torch.float32) for prefix in ids]
+    cache.put(keys[0], *entries(4))
+    cache.put(keys[1], *entries(4))
+    assert cache.get(keys[0]) is not None  # now the most recently used
+    cache.put(keys[2], *entries(4))  # 12 positions > 10: the least recently used (keys[1]) goes
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is not None and cache.nbytes == 64 * 8
+    cache.put(PrefixCache.key(ids[1], torch.float32), *entries(11))  # larger than the bound: not kept
+    assert len(cache) == 2
+    assert PrefixCache.key(ids[0], torch.bfloat16) != keys[0]
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
+    with pytest.raises(ValueError, match="max_bytes must be an int >= 0"):
+        PrefixCache(max_bytes=-1)
+    with pytest.raises(TypeError, match="prefix_cache must be a PrefixCache"):
+        FinchCompressor(torch.nn.Linear(1, 1), object(), prefix_cache={})  # type: ignore[arg-type]
