@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from .compression.cache import cache_kwargs, stack_left_padded
+from .compression.cache import all_layer_tensors, cache_kwargs, stack_left_padded
 from .deadline import Deadline, DeadlineExceeded
 
 if TYPE_CHECKING:
@@ -211,10 +211,10 @@ def generate_batch_texts(
 ) -> list[str | DeadlineExceeded]:
     """Decode several answers at once; each equals what `generate_token_ids` + `stream_text` give alone.
 
-    Each request's question is fed on its own cache first (lengths differ); decoding then runs as one
-    left-padded batch, one token per request per step, until every request has stopped. A request whose
-    deadline (``deadlines``, one per request) passes stops there as a finished one does, and its result is
-    its `DeadlineExceeded`; the others decode on unchanged.
+    The questions are fed as one padded batch over the stacked caches (`_prefill_answer_inputs`); decoding
+    then runs as one left-padded batch, one token per request per step, until every request has stopped. A
+    request whose deadline (``deadlines``, one per request) passes stops there as a finished one does, and its
+    result is its `DeadlineExceeded`; the others decode on unchanged.
     """
     device = answer_inputs[0].device
     rows = len(caches)
@@ -244,18 +244,25 @@ def generate_batch_texts(
             text = _decode(tokenizer, generated[row])
             finished[row] = _first_stop(text, params.stop, 0) is not None
 
-    for row, (cache, answer_input) in enumerate(zip(caches, answer_inputs, strict=True)):
-        if past_deadline(row, 0):
-            continue
+    for row in range(rows):
+        past_deadline(row, 0)
+    if rows == 1:
+        if not finished[0]:
+            with lock, torch.inference_mode():
+                logits = model(
+                    input_ids=answer_inputs[0], use_cache=True, logits_to_keep=1, **cache_kwargs(model, caches[0])
+                ).logits
+            accept(0, logits[0, -1])
+        batch, lengths = caches[0], [caches[0].get_seq_length()]
+    elif all(finished):
+        batch, lengths = caches[0], [cache.get_seq_length() for cache in caches]  # nothing left to decode
+    else:
         with lock, torch.inference_mode():
-            logits = model(
-                input_ids=answer_input, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)
-            ).logits
-        accept(row, logits[0, -1])
-
-    lengths = [cache.get_seq_length() for cache in caches]
+            batch, lengths, last_logits = _prefill_answer_inputs(model, caches, answer_inputs, pad_token_id)
+        for row in range(rows):
+            if not finished[row]:
+                accept(row, last_logits[row])
     longest = max(lengths)
-    batch = stack_left_padded(caches, longest)
     attention_mask = torch.zeros((rows, longest), dtype=torch.long, device=device)
     for row, length in enumerate(lengths):
         attention_mask[row, longest - length :] = 1
@@ -294,3 +301,59 @@ def generate_batch_texts(
         cut = _first_stop(text, params.stop, 0) if params.stop else None
         texts.append(text if cut is None else text[:cut])
     return texts
+
+
+def _prefill_answer_inputs(
+    model: PreTrainedModel,
+    caches: Sequence[DynamicCache],
+    answer_inputs: Sequence[torch.Tensor],
+    pad_token_id: int,
+) -> tuple[DynamicCache, list[int], torch.Tensor]:
+    """Feed every request's question and answer cue on its cache in one forward pass.
+
+    One pass reads the weights once for all requests, where a pass per request read them once each (a
+    question is a few dozen tokens, so those passes were bound by the weight reads, not by arithmetic).
+    The layout per request is the chunk loop's, ``[cache padding | cache | answer input | padding]``, with
+    explicit positions, so each request's real tokens are contiguous and it sees what it would see alone.
+
+    Returns the left-padded batch cache holding each request's real entries only (the trailing padding is
+    dropped, so decoding appends right after them), each request's cache length, and ``[rows, vocab]``
+    logits at each request's last real token.
+    """
+    device = answer_inputs[0].device
+    rows = len(caches)
+    cache_lengths = [cache.get_seq_length() for cache in caches]
+    input_lengths = [answer_input.shape[1] for answer_input in answer_inputs]
+    max_cache, step_length = max(cache_lengths), max(input_lengths)
+    input_ids = torch.full((rows, step_length), pad_token_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((rows, max_cache + step_length), dtype=torch.long, device=device)
+    positions = torch.zeros((rows, step_length), dtype=torch.long, device=device)
+    for row, (answer_input, cache_length, length) in enumerate(
+        zip(answer_inputs, cache_lengths, input_lengths, strict=True)
+    ):
+        input_ids[row, :length] = answer_input[0]
+        attention_mask[row, max_cache - cache_length : max_cache + length] = 1
+        positions[row] = cache_length + torch.arange(step_length, device=device).clamp(max=length - 1)
+    batch = stack_left_padded(caches, max_cache)
+    last_columns = torch.tensor([length - 1 for length in input_lengths], device=device)
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=torch.unique(last_columns),
+        **cache_kwargs(model, batch),
+    ).logits
+    # logits_to_keep as a tensor keeps those columns, in sorted order.
+    kept_columns = torch.unique(last_columns)
+    last_logits = logits[torch.arange(rows, device=device), torch.searchsorted(kept_columns, last_columns)]
+    keys, values = all_layer_tensors(batch)
+    real = [
+        (
+            [layer[row : row + 1, :, max_cache - cached : max_cache + length] for layer in keys],
+            [layer[row : row + 1, :, max_cache - cached : max_cache + length] for layer in values],
+        )
+        for row, (cached, length) in enumerate(zip(cache_lengths, input_lengths, strict=True))
+    ]
+    lengths = [cached + length for cached, length in zip(cache_lengths, input_lengths, strict=True)]
+    return stack_left_padded(real, max(lengths)), lengths, last_logits

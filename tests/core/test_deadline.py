@@ -149,10 +149,11 @@ def test_an_expired_answer_leaves_its_batch_and_the_others_are_unchanged(compres
     alone = [compressor.generate(item, max_new_tokens=10) for item in compressed]
     clock = PassClock()
     with clock.counting(compressor.model):
-        # Four question feeds (token 1 each), then batched steps for tokens 2, 3, 4: request 2 stops before token 5.
+        # One batched question feed (token 1 of all four), then batched steps for tokens 2 to 7: request 2 stops
+        # before token 8.
         deadlines = [None, None, Deadline(6.5, clock=clock), None]
         texts = compressor.generate_batch(compressed, max_new_tokens=10, deadline=deadlines, return_exceptions=True)
-    assert isinstance(texts[2], DeadlineExceeded) and texts[2].stage == "decoding, before token 5 of at most 10"
+    assert isinstance(texts[2], DeadlineExceeded) and texts[2].stage == "decoding, before token 8 of at most 10"
     assert [text for index, text in enumerate(texts) if index != 2] == alone[:2] + alone[3:]
     with pytest.raises(DeadlineExceeded, match="before token 1"):
         compressor.generate_batch(compressed, max_new_tokens=10, deadline=1e-9)
