@@ -10,8 +10,9 @@ requests per second, latency percentiles, errors (anything but a 200), and the s
 replica's, summed) before and after.
 
 With ``--before PATH`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/serve-before a53194e``)
-every setup runs twice, once on that code (``PYTHONPATH=PATH``) and once on this one, side by side in the same
-run, so that a change is measured under the same load. With 1 client in ``--concurrency``, the same requests are
+every setup runs twice, once on that code (``PYTHONPATH=PATH``, with ``python -P`` so that the working directory
+cannot shadow it) and once on this one, side by side in the same run, so that a change is measured under the same
+load. With 1 client in ``--concurrency``, the same requests are
 also answered in this process by `FinchCompressor` (compress, then generate; no HTTP, no batching), the
 reference a 1-client latency is compared with.
 
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from .common import RESULTS_DIR, command_line, machine_description, markdown_table, meta_lines, write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TIMEOUT = 3600.0  # seconds per request: under 64 clients on 2 busy cores a request may wait long, never forever
 
@@ -88,12 +91,20 @@ class ServerProcess:
     """``finch-rag serve`` in a child process, stopped with SIGTERM on exit (it shuts down cleanly)."""
 
     def __init__(
-        self, arguments: Sequence[str], log: Path, startup_timeout: float = 900.0, source: str | None = None
+        self,
+        arguments: Sequence[str],
+        log: Path,
+        startup_timeout: float = 900.0,
+        source: str | None = None,
+        threads: int | None = None,
     ) -> None:
         self.port = free_port()
         self.source = source  # a source tree put first on PYTHONPATH (`--before`), else this one
+        self.threads = threads  # the server's torch threads (OMP_NUM_THREADS); None: as this process has it
         self.url = f"http://127.0.0.1:{self.port}"
-        self.command = [sys.executable, "-m", "finch_rag.cli", "serve", "--port", str(self.port), *arguments]
+        # -P: `python -m` would otherwise put the working directory first on sys.path, and a benchmark run from
+        # the repository root would import this checkout's finch_rag even for a `--before` tree.
+        self.command = [sys.executable, "-P", "-m", "finch_rag.cli", "serve", "--port", str(self.port), *arguments]
         self.log_path = log
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -103,8 +114,10 @@ class ServerProcess:
 
         self._log = self.log_path.open("w")
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        if self.source is not None:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, (self.source, env.get("PYTHONPATH"))))
+        code = self.source if self.source is not None else str(REPO_ROOT)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (code, env.get("PYTHONPATH"))))
+        if self.threads is not None:
+            env["OMP_NUM_THREADS"] = str(self.threads)
         self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
@@ -273,8 +286,12 @@ def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], logs: Pat
     sources = [args.before, None] if args.before else [None]
     compressor = None
     if args.in_process and 1 in args.concurrency:
+        import torch
+
         from finch_rag import FinchCompressor, FinchConfig
 
+        if args.server_threads is not None:
+            torch.set_num_threads(args.server_threads)  # the reference runs as the servers do
         compressor = FinchCompressor(config=FinchConfig(progress=False))
         in_process(compressor, bodies[:1])  # warm-up, as the servers get
     rows = []
@@ -285,6 +302,7 @@ def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], logs: Pat
                     (*SETUPS[key].arguments, *extra),
                     logs / f"serve_{key}{'_before' if source else ''}.log",
                     source=source,
+                    threads=args.server_threads,
                 )
             )
             for key in args.setups
@@ -340,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-window-ms", type=float, default=20.0)
     parser.add_argument("--max-queue", type=int, default=256)
     parser.add_argument(
+        "--server-threads",
+        type=int,
+        help="torch threads of every server process (OMP_NUM_THREADS); default: as this process has it",
+    )
+    parser.add_argument(
         "--before",
         metavar="PATH",
         help="also run every setup on the code at PATH (a checkout of an earlier commit), side by side",
@@ -367,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "command": command_line("python -m benchmarks.serve", argv),
         "machine": machine_description() + (f"; {args.note}" if args.note else ""),
-        "server threads": os.environ.get("OMP_NUM_THREADS", "torch default"),
+        "server threads": args.server_threads or os.environ.get("OMP_NUM_THREADS", "torch default"),
         "model": "SmolLM2-135M-Instruct (embedded default)",
         "request": f"{args.documents} demo passages, B={args.target_tokens}, {args.max_tokens} answer tokens, greedy",
         "requests per client": args.requests,
