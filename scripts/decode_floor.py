@@ -1,0 +1,89 @@
+"""What bounds one greedy decoding step on this machine: memory reads, the matrix-vector kernel, or the loop.
+
+    .venv/bin/python scripts/decode_floor.py --threads 1 --repeats 15
+
+Prints, in ms per token on the embedded model (SmolLM2-135M-Instruct, float32):
+
+- ``read floor``: every weight read once at the core's streaming bandwidth (``tensor.sum`` over 512 MiB);
+- ``matvec floor``: every weight matrix of the model (its own tensors, in layer order, then the LM head)
+  multiplied by one vector with ``torch.nn.functional.linear``, the call each layer makes: the cost of the
+  arithmetic a token needs, with no attention, norms, cache or Python around it. The weights do not fit in
+  any cache, so each token streams them from memory as decoding does;
+- ``matvec floor, transposed weights``: the same products on ``[in, out]`` copies of the weights
+  (``x @ w_t``), which read memory in a friendlier order on some CPUs, but sum in another order, so their
+  tokens are not guaranteed to equal the model's;
+- ``decode step``: the model's own forward on one token over a 256-entry cache, as the library's loop runs it.
+
+A decoding loop with identical float32 tokens cannot beat the matvec floor; the gap between it and the
+decode step is everything else (attention, norms, RoPE, cache appends, Python).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from finch_rag import load_model
+from finch_rag.compression.cache import cache_kwargs
+
+
+def _median_ms(run: Callable[[], object], repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, _ = load_model()
+    matrices = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
+    weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    # Tied embeddings are one tensor; the LM head reads it once a token, as counted here.
+    matrix_bytes = sum(matrix.numel() * matrix.element_size() for matrix in matrices)
+
+    with torch.inference_mode():
+        block = torch.ones(128 * 2**20)  # 512 MiB
+        read_ms = _median_ms(block.sum, args.repeats)
+        bandwidth = block.numel() * block.element_size() / (read_ms / 1000)
+
+        vectors = [torch.ones(1, matrix.shape[1]) for matrix in matrices]
+        matvec_ms = _median_ms(lambda: [F.linear(v, m) for v, m in zip(vectors, matrices, strict=True)], args.repeats)
+        transposed = [matrix.t().contiguous() for matrix in matrices]
+        transposed_ms = _median_ms(lambda: [v @ t for v, t in zip(vectors, transposed, strict=True)], args.repeats)
+
+        past = DynamicCache()
+        prompt = torch.randint(100, 1000, (1, 256))
+        logits = model(input_ids=prompt, use_cache=True, logits_to_keep=1, **cache_kwargs(model, past)).logits
+        token = logits[:, -1].argmax(-1, keepdim=True)
+
+        def step() -> None:
+            nonlocal token
+            # Each step appends one entry; 10-20 more over 256 do not change the cost.
+            logits = model(input_ids=token, use_cache=True, logits_to_keep=1, **cache_kwargs(model, past)).logits
+            token = logits[:, -1].argmax(-1, keepdim=True)
+
+        step_ms = _median_ms(step, args.repeats)
+
+    print(f"torch {torch.__version__}, {args.threads} thread(s); weights {weight_bytes / 1e6:.0f} MB")
+    print(f"read floor: {weight_bytes / bandwidth * 1000:.1f} ms/token ({bandwidth / 1e9:.1f} GB/s streaming)")
+    print(f"matvec floor: {matvec_ms:.1f} ms/token ({matrix_bytes / (matvec_ms / 1000) / 1e9:.1f} GB/s)")
+    print(f"matvec floor, transposed weights: {transposed_ms:.1f} ms/token")
+    print(f"decode step: {step_ms:.1f} ms/token")
+
+
+if __name__ == "__main__":
+    main()
