@@ -41,7 +41,7 @@ KINDS = ("finch", "full", "truncation")
 CONTROLS = ("random", "recency", "first")
 """``selection`` values that are a fixed rule instead of attention: the library's benchmark-control policies."""
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinchConfig))
-WEIGHTING_FIELDS = ("tau", "floor", "link_boost", "link_sources")
+WEIGHTING_FIELDS = ("tau", "floor", "link_boost", "link_sources", "fusion_temperature", "sentence_fusion_temperature")
 """`RankWeighting` fields a method spec may set (granularity is the config's, packing is ``packing``)."""
 
 

@@ -29,6 +29,8 @@ its retention counts the evidence tokens inside those first ``B``. ``full`` read
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
 import sys
 import time
@@ -39,6 +41,7 @@ from typing import Any
 import torch
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
+from finch_rag.allocation import SentenceFusion
 from finch_rag.prompts import PromptParts, build_prompt
 
 from . import plots
@@ -85,6 +88,14 @@ def _truncated(parts: PromptParts, passages: Sequence[Passage], budget: int) -> 
                 kept.append(Passage(passage.text[: end_char - start], passage.title))
             break
     return kept or [Passage(passages[0].text[:1], passages[0].title)]
+
+
+@functools.cache
+def _fusion_embedder() -> Any:
+    """The embedded all-MiniLM-L6-v2, the model `FinchRAG` fuses sentence scores with; loaded once."""
+    from finch_rag.retrieval import load_embedding_model
+
+    return load_embedding_model()
 
 
 def run_example(
@@ -151,9 +162,11 @@ def run_example(
             else:
                 config = method_config(base, method, num_layers, target_tokens=budget)
                 plan = allocation_of(method, config).plan(passages, config)
-                compressed = compressor.compress(
-                    plan.packed, example.question, config=plan.config, passage_weights=plan.passage_weights
-                )
+                temperature = method.weighting.get("sentence_fusion_temperature")
+                if temperature is not None:  # what FinchRAG does with that weighting
+                    fusion = SentenceFusion(_fusion_embedder(), example.question, float(temperature))
+                    plan = dataclasses.replace(plan, token_prior=fusion)
+                (compressed,) = compressor.compress_plans([plan], [example.question])
                 packed_index = {ranked: packed for packed, ranked in enumerate(plan.order)}
                 masks = [compressed.span_tokens([(packed_index[p], s, e)]) for p, s, e in example.evidence]
                 record |= evidence_metrics(compressed.kept_mask(), compressed.kept_per_layer(), masks, unretrieved)
