@@ -336,16 +336,15 @@ def _prefill_answer_inputs(
         positions[row] = cache_length + torch.arange(step_length, device=device).clamp(max=length - 1)
     batch = stack_left_padded(caches, max_cache)
     last_columns = torch.tensor([length - 1 for length in input_lengths], device=device)
+    kept_columns = torch.unique(last_columns)  # sorted; a tensor logits_to_keep keeps these columns in this order
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=positions,
         use_cache=True,
-        logits_to_keep=torch.unique(last_columns),
+        logits_to_keep=kept_columns,
         **cache_kwargs(model, batch),
     ).logits
-    # logits_to_keep as a tensor keeps those columns, in sorted order.
-    kept_columns = torch.unique(last_columns)
     last_logits = logits[torch.arange(rows, device=device), torch.searchsorted(kept_columns, last_columns)]
     keys, values = all_layer_tensors(batch)
     real = [
