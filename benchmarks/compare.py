@@ -6,6 +6,8 @@ difference (after minus before) with bootstrap intervals, as the suites' own pai
 
     python -m benchmarks.compare docs/results/hotpotqa_heldout300.json docs/results/links_heldout300.json
         --method finch_rag --labels "without links" "with links" --out docs/results/links_heldout300_paired
+
+``--after-method`` pairs two methods of one run instead (give the same file twice).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--method", default="finch_rag", help="the method whose records are paired")
+    parser.add_argument(
+        "--after-method",
+        help="pair --method in BEFORE with this method in AFTER (two methods of one run: give the file twice)",
+    )
     parser.add_argument("--labels", nargs=2, default=["before", "after"], metavar=("BEFORE", "AFTER"))
     parser.add_argument("--out", help="write OUT.md (else print only)")
     args = parser.parse_args(argv)
@@ -31,10 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if before_label == after_label:
         parser.error("--labels must differ")
     records = []
-    for path, label in ((args.before, before_label), (args.after, after_label)):
-        found = [r for r in json.loads(Path(path).read_text())["records"] if r.get("method") == args.method]
+    after_method = args.after_method or args.method
+    for path, label, method in ((args.before, before_label, args.method), (args.after, after_label, after_method)):
+        found = [r for r in json.loads(Path(path).read_text())["records"] if r.get("method") == method]
         if not found:
-            parser.error(f"{path} has no records of method {args.method!r}")
+            parser.error(f"{path} has no records of method {method!r}")
         records += [r | {"method": label} for r in found]
     budgets = list(dict.fromkeys(str(r["budget"]) for r in records))  # in the files' order, as the suites' reports
     common = {(r["qid"], str(r["budget"])) for r in records if r["method"] == before_label}
@@ -42,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paired = [r for r in records if (r["qid"], str(r["budget"])) in common]
     metrics = tuple(m for m in ("retention", "all_hops", "contains", "f1") if any(m in r for r in paired))
     lines = [
-        f"# {args.method}: {after_label} against {before_label}",
+        f"# {args.method if after_method == args.method else f'{after_method} against {args.method}'}: "
+        f"{after_label} against {before_label}",
         "",
         f"- command: `{command_line('python -m benchmarks.compare', argv)}`",
         f"- {before_label}: `{args.before}`; {after_label}: `{args.after}`",

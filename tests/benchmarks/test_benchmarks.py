@@ -513,3 +513,17 @@ def test_compare_pairs_one_methods_records_across_two_files(tmp_path, capsys):
     assert "| 128 | 3 | +0.667 [" in report and "| 2 / 0 | 3.00x [" in report
     with pytest.raises(SystemExit):
         compare([str(before), str(after), "--method", "nothing"])
+
+
+def test_compare_pairs_two_methods_of_one_run(tmp_path):
+    from benchmarks.compare import main as compare
+
+    rows = [{"qid": f"q{i}", "method": "finch_rag", "budget": "128", "all_hops": 0.0} for i in range(3)]
+    rows += [{"qid": f"q{i}", "method": "fused", "budget": "128", "all_hops": float(i < 2)} for i in range(3)]
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"records": rows}))
+    arguments = [str(run), str(run), "--after-method", "fused", "--labels", "default", "fused", "--out"]
+    assert compare([*arguments, str(tmp_path / "paired")]) == 0
+    report = (tmp_path / "paired.md").read_text()
+    assert report.startswith("# fused against finch_rag: fused against default")
+    assert "- questions in both: 3" in report and "| 128 | 3 | +0.667 [" in report
