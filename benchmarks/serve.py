@@ -251,7 +251,7 @@ def in_process(compressor: Any, bodies: list[dict[str, Any]]) -> dict[str, Any]:
 
 def source_label(source: str | None) -> str:
     """``before (<commit>)`` for a ``--before`` tree, ``after (<commit>)`` for this checkout."""
-    tree = source or str(Path(__file__).resolve().parent.parent)
+    tree = source or str(REPO_ROOT)
     try:
         commit = subprocess.run(
             ["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True

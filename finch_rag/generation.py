@@ -346,6 +346,9 @@ def _prefill_answer_inputs(
         **cache_kwargs(model, batch),
     ).logits
     last_logits = logits[torch.arange(rows, device=device), torch.searchsorted(kept_columns, last_columns)]
+    lengths = [cached + length for cached, length in zip(cache_lengths, input_lengths, strict=True)]
+    if len(set(input_lengths)) == 1:
+        return batch, lengths, last_logits  # no trailing padding: already left-padded as decoding needs
     keys, values = all_layer_tensors(batch)
     real = [
         (
@@ -354,5 +357,4 @@ def _prefill_answer_inputs(
         )
         for row, (cached, length) in enumerate(zip(cache_lengths, input_lengths, strict=True))
     ]
-    lengths = [cached + length for cached, length in zip(cache_lengths, input_lengths, strict=True)]
     return stack_left_padded(real, max(lengths)), lengths, last_logits

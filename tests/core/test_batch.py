@@ -71,6 +71,14 @@ def test_generate_batch_equals_one_at_a_time(tiny_model, tiny_tokenizer, samplin
     assert compressor.generate_batch([], max_new_tokens=4) == []
 
 
+def test_generate_batch_with_questions_of_one_length_equals_one_at_a_time(tiny_models, tiny_tokenizer):
+    """Questions of one length leave no padding after them: the batch cache decodes as it comes out."""
+    compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, FinchConfig(target_tokens=12, progress=False))
+    compressed = compressor.compress_batch(CONTEXTS, [QUESTION] * len(CONTEXTS))
+    alone = [compressor.generate(item, max_new_tokens=8) for item in compressed]
+    assert compressor.generate_batch(compressed, max_new_tokens=8) == alone
+
+
 def test_generate_batch_honours_stop_strings(tiny_models, tiny_tokenizer):
     compressor = FinchCompressor(tiny_models("qwen2"), tiny_tokenizer, FinchConfig(target_tokens=12, progress=False))
     compressed = compressor.compress_batch(CONTEXTS, QUESTIONS)
