@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .compression.cache import tensor_bytes
 from .config import FinchConfig
 from .context import CompressedContext, compression_settings
 
@@ -46,7 +47,7 @@ def kv_bytes(compressed: CompressedContext) -> int:
     """Bytes of the tensors a stored context keeps alive: its keys and values, kept positions and scores."""
     cache = compressed.cache
     tensors = [*cache.keys, *cache.values, *cache.kept_positions, *(cache.kept_scores or ())]
-    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+    return tensor_bytes(tensors)
 
 
 _INT_BYTES = sys.getsizeof(1 << 20)

@@ -9,7 +9,7 @@ where a left-padded batch's attention mask puts its zeros.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from transformers import Cache, DynamicCache, PreTrainedModel
@@ -50,6 +50,11 @@ def all_layer_tensors(cache: DynamicCache) -> tuple[list[torch.Tensor], list[tor
     """Every layer's keys and values, as two lists."""
     tensors = [layer_tensors(cache, layer) for layer in range(len(cache.layers))]
     return [keys for keys, _ in tensors], [values for _, values in tensors]
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes the tensors' elements take (what a cache bounded in bytes counts)."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 def decoder_of(model: PreTrainedModel) -> torch.nn.Module:

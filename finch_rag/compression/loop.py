@@ -40,7 +40,7 @@ from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
 from .chunking import chunk_bounds, resolve_chunk_size
-from .prefix_cache import PrefixCache
+from .prefix_cache import UNBOUNDED_BYTES, PrefixCache
 from .registry import selection_policy
 from .rotation import KeyRotation
 from .selection import CandidateScores, SelectionPolicy
@@ -187,7 +187,7 @@ def compress_batch(
     with capture:
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
         # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.
-        prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=2**62)
+        prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=UNBOUNDED_BYTES)
         states = [_start(decoder, request, index, config, window, prefixes) for index, request in enumerate(requests)]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
         progress = progress_bar(

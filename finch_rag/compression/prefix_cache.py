@@ -23,10 +23,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cache import tensor_bytes
+
 PrefixEntries = tuple[list[torch.Tensor], list[torch.Tensor]]
 """Per-layer keys and values of one prefix, ``[1, num_kv_heads, |P|, head_dim]`` each."""
 
 DEFAULT_PREFIX_CACHE_BYTES = 64 * 2**20
+UNBOUNDED_BYTES = 2**62
+"""A bound no cache reaches: the per-call cache of `compress_batch`, which lives only as long as one batch."""
 
 
 @dataclass
@@ -41,7 +45,9 @@ class PrefixCache:
     """
 
     max_bytes: int = DEFAULT_PREFIX_CACHE_BYTES
-    _entries: OrderedDict[tuple[object, ...], PrefixEntries] = field(default_factory=OrderedDict, repr=False)
+    _entries: OrderedDict[tuple[object, ...], tuple[PrefixEntries, int]] = field(
+        default_factory=OrderedDict, repr=False
+    )  # key -> (entries, their bytes)
     _bytes: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -56,23 +62,24 @@ class PrefixCache:
 
     def get(self, key: tuple[object, ...]) -> PrefixEntries | None:
         with self._lock:
-            entries = self._entries.get(key)
-            if entries is not None:
-                self._entries.move_to_end(key)
-            return entries
+            held = self._entries.get(key)
+            if held is None:
+                return None
+            self._entries.move_to_end(key)
+            return held[0]
 
     def put(self, key: tuple[object, ...], keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
-        size = sum(tensor.numel() * tensor.element_size() for tensor in (*keys, *values))
+        size = tensor_bytes((*keys, *values))
         if size > self.max_bytes:
             return
         with self._lock:
             if key in self._entries:
                 return
-            self._entries[key] = (list(keys), list(values))
+            self._entries[key] = ((list(keys), list(values)), size)
             self._bytes += size
             while self._bytes > self.max_bytes:
-                _, (old_keys, old_values) = self._entries.popitem(last=False)
-                self._bytes -= sum(tensor.numel() * tensor.element_size() for tensor in (*old_keys, *old_values))
+                _, (_, evicted_size) = self._entries.popitem(last=False)
+                self._bytes -= evicted_size
 
     def clear(self) -> None:
         with self._lock:
