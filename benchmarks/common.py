@@ -147,7 +147,8 @@ def machine_description() -> str:
     import torch
 
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
     return (
         f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with "
-        f"{torch.get_num_threads()} threads, {accelerator}"
+        f"{threads} thread{'s' if threads != 1 else ''}, {accelerator}"
     )

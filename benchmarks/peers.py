@@ -72,15 +72,22 @@ def _append(path: Path, record: Mapping[str, Any]) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def evidence_retention(kept_positions: Sequence[Any], evidence: Sequence[int]) -> float:
-    """The share of the evidence's (layer, KV head, token) entries kept; ``kept_positions`` as `CompressedContext`."""
+def evidence_retention(
+    kept_positions: Sequence[Any], evidence: Sequence[int], layers: Sequence[int] | None = None
+) -> float:
+    """The share of the evidence's (layer, KV head, token) entries kept; ``kept_positions`` as `CompressedContext`.
+
+    ``layers`` limits the count to those layers (on Gemma 3, its full-attention ones: the only layers kvpress
+    compresses there).
+    """
     import torch
 
     if not evidence:
         return float("nan")
     index = torch.tensor(list(evidence))
     shares = []
-    for positions in kept_positions:  # [kv_heads, B] per layer
+    chosen = range(len(kept_positions)) if layers is None else layers
+    for positions in (kept_positions[layer] for layer in chosen):  # [kv_heads, B] per layer
         for head in positions:
             shares.append(float(torch.isin(index, head).float().mean()))
     return sum(shares) / len(shares)
@@ -107,6 +114,8 @@ def run_finch(
 
     loaded, tokenizer = load_model(model)
     compressor = FinchCompressor(loaded, tokenizer, FinchConfig(progress=False))
+    layer_types = getattr(loaded.config, "layer_types", None) or []
+    full_layers = [index for index, kind in enumerate(layer_types) if kind != "sliding_attention"] or None
     for case in cases:
         # Re-read for each case, so that two processes sharing the journal (say, over other --tasks) skip each
         # other's finished work.
@@ -135,7 +144,9 @@ def run_finch(
                     base
                     | {
                         "method": "finch",
-                        "retention": evidence_retention(compressed.kept_positions, case["evidence_tokens"]),
+                        "retention": evidence_retention(
+                            compressed.kept_positions, case["evidence_tokens"], full_layers
+                        ),
                         "context_kept": compressed.kept_tokens / len(context),
                         "answer": answer,
                         "compress_s": round(compress_s, 2),
@@ -439,7 +450,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases_path.write_text("".join(json.dumps(case) + "\n" for case in cases))
         worker = None
         if not args.skip_kvpress:
-            model_dir = args.model or str(converted_dir(default_gguf_path()))
+            # The worker loads with transformers 5.2, which reads the safetensors copy finch-rag converts a GGUF to.
+            gguf = Path(args.model) if args.model and args.model.endswith(".gguf") else default_gguf_path()
+            model_dir = str(converted_dir(gguf)) if args.model is None or args.model.endswith(".gguf") else args.model
             worker = start_kvpress(
                 cases_path,
                 kvpress_journal,
@@ -454,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if worker is not None and worker.wait() != 0:
             raise RuntimeError(f"The kvpress worker failed (exit {worker.returncode}); its journal keeps what it did.")
     meta = {
-        "model": args.model or "SmolLM2-135M-Instruct (embedded)",
+        "model": Path(args.model).name if args.model else "SmolLM2-135M-Instruct (embedded)",
         "command": "python -m benchmarks peers " + " ".join(sys.argv[2:] if argv is None else argv),
         "per_task": args.per_task,
         "seed": args.seed,

@@ -23,6 +23,14 @@ press for real at each ratio on a tiny random Llama.
 
 The compressed cache is then decoded with kvpress's ``generate_answer`` (greedy), after the chat template's
 suffix (and, for query-agnostic presses, the question), as kvpress's pipeline does.
+
+Gemma 3 (text-only ``Gemma3ForCausalLM``). kvpress compresses only the full-attention layers of Gemma 3 and leaves
+its sliding-window layers whole (``BasePress.__call__``); this worker does the same on every model whose config
+names sliding layers, and counts retention over the compressed layers. Two adapters make kvpress's code run there:
+each compressed layer's ``rotary_emb`` is that layer type's view of Gemma 3's per-type rotary embedding
+(`LayerTypeRotary`: presses read ``rotary_emb.inv_freq`` and call ``rotary_emb(x, position_ids)``), and the
+answer's first tokens are fed one at a time (`decode`): with whole sliding layers beside compressed full layers,
+no single cache length gives a one-pass feed its causal mask.
 """
 
 from __future__ import annotations
@@ -91,6 +99,45 @@ def _layers(model: Any) -> list[Any]:
     return list(model.model.layers)
 
 
+def _has_sliding_layers(model: Any) -> bool:
+    return "sliding_attention" in (getattr(model.config, "layer_types", None) or ())
+
+
+def compressed_layers(model: Any) -> list[int]:
+    """The layers a press compresses: all but sliding-window ones, which kvpress leaves whole on Gemma 3."""
+    types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(_layers(model))
+    return [index for index, kind in enumerate(types) if kind != "sliding_attention"]
+
+
+class LayerTypeRotary(torch.nn.Module):
+    """One layer type's view of a rotary embedding that holds one frequency set per layer type (Gemma 3).
+
+    kvpress's presses read ``module.rotary_emb.inv_freq`` (key re-rotation) and call ``module.rotary_emb(x,
+    position_ids)`` (ExpectedAttention); Gemma 3's embedding wants the layer type as well.
+    """
+
+    def __init__(self, rotary: Any, layer_type: str) -> None:
+        super().__init__()
+        self.rotary, self.layer_type = rotary, layer_type
+
+    @property
+    def inv_freq(self) -> torch.Tensor:
+        return getattr(self.rotary, f"{self.layer_type}_inv_freq")
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rotary(x, position_ids, self.layer_type)
+
+
+def _attach_rotary(model: Any) -> None:
+    """Give each compressed layer's attention the rotary embedding kvpress expects (as ``BasePress.__call__``)."""
+    rotary = model.model.rotary_emb
+    layers = _layers(model)
+    for index in compressed_layers(model):
+        layer_type = getattr(layers[index], "attention_type", None)
+        per_type = hasattr(rotary, f"{layer_type}_inv_freq")
+        layers[index].self_attn.rotary_emb = LayerTypeRotary(rotary, layer_type) if per_type else rotary
+
+
 def ruler_score(metric: str, prediction: str, references: list[str]) -> float:
     """RULER's string_match_all ("all") or string_match_part ("part"), as `benchmarks.ruler.score`.
 
@@ -107,8 +154,9 @@ class Capture:
     def __init__(self, model: Any, presses: dict[str, Any], agnostic_length: int, window: int) -> None:
         self.model, self.presses = model, presses
         self.agnostic_length, self.window = agnostic_length, window
-        self.scores: dict[str, list[torch.Tensor]] = {name: [] for name in presses}
-        self.kwargs: list[dict[str, Any]] = []
+        # Keyed by layer index: only the compressed layers are captured.
+        self.scores: dict[str, dict[int, torch.Tensor]] = {name: {} for name in presses}
+        self.kwargs: dict[int, dict[str, Any]] = {}
 
     def hook(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
         hidden = kwargs["hidden_states"]
@@ -117,7 +165,7 @@ class Capture:
         cos, sin = kwargs["position_embeddings"]
         agnostic_kwargs = dict(kwargs, position_embeddings=(cos[:, :cut], sin[:, :cut]))
         agnostic_kwargs["cache_position"] = kwargs["cache_position"][:cut]
-        self.kwargs.append({"full": kwargs, "agnostic": agnostic_kwargs})
+        self.kwargs[module.layer_idx] = {"full": kwargs, "agnostic": agnostic_kwargs}
         for name, press in self.presses.items():
             if name == "kvzip" or name in RATIO_SCORED:
                 continue
@@ -127,16 +175,17 @@ class Capture:
                 args_ = (module, hidden[:, :cut], keys[:, :, :cut], values[:, :, :cut], None, agnostic_kwargs)
             if name == "finchpress":
                 press.window_size = self.window
-            self.scores[name].append(_scorer(press).score(*args_).detach().clone())
+            self.scores[name][module.layer_idx] = _scorer(press).score(*args_).detach().clone()
         return output
 
     def run(self, input_ids: torch.Tensor) -> DynamicCache:
         language_model = self.model.model
+        _attach_rotary(self.model)
+        layers = _layers(self.model)
         hooks = []
         try:
-            for layer in _layers(self.model):
-                layer.self_attn.rotary_emb = language_model.rotary_emb
-                hooks.append(layer.self_attn.register_forward_hook(self.hook, with_kwargs=True))
+            for index in compressed_layers(self.model):
+                hooks.append(layers[index].self_attn.register_forward_hook(self.hook, with_kwargs=True))
             cache = DynamicCache()
             with torch.inference_mode():
                 language_model(input_ids=input_ids, past_key_values=cache)
@@ -176,13 +225,15 @@ def replayed_scores(press: Any, scores: torch.Tensor) -> Any:
 def prune(
     name: str, press: Any, model: Any, capture: Capture, cache: DynamicCache, ratio: float, kvzip: Any = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[Any]]:
-    """Per layer, the kept positions ``[kv_heads, n]`` bool, the compressed keys/values, and AdaKV-style masks.
+    """The kept positions ``[kv_heads, n]`` bool of each compressed layer; every layer's keys/values and masks.
 
-    Returns ``(kept, caches, masks)``: ``caches[l] = (keys, values)``, ``masks[l]`` the
-    ``masked_key_indices`` the press left on the module (``None`` for presses that gather).
+    Returns ``(kept, caches, masks)``: ``kept`` in `compressed_layers` order, ``caches[l] = (keys, values)`` for
+    every layer (sliding layers whole), ``masks[l]`` the ``masked_key_indices`` the press left on the module
+    (``None`` for presses that gather).
     """
     aware = name in QUERY_AWARE
     kept, caches, masks = [], [], []
+    compressed = set(compressed_layers(model))
     if name == "kvzip":
         press = KVzipPress(compression_ratio=ratio)
         press.score_val = kvzip.clone()
@@ -192,6 +243,10 @@ def prune(
         keys, values = extract_keys_and_values(cache, layer_idx)
         n = keys.shape[2] if aware else capture.agnostic_length
         keys, values = keys[:, :, :n], values[:, :, :n]
+        if layer_idx not in compressed:
+            caches.append((keys, values))
+            masks.append(None)
+            continue
         if name == "kvzip":
             mask = module.masked_key_indices
             module.masked_key_indices = None
@@ -233,8 +288,14 @@ def decode(
     context_length: int,
     max_new_tokens: int,
 ) -> str:
-    """Greedy answer from the compressed cache with kvpress's own ``generate_answer``."""
-    cache = DynamicCache()
+    """Greedy answer from the compressed cache with kvpress's own ``generate_answer``.
+
+    With whole sliding layers (Gemma 3) the cache's layers differ in length, and a multi-token feed's causal mask
+    would be built from one of them: so all but the last feed token go in one at a time, at their true positions
+    (each then sees the whole cache, and the sliding layers their window).
+    """
+    sliding = _has_sliding_layers(model)
+    cache = DynamicCache(config=model.config) if sliding else DynamicCache()
     for layer_idx, (keys, values) in enumerate(caches):
         cache.update(keys.clone(), values.clone(), layer_idx)
     modules = [layer.self_attn for layer in _layers(model)]
@@ -243,6 +304,12 @@ def decode(
             module.masked_key_indices = mask
         pipeline = SimpleNamespace(model=model, tokenizer=tokenizer)
         with torch.inference_mode():
+            if sliding:
+                for token in feed_ids[:-1]:
+                    position = torch.tensor([[context_length]])
+                    model(input_ids=torch.tensor([[token]]), past_key_values=cache, position_ids=position)
+                    context_length += 1
+                feed_ids = feed_ids[-1:]
             return KVPressTextGenerationPipeline.generate_answer(
                 pipeline,  # type: ignore[arg-type]
                 torch.tensor([feed_ids]),
@@ -257,7 +324,7 @@ def decode(
 
 # --------------------------------------------------------------------- run
 def retention(kept: list[torch.Tensor], offset: int, evidence: list[int]) -> float:
-    """The share of the evidence's (layer, KV head, token) entries kept; ``evidence`` indexes the context."""
+    """The share of the evidence's (compressed layer, KV head, token) entries kept; ``evidence`` indexes the context."""
     if not evidence:
         return float("nan")
     index = torch.tensor(evidence) + offset
@@ -330,7 +397,7 @@ def run_case(
             feed = suffix if aware else question + suffix
             length = input_ids.shape[1] if aware else agnostic_length
             if name == "finchpress":  # FinchPress re-rotates the kept keys; the pipeline then counts the cache
-                length = caches[0][0].shape[2]
+                length = caches[0][0].shape[2]  # layer 0's, a whole sliding layer on Gemma 3, as kvpress counts
             started = time.perf_counter()
             answer = decode(model, tokenizer, caches, masks, feed, length, max_new_tokens) if answering else None
             records.append(
@@ -355,8 +422,37 @@ def load(model_dir: str) -> tuple[Any, Any]:
 
 
 # -------------------------------------------------------------- self-check
+@contextlib.contextmanager
+def pressed(press: Any, model: Any) -> Any:
+    """``press(model)``, or on a model with sliding layers, the press's hooks on its compressed layers only.
+
+    That is what ``BasePress.__call__`` does for multimodal Gemma 3, with `LayerTypeRotary` added.
+    """
+    if not _has_sliding_layers(model):
+        with press(model):
+            yield
+        return
+    press.post_init_from_model(model)
+    _attach_rotary(model)
+    layers = _layers(model)
+    hooks = [
+        layers[index].self_attn.register_forward_hook(press.forward_hook, with_kwargs=True)
+        for index in compressed_layers(model)
+    ]
+    if isinstance(press, FinchPress):  # its delimiter detection, as FinchPress.__call__ adds it
+        hooks.append(model.model.embed_tokens.register_forward_hook(press.embed_token_forward_hook))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def real_kept(name: str, model: Any, tokenizer: Any, ids: list[int], split: int, ratio: float) -> list[torch.Tensor]:
-    """Kept positions from running the press for real at ``ratio`` (values matched back to the full cache)."""
+    """Kept positions of each compressed layer from running the press for real at ``ratio``.
+
+    Gathered rows are matched back to the full cache by value.
+    """
     aware = name in QUERY_AWARE
     full_cache = DynamicCache()
     sequence = ids if aware else ids[:split]
@@ -370,10 +466,12 @@ def real_kept(name: str, model: Any, tokenizer: Any, ids: list[int], split: int,
         press.update_model_and_tokenizer(model, tokenizer)
         inputs = ids[:split] + [press.delimiter_token_id] + ids[split:]
     cache = DynamicCache()
-    with torch.inference_mode(), press(model):
+    with torch.inference_mode(), pressed(press, model):
         model.model(input_ids=torch.tensor([inputs]), past_key_values=cache)
     kept = []
-    for layer_idx, layer in enumerate(_layers(model)):
+    layers = _layers(model)
+    for layer_idx in compressed_layers(model):
+        layer = layers[layer_idx]
         _, full_values = extract_keys_and_values(full_cache, layer_idx)
         _, values = extract_keys_and_values(cache, layer_idx)
         mask = getattr(layer.self_attn, "masked_key_indices", None)
@@ -410,6 +508,27 @@ def tiny_llama() -> Any:
     return model
 
 
+def tiny_gemma3() -> Any:
+    """Gemma 3's text model in small: sliding and full layers, per-type rotary, q/k norms, one KV head."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=1024,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        sliding_window=64,
+        max_position_embeddings=1024,
+        attn_implementation="sdpa",
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
 class _TinyTokenizer:
     """Just enough tokenizer for FinchPress's ``update_model_and_tokenizer`` on the tiny model."""
 
@@ -430,9 +549,14 @@ class _TinyTokenizer:
         return self.size + len(self.extra)
 
 
-def self_check(press_names: list[str], ratios: list[float], n: int = 300, window: int = 12) -> list[str]:
-    """Replayed kept positions against the real press at each ratio, on a tiny random Llama; returns failures."""
-    model = tiny_llama()
+def self_check(
+    press_names: list[str], ratios: list[float], model: Any = None, n: int = 300, window: int = 12
+) -> list[str]:
+    """Replayed kept positions against the real press at each ratio, on a tiny random model; returns failures.
+
+    The model defaults to `tiny_llama`.
+    """
+    model = model if model is not None else tiny_llama()
     tokenizer = _TinyTokenizer(1024)
     # Distinct token ids, so that every value row is unique and the real press's kept rows can be matched back.
     ids = torch.randperm(1024, generator=torch.Generator().manual_seed(1))[: n + window].tolist()
@@ -449,7 +573,8 @@ def self_check(press_names: list[str], ratios: list[float], n: int = 300, window
             same = all(torch.equal(a, b) for a, b in zip(replayed, real, strict=True))
             kept = int(replayed[0].sum())
             verdict = "identical" if same else "DIFFERENT"
-            print(f"{name:<20} ratio {ratio:<7} layer 0 keeps {kept:>4} entries  {verdict}")
+            label = f"{type(model).__name__[:9]} {name}"
+            print(f"{label:<30} ratio {ratio:<7} first compressed layer keeps {kept:>4} entries  {verdict}")
             if not same:
                 failures.append(f"{name}@{ratio}")
     return failures
@@ -507,12 +632,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--self-check",
         action="store_true",
-        help="replayed vs real kept positions at each ratio on a tiny random Llama (and KVzip on --model-dir)",
+        help="replayed vs real kept positions at each ratio on tiny random Llama and Gemma 3 (KVzip: --model-dir)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.self_check:
+        presses = [name for name in args.presses if name != "kvzip"]
         failures = self_check(args.presses, args.ratios)
+        failures += self_check(presses, args.ratios, model=tiny_gemma3())  # kvpress refuses KVzip on Gemma 3
         if "kvzip" in args.presses and args.model_dir:
             failures += kvzip_check(args.model_dir, args.ratios)
         print("SELF-CHECK", "FAILED: " + ", ".join(failures) if failures else "PASSED")
