@@ -36,12 +36,15 @@ def test_replayed_scores_keep_what_each_press_keeps_at_every_ratio():
     spec.loader.exec_module(worker)
     presses = [name for name in worker.PRESSES if name != "kvzip"]
     assert worker.self_check(presses, list(worker.RATIOS)) == []
+    # Gemma 3: sliding layers left whole, per-type rotary embedding, q/k norms.
+    assert worker.self_check(presses, list(worker.RATIOS), model=worker.tiny_gemma3()) == []
 
 
 def test_evidence_retention_counts_entries_over_layers_and_heads():
     kept = [torch.tensor([[0, 1, 2], [2, 3, 4]]), torch.tensor([[1, 2, 3], [1, 2, 3]])]
     # evidence tokens 1 and 2: layer 0 heads keep 2/2 and 1/2, layer 1 heads 2/2 and 2/2
     assert evidence_retention(kept, [1, 2]) == pytest.approx((1 + 0.5 + 1 + 1) / 4)
+    assert evidence_retention(kept, [1, 2], layers=[0]) == pytest.approx((1 + 0.5) / 2)  # Gemma 3's full layers
     assert math.isnan(evidence_retention(kept, []))
 
 
