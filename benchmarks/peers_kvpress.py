@@ -490,43 +490,34 @@ def real_kept(name: str, model: Any, tokenizer: Any, ids: list[int], split: int,
     return kept
 
 
+def _tiny(model_class: Any, config_class: Any, **settings: Any) -> Any:
+    """A small random model (seeded) with the settings both tiny models share."""
+    torch.manual_seed(0)
+    shared = {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
+    config = config_class(**shared, max_position_embeddings=1024, attn_implementation="sdpa", **settings)
+    return model_class(config).eval()
+
+
 def tiny_llama() -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=1024,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(config).eval()
-    return model
+    return _tiny(LlamaForCausalLM, LlamaConfig, num_hidden_layers=2, num_key_value_heads=2)
 
 
 def tiny_gemma3() -> Any:
     """Gemma 3's text model in small: sliding and full layers, per-type rotary, q/k norms, one KV head."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=1024,
-        hidden_size=64,
-        intermediate_size=128,
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention", "full_attention"]
+    return _tiny(
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
         num_hidden_layers=4,
-        num_attention_heads=4,
         num_key_value_heads=1,
         head_dim=32,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        layer_types=layer_types,
         sliding_window=64,
-        max_position_embeddings=1024,
-        attn_implementation="sdpa",
     )
-    return Gemma3ForCausalLM(config).eval()
 
 
 class _TinyTokenizer:
