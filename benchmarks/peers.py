@@ -451,8 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker = None
         if not args.skip_kvpress:
             # The worker loads with transformers 5.2, which reads the safetensors copy finch-rag converts a GGUF to.
-            gguf = Path(args.model) if args.model and args.model.endswith(".gguf") else default_gguf_path()
-            model_dir = str(converted_dir(gguf)) if args.model is None or args.model.endswith(".gguf") else args.model
+            model_dir = args.model
+            if args.model is None or args.model.endswith(".gguf"):
+                model_dir = str(converted_dir(Path(args.model) if args.model else default_gguf_path()))
             worker = start_kvpress(
                 cases_path,
                 kvpress_journal,

@@ -99,14 +99,14 @@ def _layers(model: Any) -> list[Any]:
     return list(model.model.layers)
 
 
-def _has_sliding_layers(model: Any) -> bool:
-    return "sliding_attention" in (getattr(model.config, "layer_types", None) or ())
-
-
 def compressed_layers(model: Any) -> list[int]:
     """The layers a press compresses: all but sliding-window ones, which kvpress leaves whole on Gemma 3."""
     types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(_layers(model))
     return [index for index, kind in enumerate(types) if kind != "sliding_attention"]
+
+
+def _has_sliding_layers(model: Any) -> bool:
+    return len(compressed_layers(model)) < len(_layers(model))
 
 
 class LayerTypeRotary(torch.nn.Module):
