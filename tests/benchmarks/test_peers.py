@@ -127,3 +127,34 @@ def test_report_writes_tables_and_plot(tmp_path):
     assert "| snapkv | 0.75 | 0.00 | 0.25 |" not in text and "| snapkv | 0.75 | 0.25 | 0.25 |" in text
     assert (tmp_path / "peers_tiny.png").stat().st_size > 1000
     assert json.loads((tmp_path / "peers_tiny.json").read_text())["summary"]["solved_tasks"] == ["niah_single_1"]
+
+
+def test_sentence_screen_pairs_the_scored_examples_only(tmp_path):
+    from benchmarks.peers_variant import report, scored_cases
+
+    def line(case, method, answer, ratio=0.0):
+        return (
+            json.dumps(
+                {"case": case, "method": method, "ratio": ratio, "metric": "all", "answers": ["7"], "answer": answer}
+            )
+            + "\n"
+        )
+
+    # niah: full context answers example 0 only (task mean 0.5, scored); vt: never answered (not scored).
+    (tmp_path / "peers_t_kvpress.jsonl").write_text(
+        line("niah/0", "full", "7")
+        + line("niah/1", "full", "no")
+        + line("vt/0", "full", "no")
+        + line("niah/0", "chunkkv_snapkv", "no", 0.875)
+    )
+    (tmp_path / "peers_t_finch.jsonl").write_text(line("niah/0", "finch", "no", 0.875))
+    assert scored_cases(tmp_path / "peers_t_kvpress.jsonl") == {"niah/0"}
+    journal = tmp_path / "sentence.jsonl"
+    journal.write_text(
+        json.dumps({"case": "niah/0", "ratio": 0.875, "score": 1.0})
+        + "\n"
+        + json.dumps({"case": "vt/0", "ratio": 0.875, "score": 1.0})
+        + "\n"
+    )
+    table = report(journal, "t", tmp_path)
+    assert "| 0.875 | 1 | 1.00 | 0.00 | 0.00 | +1.00 [+1.00, +1.00] |" in table
