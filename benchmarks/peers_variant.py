@@ -7,8 +7,10 @@ from the journals ``python -m benchmarks peers`` wrote. Sentences need the text,
 `FinchCompressor.compress` on the example's context and question (the same prompt the cases' ids were built from).
 
     python -m benchmarks.peers_variant --model-tag gemma3_48 --model GEMMA.gguf --ratios 0.875 0.9375 \
-        --cases /work/runs/peers-gemma-work/cases_gemma3_48_seed0.jsonl --journal /tmp/gemma_sentence.jsonl
-    python -m benchmarks.peers_variant --model-tag gemma3_48 --journal /tmp/gemma_sentence.jsonl --report-only
+        --cases /work/runs/peers-gemma-work/cases_gemma3_48_seed0.jsonl \
+        --journal docs/results/peers_gemma3_48_sentence.jsonl
+    python -m benchmarks.peers_variant --model-tag gemma3_48 --journal docs/results/peers_gemma3_48_sentence.jsonl \
+        --report-only
 """
 
 from __future__ import annotations
