@@ -114,8 +114,7 @@ def run_finch(
 
     loaded, tokenizer = load_model(model)
     compressor = FinchCompressor(loaded, tokenizer, FinchConfig(progress=False))
-    layer_types = getattr(loaded.config, "layer_types", None) or []
-    full_layers = [index for index, kind in enumerate(layer_types) if kind != "sliding_attention"] or None
+    full_layers = full_attention_layers(loaded.config)
     for case in cases:
         # Re-read for each case, so that two processes sharing the journal (say, over other --tasks) skip each
         # other's finished work.
@@ -240,21 +239,46 @@ def _cell(stats: tuple[float, float, float], n: int) -> str:
     return f"{mean:.2f}" if n < 2 else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per task x method x ratio means, and averages over the examples of all tasks (and of solved tasks)."""
+def full_score_by_task(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Full context's mean score per task, over `scored` records."""
     full = {}
-    for task in TASKS:
+    present = {r["task"] for r in records}
+    for task in [t for t in TASKS if t in present] + sorted(present.difference(TASKS)):
         values = [r["score"] for r in records if r["task"] == task and r["method"] == "full" and r["score"] is not None]
         if values:
             full[task] = sum(values) / len(values)
-    solved = sorted(task for task, value in full.items() if value >= SOLVED)
-    # Answers count on the examples full context answers (>= SOLVED) of the tasks it solves; the kvpress worker
-    # decodes press answers only there, so every method is scored on the same examples.
-    answered = {
+    return full
+
+
+def solved_tasks(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The tasks whose full-context score averages at least ``SOLVED``."""
+    return sorted(task for task, value in full_score_by_task(records).items() if value >= SOLVED)
+
+
+def answered_cases(records: Sequence[Mapping[str, Any]]) -> set[str]:
+    """The cases whose answers are scored: full context answers them (>= ``SOLVED``) on a solved task.
+
+    The kvpress worker decodes press answers only there, so every method is scored on the same examples.
+    """
+    solved = solved_tasks(records)
+    return {
         r["case"]
         for r in records
         if r["method"] == "full" and r["score"] is not None and r["score"] >= SOLVED and r["task"] in solved
     }
+
+
+def full_attention_layers(config: Any) -> list[int] | None:
+    """Gemma 3's full-attention layers (the only ones kvpress compresses there); ``None``: every layer counts."""
+    layer_types = getattr(config, "layer_types", None) or []
+    return [index for index, kind in enumerate(layer_types) if kind != "sliding_attention"] or None
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per task x method x ratio means, and averages over the examples of all tasks (and of solved tasks)."""
+    full = full_score_by_task(records)
+    solved = solved_tasks(records)
+    answered = answered_cases(records)
     methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in records)]
     ratios = sorted({r["ratio"] for r in records if r["method"] != "full"})
     rows = []

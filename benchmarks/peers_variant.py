@@ -22,24 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from .common import RESULTS_DIR
-from .peers import SOLVED, _append, _read, bootstrap, evidence_retention
+from .peers import _append, _read, answered_cases, bootstrap, evidence_retention, full_attention_layers, scored
 from .ruler import score
 
 BEST_PRESS = "chunkkv_snapkv"
 
 
 def scored_cases(kvpress_journal: Path) -> set[str]:
-    """The cases the peers report scores: full context >= SOLVED on the example and on its task's average."""
-    full = {
-        r["case"]: score(r["metric"], r["answer"], r["answers"])
-        for r in _read(kvpress_journal)
-        if r["method"] == "full"
-    }
-    tasks: dict[str, list[float]] = {}
-    for case, value in full.items():
-        tasks.setdefault(case.split("/")[0], []).append(value)
-    solved = {task for task, values in tasks.items() if sum(values) / len(values) >= SOLVED}
-    return {case for case, value in full.items() if value >= SOLVED and case.split("/")[0] in solved}
+    """The cases the peers report scores (`benchmarks.peers.answered_cases`)."""
+    return answered_cases(scored([r for r in _read(kvpress_journal) if r["method"] == "full"]))
 
 
 def run(cases: Sequence[dict[str, Any]], journal: Path, ratios: Sequence[float], model: str | None) -> None:
@@ -47,8 +38,7 @@ def run(cases: Sequence[dict[str, Any]], journal: Path, ratios: Sequence[float],
 
     loaded, tokenizer = load_model(model)
     compressor = FinchCompressor(loaded, tokenizer, FinchConfig(progress=False))
-    layer_types = getattr(loaded.config, "layer_types", None) or []
-    full_layers = [index for index, kind in enumerate(layer_types) if kind != "sliding_attention"] or None
+    full_layers = full_attention_layers(loaded.config)
     for case in cases:
         done = {(r["case"], r["ratio"]) for r in _read(journal)}
         for ratio in ratios:

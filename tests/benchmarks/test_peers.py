@@ -135,7 +135,15 @@ def test_sentence_screen_pairs_the_scored_examples_only(tmp_path):
     def line(case, method, answer, ratio=0.0):
         return (
             json.dumps(
-                {"case": case, "method": method, "ratio": ratio, "metric": "all", "answers": ["7"], "answer": answer}
+                {
+                    "case": case,
+                    "task": case.split("/")[0],
+                    "method": method,
+                    "ratio": ratio,
+                    "metric": "all",
+                    "answers": ["7"],
+                    "answer": answer,
+                }
             )
             + "\n"
         )
