@@ -4,8 +4,9 @@
 
 1. generates and encodes the suite (`benchmarks.ruler`; finch-rag's own prompt ids, chat template included)
    into ``--work``/``cases_<model>.jsonl``;
-2. runs finch-rag's default (`FinchCompressor.compress_ids` at each ratio) and, on the QA tasks, top-k truncation
-   over the embedder's document ranking (the first ``B`` context tokens of the ranked documents), appending to
+2. runs finch-rag at each ratio (`run_finch`): the core's default on the ids (``finch``), the front ends'
+   default on the text (``finch_rag``: whole sentences compete) and, on the QA tasks, top-k truncation over the
+   embedder's document ranking (the first ``B`` context tokens of the ranked documents), appending to
    ``--journal`` (default ``docs/results/peers_<model>_finch.jsonl``);
 3. runs kvpress's presses, and full context, in kvpress's own environment (``--kvpress-python``, built by
    ``scripts/setup_kvpress_env.sh``) with ``benchmarks/peers_kvpress.py``: one capture per input, pruned per
@@ -43,6 +44,7 @@ KVPRESS_PYTHON = "/work/kvpress-venv/bin/python"
 WORKER = Path(__file__).with_name("peers_kvpress.py")
 METHOD_ORDER = (
     "full",
+    "finch_rag",
     "finch",
     "finchpress",
     "snapkv",
@@ -55,6 +57,8 @@ METHOD_ORDER = (
     "streaming_llm",
     "truncation",
 )
+PAIRED = (("finch_rag", "finch"), ("finch_rag", "chunkkv_snapkv"), ("finch", "chunkkv_snapkv"))
+"""Score differences reported paired by example (the strongest press on this suite is ChunkKV(SnapKV))."""
 SOLVED = 0.3
 """A task whose full-context score is below this reports retention only (the model does not solve it)."""
 
@@ -104,26 +108,47 @@ def truncated_ids(case: Mapping[str, Any], budget: int) -> tuple[list[int], floa
     return [context[i] for i in kept], share
 
 
+FINCH_METHODS = ("finch", "finch_rag", "truncation")
+"""finch-rag's side: the core default (``FinchConfig()``), the front ends' default, and top-k truncation."""
+
+
 def run_finch(
-    cases: Sequence[Mapping[str, Any]], journal: Path, ratios: Sequence[float], model: str | None, max_new_tokens: int
+    cases: Sequence[Mapping[str, Any]],
+    journal: Path,
+    ratios: Sequence[float],
+    model: str | None,
+    max_new_tokens: int,
+    methods: Sequence[str] = FINCH_METHODS,
+    answer_only: set[str] | None = None,
 ) -> None:
-    """finch-rag's default at each ratio and, on QA, top-k truncation; skips what ``journal`` already holds."""
+    """finch-rag's ``methods`` at each ratio; skips what ``journal`` already holds.
+
+    ``answer_only``: decode answers only for these cases (as the kvpress worker does, where full context
+    answers); ``None`` decodes every case.
+
+    - ``finch``: the core's default, `FinchCompressor.compress_ids` on the case's ids with ``FinchConfig()``;
+    - ``finch_rag``: what every front end (`FinchRAG`, LangChain, LlamaIndex, the server, the CLI) does with a
+      text context by default: `PassageAllocation().configure` of that config, i.e. whole sentences compete
+      (``granularity="sentence"``), compressed from the text through `FinchCompressor.compress` (the same
+      prompt the ids were built from; sentences need the text);
+    - ``truncation``, on the QA tasks only: the first B context tokens of the embedder's document ranking.
+    """
     import torch
 
-    from finch_rag import FinchCompressor, FinchConfig, load_model
+    from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, load_model
 
     loaded, tokenizer = load_model(model)
     compressor = FinchCompressor(loaded, tokenizer, FinchConfig(progress=False))
     full_layers = full_attention_layers(loaded.config)
     for case in cases:
-        # Re-read for each case, so that two processes sharing the journal (say, over other --tasks) skip each
+        # Re-read for each case, so that two processes sharing the journal (say, over other --part) skip each
         # other's finished work.
         done = {(r["case"], r["method"], r["ratio"]) for r in _read(journal)}
         prefix, context, question, suffix = (
             case[k] for k in ("prefix_ids", "context_ids", "question_ids", "suffix_ids")
         )
+        example = case["example"]
         for ratio in ratios:
-            example = case["example"]
             base = {
                 "case": case["key"],
                 "task": case["task"],
@@ -131,18 +156,26 @@ def run_finch(
                 "metric": example["metric"],
                 "answers": example["answers"],
             }
-            if (case["key"], "finch", ratio) not in done:
+            config = compressor.config.replace(compression_ratio=ratio)
+            for method in ("finch", "finch_rag"):
+                if method not in methods or (case["key"], method, ratio) in done:
+                    continue
                 started = time.perf_counter()
-                config = compressor.config.replace(compression_ratio=ratio)
-                compressed = compressor.compress_ids(context, question, prefix, suffix_ids=suffix, config=config)
+                if method == "finch":
+                    compressed = compressor.compress_ids(context, question, prefix, suffix_ids=suffix, config=config)
+                else:
+                    front_end_config = PassageAllocation().configure(config)
+                    compressed = compressor.compress(example["context"], example["question"], config=front_end_config)
                 compress_s = time.perf_counter() - started
                 started = time.perf_counter()
-                answer = compressor.generate(compressed, max_new_tokens=max_new_tokens) if max_new_tokens else None
+                answer = None
+                if max_new_tokens and (answer_only is None or case["key"] in answer_only):
+                    answer = compressor.generate(compressed, max_new_tokens=max_new_tokens)
                 _append(
                     journal,
                     base
                     | {
-                        "method": "finch",
+                        "method": method,
                         "retention": evidence_retention(
                             compressed.kept_positions, case["evidence_tokens"], full_layers
                         ),
@@ -152,7 +185,11 @@ def run_finch(
                         "generate_s": round(time.perf_counter() - started, 2),
                     },
                 )
-            if case.get("ranked_documents") and (case["key"], "truncation", ratio) not in done:
+            if (
+                "truncation" in methods
+                and case.get("ranked_documents")
+                and (case["key"], "truncation", ratio) not in done
+            ):
                 budget = FinchConfig(compression_ratio=ratio).budget(len(context))
                 kept, share = truncated_ids(case, budget)
                 answer = None
@@ -239,6 +276,11 @@ def _cell(stats: tuple[float, float, float], n: int) -> str:
     return f"{mean:.2f}" if n < 2 else f"{mean:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def _signed(stats: tuple[float, float, float]) -> str:
+    mean, low, high = stats
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def full_score_by_task(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Full context's mean score per task, over `scored` records."""
     full = {}
@@ -306,7 +348,40 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                     if task_scores and task in solved:
                         row[f"score/{task}"] = sum(task_scores) / len(task_scores)
             rows.append(row)
-    return {"full_score_by_task": full, "solved_tasks": solved, "answered_cases": sorted(answered), "rows": rows}
+    return {
+        "full_score_by_task": full,
+        "solved_tasks": solved,
+        "answered_cases": sorted(answered),
+        "rows": rows,
+        "paired": paired_differences(records, answered, ratios),
+    }
+
+
+def paired_differences(
+    records: Sequence[Mapping[str, Any]], answered: set[str], ratios: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Per `PAIRED` pair and ratio, the mean score difference over the answered examples both methods have.
+
+    Pairing by example removes most of the between-example spread that makes the per-method intervals overlap.
+    """
+    by_key = {(r["method"], r["case"], r["ratio"]): r["score"] for r in records if r["score"] is not None}
+    out = []
+    for first, second in PAIRED:
+        for ratio in ratios:
+            cases = sorted(
+                case for case in answered if (first, case, ratio) in by_key and (second, case, ratio) in by_key
+            )
+            if cases:
+                differences = [by_key[(first, case, ratio)] - by_key[(second, case, ratio)] for case in cases]
+                out.append(
+                    {
+                        "pair": f"{first} - {second}",
+                        "ratio": ratio,
+                        "n": len(cases),
+                        "difference": bootstrap(differences),
+                    }
+                )
+    return out
 
 
 def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
@@ -344,6 +419,13 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             table, ["method", "ratio", "n", "retention", "n answered", "score (solved tasks)", "context kept"]
         )
     ]
+    if summary.get("paired"):
+        lines += ["", "## Paired score differences on the answered examples (95% bootstrap interval)", ""]
+        table = [
+            {"pair": d["pair"], "ratio": f"{d['ratio']:g}", "n": d["n"], "difference": _signed(d["difference"])}
+            for d in summary["paired"]
+        ]
+        lines += [markdown_table(table, ["pair", "ratio", "n", "difference"])]
     for metric in ("retention", "score"):
         tasks = [t for t in TASKS if any(f"{metric}/{t}" in r for r in rows)]
         if not tasks:
@@ -375,7 +457,10 @@ def plot(summary: Mapping[str, Any], path: Path, title: str) -> Path:
                 (r["ratio"], r[metric][0]) for r in rows if r["method"] == method and not math.isnan(r[metric][0])
             ]
             if points:
-                style = {"linewidth": 2.5, "color": "black"} if method == "finch" else {}
+                style = {
+                    "finch_rag": {"linewidth": 2.5, "color": "black"},
+                    "finch": {"linewidth": 2.0, "color": "0.35", "linestyle": "--"},
+                }.get(method, {})
                 axis.plot(*zip(*points, strict=True), marker="o", label=method, **style)
         if full and not math.isnan(full[0][metric][0]):
             axis.axhline(full[0][metric][0], linestyle=":", color="0.4", label="full context")
@@ -446,6 +531,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presses", nargs="+", default=None, help="kvpress presses (default: all of the worker's)")
     parser.add_argument("--kvpress-python", default=KVPRESS_PYTHON)
     parser.add_argument("--journal", default=None, help="finch-rag's journal (default OUT/peers_TAG_finch.jsonl)")
+    parser.add_argument("--finch-methods", nargs="+", default=list(FINCH_METHODS), choices=FINCH_METHODS)
+    parser.add_argument(
+        "--part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help="finch-rag's side: every Nth case from I"
+    )
+    parser.add_argument(
+        "--answer-only-answered",
+        action="store_true",
+        help="finch-rag's side decodes only where the finished kvpress journal's full context answers",
+    )
     parser.add_argument("--skip-finch", action="store_true")
     parser.add_argument("--skip-kvpress", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="only write the report from the journals")
@@ -488,7 +582,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.max_new_tokens,
             )
         if not args.skip_finch:
-            run_finch(cases, finch_journal, args.ratios, args.model, args.max_new_tokens)
+            answer_only = None
+            if args.answer_only_answered:
+                full = scored([r for r in _read(kvpress_journal) if r["method"] == "full"])
+                if not {case["key"] for case in cases} <= {r["case"] for r in full}:
+                    raise SystemExit(f"--answer-only-answered needs full context on every case in {kvpress_journal}.")
+                answer_only = answered_cases(full)
+            part = cases[args.part[0] :: args.part[1]]
+            run_finch(
+                part, finch_journal, args.ratios, args.model, args.max_new_tokens, args.finch_methods, answer_only
+            )
         if worker is not None and worker.wait() != 0:
             raise RuntimeError(f"The kvpress worker failed (exit {worker.returncode}); its journal keeps what it did.")
     meta = {

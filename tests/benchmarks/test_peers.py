@@ -129,40 +129,44 @@ def test_report_writes_tables_and_plot(tmp_path):
     assert json.loads((tmp_path / "peers_tiny.json").read_text())["summary"]["solved_tasks"] == ["niah_single_1"]
 
 
-def test_sentence_screen_pairs_the_scored_examples_only(tmp_path):
-    from benchmarks.peers_variant import report, scored_cases
+def test_paired_differences_use_the_answered_examples_both_methods_have():
+    from benchmarks.peers import paired_differences, scored
 
-    def line(case, method, answer, ratio=0.0):
-        return (
-            json.dumps(
-                {
-                    "case": case,
-                    "task": case.split("/")[0],
-                    "method": method,
-                    "ratio": ratio,
-                    "metric": "all",
-                    "answers": ["7"],
-                    "answer": answer,
-                }
-            )
-            + "\n"
-        )
+    records = _records()
+    # finch_rag answers the solved example wrongly at 0.5 only; on cwe (not solved) it is never scored.
+    for record in [r for r in records if r["method"] == "finch"]:
+        answer = "wrong" if record["ratio"] == 0.5 else record["answer"]
+        records.append(record | {"method": "finch_rag", "answer": answer})
+    summary = summarize(scored(records))
+    paired = {(d["pair"], d["ratio"]): d for d in summary["paired"]}
+    assert paired[("finch_rag - finch", 0.5)]["n"] == 1
+    assert paired[("finch_rag - finch", 0.5)]["difference"] == (-1.0, -1.0, -1.0)
+    assert paired[("finch_rag - finch", 0.75)]["difference"][0] == 0.0
+    assert not any(d["pair"].endswith("chunkkv_snapkv") for d in summary["paired"])  # no ChunkKV records
+    assert paired_differences(scored(records), set(), [0.5]) == []
 
-    # niah: full context answers example 0 only (task mean 0.5, scored); vt: never answered (not scored).
-    (tmp_path / "peers_t_kvpress.jsonl").write_text(
-        line("niah/0", "full", "7")
-        + line("niah/1", "full", "no")
-        + line("vt/0", "full", "no")
-        + line("niah/0", "chunkkv_snapkv", "no", 0.875)
-    )
-    (tmp_path / "peers_t_finch.jsonl").write_text(line("niah/0", "finch", "no", 0.875))
-    assert scored_cases(tmp_path / "peers_t_kvpress.jsonl") == {"niah/0"}
-    journal = tmp_path / "sentence.jsonl"
-    journal.write_text(
-        json.dumps({"case": "niah/0", "ratio": 0.875, "score": 1.0})
-        + "\n"
-        + json.dumps({"case": "vt/0", "ratio": 0.875, "score": 1.0})
-        + "\n"
-    )
-    table = report(journal, "t", tmp_path)
-    assert "| 0.875 | 1 | 1.00 | 0.00 | 0.00 | +1.00 [+1.00, +1.00] |" in table
+
+def test_finch_side_writes_both_rows_and_decodes_only_where_asked(tmp_path, tiny_model_dir):
+    from benchmarks.peers import run_finch
+    from benchmarks.ruler import Sources, encode, generate
+    from finch_rag import load_model
+
+    _, tokenizer = load_model(str(tiny_model_dir))
+    essays = tmp_path / "data" / "paul_graham_essays"
+    essays.mkdir(parents=True)
+    (essays / "a.txt").write_text(" ".join(f"Sentence number {i} says little. It ends here." for i in range(80)))
+    cases = [
+        encode(tokenizer, generate("niah_single_2", index, tokenizer, Sources(tmp_path / "data"), length=400)).to_json()
+        for index in range(2)
+    ]
+    journal = tmp_path / "finch.jsonl"
+    answered = {cases[0]["key"]}
+    run_finch(cases, journal, [0.75], str(tiny_model_dir), 2, ("finch", "finch_rag"), answer_only=answered)
+    records = {(r["case"], r["method"]): r for r in map(json.loads, journal.read_text().splitlines())}
+    assert set(records) == {(case["key"], method) for case in cases for method in ("finch", "finch_rag")}
+    for (case, _), record in records.items():
+        assert 0.0 <= record["retention"] <= 1.0
+        assert record["context_kept"] == pytest.approx(0.25, abs=0.01)
+        assert (record["answer"] is None) == (case not in answered)
+    run_finch(cases, journal, [0.75], str(tiny_model_dir), 2, ("finch", "finch_rag"))  # resumes: nothing left
+    assert len(journal.read_text().splitlines()) == 4
