@@ -468,7 +468,8 @@ def plot(summary: Mapping[str, Any], path: Path, title: str) -> Path:
         axis.set_ylabel(label)
         axis.set_xticks(list(RATIOS), [f"{ratio:g}" for ratio in RATIOS])
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower left")
+    if axes[1].get_legend_handles_labels()[0]:  # a report with no complete case has no lines
+        axes[1].legend(fontsize=8, loc="lower left")
     figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -492,9 +493,18 @@ def complete(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [r for r in records if required <= have[r["case"]]]
 
 
-def report(journals: Sequence[Path], out: Path, tag: str, meta: dict[str, Any]) -> dict[str, Any]:
+def report(
+    journals: Sequence[Path],
+    out: Path,
+    tag: str,
+    meta: dict[str, Any],
+    ratios: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Write ``peers_<tag>.md/.json/.png`` from ``journals``, over ``ratios`` only when given."""
     every, seen = [], set()
     for record in (r for path in journals for r in _read(path)):
+        if ratios is not None and record["method"] != "full" and record["ratio"] not in ratios:
+            continue
         key = (record["case"], record["method"], record["ratio"])
         if key not in seen:  # the first record of each, should two processes have done one twice
             seen.add(key)
@@ -531,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presses", nargs="+", default=None, help="kvpress presses (default: all of the worker's)")
     parser.add_argument("--kvpress-python", default=KVPRESS_PYTHON)
     parser.add_argument("--journal", default=None, help="finch-rag's journal (default OUT/peers_TAG_finch.jsonl)")
+    parser.add_argument(
+        "--extra-journals", nargs="+", default=[], help="more journals the report reads (e.g. a screen's)"
+    )
+    parser.add_argument("--name", default=None, help="the report's tag (default: --model-tag)")
     parser.add_argument("--finch-methods", nargs="+", default=list(FINCH_METHODS), choices=FINCH_METHODS)
     parser.add_argument(
         "--part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help="finch-rag's side: every Nth case from I"
@@ -601,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seed": args.seed,
         "ratios": args.ratios,
     }
-    report([finch_journal, kvpress_journal], out, args.model_tag, meta)
-    print(f"wrote {out / f'peers_{args.model_tag}.md'}")
+    journals = [finch_journal, kvpress_journal, *map(Path, args.extra_journals)]
+    name = args.name or args.model_tag
+    report(journals, out, name, meta, args.ratios)
+    print(f"wrote {out / f'peers_{name}.md'}")
     return 0

@@ -170,3 +170,21 @@ def test_finch_side_writes_both_rows_and_decodes_only_where_asked(tmp_path, tiny
         assert (record["answer"] is None) == (case not in answered)
     run_finch(cases, journal, [0.75], str(tiny_model_dir), 2, ("finch", "finch_rag"))  # resumes: nothing left
     assert len(journal.read_text().splitlines()) == 4
+
+
+def test_report_over_chosen_ratios_keeps_the_cases_complete_there(tmp_path):
+    records = _records()
+    # A screen ran a third method at 0.5 only: over 0.5 it is complete, over both ratios no case would be.
+    records += [r | {"method": "finch_rag"} for r in records if r["method"] == "finch" and r["ratio"] == 0.5]
+    journal = tmp_path / "journal.jsonl"
+    journal.write_text("".join(json.dumps(r) + "\n" for r in records))
+    meta = {"model": "tiny", "command": "c", "per_task": 1, "seed": 0, "ratios": [0.5]}
+    summary = report([journal], tmp_path, "tiny", meta, ratios=[0.5])
+    assert {(r["method"], r["ratio"]) for r in summary["rows"]} == {
+        ("full", 0.0),
+        ("finch", 0.5),
+        ("finch_rag", 0.5),
+        ("snapkv", 0.5),
+    }
+    assert all(r["n"] == 2 for r in summary["rows"])
+    assert report([journal], tmp_path, "tiny", meta)["rows"] == []
