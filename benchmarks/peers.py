@@ -57,6 +57,8 @@ METHOD_ORDER = (
     "streaming_llm",
     "truncation",
 )
+FINCH_METHODS = ("finch", "finch_rag", "truncation")
+"""finch-rag's side: the core default (``FinchConfig()``), the front ends' default, and top-k truncation."""
 PAIRED = (("finch_rag", "finch"), ("finch_rag", "chunkkv_snapkv"), ("finch", "chunkkv_snapkv"))
 """Score differences reported paired by example (the strongest press on this suite is ChunkKV(SnapKV))."""
 SOLVED = 0.3
@@ -108,10 +110,6 @@ def truncated_ids(case: Mapping[str, Any], budget: int) -> tuple[list[int], floa
     return [context[i] for i in kept], share
 
 
-FINCH_METHODS = ("finch", "finch_rag", "truncation")
-"""finch-rag's side: the core default (``FinchConfig()``), the front ends' default, and top-k truncation."""
-
-
 def run_finch(
     cases: Sequence[Mapping[str, Any]],
     journal: Path,
@@ -123,15 +121,15 @@ def run_finch(
 ) -> None:
     """finch-rag's ``methods`` at each ratio; skips what ``journal`` already holds.
 
-    ``answer_only``: decode answers only for these cases (as the kvpress worker does, where full context
-    answers); ``None`` decodes every case.
-
     - ``finch``: the core's default, `FinchCompressor.compress_ids` on the case's ids with ``FinchConfig()``;
     - ``finch_rag``: what every front end (`FinchRAG`, LangChain, LlamaIndex, the server, the CLI) does with a
       text context by default: `PassageAllocation().configure` of that config, i.e. whole sentences compete
       (``granularity="sentence"``), compressed from the text through `FinchCompressor.compress` (the same
       prompt the ids were built from; sentences need the text);
     - ``truncation``, on the QA tasks only: the first B context tokens of the embedder's document ranking.
+
+    ``answer_only``: decode answers only for these cases (as the kvpress worker does, where full context
+    answers); ``None`` decodes every case.
     """
     import torch
 
