@@ -5,15 +5,19 @@ The eager twin with ``output_attentions=True`` is a test-only reference; the cor
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import PASSAGES, QUESTION, build_tiny_model, eager_twin
 from transformers import DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from finch_rag import FinchCompressor, FinchConfig
 from finch_rag.compression.attention import (
     CAPTURE_KWARG,
     QuestionAttentionCapture,
+    banded_attention,
     capturing_attention,
     question_row_scores,
 )
@@ -187,3 +191,42 @@ def test_question_row_scores_direct(mask_kind, softcap, window):
     expected = _manual(query, key, 0.35, m, first, softcap=softcap, window=window, normalize=True)
     assert got.shape == (batch, kvh, heads // kvh, k_len - m - first)
     torch.testing.assert_close(got.double().reshape(batch, heads, -1), expected, atol=1e-5, rtol=1e-5)
+
+
+def _sliding_inputs(window: int, cached: int, q_len: int):
+    generator = torch.Generator().manual_seed(window + q_len)
+    k_len = cached + q_len
+    query = torch.randn(2, 4, q_len, 8, generator=generator)
+    key, value = torch.randn(2, 2, k_len, 8, generator=generator), torch.randn(2, 2, k_len, 8, generator=generator)
+    rows, columns = torch.arange(cached, k_len)[:, None], torch.arange(k_len)[None, :]
+    mask = ((columns <= rows) & (columns > rows - window))[None, None].repeat(2, 1, 1, 1)
+    mask[1, ..., :3] = False  # the second row of the batch is left-padded
+    return query, key, value, mask
+
+
+@pytest.mark.parametrize(("cached", "q_len"), [(5, 70), (0, 33), (40, 100)])
+def test_banded_attention_is_the_layer_s_own(cached, q_len):
+    # Gemma 3's sliding layers read a long pass block by block: the same output as SDPA over the whole mask.
+    window = 16
+    query, key, value, mask = _sliding_inputs(window, cached, q_len)
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
+    got = banded_attention(sdpa_attention_forward, module, query, key, value, mask, window, scaling=0.3)[0]
+    torch.testing.assert_close(got, expected)
+
+
+def test_banded_attention_runs_whole_when_the_mask_reaches_past_the_window():
+    window = 16
+    query, key, value, mask = _sliding_inputs(window, 5, 70)
+    mask[0, 0, -1, 0] = True  # the last row also sees the first key, out of any band
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[2])
+        return sdpa_attention_forward(*args, **kwargs)
+
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
+    got = banded_attention(counting, module, query, key, value, mask, window, scaling=0.3)[0]
+    assert calls == [70]  # one call, over every row
+    torch.testing.assert_close(got, expected)
