@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from finch_rag.arguments import chunk_size
+
 from .common import RESULTS_DIR, machine_description, markdown_table, write_json
 from .ruler import TASKS, encode_suite, generate_suite, score
 
@@ -118,6 +120,7 @@ def run_finch(
     max_new_tokens: int,
     methods: Sequence[str] = FINCH_METHODS,
     answer_only: set[str] | None = None,
+    chunk_size: int | str | None = "auto",
 ) -> None:
     """finch-rag's ``methods`` at each ratio; skips what ``journal`` already holds.
 
@@ -129,14 +132,15 @@ def run_finch(
     - ``truncation``, on the QA tasks only: the first B context tokens of the embedder's document ranking.
 
     ``answer_only``: decode answers only for these cases (as the kvpress worker does, where full context
-    answers); ``None`` decodes every case.
+    answers); ``None`` decodes every case. ``chunk_size`` is `FinchConfig`'s (the default ``"auto"``; journals
+    written before `auto_single_pass_tokens` read Gemma 3's 4k contexts in chunks of 512, as ``512`` does now).
     """
     import torch
 
     from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, load_model
 
     loaded, tokenizer = load_model(model)
-    compressor = FinchCompressor(loaded, tokenizer, FinchConfig(progress=False))
+    compressor = FinchCompressor(loaded, tokenizer, FinchConfig(chunk_size=chunk_size, progress=False))
     full_layers = full_attention_layers(loaded.config)
     for case in cases:
         # Re-read for each case, so that two processes sharing the journal (say, over other --part) skip each
@@ -545,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None, help="the report's tag (default: --model-tag)")
     parser.add_argument("--finch-methods", nargs="+", default=list(FINCH_METHODS), choices=FINCH_METHODS)
     parser.add_argument(
+        "--chunk-size", type=chunk_size, default="auto", help="finch-rag's S: an int, 'auto' (default) or 'none'"
+    )
+    parser.add_argument(
         "--part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help="finch-rag's side: every Nth case from I"
     )
     parser.add_argument(
@@ -602,7 +609,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 answer_only = answered_cases(full)
             part = cases[args.part[0] :: args.part[1]]
             run_finch(
-                part, finch_journal, args.ratios, args.model, args.max_new_tokens, args.finch_methods, answer_only
+                part,
+                finch_journal,
+                args.ratios,
+                args.model,
+                args.max_new_tokens,
+                args.finch_methods,
+                answer_only,
+                args.chunk_size,
             )
         if worker is not None and worker.wait() != 0:
             raise RuntimeError(f"The kvpress worker failed (exit {worker.returncode}); its journal keeps what it did.")

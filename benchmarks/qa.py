@@ -42,6 +42,7 @@ import torch
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
 from finch_rag.allocation import SentenceFusion
+from finch_rag.arguments import chunk_size
 from finch_rag.prompts import PromptParts, build_prompt
 
 from . import plots
@@ -337,6 +338,9 @@ def build_parser(suite: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (answers stop at a newline)")
     parser.add_argument("--no-answer", action="store_true", help="evidence retention only, no decoding")
+    parser.add_argument(
+        "--chunk-size", type=chunk_size, default="auto", help="FinchConfig.chunk_size: an int, 'auto' (default), 'none'"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help=f"a short run: {QUICK}")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
@@ -375,7 +379,7 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model) if args.model else load_model()
-    compressor = FinchCompressor(model, tokenizer, FinchConfig(progress=False))
+    compressor = FinchCompressor(model, tokenizer, FinchConfig(chunk_size=args.chunk_size, progress=False))
     started = time.perf_counter()
     examples = load_suite(suite, args.data, args.limit, args.seed, args.top_k, args.corpus_limit)[args.start :]
     records = run_suite(

@@ -8,7 +8,8 @@ one score per context column, and then calls the original attention function unc
 are ever materialised: no ``output_attentions``, no eager attention. Models loaded with flash (or flex)
 attention compress on SDPA's twin, because transformers' flash wrapper finds its kernel by the
 implementation's name; they decode on their own implementation. The capture reads SDPA's 4-D masks and
-flash-style 2-D padding masks alike.
+flash-style 2-D padding masks alike. A sliding-window layer given a long pass runs its attention on blocks of
+rows and the keys their window reaches (`banded_attention`), not on the whole masked square.
 
 The per-call state travels as a forward keyword argument (``finch_capture``) that transformers passes
 through to every attention call, so nothing is stored on the model or in globals and concurrent calls on

@@ -170,6 +170,19 @@ def test_finch_side_writes_both_rows_and_decodes_only_where_asked(tmp_path, tiny
         assert (record["answer"] is None) == (case not in answered)
     run_finch(cases, journal, [0.75], str(tiny_model_dir), 2, ("finch", "finch_rag"))  # resumes: nothing left
     assert len(journal.read_text().splitlines()) == 4
+    # --chunk-size reaches the compressor: chunks of 64 tokens still keep the ratio's budget.
+    chunked = tmp_path / "chunked.jsonl"
+    run_finch(cases[:1], chunked, [0.75], str(tiny_model_dir), 0, ("finch",), chunk_size=64)
+    (record,) = map(json.loads, chunked.read_text().splitlines())
+    assert record["context_kept"] == pytest.approx(0.25, abs=0.01) and record["answer"] is None
+
+
+def test_chunk_size_option():
+    from benchmarks.peers import build_parser
+
+    assert build_parser().parse_args([]).chunk_size == "auto"
+    assert build_parser().parse_args(["--chunk-size", "none"]).chunk_size is None
+    assert build_parser().parse_args(["--chunk-size", "512"]).chunk_size == 512
 
 
 def test_report_over_chosen_ratios_keeps_the_cases_complete_there(tmp_path):
