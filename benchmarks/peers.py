@@ -132,8 +132,8 @@ def run_finch(
     - ``truncation``, on the QA tasks only: the first B context tokens of the embedder's document ranking.
 
     ``answer_only``: decode answers only for these cases (as the kvpress worker does, where full context
-    answers); ``None`` decodes every case. ``chunk_size`` is `FinchConfig`'s (the default ``"auto"``; journals
-    written before `auto_single_pass_tokens` read Gemma 3's 4k contexts in chunks of 512, as ``512`` does now).
+    answers); ``None`` decodes every case. ``chunk_size`` is `FinchConfig`'s (default ``"auto"``: chunks of 512
+    for the suite's 4k contexts; ``None`` reads each in one pass, ``docs/results/chunking_quality.md``).
     """
     import torch
 

@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._locks import model_lock
-from .compression.chunking import auto_single_pass_tokens, resolve_chunk_size
+from .compression.chunking import resolve_chunk_size
 from .compression.loop import CompressionRequest, compress_batch
 from .compression.prefix_cache import PrefixCache
 from .compression.rotation import KeyRotation
@@ -379,9 +379,7 @@ class FinchCompressor:
                 f"does not fit the model's window of {window} tokens. Shorten the question."
             )
         budget = config.budget(context)
-        layer_types = getattr(self.model.config.get_text_config(decoder=True), "layer_types", None)
-        single_pass = auto_single_pass_tokens(layer_types)
-        chunk_size = resolve_chunk_size(config.chunk_size, context, question, prefix, window, budget, single_pass)
+        chunk_size = resolve_chunk_size(config.chunk_size, context, question, prefix, window, budget)
         chunk = min(chunk_size or context, context)
         # A single pass has no earlier survivors next to its chunk; the chunked loop holds up to B of them.
         held = context if context <= budget or chunk == context else budget + chunk

@@ -48,8 +48,7 @@ class FinchConfig:
     chunk_size : int, "auto" or None
         ``S``, context tokens read per step. ``None`` reads the whole context in one pass (kvpress's
         ``FinchPress``); memory then grows with the context. ``"auto"`` (the default) reads it in one pass
-        when that fits the model's window and the context has at most 512 tokens (4,096 for models with
-        sliding-window layers, which answer much worse when read in chunks), and in chunks of 512 otherwise
+        when that fits the model's window and the context has at most 512 tokens, and in chunks of 512 otherwise
         (`finch_rag.compression.chunking.resolve_chunk_size`; ``docs/configuration.md``).
     selection : {"per_head", "per_layer", "shared", "random", "recency", "first"}
         ``"per_head"``: each KV head keeps its own columns, scored by the mean over its query group

@@ -17,27 +17,6 @@ Activations, and the question rows' attention over them, grow with a pass's leng
 faster than chunks of 512 on a CPU: with the embedded model on one thread, compress+answer took 1.15x a full
 prefill+answer in one pass at 1,024 context tokens against 1.01x in chunks of 512
 (``docs/results/cost_alternate.md``). So a context longer than one chunk is read in chunks."""
-AUTO_SINGLE_PASS_TOKENS_SLIDING = 4096
-"""`AUTO_SINGLE_PASS_TOKENS` for models with sliding-window layers (Gemma 2 and 3, ...): quality over cost.
-
-Read in chunks, such a model answers much worse: entries of later chunks are computed over the earlier survivors
-instead of the text that preceded them. On the held-out RULER-style sample at 4k tokens, Gemma 3 270M scored 0.50
-at ratio 0.875 in chunks of 512 (0.54 in chunks of 1,024 or 2,048) against 0.84 in one pass, full context 0.91;
-SmolLM2 (no sliding layers) moved within its interval, 0.82 to 0.87. The price: one pass costs what a full
-prefill does (1.03x compress+answer at 4,096 tokens on a CPU, against 0.52x in chunks; 1.07x against 0.34x at
-8,192), so past the 4k the quality was measured at, chunks again bound time and memory
-(``docs/results/chunking_quality.md``)."""
-
-
-def auto_single_pass_tokens(layer_types: Sequence[str] | None) -> int:
-    """The memory cap of a one-pass read under ``chunk_size="auto"`` for a model with these ``layer_types``.
-
-    >>> auto_single_pass_tokens(None), auto_single_pass_tokens(["sliding_attention", "full_attention"])
-    (512, 4096)
-    """
-    if layer_types is not None and "sliding_attention" in layer_types:
-        return AUTO_SINGLE_PASS_TOKENS_SLIDING
-    return AUTO_SINGLE_PASS_TOKENS
 
 
 def resolve_chunk_size(
@@ -47,13 +26,12 @@ def resolve_chunk_size(
     prefix_length: int = 0,
     window: int = 0,
     budget: int = 0,
-    single_pass_tokens: int = AUTO_SINGLE_PASS_TOKENS,
 ) -> int | None:
     """The chunk size to read a context with: ``chunk_size`` itself unless it is ``"auto"``.
 
     ``"auto"`` reads the context in one pass (``None``) when the pass fits both the model's ``window``
-    (``prefix + context + question`` positions; ``0``: no limit) and the memory cap ``single_pass_tokens``
-    (context tokens; `auto_single_pass_tokens` gives the model's). Otherwise it reads chunks of `AUTO_CHUNK_SIZE`,
+    (``prefix + context + question`` positions; ``0``: no limit) and the memory cap
+    `AUTO_SINGLE_PASS_TOKENS` (context tokens). Otherwise it reads chunks of `AUTO_CHUNK_SIZE`,
     fewer where the window needs it (``prefix + budget + S + question <= window``), so the memory bound
     ``|P| + B + S + m`` holds with ``S <= AUTO_CHUNK_SIZE`` whatever the context length.
 
@@ -65,7 +43,7 @@ def resolve_chunk_size(
     if chunk_size != "auto":
         return chunk_size
     fits_window = not window or prefix_length + context_length + question_length <= window
-    if fits_window and context_length <= single_pass_tokens:
+    if fits_window and context_length <= AUTO_SINGLE_PASS_TOKENS:
         return None
     if not window:
         return AUTO_CHUNK_SIZE

@@ -39,7 +39,7 @@ from ..deadline import Deadline, DeadlineExceeded
 from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
-from .chunking import auto_single_pass_tokens, chunk_bounds, resolve_chunk_size
+from .chunking import chunk_bounds, resolve_chunk_size
 from .prefix_cache import UNBOUNDED_BYTES, PrefixCache
 from .registry import selection_policy
 from .rotation import KeyRotation
@@ -186,13 +186,9 @@ def compress_batch(
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
     with capture:
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
-        single_pass_tokens = auto_single_pass_tokens(getattr(text_config, "layer_types", None))
         # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.
         prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=UNBOUNDED_BYTES)
-        states = [
-            _start(decoder, request, index, config, window, single_pass_tokens, prefixes)
-            for index, request in enumerate(requests)
-        ]
+        states = [_start(decoder, request, index, config, window, prefixes) for index, request in enumerate(requests)]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
         progress = progress_bar(
             total=total_steps, desc="finch: compressing", unit="chunk", enabled=config.progress and total_steps > 1
@@ -223,7 +219,6 @@ def _start(
     index: int,
     config: FinchConfig,
     window: int,
-    single_pass_tokens: int,
     prefixes: PrefixCache,
 ) -> _RequestState:
     """A request's state after its prefix prefill; a context within budget is prefilled whole and is done.
@@ -235,9 +230,7 @@ def _start(
     context_length = request.context_ids.shape[1]
     budget = config.budget(context_length)
     question_length, prefix_length = request.question_ids.shape[1], request.prefix_ids.shape[1]
-    chunk_size = resolve_chunk_size(
-        config.chunk_size, context_length, question_length, prefix_length, window, budget, single_pass_tokens
-    )
+    chunk_size = resolve_chunk_size(config.chunk_size, context_length, question_length, prefix_length, window, budget)
     state = _RequestState(
         request=request,
         index=index,

@@ -6,14 +6,7 @@ import pytest
 import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 
-from finch_rag.compression.chunking import (
-    AUTO_CHUNK_SIZE,
-    AUTO_SINGLE_PASS_TOKENS,
-    AUTO_SINGLE_PASS_TOKENS_SLIDING,
-    auto_single_pass_tokens,
-    chunk_bounds,
-    resolve_chunk_size,
-)
+from finch_rag.compression.chunking import AUTO_CHUNK_SIZE, AUTO_SINGLE_PASS_TOKENS, chunk_bounds, resolve_chunk_size
 from finch_rag.compression.selection import step_budget
 
 
@@ -69,22 +62,6 @@ def test_auto_chunk_size_rule(context, question, prefix, window, budget, expecte
     assert resolve_chunk_size(None, context, question, prefix, window, budget) is None
 
 
-@pytest.mark.parametrize(
-    ("context", "window", "expected"),
-    [
-        (4000, 32768, None),  # a RULER-length context: one pass, where a full-attention model reads chunks
-        (AUTO_SINGLE_PASS_TOKENS_SLIDING, 32768, None),  # exactly at the cap
-        (AUTO_SINGLE_PASS_TOKENS_SLIDING + 1, 32768, AUTO_CHUNK_SIZE),  # past the cap: chunks, as for any model
-        (4000, 2048, AUTO_CHUNK_SIZE),  # past the window: chunks
-    ],
-)
-def test_auto_chunk_size_rule_for_sliding_window_models(context, window, expected):
-    cap = auto_single_pass_tokens(["sliding_attention", "full_attention"])
-    assert cap == AUTO_SINGLE_PASS_TOKENS_SLIDING
-    assert resolve_chunk_size("auto", context, 20, 10, window, 256, cap) == expected
-    assert auto_single_pass_tokens(["full_attention"] * 2) == auto_single_pass_tokens(None) == AUTO_SINGLE_PASS_TOKENS
-
-
 def _compress_auto(model, n: int, budget: int = 16):
     from conftest import VOCAB
 
@@ -118,19 +95,9 @@ def test_auto_chunks_past_the_window_within_the_memory_bound(tiny_models, arch):
 
 
 def test_auto_chunks_past_the_memory_cap(arch):
-    # A window far above the cap, so only the cap (the model's: larger with sliding-window layers) forces chunks.
-    model = build_tiny_model(arch, max_position_embeddings=16384)
-    n, budget = auto_single_pass_tokens(getattr(model.config, "layer_types", None)) + 100, 16
+    # A window far above the cap, so only the cap forces chunks of AUTO_CHUNK_SIZE.
+    model = build_tiny_model(arch, max_position_embeddings=8192)
+    n, budget = AUTO_SINGLE_PASS_TOKENS + 100, 16
     cc, prefix, question = _compress_auto(model, n, budget)
     assert cc.stats["num_chunks"] == -(-n // AUTO_CHUNK_SIZE)
     assert cc.stats["peak_kv_entries"] <= prefix + budget + AUTO_CHUNK_SIZE + question
-
-
-def test_auto_reads_a_sliding_window_model_in_one_pass_up_to_its_cap():
-    # The same 2,000 tokens: the model with sliding-window layers reads them in one pass, the other in chunks.
-    n, budget = 2000, 16
-    sliding, _, _ = _compress_auto(build_tiny_model("gemma3", max_position_embeddings=16384), n, budget)
-    full, _, _ = _compress_auto(build_tiny_model("llama", max_position_embeddings=16384), n, budget)
-    assert sliding.stats["num_chunks"] == 1
-    assert full.stats["num_chunks"] == -(-n // AUTO_CHUNK_SIZE)
-    assert sliding.kept_tokens == full.kept_tokens == budget
