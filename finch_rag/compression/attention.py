@@ -207,10 +207,10 @@ def banded_attention(
 
     SDPA with a mask computes every query-key product and masks most of them away: over a pass of ``n`` tokens a
     layer of window ``W`` pays ``n^2`` for ``2 W n`` that count, which made a one-pass read of 4k tokens cost
-    Gemma 3 what a full prefill does. Each block's rows see keys within ``window`` of them (the 4-D mask is read
-    to make sure; if it lets a row see further, the layer runs whole), so the result is the layer's own up to
-    floating-point summation order. ``query`` is ``[batch, heads, q_len, head_dim]``; the step's rows are the last
-    ``q_len`` of the ``k_len`` keys.
+    Gemma 3 what a full prefill does. Each block's rows see keys within ``window`` of them (the boolean 4-D mask
+    is read to make sure; if it lets a row see further, or is additive, the layer runs whole), so the result is
+    the layer's own up to floating-point summation order. ``query`` is ``[batch, heads, q_len, head_dim]``; the
+    step's rows are the last ``q_len`` of the ``k_len`` keys.
     """
     q_len, k_len = query.shape[2], key.shape[2]
     mask = attention_mask[..., -q_len:, -k_len:]
