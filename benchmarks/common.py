@@ -6,6 +6,7 @@ articles, collapse whitespace), so EM and F1 are comparable with published numbe
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import os
@@ -25,6 +26,15 @@ RESULTS_DIR = Path("docs/results")
 
 
 # ------------------------------------------------------------------ data
+def add_chunk_size_option(parser: argparse.ArgumentParser) -> None:
+    """``--chunk-size``: finch-rag's ``FinchConfig.chunk_size``, an int, ``auto`` (the default) or ``none``."""
+    from finch_rag.arguments import chunk_size
+
+    parser.add_argument(
+        "--chunk-size", type=chunk_size, default="auto", help="FinchConfig.chunk_size: an int, 'auto' (default), 'none'"
+    )
+
+
 def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
     """The benchmark data folder: ``path`` (``--data``), else ``$FINCH_RAG_DATA``, else ``../shared/data``.
 

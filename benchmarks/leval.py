@@ -49,6 +49,7 @@ from finch_rag.retrieval import EmbeddingRetriever
 
 from .common import (
     RESULTS_DIR,
+    add_chunk_size_option,
     command_line,
     contains_gold,
     machine_description,
@@ -181,9 +182,7 @@ class Runner:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         model, self.tokenizer = load_model(args.model)
-        size = args.chunk_size
-        chunk_size = None if size == "none" else "auto" if size == "auto" else int(size)
-        self.config = FinchConfig(target_tokens=args.budget, chunk_size=chunk_size, progress=False)
+        self.config = FinchConfig(target_tokens=args.budget, chunk_size=args.chunk_size, progress=False)
         self.compressor = FinchCompressor(model, self.tokenizer, self.config)
         self.retrievers: dict[tuple[int, bool], EmbeddingRetriever] = {}
 
@@ -314,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--words", type=int, default=120, help="words per chunk in the rag setting")
     parser.add_argument("--methods", nargs="+", default=None, help="default: every method of the setting")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--chunk-size", default="auto", help="FinchConfig.chunk_size: auto (default), none or N")
+    add_chunk_size_option(parser)
     parser.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2)")
     parser.add_argument("--all-questions", action="store_true", help="rag: also questions whose gold is not retrieved")
     add_journal_options(parser, default="/tmp/leval_SETTING_BUDGET.jsonl")

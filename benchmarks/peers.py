@@ -36,9 +36,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from finch_rag.arguments import chunk_size
-
-from .common import RESULTS_DIR, machine_description, markdown_table, write_json
+from .common import RESULTS_DIR, add_chunk_size_option, machine_description, markdown_table, write_json
 from .ruler import TASKS, encode_suite, generate_suite, score
 
 RATIOS = (0.5, 0.75, 0.875, 0.9375)
@@ -548,9 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", default=None, help="the report's tag (default: --model-tag)")
     parser.add_argument("--finch-methods", nargs="+", default=list(FINCH_METHODS), choices=FINCH_METHODS)
-    parser.add_argument(
-        "--chunk-size", type=chunk_size, default="auto", help="finch-rag's S: an int, 'auto' (default) or 'none'"
-    )
+    add_chunk_size_option(parser)
     parser.add_argument(
         "--part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help="finch-rag's side: every Nth case from I"
     )

@@ -42,11 +42,18 @@ import torch
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
 from finch_rag.allocation import SentenceFusion
-from finch_rag.arguments import chunk_size
 from finch_rag.prompts import PromptParts, build_prompt
 
 from . import plots
-from .common import RESULTS_DIR, answer_scores, machine_description, markdown_table, meta_lines, write_json
+from .common import (
+    RESULTS_DIR,
+    add_chunk_size_option,
+    answer_scores,
+    machine_description,
+    markdown_table,
+    meta_lines,
+    write_json,
+)
 from .datasets import QA_SUITES, Example, load_suite
 from .journal import Journal, add_journal_options, report_only_records
 from .methods import Method, allocation_of, expand_methods, method_config
@@ -338,9 +345,7 @@ def build_parser(suite: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (answers stop at a newline)")
     parser.add_argument("--no-answer", action="store_true", help="evidence retention only, no decoding")
-    parser.add_argument(
-        "--chunk-size", type=chunk_size, default="auto", help="FinchConfig.chunk_size: an int, 'auto' (default), 'none'"
-    )
+    add_chunk_size_option(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help=f"a short run: {QUICK}")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
