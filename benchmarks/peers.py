@@ -180,6 +180,7 @@ def run_finch(
                             compressed.kept_positions, case["evidence_tokens"], full_layers
                         ),
                         "context_kept": compressed.kept_tokens / len(context),
+                        "chunks": compressed.stats["num_chunks"],
                         "answer": answer,
                         "compress_s": round(compress_s, 2),
                         "generate_s": round(time.perf_counter() - started, 2),

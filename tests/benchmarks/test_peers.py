@@ -167,6 +167,7 @@ def test_finch_side_writes_both_rows_and_decodes_only_where_asked(tmp_path, tiny
     for (case, _), record in records.items():
         assert 0.0 <= record["retention"] <= 1.0
         assert record["context_kept"] == pytest.approx(0.25, abs=0.01)
+        assert record["chunks"] == 1  # "auto": one pass, the context is under 512 tokens
         assert (record["answer"] is None) == (case not in answered)
     run_finch(cases, journal, [0.75], str(tiny_model_dir), 2, ("finch", "finch_rag"))  # resumes: nothing left
     assert len(journal.read_text().splitlines()) == 4
@@ -175,6 +176,7 @@ def test_finch_side_writes_both_rows_and_decodes_only_where_asked(tmp_path, tiny
     run_finch(cases[:1], chunked, [0.75], str(tiny_model_dir), 0, ("finch",), chunk_size=64)
     (record,) = map(json.loads, chunked.read_text().splitlines())
     assert record["context_kept"] == pytest.approx(0.25, abs=0.01) and record["answer"] is None
+    assert record["chunks"] > 1
 
 
 def test_chunk_size_option():
