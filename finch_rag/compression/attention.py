@@ -168,6 +168,7 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         capture: QuestionAttentionCapture | None = kwargs.pop(CAPTURE_KWARG, None)
+        window = kwargs.get("sliding_window")
         if capture is not None:
             layer_scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
             layer = cast(int, module.layer_idx)  # Module attributes are typed Tensor | Module
@@ -178,10 +179,9 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
                 attention_mask,
                 layer_scaling,
                 capture,
-                sliding_window=kwargs.get("sliding_window"),
+                sliding_window=window,
                 softcap=kwargs.get("softcap"),
             )
-        window = kwargs.get("sliding_window")
         if window and attention_mask is not None and attention_mask.dim() == 4 and query.shape[2] > 2 * window:
             return banded_attention(
                 inner, module, query, key, value, attention_mask, window, scaling=scaling, dropout=dropout, **kwargs
