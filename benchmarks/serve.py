@@ -161,17 +161,20 @@ async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, per_cli
 
     latencies: list[float] = []
     errors: list[str] = []
+    answers: dict[int, str] = {}  # body index -> answer text, to compare servers request for request
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT, limits=limits) as http:
 
         async def client(number: int) -> None:
             for turn in range(per_client):
-                body = bodies[(number * per_client + turn) % len(bodies)]
+                index = (number * per_client + turn) % len(bodies)
                 started = time.perf_counter()
                 try:
-                    response = await http.post("/v1/chat/completions", json=body)
+                    response = await http.post("/v1/chat/completions", json=bodies[index])
                     if response.status_code != 200:
                         errors.append(f"{response.status_code}: {response.text[:200]}")
+                    else:
+                        answers[index] = response.json()["choices"][0]["message"]["content"]
                 except httpx.HTTPError as error:
                     errors.append(f"{type(error).__name__}: {error}")
                 latencies.append(time.perf_counter() - started)
@@ -195,6 +198,7 @@ async def run_load(url: str, bodies: list[dict[str, Any]], clients: int, per_cli
         "mean_s": statistics.fmean(latencies),
         "errors": len(errors),
         "error_samples": errors[:3],
+        "answers": {str(index): answers[index] for index in sorted(answers)},
     }
 
 
@@ -284,22 +288,24 @@ def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], logs: Pat
         "warning",
     )
     sources = [args.before, None] if args.before else [None]
+    dtype = ("--dtype", args.dtype) if args.dtype else ()
     compressor = None
     if args.in_process and 1 in args.concurrency:
         import torch
 
-        from finch_rag import FinchCompressor, FinchConfig
+        from finch_rag import FinchCompressor, FinchConfig, PrefixCache, load_model
 
         if args.server_threads is not None:
             torch.set_num_threads(args.server_threads)  # the reference runs as the servers do
-        compressor = FinchCompressor(config=FinchConfig(progress=False))
+        model, tokenizer = load_model(dtype=args.dtype)  # with a prefix cache, as a server's own model has
+        compressor = FinchCompressor(model, tokenizer, config=FinchConfig(progress=False), prefix_cache=PrefixCache())
         in_process(compressor, bodies[:1])  # warm-up, as the servers get
     rows = []
     with contextlib.ExitStack() as stack:
         servers = {
             (key, source_label(source)): stack.enter_context(
                 ServerProcess(
-                    (*SETUPS[key].arguments, *extra),
+                    (*SETUPS[key].arguments, *extra, *(dtype if source is None else ())),
                     logs / f"serve_{key}{'_before' if source else ''}.log",
                     source=source,
                     threads=args.server_threads,
@@ -336,14 +342,22 @@ def summary(rows: list[dict[str, Any]]) -> list[str]:
     after = {(row["setup"], row["clients"]): row for row in served if row["code"].startswith("after")}
     pairs = [(row, after.get((row["setup"], row["clients"]))) for row in served if row["code"].startswith("before")]
     if pairs:
-        lines += ["Requests per second, after over before:", ""]
+        lines += ["Requests per second, after over before (and the after server's answers equal to the before's):", ""]
         lines += [
             f"- {before['setup']}, {before['clients']} clients: {now['requests_per_s'] / before['requests_per_s']:.2f}x"
+            f" ({identical_answers(before, now)})"
             for before, now in pairs
             if now is not None
         ]
         lines.append("")
     return lines
+
+
+def identical_answers(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """How many requests both servers answered got the same text from each, e.g. ``"128 of 128 identical"``."""
+    shared = set(before.get("answers", {})) & set(after.get("answers", {}))
+    same = sum(before["answers"][index] == after["answers"][index] for index in shared)
+    return f"{same} of {len(shared)} identical"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -361,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-threads",
         type=int,
         help="torch threads of every server process (OMP_NUM_THREADS); default: as this process has it",
+    )
+    parser.add_argument(
+        "--dtype",
+        help="weights' dtype of this checkout's servers (finch-rag serve --dtype; the --before code has no such flag)",
     )
     parser.add_argument(
         "--before",
@@ -393,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "server threads": args.server_threads or os.environ.get("OMP_NUM_THREADS", "torch default"),
         "model": "SmolLM2-135M-Instruct (embedded default)",
         "request": f"{args.documents} demo passages, B={args.target_tokens}, {args.max_tokens} answer tokens, greedy",
+        "dtype": f"{args.dtype or 'float32'} for this checkout's servers" + (", float32 before" if args.before else ""),
         "requests per client": args.requests,
         "batching": f"window {args.batch_window_ms} ms, at most 8 requests per batch",
     }

@@ -5,7 +5,7 @@ N|auto`` or ``--ratio R`` (``compression_ratio``; one of them), ``--chunk-size``
 ``--max-target-tokens`` (for ``--target-tokens auto``, the automatic budget, `finch_rag.compression.auto_budget`),
 ``--min-target-tokens`` (the floor on a ratio budget) and ``--allocation``. A field added to `BudgetOptions` without a
 flag here is an error at import. Range checks are left to `FinchConfig`, whose errors name the field and its legal
-values.
+values. Beside them, ``--dtype`` (`add_dtype_argument`): the weights' dtype `finch_rag.load_model` loads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 from .allocation import ALLOCATIONS
 from .config import AUTO_OPTIONS
 from .frontends import CONFIG_FIELDS, BudgetOptions
+from .models import DTYPES
 
 
 def target_tokens(value: str) -> int | str:
@@ -107,6 +108,16 @@ def add_budget_arguments(
         if name in notes:
             options["help"] = f"{options['help']} {notes[name]}"
         (budget if name in ("target_tokens", "compression_ratio") else group).add_argument(FLAGS[name], **options)
+
+
+def add_dtype_argument(group: Any) -> None:
+    """``--dtype``: the weights' dtype, for `finch_rag.load_model` (default: float32 on a CPU, bfloat16 on CUDA)."""
+    group.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        help="weights' dtype (default: float32 on a CPU, bfloat16 on CUDA). On a CPU with bfloat16 instructions "
+        "(AVX512-BF16, AMX) bfloat16 runs about twice as fast; its answers may differ from float32's",
+    )
 
 
 _NOT_GIVEN = object()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .allocation import RETRIEVAL_WEIGHTED
-from .arguments import add_budget_arguments, budget_options
+from .arguments import add_budget_arguments, add_dtype_argument, budget_options
 from .config import FinchConfig
 from .pipeline import Answer, FinchRAG
 from .prompts import Passage
@@ -58,6 +58,7 @@ def _common_options() -> argparse.ArgumentParser:
         metavar="NAME_OR_PATH",
         help="causal LM: hub id, local directory or .gguf (default: SmolLM2, offline)",
     )
+    add_dtype_argument(common)
     common.add_argument("--quiet", "-q", action="store_true", help="print only the answers; log warnings only")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return common
@@ -121,7 +122,7 @@ def _pipeline(args: argparse.Namespace, config: FinchConfig, top_k: int = 8) -> 
     from .compressor import FinchCompressor
     from .models import load_model
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     compressor = FinchCompressor(model, tokenizer, config)
     return FinchRAG(
         compressor=compressor,

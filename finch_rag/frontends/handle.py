@@ -27,20 +27,23 @@ from ..store import CACHE_KEY
 from .sources import ChatPlan, keys_in, one_key, strip_keys, with_system_prompt
 
 _lock = threading.Lock()
-_compressors: dict[str | None, FinchCompressor] = {}
+_compressors: dict[tuple[str | None, str | None], FinchCompressor] = {}
 
 
-def shared_compressor(model_name: str | None = None) -> FinchCompressor:
-    """A `FinchCompressor` on ``model_name`` (``None``: the embedded default), loaded once per process."""
+def shared_compressor(model_name: str | None = None, dtype: str | None = None) -> FinchCompressor:
+    """A `FinchCompressor` on ``model_name`` (``None``: the embedded default), loaded once per process and dtype.
+
+    ``dtype`` names the weights' dtype (`finch_rag.models.DTYPES`; ``None``: `load_model`'s default).
+    """
     with _lock:
-        compressor = _compressors.get(model_name)
+        compressor = _compressors.get((model_name, dtype))
         if compressor is None:
             from ..models import load_model
 
-            model, tokenizer = load_model(model_name)
+            model, tokenizer = load_model(model_name, dtype=dtype)
             # The model is finch-rag's own and its weights never change: the prefix cache is safe.
             compressor = FinchCompressor(model, tokenizer, prefix_cache=PrefixCache())
-            _compressors[model_name] = compressor
+            _compressors[(model_name, dtype)] = compressor
         return compressor
 
 
@@ -136,11 +139,16 @@ class CompressorHandle:
         An already built compressor; not with ``model_name`` (see `check_compressor`).
     model_name : str, optional
         Model for `shared_compressor` when no compressor is given (``None``: the embedded default).
+    dtype : str, optional
+        Its weights' dtype for `shared_compressor` (``None``: `load_model`'s default); not with ``compressor``.
     """
 
-    def __init__(self, compressor: Any = None, model_name: str | None = None) -> None:
+    def __init__(self, compressor: Any = None, model_name: str | None = None, dtype: str | None = None) -> None:
         self._compressor = check_compressor(compressor, model_name)
+        if compressor is not None and dtype is not None:
+            raise ValueError("dtype= applies to a model loaded by name; a given compressor keeps its model's dtype.")
         self.model_name = model_name
+        self.dtype = dtype
         self._lock = threading.Lock()
 
     @property
@@ -153,7 +161,7 @@ class CompressorHandle:
         if self._compressor is None:
             with self._lock:
                 if self._compressor is None:
-                    self._compressor = shared_compressor(self.model_name)
+                    self._compressor = shared_compressor(self.model_name, self.dtype)
         return self._compressor
 
     def config(self, explicit: Mapping[str, Any]) -> FinchConfig:

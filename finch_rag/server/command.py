@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from ..arguments import add_budget_arguments, budget_options
+from ..arguments import add_budget_arguments, add_dtype_argument, budget_options
 from ..config import FinchConfig
 from .settings import ServerSettings
 
@@ -34,6 +34,7 @@ def add_serve_parser(commands: Any) -> None:
         help="causal LM: hub id, local directory or .gguf (default: the embedded SmolLM2, offline)",
     )
     model.add_argument("--served-model-name", metavar="NAME", help="the model id clients send (default: --model)")
+    add_dtype_argument(model)
     network = serve.add_argument_group("network")
     network.add_argument(
         "--host",
@@ -152,6 +153,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         model=args.model,
         served_model_name=args.served_model_name,
+        dtype=args.dtype,
         host=args.host,
         port=args.port,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,

@@ -86,7 +86,8 @@ class Engine:
     metrics : ServerMetrics
         Where batch sizes and queue depth go.
     compressor : FinchCompressor, optional
-        An already loaded compressor (tests, embedding the app); default: load ``settings.model`` on `start`.
+        An already loaded compressor (tests, embedding the app); default: load ``settings.model`` (in
+        ``settings.dtype``) on `start`.
     """
 
     def __init__(
@@ -94,7 +95,11 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._handle = frontends.CompressorHandle(compressor, None if compressor is not None else settings.model)
+        self._handle = (
+            frontends.CompressorHandle(compressor)
+            if compressor is not None
+            else frontends.CompressorHandle(model_name=settings.model, dtype=settings.dtype)
+        )
         self._batcher = Batcher(
             self._run,
             window_s=settings.batch_window_ms / 1000,

@@ -11,7 +11,7 @@ from ..allocation import ALLOCATIONS
 from ..config import FinchConfig, merged_config
 from ..deadline import check_timeout
 from ..frontends import CONFIG_FIELDS
-from ..models import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL, DTYPES
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -35,6 +35,9 @@ class ServerSettings:
     served_model_name : str, optional
         The ``id`` in ``/v1/models`` and the ``model`` requests must name. Default: ``model``, or the embedded
         default's name. A request may also omit ``model``.
+    dtype : str, optional
+        The weights' dtype, a name in `finch_rag.models.DTYPES` (``"bfloat16"`` about doubles a bf16-capable
+        CPU's throughput; answers may differ from float32's). Default: `load_model`'s (float32 on a CPU).
     host, port : str, int
         Where uvicorn listens. The default host is loopback only; give ``0.0.0.0`` to serve a network.
     api_key : str, optional
@@ -82,6 +85,7 @@ class ServerSettings:
 
     model: str | None = None
     served_model_name: str | None = None
+    dtype: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -104,6 +108,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.config, FinchConfig):
             raise TypeError(f"config must be a FinchConfig, got {type(self.config).__name__}.")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, or None for the default, got {self.dtype!r}.")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:

@@ -527,3 +527,13 @@ def test_compare_pairs_two_methods_of_one_run(tmp_path):
     report = (tmp_path / "paired.md").read_text()
     assert report.startswith("# fused against finch_rag: fused against default")
     assert "- questions in both: 3" in report and "| 128 | 3 | +0.667 [" in report
+
+
+def test_serve_summary_counts_the_answers_both_servers_gave_alike() -> None:
+    from benchmarks.serve import identical_answers, summary
+
+    before = {"setup": "s", "code": "before (x)", "clients": 16, "requests_per_s": 1.0, "answers": {"0": "a", "1": "b"}}
+    after = {"setup": "s", "code": "after (y)", "clients": 16, "requests_per_s": 2.5, "answers": {"0": "a", "1": "c"}}
+    assert identical_answers(before, after) == "1 of 2 identical"
+    assert identical_answers(before, {**after, "answers": {"0": "a"}}) == "1 of 1 identical"  # errors answer nothing
+    assert "- s, 16 clients: 2.50x (1 of 2 identical)" in summary([before, after])

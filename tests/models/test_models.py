@@ -53,6 +53,9 @@ def test_device_and_dtype_defaults():
     settings = finch_models._auto_settings(torch.device("cpu"), None, None)
     assert settings == {"dtype": torch.float32, "attn_implementation": "sdpa"}
     assert finch_models._auto_settings(torch.device("cpu"), "bfloat16", "eager")["dtype"] == torch.bfloat16
+    for name in ("int8", "nn", "float"):  # names come from our table, never from attributes of the torch module
+        with pytest.raises(ValueError, match=r"dtype must be one of \['bfloat16', 'float16', 'float32'\]"):
+            finch_models._auto_settings(torch.device("cpu"), name, None)
 
 
 # ------------------------------------------------------------------------------------------------ slow
@@ -66,6 +69,21 @@ def test_default_model_loads_offline(real_model):
     assert next(model.parameters()).dtype == torch.float32
     assert tokenizer.chat_template
     assert model.get_input_embeddings().weight.shape[0] >= len(tokenizer)
+
+
+@pytest.mark.slow
+def test_the_default_model_in_bfloat16_compresses_and_answers():
+    """``dtype="bfloat16"`` (the ``--dtype`` flags): the cache is kept in bfloat16 and the answer is text."""
+    model, tokenizer = load_model(dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    compressor = FinchCompressor(model, tokenizer, FinchConfig(target_tokens=24, progress=False))
+    compressed = compressor.compress(
+        "The Tessel valley has two old mills and a market on Saturdays. The Halvard Bridge is 412 metres long and "
+        "crosses the Tessel river. The town hall was rebuilt in 1911 after a fire.",
+        "How long is the Halvard Bridge?",
+    )
+    assert compressed.kept_tokens == 24 and compressed.cache.keys[0].dtype == torch.bfloat16
+    assert "412" in compressor.generate(compressed, max_new_tokens=12)
 
 
 @pytest.mark.slow

@@ -42,6 +42,22 @@ def test_arguments_become_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         settings("--max-queue", "0")
 
 
+def test_dtype_reaches_the_settings() -> None:
+    assert settings().dtype is None and settings("--dtype", "bfloat16").dtype == "bfloat16"
+    with pytest.raises(SystemExit):
+        settings("--dtype", "int8")
+
+
+def test_dtype_is_for_a_model_loaded_by_name(tiny_models, tiny_tokenizer) -> None:
+    from finch_rag import FinchCompressor
+    from finch_rag.frontends import CompressorHandle
+
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer)
+    with pytest.raises(ValueError, match="a given compressor keeps its model's dtype"):
+        CompressorHandle(compressor, dtype="bfloat16")
+    assert CompressorHandle(model_name="somewhere", dtype="bfloat16").loaded is None  # lazy: nothing loads yet
+
+
 def test_chunk_size_auto_is_the_default_and_accepted() -> None:
     assert settings().config.chunk_size == "auto"
     assert settings("--chunk-size", "AUTO").config.chunk_size == "auto"

@@ -29,6 +29,8 @@ def test_defaults_serve_the_embedded_model_on_loopback() -> None:
         ({"allocation": "best"}, "allocation"),
         ({"default_temperature": 3.0}, "default_temperature"),
         ({"kept_text_threshold": 0}, "kept_text_threshold"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"dtype": "nn"}, "dtype must be one of"),  # a name is looked up in our table, never on the torch module
     ],
 )
 def test_bad_settings_name_the_field(options: dict[str, object], message: str) -> None:
@@ -43,6 +45,7 @@ def test_flat_options_from_a_config_file() -> None:
     assert settings.config == FinchConfig(target_tokens=128, chunk_size=None, progress=False)
     assert settings.max_batch_size == 4 and settings.model is None
     assert ServerSettings.from_options({}).config == FinchConfig(progress=False)
+    assert ServerSettings.from_options({"dtype": "bfloat16"}).dtype == "bfloat16"
     with pytest.raises(ValueError, match="max_batch_sise"):
         ServerSettings.from_options({"max_batch_sise": 4})
 
