@@ -66,7 +66,7 @@ def _worker(method: str, length: int, args: argparse.Namespace) -> dict[str, Any
     from finch_rag.prompts import build_prompt
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     config = FinchConfig(target_tokens=args.target_tokens, chunk_size=args.chunk_size, progress=False)
     compressor = FinchCompressor(model, tokenizer, config)
     context = _haystack_ids(tokenizer, data_dir(args.data), length)
@@ -168,7 +168,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     from finch_rag.prompts import build_prompt
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     lock = threading.RLock()
     params = SamplingParams(max_new_tokens=args.new_tokens)
     compressors = {
@@ -256,7 +256,10 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
         records.append(record)
         print(json.dumps(record), file=sys.stderr)
 
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch {torch.__version__}, threads={args.threads}"
+    machine = (
+        f"{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch {torch.__version__}, threads={args.threads}, "
+        f"weights {next(model.parameters()).dtype}"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"machine": machine, "args": vars(args), "records": records}
@@ -428,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="weights' dtype (default: load_model's)")
     parser.add_argument("--data", default=None, help="data folder (default: $FINCH_RAG_DATA, else ../shared/data)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument(
@@ -447,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_worker(args.worker[0], int(args.worker[1]), args)))
         return 0
-    machine = f"{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch threads={args.threads}"
+    dtype = args.dtype or "default"
+    machine = f"{cpu_name()}, {os.cpu_count()} cores, no GPU used, torch threads={args.threads}, dtype {dtype}"
     records = []
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
     for length in args.lengths:

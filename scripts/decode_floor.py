@@ -1,8 +1,8 @@
 """What bounds one greedy decoding step on this machine: memory reads, the matrix-vector kernel, or the loop.
 
-    .venv/bin/python scripts/decode_floor.py --threads 1 --repeats 15
+    .venv/bin/python scripts/decode_floor.py --threads 1 --repeats 15 [--dtype bfloat16]
 
-Prints, in ms per token on the embedded model (SmolLM2-135M-Instruct, float32):
+Prints, in ms per token on the embedded model (SmolLM2-135M-Instruct, float32 unless ``--dtype`` says):
 
 - ``read floor``: every weight read once at the core's streaming bandwidth (``tensor.sum`` over 512 MiB);
 - ``matvec floor``: every weight matrix of the model (its own tensors, in layer order, then the LM head)
@@ -47,9 +47,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the weights' dtype")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, _ = load_model()
+    model, _ = load_model(dtype=args.dtype)
+    dtype = next(model.parameters()).dtype
     matrices = [module.weight for module in model.modules() if isinstance(module, torch.nn.Linear)]
     weight_bytes = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
     # Tied embeddings are one tensor; the LM head reads it once a token, as counted here.
@@ -60,7 +62,7 @@ def main() -> None:
         read_ms = _median_ms(block.sum, args.repeats)
         bandwidth = block.numel() * block.element_size() / (read_ms / 1000)
 
-        vectors = [torch.ones(1, matrix.shape[1]) for matrix in matrices]
+        vectors = [torch.ones(1, matrix.shape[1], dtype=dtype) for matrix in matrices]
         matvec_ms = _median_ms(lambda: [F.linear(v, m) for v, m in zip(vectors, matrices, strict=True)], args.repeats)
         transposed = [matrix.t().contiguous() for matrix in matrices]
         transposed_ms = _median_ms(lambda: [v @ t for v, t in zip(vectors, transposed, strict=True)], args.repeats)
@@ -78,7 +80,7 @@ def main() -> None:
 
         step_ms = _median_ms(step, args.repeats)
 
-    print(f"torch {torch.__version__}, {args.threads} thread(s); weights {weight_bytes / 1e6:.0f} MB")
+    print(f"torch {torch.__version__}, {args.threads} thread(s); weights {weight_bytes / 1e6:.0f} MB in {dtype}")
     print(f"read floor: {weight_bytes / bandwidth * 1000:.1f} ms/token ({bandwidth / 1e9:.1f} GB/s streaming)")
     print(f"matvec floor: {matvec_ms:.1f} ms/token ({matrix_bytes / (matvec_ms / 1000) / 1e9:.1f} GB/s)")
     print(f"matvec floor, transposed weights: {transposed_ms:.1f} ms/token")
