@@ -378,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dtype",
+        choices=["float32", "bfloat16", "float16"],
         help="weights' dtype of this checkout's servers (finch-rag serve --dtype; the --before code has no such flag)",
     )
     parser.add_argument(

@@ -101,8 +101,9 @@ def load_model(
         Default: CUDA when available, else CPU.
     dtype : torch.dtype or str, optional
         A torch dtype or one of `DTYPES`' names. Default: bfloat16 on CUDA, float32 on CPU. On a CPU with
-        bfloat16 instructions (AVX512-BF16, AMX) ``"bfloat16"`` runs the matrix products about twice as fast
-        as float32 and reads half the bytes; its answers may differ from float32's.
+        bfloat16 instructions (AVX512-BF16, AMX) ``"bfloat16"`` runs the matrix products of compression and of
+        batches about twice as fast as float32 (one sequence's decoding is not faster: PyTorch's bfloat16
+        matrix-vector products are slow); its answers may differ from float32's.
     attn_implementation : str, optional
         Default: ``"flash_attention_2"`` on CUDA when ``flash-attn`` is installed, else ``"sdpa"``.
         ``"eager"`` is refused by the compressor.
