@@ -116,7 +116,7 @@ def add_dtype_argument(group: Any) -> None:
         "--dtype",
         choices=sorted(DTYPES),
         help="weights' dtype (default: float32 on a CPU, bfloat16 on CUDA). On a CPU with bfloat16 instructions "
-        "(AVX512-BF16, AMX) bfloat16 compresses and serves batches about twice as fast (one sequence's decoding "
+        "(AVX512-BF16, AMX) bfloat16 compresses and serves batches about 1.7x as fast (one sequence's decoding "
         "is not faster); its answers may differ from float32's",
     )
 
