@@ -415,6 +415,8 @@ def _worker_env() -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m benchmarks cost``."""
+    from finch_rag.models import DTYPES
+
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -431,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="weights' dtype (default: load_model's)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="weights' dtype (default: load_model's)")
     parser.add_argument("--data", default=None, help="data folder (default: $FINCH_RAG_DATA, else ../shared/data)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument(

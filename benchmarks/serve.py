@@ -40,6 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from finch_rag.models import DTYPES
+
 from .common import RESULTS_DIR, command_line, machine_description, markdown_table, meta_lines, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -293,12 +295,11 @@ def run_setups(args: argparse.Namespace, bodies: list[dict[str, Any]], logs: Pat
     if args.in_process and 1 in args.concurrency:
         import torch
 
-        from finch_rag import FinchCompressor, FinchConfig, PrefixCache, load_model
+        from finch_rag.frontends.handle import shared_compressor
 
         if args.server_threads is not None:
             torch.set_num_threads(args.server_threads)  # the reference runs as the servers do
-        model, tokenizer = load_model(dtype=args.dtype)  # with a prefix cache, as a server's own model has
-        compressor = FinchCompressor(model, tokenizer, config=FinchConfig(progress=False), prefix_cache=PrefixCache())
+        compressor = shared_compressor(None, args.dtype)  # what a server loads: the same dtype and prefix cache
         in_process(compressor, bodies[:1])  # warm-up, as the servers get
     rows = []
     with contextlib.ExitStack() as stack:
@@ -378,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dtype",
-        choices=["float32", "bfloat16", "float16"],
+        choices=sorted(DTYPES),
         help="weights' dtype of this checkout's servers (finch-rag serve --dtype; the --before code has no such flag)",
     )
     parser.add_argument(

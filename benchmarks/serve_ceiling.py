@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from finch_rag.models import DTYPES
+
 from .common import RESULTS_DIR, command_line, machine_description, markdown_table, meta_lines, write_json
 from .serve import demo_requests
 
@@ -46,13 +48,13 @@ def matmul_rate(hidden: int, intermediate: int, rows: int, dtype: Any, repeats: 
 
 def measure(dtype_name: str, repeats: int) -> dict[str, Any]:
     """One dtype's row: FLOPs, time and rate of a batch of 8, the matmul rate and the ceiling."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from finch_rag import FinchCompressor, FinchConfig, Passage, PrefixCache, load_model
+    from finch_rag import FinchConfig, Passage
+    from finch_rag.frontends.handle import shared_compressor
 
-    model, tokenizer = load_model(dtype=dtype_name)
-    compressor = FinchCompressor(model, tokenizer, FinchConfig(progress=False), prefix_cache=PrefixCache())
+    compressor = shared_compressor(None, dtype_name)  # what a server loads: that dtype, with a prefix cache
+    model = compressor.model
     bodies = demo_requests(BATCH, documents=2, max_tokens=6, target_tokens=64)
     contexts = [[Passage(document["text"], document["title"]) for document in body["documents"]] for body in bodies]
     questions = [body["messages"][-1]["content"] for body in bodies]
@@ -73,7 +75,7 @@ def measure(dtype_name: str, repeats: int) -> dict[str, Any]:
         times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
     text_config = model.config.get_text_config()
-    rate = matmul_rate(text_config.hidden_size, text_config.intermediate_size, 1536, getattr(torch, dtype_name), 20)
+    rate = matmul_rate(text_config.hidden_size, text_config.intermediate_size, 1536, DTYPES[dtype_name], 20)
     return {
         "dtype": dtype_name,
         "gflop_per_request": flops / BATCH / 1e9,
@@ -89,7 +91,7 @@ def measure(dtype_name: str, repeats: int) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_ceiling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (as the server's --server-threads)")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per dtype (median)")
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument("--name", default="serve_ceiling", help="output file stem")

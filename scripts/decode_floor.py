@@ -31,6 +31,7 @@ from transformers import DynamicCache
 
 from finch_rag import load_model
 from finch_rag.compression.cache import cache_kwargs
+from finch_rag.models import DTYPES
 
 
 def _median_ms(run: Callable[[], object], repeats: int) -> float:
@@ -47,7 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the weights' dtype")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the weights' dtype")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = load_model(dtype=args.dtype)
