@@ -8,8 +8,8 @@ one score per context column, and then calls the original attention function unc
 are ever materialised: no ``output_attentions``, no eager attention. Models loaded with flash (or flex)
 attention compress on SDPA's twin, because transformers' flash wrapper finds its kernel by the
 implementation's name; they decode on their own implementation. The capture reads SDPA's 4-D masks and
-flash-style 2-D padding masks alike. A sliding-window layer given a long pass runs its attention on blocks of
-rows and the keys their window reaches (`banded_attention`), not on the whole masked square.
+flash-style 2-D padding masks alike. A long step runs its attention on blocks of rows and the keys they reach
+(causal, and within the window on a sliding layer: `banded_attention`), not on the whole masked rectangle.
 
 The per-call state travels as a forward keyword argument (``finch_capture``) that transformers passes
 through to every attention call, so nothing is stored on the model or in globals and concurrent calls on
@@ -29,6 +29,8 @@ from transformers.masking_utils import AttentionMaskInterface
 
 CAPTURE_KWARG = "finch_capture"
 _KEY_PREFIX = "finch_"
+CAUSAL_BLOCK_ROWS = 128
+"""Query rows per block when a step's attention runs in blocks (`banded_attention`) on a layer without a window."""
 
 
 @dataclass
@@ -182,10 +184,24 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
                 sliding_window=window,
                 softcap=kwargs.get("softcap"),
             )
-        if window and attention_mask is not None and attention_mask.dim() == 4 and query.shape[2] > 2 * window:
-            return banded_attention(
-                inner, module, query, key, value, attention_mask, window, scaling=scaling, dropout=dropout, **kwargs
-            )
+        if attention_mask is not None and attention_mask.dim() == 4:
+            # A step with a cache gets a 4-D mask, and SDPA then computes every query-key product: run the
+            # rows in blocks over only the keys they can see (a window's worth on a sliding layer).
+            block_rows = window or CAUSAL_BLOCK_ROWS
+            if query.shape[2] > 2 * block_rows:
+                return banded_attention(
+                    inner,
+                    module,
+                    query,
+                    key,
+                    value,
+                    attention_mask,
+                    block_rows,
+                    window=window,
+                    scaling=scaling,
+                    dropout=dropout,
+                    **kwargs,
+                )
         return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     return attention_forward
@@ -198,26 +214,29 @@ def banded_attention(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor,
-    window: int,
+    block_rows: int,
+    window: int | None = None,
     scaling: float | None = None,
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A sliding-window layer's attention, ``inner`` run on blocks of ``window`` query rows and the keys they reach.
+    """A layer's attention, ``inner`` run on blocks of ``block_rows`` query rows and only the keys they reach.
 
-    SDPA with a mask computes every query-key product and masks most of them away: over a pass of ``n`` tokens a
-    layer of window ``W`` pays ``n^2`` for ``2 W n`` that count, which made a one-pass read of 4k tokens cost
-    Gemma 3 what a full prefill does. Each block's rows see keys within ``window`` of them (the boolean 4-D mask
-    is read to make sure; if it lets a row see further, or is additive, the layer runs whole), so the result is
-    the layer's own up to floating-point summation order. ``query`` is ``[batch, heads, q_len, head_dim]``; the
-    step's rows are the last ``q_len`` of the ``k_len`` keys.
+    SDPA with a mask computes every query-key product and masks the unseen ones away. A causal step of ``q``
+    rows after ``c`` cached entries pays ``q (c + q)`` for ``q c + q^2 / 2`` that count (with a cache PyTorch's
+    ``is_causal`` cannot be used: it aligns the triangle to the top left); blocks cut the waste to ``q b / 2``.
+    A sliding layer of ``window`` ``W`` pays ``n^2`` for ``2 W n`` over a pass of ``n`` tokens, which made a
+    one-pass read of 4k tokens cost Gemma 3 what a full prefill does; its blocks also skip keys before the band.
+    The boolean 4-D mask is read to make sure no row of a block sees a skipped key (if one does, or the mask is
+    additive, the layer runs whole), so the result is the layer's own up to floating-point summation order.
+    ``query`` is ``[batch, heads, q_len, head_dim]``; the step's rows are the last ``q_len`` of the ``k_len`` keys.
     """
     q_len, k_len = query.shape[2], key.shape[2]
     mask = attention_mask[..., -q_len:, -k_len:]
     blocks = []
-    for start in range(0, q_len, window):
-        end = min(start + window, q_len)
-        first_key = max(0, k_len - q_len + start - window)
+    for start in range(0, q_len, block_rows):
+        end = min(start + block_rows, q_len)
+        first_key = max(0, k_len - q_len + start - window) if window else 0
         last_key = k_len - q_len + end  # causal: no row of the block sees past its own key
         rows = mask[..., start:end, :]
         if rows.dtype != torch.bool or rows[..., :first_key].any() or rows[..., last_key:].any():

@@ -16,6 +16,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from finch_rag import FinchCompressor, FinchConfig
 from finch_rag.compression.attention import (
     CAPTURE_KWARG,
+    CAUSAL_BLOCK_ROWS,
     QuestionAttentionCapture,
     banded_attention,
     capturing_attention,
@@ -105,6 +106,18 @@ def test_question_rows_match_eager_sliding_variants(arch, overrides):
         torch.testing.assert_close(a / full.shape[1], b / full.shape[1], atol=1e-5, rtol=1e-4)
     windowed = [float(a[:, : n - 16].abs().max()) == 0.0 for a in got]
     assert windowed == ([True, True] if arch == "mistral" else [False, True])
+
+
+def test_a_long_step_after_a_cache_matches_eager(tiny_model):
+    """A step longer than two blocks of rows runs its attention in blocks (`banded_attention`): every later
+    layer's question rows still see what eager attention gives."""
+    context = torch.tensor([[(13 * i + 5) % 110 + 8 for i in range(2 * CAUSAL_BLOCK_ROWS + 40)]])
+    n, m, prefix = context.shape[1], QUESTION_IDS.shape[1], PREFIX.shape[1]
+    full = torch.cat((PREFIX, context, QUESTION_IDS), dim=1)
+    expected = reference_scores(eager_twin(tiny_model), full, prefix, n, m, normalize=True)
+    got = captured_scores(tiny_model, PREFIX, context, QUESTION_IDS, normalize=True, prefill_prefix=True)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a / full.shape[1], b / full.shape[1], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("selection", ["per_head", "per_layer", "shared"])
@@ -211,7 +224,7 @@ def test_banded_attention_is_the_layer_s_own(cached, q_len):
     query, key, value, mask = _sliding_inputs(window, cached, q_len)
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
     expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(sdpa_attention_forward, module, query, key, value, mask, window, scaling=0.3)[0]
+    got = banded_attention(sdpa_attention_forward, module, query, key, value, mask, window, window=window, scaling=0.3)[0]
     torch.testing.assert_close(got, expected)
 
 
@@ -227,6 +240,51 @@ def test_banded_attention_runs_whole_when_the_mask_reaches_past_the_window():
 
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
     expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(counting, module, query, key, value, mask, window, scaling=0.3)[0]
+    got = banded_attention(counting, module, query, key, value, mask, window, window=window, scaling=0.3)[0]
     assert calls == [70]  # one call, over every row
+    torch.testing.assert_close(got, expected)
+
+
+def _causal_inputs(cached: int, q_len: int):
+    generator = torch.Generator().manual_seed(cached + q_len)
+    k_len = cached + q_len
+    query = torch.randn(2, 4, q_len, 8, generator=generator)
+    key, value = torch.randn(2, 2, k_len, 8, generator=generator), torch.randn(2, 2, k_len, 8, generator=generator)
+    rows, columns = torch.arange(cached, k_len)[:, None], torch.arange(k_len)[None, :]
+    mask = (columns <= rows)[None, None].repeat(2, 1, 1, 1)
+    mask[1, ..., :3] = False  # the second row of the batch is left-padded
+    return query, key, value, mask
+
+
+@pytest.mark.parametrize(("cached", "q_len", "block_rows"), [(40, 100, 16), (3, 64, 16), (0, 50, 7)])
+def test_causal_blocks_are_the_layer_s_own(cached, q_len, block_rows):
+    # A step after a cache gets a 4-D mask; its rows run in blocks over only the keys up to their own.
+    query, key, value, mask = _causal_inputs(cached, q_len)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append((args[1].shape[2], args[2].shape[2]))
+        return sdpa_attention_forward(*args, **kwargs)
+
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
+    got = banded_attention(counting, module, query, key, value, mask, block_rows, scaling=0.3)[0]
+    torch.testing.assert_close(got, expected)
+    starts = range(0, q_len, block_rows)
+    assert calls == [(min(block_rows, q_len - start), cached + min(start + block_rows, q_len)) for start in starts]
+
+
+def test_causal_blocks_run_whole_when_a_row_sees_a_later_key():
+    query, key, value, mask = _causal_inputs(10, 64)
+    mask[0, 0, 0, -1] = True  # the first row also sees the last key: not causal
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[2])
+        return sdpa_attention_forward(*args, **kwargs)
+
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
+    got = banded_attention(counting, module, query, key, value, mask, 16, scaling=0.3)[0]
+    assert calls == [64]
     torch.testing.assert_close(got, expected)
