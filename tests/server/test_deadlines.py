@@ -99,10 +99,16 @@ def test_an_expired_request_leaves_its_batch_and_the_others_are_unchanged(client
         chat(**options, messages=[{"role": "user", "content": "What is the secret code?"}]),
     ]
     alone = [client.post("/v1/chat/completions", json=body) for body in (bodies[0], bodies[2])]
-    before = _batches(client)
-    with ThreadPoolExecutor(len(bodies)) as pool:  # within one batch window: one padded batch of three
-        together = list(pool.map(lambda body: client.post("/v1/chat/completions", json=body), bodies))
-    assert _batches(client) == before + 1
+    # Sent together they fall in one batch window: one padded batch of three. On a loaded machine a thread may
+    # post after the 300 ms window closes; that round shows nothing about a shared batch, so it is sent again.
+    for _ in range(3):
+        before = _batches(client)
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(lambda body: client.post("/v1/chat/completions", json=body), bodies))
+        if _batches(client) == before + 1:
+            break
+    else:
+        pytest.fail("The three concurrent requests never shared one batch in three rounds.")
     assert_timeout(together[1])
     for solo, batched in zip(alone, (together[0], together[2]), strict=True):
         assert solo.status_code == batched.status_code == 200
