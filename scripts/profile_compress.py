@@ -28,9 +28,9 @@ PARTS = [
     ("  attention (SDPA twin) in every layer", "finch_rag/compression/attention.py", "attention_forward"),
     ("    question-row scores", "finch_rag/compression/attention.py", "question_row_scores"),
     ("  keep best: select, gather, re-rotate, pack", "finch_rag/compression/loop.py", "_keep_best"),
-    ("    selection (scores, smoothing, top-k)", "finch_rag/compression/loop.py", "_select"),
+    ("    selection (scores, smoothing, top-k)", "finch_rag/compression/selection.py", "select"),
     ("    key re-rotation", "finch_rag/compression/rotation.py", "rerotate"),
-    ("batch cache assembly", "finch_rag/compression/loop.py", "_batch_cache"),
+    ("  cache assembly (left-padded batch of one)", "finch_rag/compression/cache.py", "stack_left_padded"),
 ]
 
 
@@ -62,7 +62,9 @@ def main() -> None:
     for (path, _, name), (_, _, _, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
         for _label, fragment, function in PARTS:
             if path.endswith(fragment) and name == function:
-                cumulative[(fragment, function)] = cumulative.get((fragment, function), 0.0) + cum
+                # Several functions may share a name (a policy's select calling its base's): the outermost
+                # one's cumulative time holds the others'.
+                cumulative[(fragment, function)] = max(cumulative.get((fragment, function), 0.0), cum)
     total = cumulative.get(("finch_rag/compressor.py", "compress_ids"), wall)
     print(f"# Profile of one compression ({args.tokens} context tokens, B={args.target_tokens}, S={args.chunk_size})\n")
     print(
