@@ -109,8 +109,10 @@ def test_question_rows_match_eager_sliding_variants(arch, overrides):
 
 
 def test_a_long_step_after_a_cache_matches_eager(tiny_model):
-    """A step longer than two blocks of rows runs its attention in blocks (`banded_attention`): every later
-    layer's question rows still see what eager attention gives."""
+    """A step longer than two blocks of rows runs its attention in blocks (`banded_attention`).
+
+    Every later layer's question rows still see what eager attention gives.
+    """
     context = torch.tensor([[(13 * i + 5) % 110 + 8 for i in range(2 * CAUSAL_BLOCK_ROWS + 40)]])
     n, m, prefix = context.shape[1], QUESTION_IDS.shape[1], PREFIX.shape[1]
     full = torch.cat((PREFIX, context, QUESTION_IDS), dim=1)
@@ -224,7 +226,8 @@ def test_banded_attention_is_the_layer_s_own(cached, q_len):
     query, key, value, mask = _sliding_inputs(window, cached, q_len)
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
     expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(sdpa_attention_forward, module, query, key, value, mask, window, window=window, scaling=0.3)[0]
+    got = banded_attention(sdpa_attention_forward, module, query, key, value, mask, window, window=window, scaling=0.3)
+    got = got[0]
     torch.testing.assert_close(got, expected)
 
 
