@@ -85,6 +85,19 @@ def test_options_are_declared_once_and_validated(compressor: FinchCompressor) ->
         Options(compressor=compressor, model_name="x")
 
 
+def test_a_dtype_reaches_the_model_loaded_by_name(compressor: FinchCompressor) -> None:
+    assert Options(model_name="not-loaded", dtype="bfloat16")._handle.dtype == "bfloat16"  # nothing loaded yet
+    with pytest.raises(ValidationError, match="bfloat16"):
+        Options(dtype="float64")
+    with pytest.raises(ValueError, match="keeps its model's dtype"):
+        Options(compressor=compressor, dtype="bfloat16")
+
+
+@pytest.mark.slow
+def test_the_embedded_model_loads_in_the_dtype_asked() -> None:
+    assert Options(dtype="bfloat16").compressor.model.dtype == torch.bfloat16
+
+
 def test_an_automatic_budget_is_an_option_that_reaches_the_compressor(handle: CompressorHandle) -> None:
     options = Options(compressor=handle.get(), target_tokens="auto", attention_mass=0.5, max_target_tokens=40)
     config = options.config
