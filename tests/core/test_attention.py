@@ -208,61 +208,23 @@ def test_question_row_scores_direct(mask_kind, softcap, window):
     torch.testing.assert_close(got.double().reshape(batch, heads, -1), expected, atol=1e-5, rtol=1e-5)
 
 
-def _sliding_inputs(window: int, cached: int, q_len: int):
-    generator = torch.Generator().manual_seed(window + q_len)
+def _step_inputs(cached: int, q_len: int, window: int | None = None):
+    """A step of ``q_len`` rows after ``cached`` entries and its boolean 4-D mask (causal, banded with a window)."""
+    generator = torch.Generator().manual_seed((window or 0) + cached + q_len)
     k_len = cached + q_len
     query = torch.randn(2, 4, q_len, 8, generator=generator)
     key, value = torch.randn(2, 2, k_len, 8, generator=generator), torch.randn(2, 2, k_len, 8, generator=generator)
     rows, columns = torch.arange(cached, k_len)[:, None], torch.arange(k_len)[None, :]
-    mask = ((columns <= rows) & (columns > rows - window))[None, None].repeat(2, 1, 1, 1)
+    visible = columns <= rows
+    if window is not None:
+        visible &= columns > rows - window
+    mask = visible[None, None].repeat(2, 1, 1, 1)
     mask[1, ..., :3] = False  # the second row of the batch is left-padded
     return query, key, value, mask
 
 
-@pytest.mark.parametrize(("cached", "q_len"), [(5, 70), (0, 33), (40, 100)])
-def test_banded_attention_is_the_layer_s_own(cached, q_len):
-    # Gemma 3's sliding layers read a long pass block by block: the same output as SDPA over the whole mask.
-    window = 16
-    query, key, value, mask = _sliding_inputs(window, cached, q_len)
-    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
-    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(sdpa_attention_forward, module, query, key, value, mask, window, window=window, scaling=0.3)
-    got = got[0]
-    torch.testing.assert_close(got, expected)
-
-
-def test_banded_attention_runs_whole_when_the_mask_reaches_past_the_window():
-    window = 16
-    query, key, value, mask = _sliding_inputs(window, 5, 70)
-    mask[0, 0, -1, 0] = True  # the last row also sees the first key, out of any band
-    calls = []
-
-    def counting(*args, **kwargs):
-        calls.append(args[1].shape[2])
-        return sdpa_attention_forward(*args, **kwargs)
-
-    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
-    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(counting, module, query, key, value, mask, window, window=window, scaling=0.3)[0]
-    assert calls == [70]  # one call, over every row
-    torch.testing.assert_close(got, expected)
-
-
-def _causal_inputs(cached: int, q_len: int):
-    generator = torch.Generator().manual_seed(cached + q_len)
-    k_len = cached + q_len
-    query = torch.randn(2, 4, q_len, 8, generator=generator)
-    key, value = torch.randn(2, 2, k_len, 8, generator=generator), torch.randn(2, 2, k_len, 8, generator=generator)
-    rows, columns = torch.arange(cached, k_len)[:, None], torch.arange(k_len)[None, :]
-    mask = (columns <= rows)[None, None].repeat(2, 1, 1, 1)
-    mask[1, ..., :3] = False  # the second row of the batch is left-padded
-    return query, key, value, mask
-
-
-@pytest.mark.parametrize(("cached", "q_len", "block_rows"), [(40, 100, 16), (3, 64, 16), (0, 50, 7)])
-def test_causal_blocks_are_the_layer_s_own(cached, q_len, block_rows):
-    # A step after a cache gets a 4-D mask; its rows run in blocks over only the keys up to their own.
-    query, key, value, mask = _causal_inputs(cached, q_len)
+def _in_blocks(query, key, value, mask, block_rows: int, window: int | None = None):
+    """`banded_attention`'s output, SDPA's over the whole step, and the (rows, keys) of each inner call."""
     calls = []
 
     def counting(*args, **kwargs):
@@ -271,23 +233,37 @@ def test_causal_blocks_are_the_layer_s_own(cached, q_len, block_rows):
 
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
     expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(counting, module, query, key, value, mask, block_rows, scaling=0.3)[0]
+    got = banded_attention(counting, module, query, key, value, mask, block_rows, window=window, scaling=0.3)[0]
+    return got, expected, calls
+
+
+@pytest.mark.parametrize(("cached", "q_len"), [(5, 70), (0, 33), (40, 100)])
+def test_banded_attention_is_the_layer_s_own(cached, q_len):
+    # Gemma 3's sliding layers read a long pass block by block: the same output as SDPA over the whole mask.
+    got, expected, _ = _in_blocks(*_step_inputs(cached, q_len, window=16), 16, window=16)
+    torch.testing.assert_close(got, expected)
+
+
+def test_banded_attention_runs_whole_when_the_mask_reaches_past_the_window():
+    query, key, value, mask = _step_inputs(5, 70, window=16)
+    mask[0, 0, -1, 0] = True  # the last row also sees the first key, out of any band
+    got, expected, calls = _in_blocks(query, key, value, mask, 16, window=16)
+    assert calls == [(70, 75)]  # one call, over every row
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(("cached", "q_len", "block_rows"), [(40, 100, 16), (3, 64, 16), (0, 50, 7)])
+def test_causal_blocks_are_the_layer_s_own(cached, q_len, block_rows):
+    # A step after a cache gets a 4-D mask; its rows run in blocks over only the keys up to their own.
+    got, expected, calls = _in_blocks(*_step_inputs(cached, q_len), block_rows)
     torch.testing.assert_close(got, expected)
     starts = range(0, q_len, block_rows)
     assert calls == [(min(block_rows, q_len - start), cached + min(start + block_rows, q_len)) for start in starts]
 
 
 def test_causal_blocks_run_whole_when_a_row_sees_a_later_key():
-    query, key, value, mask = _causal_inputs(10, 64)
+    query, key, value, mask = _step_inputs(10, 64)
     mask[0, 0, 0, -1] = True  # the first row also sees the last key: not causal
-    calls = []
-
-    def counting(*args, **kwargs):
-        calls.append(args[1].shape[2])
-        return sdpa_attention_forward(*args, **kwargs)
-
-    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
-    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(counting, module, query, key, value, mask, 16, scaling=0.3)[0]
-    assert calls == [64]
+    got, expected, calls = _in_blocks(query, key, value, mask, 16)
+    assert calls == [(64, 74)]
     torch.testing.assert_close(got, expected)
