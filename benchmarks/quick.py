@@ -40,6 +40,12 @@ QUICK: list[tuple[str, list[str]]] = [
     ),
     ("reliability", ["soak", "--requests", "40", "--warmup", "10", "--clients", "2", "--sample-every", "10"]),
 ]
+# The shared flags each suite takes beyond --out (default: all of them); `suite_argv` adds only these.
+SHARED_FLAGS: dict[str, tuple[str, ...]] = {
+    "cost": ("--data", "--model"),
+    "batch": ("--data", "--model"),
+    "reliability": ("--model",),  # the soak serves a model; it reads no data and has no --quiet
+}
 SMOKE: list[tuple[str, list[str]]] = [
     ("squad", ["--limit", "1", "--budgets", "4x", "--methods", "full", "truncation", "finch", "first"]),
     ("hotpotqa", ["--limit", "1", "--budgets", "8x", "--methods", "truncation", "finch_rag", "--no-answer"]),
@@ -67,23 +73,30 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def suite_argv(
+    suite: str, options: Sequence[str], out: Path, data: str | None, model: str | None, smoke: bool
+) -> list[str]:
+    """The command line `main` runs ``suite`` with: its plan's options, then the shared flags it takes."""
+    flags = SHARED_FLAGS.get(suite, ("--data", "--model", "--quiet"))
+    argv = [*options, "--out", str(out)]
+    argv += ["--data", data] if data and "--data" in flags else []
+    argv += ["--model", model] if model and "--model" in flags else []
+    argv += ["--quiet"] if "--quiet" in flags else []
+    if smoke:
+        argv += ["--max-new-tokens", "4"] if suite != "niah" else ["--max-new-tokens", "4", "--no-plot"]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = SMOKE if args.smoke else QUICK
     out = Path(args.out or RESULTS_DIR / ("smoke" if args.smoke else "quick"))
-    shared = ["--out", str(out)]
-    shared += ["--data", args.data] if args.data else []
-    shared += ["--model", args.model] if args.model else []
     started, cpu_started = time.perf_counter(), _cpu_seconds()
     for suite, options in plan:
-        suite_argv = [*options, *shared]
-        if suite not in ("cost", "batch"):
-            suite_argv.append("--quiet")
-        if args.smoke:
-            suite_argv += ["--max-new-tokens", "4"] if suite != "niah" else ["--max-new-tokens", "4", "--no-plot"]
-        print(f"\n=== python -m benchmarks {suite} {' '.join(suite_argv)}", file=sys.stderr)
+        command = suite_argv(suite, options, out, args.data, args.model, args.smoke)
+        print(f"\n=== python -m benchmarks {suite} {' '.join(command)}", file=sys.stderr)
         suite_started, suite_cpu = time.perf_counter(), _cpu_seconds()
-        status = run_suite(suite, suite_argv)
+        status = run_suite(suite, command)
         wall, cpu = time.perf_counter() - suite_started, _cpu_seconds() - suite_cpu
         print(f"=== {suite}: {wall:.0f} s ({cpu:.0f} CPU s)", file=sys.stderr)
         if status:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shlex
@@ -238,14 +239,20 @@ def test_methods_are_named_by_finch_config_fields():
 def test_quick_plans_parse_and_cover_every_suite():
     """`make bench-quick` runs every other suite; each planned command line parses with that suite's parser."""
     from benchmarks import SUITES, suite_parser
-    from benchmarks.quick import QUICK, SMOKE
+    from benchmarks.quick import QUICK, SMOKE, suite_argv
+    from benchmarks.reliability import COMMANDS
 
     # peers needs kvpress's own environment and ruler only writes its inputs, so neither is in the quick run.
     assert [suite for suite, _ in QUICK] == [name for name in SUITES if name not in ("quick", "ruler", "peers")]
-    for suite, options in QUICK + SMOKE:
-        args = suite_parser(suite).parse_args([*options, "--out", "x"])
-        if suite == "cost":
-            assert max(args.lengths) <= 1024, "the quick cost run stays at short contexts"
+    for plan, smoke in ((QUICK, False), (SMOKE, True)):
+        for suite, options in plan:
+            # Exactly what `quick` runs, with every shared flag given (--data, --model), through the real parser.
+            args = suite_parser(suite).parse_args(suite_argv(suite, options, Path("x"), "d", "m", smoke))
+            if suite == "reliability":  # its parser hands the options to the command's own parser
+                command = importlib.import_module(f"benchmarks.reliability.{COMMANDS[args.command]}")
+                command.build_parser().parse_args(args.options)
+            if suite == "cost":
+                assert max(args.lengths) <= 1024, "the quick cost run stays at short contexts"
 
 
 BENCH_COMMAND = re.compile(r"^\s*(?:\$ )?(?:\S*python\S* )?-m benchmarks (.+)$")
