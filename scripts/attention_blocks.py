@@ -4,7 +4,7 @@
 
 A step after a cache gets a 4-D mask, and SDPA then computes every query-key product; the capturing twin runs
 such a step on blocks of ``CAUSAL_BLOCK_ROWS`` query rows over only the keys each block sees
-(`finch_rag.compression.attention.banded_attention`). Shapes are the embedded SmolLM2's (9 query heads, 3 KV
+(`finch_rag.compression.attention.blocked_attention`). Shapes are the embedded SmolLM2's (9 query heads, 3 KV
 heads, 64 dimensions); prints a Markdown table of medians.
 """
 
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from finch_rag.compression.attention import CAUSAL_BLOCK_ROWS, banded_attention
+from finch_rag.compression.attention import CAUSAL_BLOCK_ROWS, blocked_attention
 
 # (cached entries, step rows): a first chunk of 512 + question, a later one after B = 256 survivors, one pass.
 STEPS = [(40, 531), (296, 531), (40, 1083), (40, 2067)]
@@ -45,7 +45,7 @@ def _step_row(cached: int, rows: int, repeats: int) -> str:
     mask = (columns <= positions)[None, None]
     whole = _median_ms(lambda: sdpa_attention_forward(module, query, key, value, mask, scaling=0.125), repeats)
     blocks = _median_ms(
-        lambda: banded_attention(sdpa_attention_forward, module, query, key, value, mask, CAUSAL_BLOCK_ROWS),
+        lambda: blocked_attention(sdpa_attention_forward, module, query, key, value, mask, CAUSAL_BLOCK_ROWS),
         repeats,
     )
     own_key, own_value = key[:, :, cached:], value[:, :, cached:]

@@ -9,7 +9,7 @@ are ever materialised: no ``output_attentions``, no eager attention. Models load
 attention compress on SDPA's twin, because transformers' flash wrapper finds its kernel by the
 implementation's name; they decode on their own implementation. The capture reads SDPA's 4-D masks and
 flash-style 2-D padding masks alike. A long step runs its attention on blocks of rows and the keys they reach
-(causal, and within the window on a sliding layer: `banded_attention`), not on the whole masked rectangle.
+(causal, and within the window on a sliding layer: `blocked_attention`), not on the whole masked rectangle.
 
 The per-call state travels as a forward keyword argument (``finch_capture``) that transformers passes
 through to every attention call, so nothing is stored on the model or in globals and concurrent calls on
@@ -30,7 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface
 CAPTURE_KWARG = "finch_capture"
 _KEY_PREFIX = "finch_"
 CAUSAL_BLOCK_ROWS = 128
-"""Query rows per block when a step's attention runs in blocks (`banded_attention`) on a CPU layer without a window."""
+"""Query rows per block when a step's attention runs in blocks (`blocked_attention`) on a CPU layer without a window."""
 
 
 @dataclass
@@ -191,7 +191,7 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
             # the masked products they skip, so there a layer without a window runs whole.
             block_rows = window or (CAUSAL_BLOCK_ROWS if query.device.type == "cpu" else 0)
             if block_rows and query.shape[2] > 2 * block_rows:
-                return banded_attention(
+                return blocked_attention(
                     inner,
                     module,
                     query,
@@ -209,7 +209,7 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
     return attention_forward
 
 
-def banded_attention(
+def blocked_attention(
     inner: Callable[..., Any],
     module: torch.nn.Module,
     query: torch.Tensor,

@@ -18,7 +18,7 @@ from finch_rag.compression.attention import (
     CAPTURE_KWARG,
     CAUSAL_BLOCK_ROWS,
     QuestionAttentionCapture,
-    banded_attention,
+    blocked_attention,
     capturing_attention,
     question_row_scores,
 )
@@ -103,7 +103,7 @@ def test_question_rows_match_eager_sliding_variants(arch, overrides):
 
 
 def test_a_long_step_after_a_cache_matches_eager(tiny_model):
-    """A step longer than two blocks of rows runs its attention in blocks (`banded_attention`).
+    """A step longer than two blocks of rows runs its attention in blocks (`blocked_attention`).
 
     Every later layer's question rows still see what eager attention gives.
     """
@@ -224,7 +224,7 @@ def _step_inputs(cached: int, q_len: int, window: int | None = None):
 
 
 def _in_blocks(query, key, value, mask, block_rows: int, window: int | None = None):
-    """`banded_attention`'s output, SDPA's over the whole step, and the (rows, keys) of each inner call."""
+    """`blocked_attention`'s output, SDPA's over the whole step, and the (rows, keys) of each inner call."""
     calls = []
 
     def counting(*args, **kwargs):
@@ -233,18 +233,18 @@ def _in_blocks(query, key, value, mask, block_rows: int, window: int | None = No
 
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
     expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
-    got = banded_attention(counting, module, query, key, value, mask, block_rows, window=window, scaling=0.3)[0]
+    got = blocked_attention(counting, module, query, key, value, mask, block_rows, window=window, scaling=0.3)[0]
     return got, expected, calls
 
 
 @pytest.mark.parametrize(("cached", "q_len"), [(5, 70), (0, 33), (40, 100)])
-def test_banded_attention_is_the_layer_s_own(cached, q_len):
+def test_blocked_attention_is_the_layer_s_own(cached, q_len):
     # Gemma 3's sliding layers read a long pass block by block: the same output as SDPA over the whole mask.
     got, expected, _ = _in_blocks(*_step_inputs(cached, q_len, window=16), 16, window=16)
     torch.testing.assert_close(got, expected)
 
 
-def test_banded_attention_runs_whole_when_the_mask_reaches_past_the_window():
+def test_blocked_attention_runs_whole_when_the_mask_reaches_past_the_window():
     query, key, value, mask = _step_inputs(5, 70, window=16)
     mask[0, 0, -1, 0] = True  # the last row also sees the first key, out of any band
     got, expected, calls = _in_blocks(query, key, value, mask, 16, window=16)
