@@ -11,28 +11,16 @@ heads, 64 dimensions); prints a Markdown table of medians.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from types import SimpleNamespace
 
 import torch
+from decode_floor import median_ms  # this folder is first on sys.path when the script runs
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from finch_rag.compression.attention import CAUSAL_BLOCK_ROWS, blocked_attention
 
 # (cached entries, step rows): a first chunk of 512 + question, a later one after B = 256 survivors, one pass.
 STEPS = [(40, 531), (296, 531), (40, 1083), (40, 2067)]
-
-
-def _median_ms(function: Callable[[], object], repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return 1000 * statistics.median(times)
 
 
 def _step_row(cached: int, rows: int, repeats: int) -> str:
@@ -43,13 +31,13 @@ def _step_row(cached: int, rows: int, repeats: int) -> str:
     key, value = torch.randn(2, 1, 3, cached + rows, 64, generator=generator)
     columns, positions = torch.arange(cached + rows)[None, :], torch.arange(cached, cached + rows)[:, None]
     mask = (columns <= positions)[None, None]
-    whole = _median_ms(lambda: sdpa_attention_forward(module, query, key, value, mask, scaling=0.125), repeats)
-    blocks = _median_ms(
+    whole = median_ms(lambda: sdpa_attention_forward(module, query, key, value, mask, scaling=0.125), repeats)
+    blocks = median_ms(
         lambda: blocked_attention(sdpa_attention_forward, module, query, key, value, mask, CAUSAL_BLOCK_ROWS),
         repeats,
     )
     own_key, own_value = key[:, :, cached:], value[:, :, cached:]
-    causal = _median_ms(lambda: sdpa_attention_forward(module, query, own_key, own_value, None), repeats)
+    causal = median_ms(lambda: sdpa_attention_forward(module, query, own_key, own_value, None), repeats)
     return f"| {cached} + {rows} | {whole:.1f} | {blocks:.1f} | {causal:.1f} |"
 
 

@@ -34,7 +34,7 @@ from finch_rag.compression.cache import cache_kwargs
 from finch_rag.models import DTYPES
 
 
-def _median_ms(run: Callable[[], object], repeats: int) -> float:
+def median_ms(run: Callable[[], object], repeats: int) -> float:
     run()  # warm-up
     times = []
     for _ in range(repeats):
@@ -60,13 +60,13 @@ def main() -> None:
 
     with torch.inference_mode():
         block = torch.ones(128 * 2**20)  # 512 MiB
-        read_ms = _median_ms(block.sum, args.repeats)
+        read_ms = median_ms(block.sum, args.repeats)
         bandwidth = block.numel() * block.element_size() / (read_ms / 1000)
 
         vectors = [torch.ones(1, matrix.shape[1], dtype=dtype) for matrix in matrices]
-        matvec_ms = _median_ms(lambda: [F.linear(v, m) for v, m in zip(vectors, matrices, strict=True)], args.repeats)
+        matvec_ms = median_ms(lambda: [F.linear(v, m) for v, m in zip(vectors, matrices, strict=True)], args.repeats)
         transposed = [matrix.t().contiguous() for matrix in matrices]
-        transposed_ms = _median_ms(lambda: [v @ t for v, t in zip(vectors, transposed, strict=True)], args.repeats)
+        transposed_ms = median_ms(lambda: [v @ t for v, t in zip(vectors, transposed, strict=True)], args.repeats)
 
         past = DynamicCache()
         prompt = torch.randint(100, 1000, (1, 256))
@@ -79,7 +79,7 @@ def main() -> None:
             logits = model(input_ids=token, use_cache=True, logits_to_keep=1, **cache_kwargs(model, past)).logits
             token = logits[:, -1].argmax(-1, keepdim=True)
 
-        step_ms = _median_ms(step, args.repeats)
+        step_ms = median_ms(step, args.repeats)
 
     print(f"torch {torch.__version__}, {args.threads} thread(s); weights {weight_bytes / 1e6:.0f} MB in {dtype}")
     print(f"read floor: {weight_bytes / bandwidth * 1000:.1f} ms/token ({bandwidth / 1e9:.1f} GB/s streaming)")
