@@ -32,6 +32,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 """The weight dtypes `load_model` takes by name (the ``--dtype`` flags)."""
 
 
+def dtype_named(name: str) -> torch.dtype:
+    """The dtype `DTYPES` names ``name``; a ValueError listing the names otherwise (never an attribute of torch)."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} (or None for the default), got {name!r}.")
+    return DTYPES[name]
+
+
 def cache_dir() -> Path:
     """Where converted models live.
 
@@ -72,9 +79,7 @@ def _auto_settings(
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)} (or a torch.dtype), got {dtype!r}.")
-        dtype = DTYPES[dtype]
+        dtype = dtype_named(dtype)
     if attn_implementation is None:
         attn_implementation = "sdpa"
         if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:

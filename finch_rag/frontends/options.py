@@ -29,7 +29,7 @@ from ..compressor import FinchCompressor
 from ..config import FinchConfig, budget_params
 from ..deadline import Deadline
 from ..generation import SamplingParams
-from ..models import DTYPES
+from ..models import dtype_named
 from .handle import CompressorHandle
 
 
@@ -160,8 +160,8 @@ class FinchOptions(BudgetOptions):
     @field_validator("dtype")
     @classmethod
     def _known_dtype(cls, value: str | None) -> str | None:
-        if value is not None and value not in DTYPES:
-            raise ValueError(f"must be one of {sorted(DTYPES)} (or None for the default), got {value!r}")
+        if value is not None:
+            dtype_named(value)  # fail when the object is built, not when the model loads
         return value
 
     def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:

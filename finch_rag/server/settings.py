@@ -11,7 +11,7 @@ from ..allocation import ALLOCATIONS
 from ..config import FinchConfig, merged_config
 from ..deadline import check_timeout
 from ..frontends import CONFIG_FIELDS
-from ..models import DEFAULT_MODEL, DTYPES
+from ..models import DEFAULT_MODEL, dtype_named
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -108,8 +108,8 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.config, FinchConfig):
             raise TypeError(f"config must be a FinchConfig, got {type(self.config).__name__}.")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, or None for the default, got {self.dtype!r}.")
+        if self.dtype is not None:
+            dtype_named(self.dtype)  # fail at start-up, not at the first request's model load
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
