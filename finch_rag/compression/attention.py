@@ -10,6 +10,7 @@ attention compress on SDPA's twin, because transformers' flash wrapper finds its
 implementation's name; they decode on their own implementation. The capture reads SDPA's 4-D masks and
 flash-style 2-D padding masks alike. A long step runs its attention on blocks of rows and the keys they reach
 (causal, and within the window on a sliding layer: `blocked_attention`), not on the whole masked rectangle.
+A compression pass stops once the last layer has written its keys and values (`fill_cache`).
 
 The per-call state travels as a forward keyword argument (``finch_capture``) that transformers passes
 through to every attention call, so nothing is stored on the model or in globals and concurrent calls on
@@ -28,6 +29,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface
 
 CAPTURE_KWARG = "finch_capture"
+LAST_LAYER_KWARG = "finch_last_layer"
 _KEY_PREFIX = "finch_"
 CAUSAL_BLOCK_ROWS = 128
 """Query rows per block when a step's attention runs in blocks (`blocked_attention`) on a CPU layer without a window."""
@@ -170,10 +172,11 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         capture: QuestionAttentionCapture | None = kwargs.pop(CAPTURE_KWARG, None)
+        last_layer: int | None = kwargs.pop(LAST_LAYER_KWARG, None)
         window = kwargs.get("sliding_window")
+        layer = cast(int, getattr(module, "layer_idx", None))  # Module attributes are typed Tensor | Module
         if capture is not None:
             layer_scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-            layer = cast(int, module.layer_idx)  # Module attributes are typed Tensor | Module
             capture.scores[layer] = question_row_scores(
                 module,
                 query,
@@ -184,6 +187,8 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
                 sliding_window=window,
                 softcap=kwargs.get("softcap"),
             )
+        if layer == last_layer:
+            raise _CacheFilled  # the layer's keys and values are in the cache: the rest of the pass is dead work
         if attention_mask is not None and attention_mask.dim() == 4:
             # A step with a cache gets a 4-D mask, and SDPA then computes every query-key product: run the
             # rows in blocks over only the keys they can see (a window's worth on a sliding layer). Causal
@@ -207,6 +212,29 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
         return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     return attention_forward
+
+
+class _CacheFilled(Exception):
+    """Raised by the capturing attention of a `fill_cache` pass's last layer, after the cache update."""
+
+
+def fill_cache(decoder: torch.nn.Module, last_layer: int | None, **forward_kwargs: Any) -> None:
+    """Run ``decoder`` on ``forward_kwargs`` (with a cache) until layer ``last_layer`` has written it, no further.
+
+    A compression pass is read for its cache and its question rows' attention only. Both are complete when the
+    last layer's attention is called (transformers' attention modules update the cache first), so that layer's
+    attention output, its MLP and the final norm, a ``1 / num_layers`` share of the pass, would be computed for
+    nothing: the capturing twin raises there and the pass ends. ``last_layer=None`` runs the whole pass (outside
+    `capturing_attention`, where nothing would raise). A model with accelerate hooks (``device_map`` offloading)
+    runs whole too: a hook must see its module's forward finish.
+    """
+    if last_layer is None or any(hasattr(module, "_hf_hook") for module in decoder.modules()):
+        decoder(**forward_kwargs)
+        return
+    try:
+        decoder(**forward_kwargs, **{LAST_LAYER_KWARG: last_layer})
+    except _CacheFilled:
+        pass
 
 
 def blocked_attention(

@@ -37,7 +37,7 @@ from transformers import DynamicCache, PreTrainedModel
 from ..config import FinchConfig
 from ..deadline import Deadline, DeadlineExceeded
 from ..progress import progress_bar
-from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention
+from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention, fill_cache
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
 from .chunking import chunk_bounds, resolve_chunk_size
 from .prefix_cache import UNBOUNDED_BYTES, PrefixCache
@@ -184,11 +184,16 @@ def compress_batch(
     # The whole compression, prefills included, runs under the capturing twin: a flash-attention model
     # then compresses on SDPA throughout (see `attention.capturing_attention`).
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
+    # Passes fill the cache only; under the twin they stop after the last layer's cache update.
+    last_layer = num_layers - 1 if policy.needs_attention else None
     with capture:
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
         # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.
         prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=UNBOUNDED_BYTES)
-        states = [_start(decoder, request, index, config, window, prefixes) for index, request in enumerate(requests)]
+        states = [
+            _start(decoder, request, index, config, window, prefixes, last_layer)
+            for index, request in enumerate(requests)
+        ]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
         progress = progress_bar(
             total=total_steps, desc="finch: compressing", unit="chunk", enabled=config.progress and total_steps > 1
@@ -199,7 +204,7 @@ def compress_batch(
                 if not active:
                     break
                 step_started = time.perf_counter()
-                _step(decoder, active, config, policy, num_layers, rotation, pad_token_id)
+                _step(decoder, active, config, policy, num_layers, rotation, pad_token_id, last_layer)
                 share = (time.perf_counter() - step_started) / len(active)
                 for state in active:
                     state.seconds += share
@@ -220,6 +225,7 @@ def _start(
     config: FinchConfig,
     window: int,
     prefixes: PrefixCache,
+    last_layer: int | None,
 ) -> _RequestState:
     """A request's state after its prefix prefill; a context within budget is prefilled whole and is done.
 
@@ -246,26 +252,26 @@ def _start(
     if shared is not None:
         state.keys, state.values, state.peak = list(shared[0]), list(shared[1]), state.prefix_length
     else:
-        _prefill(decoder, state, request.prefix_ids)
+        _prefill(decoder, state, request.prefix_ids, last_layer)
         prefixes.put(prefix, state.keys, state.values)
     if context_length <= state.budget:
         # Nothing to drop: prefill the context as is, chunk by chunk to bound activations.
         for start, end in state.bounds:
             if state.past_deadline(_chunk_stage(state)):
                 return state
-            _prefill(decoder, state, request.context_ids[:, start:end])
+            _prefill(decoder, state, request.context_ids[:, start:end], last_layer)
             state.next_chunk += 1
         state.kept_count = context_length
     state.seconds = time.perf_counter() - started
     return state
 
 
-def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Tensor) -> None:
+def _prefill(decoder: torch.nn.Module, state: _RequestState, input_ids: torch.Tensor, last_layer: int | None) -> None:
     """Append ``input_ids`` to the request's cache unchanged (prefix, or an uncompressed context)."""
     if input_ids.shape[1] == 0:
         return
     cache = cache_over(state.keys, state.values)
-    decoder(input_ids=input_ids, use_cache=True, **cache_kwargs(decoder, cache))
+    fill_cache(decoder, last_layer, input_ids=input_ids, use_cache=True, **cache_kwargs(decoder, cache))
     state.keys, state.values = all_layer_tensors(cache)
     state.peak = max(state.peak, cache.get_seq_length())
 
@@ -278,6 +284,7 @@ def _step(
     num_layers: int,
     rotation: KeyRotation,
     pad_token_id: int,
+    last_layer: int | None,
 ) -> None:
     """Read the next chunk of every active request in one forward pass, then keep what the policy picks."""
     device = active[0].request.context_ids.device
@@ -322,7 +329,8 @@ def _step(
         forward_kwargs[CAPTURE_KWARG] = capture
     if padded:
         forward_kwargs |= {"attention_mask": attention_mask, "position_ids": positions}
-    decoder(input_ids=input_ids, use_cache=True, **cache_kwargs(decoder, cache), **forward_kwargs)
+    forward_kwargs |= cache_kwargs(decoder, cache)
+    fill_cache(decoder, last_layer, input_ids=input_ids, use_cache=True, **forward_kwargs)
     if capture is not None and len(capture.scores) != num_layers:
         raise NotImplementedError(
             f"{type(decoder).__name__}: question attention was captured for {len(capture.scores)} of {num_layers} "

@@ -20,9 +20,10 @@ from finch_rag.compression.attention import (
     QuestionAttentionCapture,
     blocked_attention,
     capturing_attention,
+    fill_cache,
     question_row_scores,
 )
-from finch_rag.compression.cache import cache_kwargs
+from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
 
 PREFIX = torch.tensor([[1, 6, 7, 8, 9]])
 CONTEXT = torch.tensor([[(7 * i + 3) % 110 + 8 for i in range(40)]])  # longer than Gemma 3's window of 16
@@ -267,3 +268,46 @@ def test_causal_blocks_run_whole_when_a_row_sees_a_later_key():
     got, expected, calls = _in_blocks(query, key, value, mask, 16)
     assert calls == [(64, 74)]
     torch.testing.assert_close(got, expected)
+
+
+def _step_after_prefix(model, last_layer):
+    """Cache and captured scores of one [context ; question] step after the prefix, and the final norm's calls."""
+    decoder = model.get_decoder()
+    norm_calls = []
+    hook = decoder.norm.register_forward_hook(lambda *_: norm_calls.append(1))
+    capture = QuestionAttentionCapture(question_length=QUESTION_IDS.shape[1], first_candidate=PREFIX.shape[1])
+    cache = DynamicCache()
+    step = torch.cat((CONTEXT, QUESTION_IDS), dim=1)
+    try:
+        with torch.no_grad(), capturing_attention(model):
+            fill_cache(decoder, last_layer, input_ids=PREFIX, use_cache=True, **cache_kwargs(decoder, cache))
+            kwargs = cache_kwargs(decoder, cache) | {CAPTURE_KWARG: capture}
+            fill_cache(decoder, last_layer, input_ids=step, use_cache=True, **kwargs)
+    finally:
+        hook.remove()
+    return all_layer_tensors(cache), capture.scores, len(norm_calls)
+
+
+def test_a_pass_that_fills_the_cache_stops_after_the_last_layer_s_update(tiny_model):
+    (keys, values), scores, norm_calls = _step_after_prefix(tiny_model, tiny_model.config.num_hidden_layers - 1)
+    (whole_keys, whole_values), whole_scores, whole_norm_calls = _step_after_prefix(tiny_model, None)
+    assert (norm_calls, whole_norm_calls) == (0, 2)  # the stopped passes never reach the final norm
+    for got, expected in zip(keys + values, whole_keys + whole_values, strict=True):
+        assert torch.equal(got, expected)
+    assert scores.keys() == whole_scores.keys() == set(range(tiny_model.config.num_hidden_layers))
+    for layer, layer_scores in scores.items():
+        assert torch.equal(layer_scores, whole_scores[layer])
+
+
+def test_a_model_with_accelerate_hooks_runs_whole(tiny_models):
+    # An offloading hook moves weights back in its post-forward, so no pass may end inside a hooked module.
+    hooks = pytest.importorskip("accelerate.hooks")
+    model = tiny_models("llama")
+    layer = model.get_decoder().layers[0]
+    hooks.add_hook_to_module(layer, hooks.ModelHook())
+    try:
+        (keys, _), scores, norm_calls = _step_after_prefix(model, model.config.num_hidden_layers - 1)
+    finally:
+        hooks.remove_hook_from_module(layer)
+    assert norm_calls == 2
+    assert len(keys) == len(scores) == model.config.num_hidden_layers
