@@ -17,6 +17,9 @@ Levers (each a function of the recorded scores; ``default`` is exactly the polic
 - ``detrend``: each score divided by a 513-token moving average of the scores (recency as a smooth trend).
 - ``dedup``: among sentences that are near duplicates (word sets with Jaccard >= 0.8, >= 3 words), only the best
   scored competes; the others score 0 (the echoing reference titles).
+- ``lastR``: the scores voted from only the last ``R`` question rows' attention (SnapKV's observation window
+  inside the question) instead of all of them. They need a forward of their own: ``record --last-rows R ...``
+  runs one more pass per question that scores every window at once (`last_rows_shared`).
 - combinations joined by ``+``.
 
 Truncation is top-k truncation over the same ranking (the first ``B`` context tokens). Metric: ``kept_gold``, 1 when
@@ -29,6 +32,7 @@ some occurrence of the gold answer keeps at least half of its tokens.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import re
 import time
@@ -37,8 +41,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface
 
 from finch_rag import FinchConfig, RankWeighting, load_model
+from finch_rag.compression.attention import QuestionAttentionCapture, question_row_scores
+from finch_rag.compression.cache import cache_kwargs
 from finch_rag.compression.scoring import pool_spans
 from finch_rag.compression.selection import select_top
 from finch_rag.retrieval import EmbeddingRetriever, load_embedding_model
@@ -46,10 +55,84 @@ from finch_rag.retrieval import EmbeddingRetriever, load_embedding_model
 from .common import command_line, machine_description, markdown_table, meta_lines, write_json
 from .datasets import load_leval, word_chunks
 from .leval import cut_to_budget, masked_fractions, occurrences
-from .single_pass import record_pass
+from .single_pass import RecordedPass, record_pass
 from .stats import bootstrap_difference, mean, ratio_interval, won_lost
 
 _WORD = re.compile(r"[a-z0-9]+")
+_LAST_ROWS_KEY = "leval_lead_last_rows_sdpa"
+_LAST_ROWS_KWARG = "leval_last_rows"
+
+
+def _last_rows_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """SDPA that also fills every capture passed as ``leval_last_rows`` (one per window of question rows)."""
+    captures: dict[int, QuestionAttentionCapture] | None = kwargs.pop(_LAST_ROWS_KWARG, None)
+    for capture in (captures or {}).values():
+        capture.scores[int(module.layer_idx)] = question_row_scores(
+            module,
+            query,
+            key,
+            attention_mask,
+            scaling if scaling is not None else query.shape[-1] ** -0.5,
+            capture,
+            sliding_window=kwargs.get("sliding_window"),
+            softcap=kwargs.get("softcap"),
+        )
+    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+def last_rows_shared(
+    model: Any, recorded: RecordedPass, windows: Sequence[int], config: FinchConfig
+) -> dict[int, torch.Tensor]:
+    """``{R: [n]}``: the policy's voted scores from only the last ``R`` question rows, all windows in one forward.
+
+    The pass is the recorded one (prefix in the cache, then context and question); each window is a
+    `QuestionAttentionCapture` whose ``question_mask`` lets only its last ``R`` rows vote. The window of every
+    row is computed too and must match the recorded scores (up to the summation order of the core's blocks).
+    """
+    AttentionInterface.register(_LAST_ROWS_KEY, _last_rows_attention)
+    AttentionMaskInterface.register(_LAST_ROWS_KEY, AttentionMaskInterface()["sdpa"])
+    parts = recorded.parts
+    prefix, n, m = len(parts.prefix_ids), len(parts.context_ids), len(parts.question_ids)
+    captures = {
+        rows: QuestionAttentionCapture(
+            question_length=m,
+            first_candidate=prefix,
+            normalize_scores=config.normalize_scores,
+            question_mask=(torch.arange(m) >= m - rows).view(1, m),
+            last_column=prefix + n,
+        )
+        for rows in {*windows, m}
+    }
+    decoder = model.get_decoder()
+    cache = DynamicCache()
+    original = model.config._attn_implementation
+    model.config._attn_implementation = _LAST_ROWS_KEY
+    try:
+        with torch.inference_mode():
+            decoder(input_ids=torch.tensor([parts.prefix_ids]), use_cache=True, **cache_kwargs(decoder, cache))
+            step = torch.tensor([parts.context_ids + parts.question_ids])
+            decoder(input_ids=step, use_cache=True, **cache_kwargs(decoder, cache), **{_LAST_ROWS_KWARG: captures})
+    finally:
+        model.config._attn_implementation = original
+
+    def voted(capture: QuestionAttentionCapture) -> torch.Tensor:
+        layer_scores = [capture.scores[layer] for layer in range(len(capture.scores))]
+        candidates = dataclasses.replace(recorded.candidates, layer_scores=layer_scores)
+        return recorded.policy.shared(candidates)[0].float()  # type: ignore[attr-defined]
+
+    every_row = voted(captures[m])
+    recorded_shared = recorded.policy.shared(recorded.candidates)[0].float()  # type: ignore[attr-defined]
+    torch.testing.assert_close(every_row, recorded_shared, rtol=1e-3, atol=1e-6)
+    return {rows: voted(captures[rows]) for rows in windows}
 
 
 def record(args: argparse.Namespace) -> None:
@@ -95,6 +178,7 @@ def record(args: argparse.Namespace) -> None:
                 for low, high in occurrences(parts.context_text[start:end], gold):
                     gold_masks.append((offsets[:, 0] < start + high) & (offsets[:, 1] > start + low))
             truncated_parts, truncated_kept, _ = cut_to_budget(tokenizer, ranked, question, args.budget)
+            last_rows = last_rows_shared(model, recorded, args.last_rows, config) if args.last_rows else {}
             torch.save(
                 {
                     "page": page,
@@ -102,6 +186,7 @@ def record(args: argparse.Namespace) -> None:
                     "text": question,
                     "gold": gold,
                     "shared": shared.float(),
+                    "shared_last": last_rows,
                     "spans": spans,
                     "passage_of": passage_of,
                     "packed_scores": [retrieved[i].score for i in recorded.plan.order],
@@ -261,12 +346,21 @@ VARIANTS = [
 ]
 
 
+_LAST = re.compile(r"last([0-9]+)")
+
+
 def kept_under(variant: str, item: dict[str, Any], budget: int) -> torch.Tensor:
-    """``[n]`` 0/1: what the variant keeps at ``budget`` (sentence pooling first, as the policy does)."""
-    scores = pool_spans(item["shared"].view(1, -1), item["spans"].view(1, -1)).view(-1)
-    if variant != "default":
-        for name in variant.split("+"):
-            scores = LEVERS[name](scores, item)
+    """``[n]`` 0/1: what the variant keeps at ``budget`` (sentence pooling first, as the policy does).
+
+    A ``lastR`` part, first in the variant, votes from the last ``R`` question rows' scores instead.
+    """
+    names = [] if variant == "default" else variant.split("+")
+    voted = item["shared"]
+    if names and (window := _LAST.fullmatch(names[0])):
+        voted, names = item["shared_last"][int(window.group(1))], names[1:]
+    scores = pool_spans(voted.view(1, -1), item["spans"].view(1, -1)).view(-1)
+    for name in names:
+        scores = LEVERS[name](scores, item)
     chosen = select_top(scores.view(1, -1), min(budget, scores.shape[0]))
     kept = torch.zeros(scores.shape[0])
     kept[chosen[0]] = 1.0
@@ -286,6 +380,9 @@ def replay(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     embedder = load_embedding_model()
     for item in items:
         item["sentence_similarity"] = sentence_similarity(item, store, embedder)
+    # Windows recorded for every question (`record --last-rows`), alone and with the chosen sentence fusion.
+    windows = sorted(set.intersection(*(set(item.get("shared_last", {})) for item in items))) if items else []
+    variants = VARIANTS + [f"last{rows}{extra}" for rows in windows for extra in ("", "+sent0.1")]
     records = []
     for item in items:
         kept_default = kept_under("default", item, args.budget)
@@ -303,7 +400,7 @@ def replay(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
             ),
             "record_seconds": item["seconds"],
         }
-        for variant in VARIANTS:
+        for variant in variants:
             kept = kept_under(variant, item, args.budget)
             fractions = [float(kept[mask].mean()) for mask in item["gold_masks"]]
             record_[variant] = float(any(fraction >= 0.5 for fraction in fractions))
@@ -317,10 +414,10 @@ def replay(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
         "pages": args.pages,
     }
     write_json(Path(args.out).with_suffix(".json"), {"meta": meta, "records": records})
-    Path(args.out).with_suffix(".md").write_text(report(records, meta) + "\n")
+    Path(args.out).with_suffix(".md").write_text(report(records, meta, variants) + "\n")
 
 
-def report(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+def report(records: Sequence[dict[str, Any]], meta: dict[str, Any], variants: Sequence[str]) -> str:
     lines = ["# L-Eval natural_question, `rag` setting: levers replayed from one single pass", "", *meta_lines(meta)]
     lines += [f"- questions (gold among the retrieved chunks): {len(records)}", ""]
     generator = random.Random(0)
@@ -331,7 +428,7 @@ def report(records: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
             "best_fraction": f"{mean(r['truncation_best'] for r in records):.2f}",
         }
     ]
-    for variant in VARIANTS:
+    for variant in variants:
         differences = [r[variant] - r["truncation"] for r in records]
         rows.append(
             {
@@ -367,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--words", type=int, default=120)
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--last-rows", type=int, nargs="*", default=[], help="record: also the scores of these last-row windows"
+    )
     parser.add_argument("--out", default="docs/results/leval_lead_screen", help="replay: output stem")
     return parser
 

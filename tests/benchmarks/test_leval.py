@@ -67,3 +67,24 @@ def test_lead_levers_replay_selections():
     assert kept_under("dedup", item, 4).tolist() == [1, 1, 0, 0, 0, 0, 1, 1]
     assert lever_dedup(item["shared"], item)[2:4].tolist() == [0.0, 0.0]
     assert kept_under("sent0.1", item, 2).tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+
+
+def test_last_rows_windows_vote_from_their_rows_only(tiny_models, tiny_tokenizer):
+    """One extra pass scores every window; all rows give the recorded scores back, one row other scores."""
+    from conftest import PASSAGES
+
+    from benchmarks.leval_lead import last_rows_shared
+    from benchmarks.single_pass import record_pass
+    from finch_rag import FinchConfig
+
+    model, config = tiny_models("llama"), FinchConfig(progress=False)
+    recorded = record_pass(model, tiny_tokenizer, [Passage(text) for text in PASSAGES], QUESTION, config)
+    rows = len(recorded.parts.question_ids)
+    windows = last_rows_shared(model, recorded, [1, rows], config)
+    recorded_shared = recorded.policy.shared(recorded.candidates)[0]
+    assert windows[1].shape == windows[rows].shape == (recorded.context_length,)
+    torch.testing.assert_close(windows[rows], recorded_shared, rtol=1e-3, atol=1e-6)
+    assert not torch.allclose(windows[1], recorded_shared, rtol=1e-3, atol=1e-6)
+    assert model.config._attn_implementation == "sdpa"
+    item = {"shared": recorded_shared, "shared_last": windows, "spans": recorded.parts.sentence_ids()}
+    assert kept_under("last1", item, 8).sum() == 8
