@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from .progress import bars_allowed
+from .progress import bars_allowed, transformers_bars_as_ours
 from .prompts import Passage
 
 if TYPE_CHECKING:
@@ -150,7 +150,8 @@ def load_embedding_model(
     if model is None or str(model).lower() in _DEFAULT_ALIASES:
         model = default_embedding_model_path()
     device_name = None if device is None else str(device)
-    return SentenceTransformer(str(model), device=device_name)
+    with transformers_bars_as_ours():  # its weight-loading bar is transformers'
+        return SentenceTransformer(str(model), device=device_name)
 
 
 class EmbeddingRetriever:

@@ -69,3 +69,13 @@ def test_progress_false_hides_the_bar_on_a_terminal(monkeypatch, tiny_models, ti
     compress_chunked(tiny_models, tiny_tokenizer, progress=False)
     assert terminal.getvalue() == ""
 
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
+def test_the_embedder_s_loading_bar_follows_the_same_rule(monkeypatch, terminal):
+    # sentence-transformers loads through transformers, whose "Loading weights" bar also writes into a pipe.
+    from finch_rag.retrieval import load_embedding_model
+
+    stream = stderr_is(monkeypatch, Terminal() if terminal else io.StringIO())
+    load_embedding_model()
+    assert ("Loading weights" in stream.getvalue()) == terminal
