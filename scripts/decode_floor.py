@@ -116,18 +116,8 @@ def main() -> None:
         transposed = [matrix.t().contiguous() for matrix in matrices]
         transposed_ms = median_ms(lambda: [v @ t for v, t in zip(vectors, transposed, strict=True)], args.repeats)
 
-        past = DynamicCache()
-        prompt = torch.randint(100, 1000, (1, 256))
-        logits = model(input_ids=prompt, use_cache=True, logits_to_keep=1, **cache_kwargs(model, past)).logits
-        token = logits[:, -1].argmax(-1, keepdim=True)
-
-        def step() -> None:
-            nonlocal token
-            # Each step appends one entry; 10-20 more over 256 do not change the cost.
-            logits = model(input_ids=token, use_cache=True, logits_to_keep=1, **cache_kwargs(model, past)).logits
-            token = logits[:, -1].argmax(-1, keepdim=True)
-
-        step_ms = median_ms(step, args.repeats)
+        # Each step appends one entry; 10-20 more over 256 do not change the cost.
+        _, step_ms = greedy_steps(model, model, DynamicCache(), args.repeats + 2)
 
     print(f"torch {torch.__version__}, {args.threads} thread(s); weights {weight_bytes / 1e6:.0f} MB in {dtype}")
     print(f"read floor: {weight_bytes / bandwidth * 1000:.1f} ms/token ({bandwidth / 1e9:.1f} GB/s streaming)")
