@@ -218,6 +218,15 @@ class _CacheFilled(Exception):
     """Raised by the capturing attention of a `fill_cache` pass's last layer, after the cache update."""
 
 
+def stopping_layer(decoder: torch.nn.Module, num_layers: int) -> int | None:
+    """The layer after whose cache update a `fill_cache` pass of ``decoder`` may end: the last one.
+
+    ``None`` (run whole passes) for a model with accelerate hooks (``device_map`` offloading): a hook must see its
+    module's forward finish. Decided once per compression, not per pass.
+    """
+    return None if any(hasattr(module, "_hf_hook") for module in decoder.modules()) else num_layers - 1
+
+
 def fill_cache(decoder: torch.nn.Module, last_layer: int | None, **forward_kwargs: Any) -> None:
     """Run ``decoder`` on ``forward_kwargs`` (with a cache) until layer ``last_layer`` has written it, no further.
 
@@ -225,10 +234,9 @@ def fill_cache(decoder: torch.nn.Module, last_layer: int | None, **forward_kwarg
     last layer's attention is called (transformers' attention modules update the cache first), so that layer's
     attention output, its MLP and the final norm, a ``1 / num_layers`` share of the pass, would be computed for
     nothing: the capturing twin raises there and the pass ends. ``last_layer=None`` runs the whole pass (outside
-    `capturing_attention`, where nothing would raise). A model with accelerate hooks (``device_map`` offloading)
-    runs whole too: a hook must see its module's forward finish.
+    `capturing_attention`, where nothing would raise, or where `stopping_layer` says so).
     """
-    if last_layer is None or any(hasattr(module, "_hf_hook") for module in decoder.modules()):
+    if last_layer is None:
         decoder(**forward_kwargs)
         return
     try:

@@ -37,7 +37,7 @@ from transformers import DynamicCache, PreTrainedModel
 from ..config import FinchConfig
 from ..deadline import Deadline, DeadlineExceeded
 from ..progress import progress_bar
-from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention, fill_cache
+from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention, fill_cache, stopping_layer
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
 from .chunking import chunk_bounds, resolve_chunk_size
 from .prefix_cache import UNBOUNDED_BYTES, PrefixCache
@@ -185,7 +185,7 @@ def compress_batch(
     # then compresses on SDPA throughout (see `attention.capturing_attention`).
     capture = capturing_attention(model) if policy.needs_attention else contextlib.nullcontext()
     # Passes fill the cache only; under the twin they stop after the last layer's cache update.
-    last_layer = num_layers - 1 if policy.needs_attention else None
+    last_layer = stopping_layer(decoder, num_layers) if policy.needs_attention else None
     with capture:
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
         # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.

@@ -22,6 +22,7 @@ from finch_rag.compression.attention import (
     capturing_attention,
     fill_cache,
     question_row_scores,
+    stopping_layer,
 )
 from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
 
@@ -289,7 +290,8 @@ def _step_after_prefix(model, last_layer):
 
 
 def test_a_pass_that_fills_the_cache_stops_after_the_last_layer_s_update(tiny_model):
-    (keys, values), scores, norm_calls = _step_after_prefix(tiny_model, tiny_model.config.num_hidden_layers - 1)
+    last_layer = stopping_layer(tiny_model.get_decoder(), tiny_model.config.num_hidden_layers)
+    (keys, values), scores, norm_calls = _step_after_prefix(tiny_model, last_layer)
     (whole_keys, whole_values), whole_scores, whole_norm_calls = _step_after_prefix(tiny_model, None)
     assert (norm_calls, whole_norm_calls) == (0, 2)  # the stopped passes never reach the final norm
     for got, expected in zip(keys + values, whole_keys + whole_values, strict=True):
@@ -306,7 +308,8 @@ def test_a_model_with_accelerate_hooks_runs_whole(tiny_models):
     layer = model.get_decoder().layers[0]
     hooks.add_hook_to_module(layer, hooks.ModelHook())
     try:
-        (keys, _), scores, norm_calls = _step_after_prefix(model, model.config.num_hidden_layers - 1)
+        last_layer = stopping_layer(model.get_decoder(), model.config.num_hidden_layers)
+        (keys, _), scores, norm_calls = _step_after_prefix(model, last_layer)
     finally:
         hooks.remove_hook_from_module(layer)
     assert norm_calls == 2
