@@ -31,6 +31,7 @@ from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, load_mode
 from finch_rag.compression.cache import cache_kwargs
 from finch_rag.compression.rotation import KeyRotation
 from finch_rag.context import CompressedContext
+from finch_rag.generation import eos_token_ids
 
 from .common import command_line, machine_description, markdown_table, meta_lines, write_json
 from .peers import _append, _read, answered_cases, bootstrap, scored
@@ -61,6 +62,7 @@ def answer_at_original_positions(
     cache = original_position_cache(compressed, KeyRotation.from_model(model))
     position = int(compressed.prefix_ids.shape[0]) + int(compressed.context_ids.shape[0])
     step_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0)
+    stops = eos_token_ids(model, tokenizer)  # the library's own stop set, so both answers end alike
     generated: list[int] = []
     with torch.inference_mode():
         for _ in range(max_new_tokens):
@@ -74,7 +76,7 @@ def answer_at_original_positions(
             ).logits
             position += step_input.shape[1]
             token = int(logits[0, -1].argmax())
-            if token in compressor._eos_ids:
+            if token in stops:
                 break
             generated.append(token)
             step_input = torch.tensor([[token]])
