@@ -26,11 +26,8 @@ def test_kept_keys_return_to_the_keys_of_a_full_prefill(tiny_models, tiny_tokeni
         ids = torch.cat((compressed.prefix_ids, compressed.context_ids)).unsqueeze(0)
         decoder(input_ids=ids, use_cache=True, **cache_kwargs(decoder, full))
     for layer, kept in enumerate(compressed.cache.kept_positions):
-        expected = (
-            full.layers[layer]
-            .keys[0]
-            .gather(1, (prefix + kept).unsqueeze(-1).expand(-1, -1, full.layers[layer].keys.shape[-1]))
-        )
+        full_keys = full.layers[layer].keys[0]  # [kv heads, |P| + n, head dim]
+        expected = full_keys.gather(1, (prefix + kept).unsqueeze(-1).expand(-1, -1, full_keys.shape[-1]))
         torch.testing.assert_close(cache.layers[layer].keys[0, :, prefix:], expected, rtol=1e-4, atol=1e-4)
         packed = compressed.cache.as_cache().layers[layer].keys[0, :, prefix:]
         assert not torch.allclose(packed, expected, atol=1e-4), "the packed keys sit elsewhere"
