@@ -88,7 +88,8 @@ class Answer:
     stats : dict
         ``retrieval_seconds``, ``compression_seconds``, ``generation_seconds``, ``total_seconds``,
         ``tokens_before`` (context tokens retrieved), ``tokens_after`` (kept per layer and KV head),
-        ``compression_factor``, ``passages``, ``chunks``, ``peak_kv_entries``, ``allocation``.
+        ``compression_factor``, ``passages``, ``chunks``, ``peak_kv_entries``, ``allocation``, and
+        ``sentence_fusion`` (whether `RankWeighting`'s sentence fusion applied) when something was compressed.
     """
 
     question: str
@@ -126,8 +127,10 @@ class FinchRAG:
         How the passages share the budget (`finch_rag.allocation.PassageAllocation`, the same object the
         integrations use). ``"retrieval_weighted"`` (default): the retriever's ranking shapes the selection
         (`RankWeighting`: the best passage is packed next to the question, and whole sentences compete for
-        the budget). ``"global"``: plain FINCH, passages packed in rank order and every token competing for
-        the budget on question attention alone (with ``config`` as given).
+        the budget; when the passages are pieces of one document, the embedder's sentence similarity to the
+        question is fused into their scores, `RankWeighting.sentence_fusion_scope`). ``"global"``: plain FINCH,
+        passages packed in rank order and every token competing for the budget on question attention alone
+        (with ``config`` as given).
     weighting : RankWeighting, optional
         Parameters of ``"retrieval_weighted"``; default ``RankWeighting()``.
     max_new_tokens : int
@@ -300,7 +303,7 @@ class FinchRAG:
         if isinstance(piece_words, bool) or not isinstance(piece_words, int) or piece_words < 1:
             raise ValueError(f"piece_words must be an int >= 1, got {piece_words!r}.")
         whole = [_as_retrieved(document, index).to_passage() for index, document in enumerate(documents)]
-        pieces = [piece for document in whole for piece in _pieces(document, piece_words)]
+        pieces = [piece for index, document in enumerate(whole) for piece in _pieces(document, piece_words, index)]
         if len(pieces) == len(whole):  # nothing was cut: the order given stands
             return self.answer_from(question, whole, deadline=limit)
         model = self.retriever.model if isinstance(self.retriever, EmbeddingRetriever) else None
@@ -364,14 +367,16 @@ class FinchRAG:
                     for p, fraction in zip(retrieved[index], kept, strict=True)
                 ]
                 stats = self._stats(retrieval_seconds, started, item, compression_seconds, generation_seconds)
+                stats["sentence_fusion"] = plan.token_prior is not None
                 logger.debug("Answered %r: %s", questions[index], stats)
                 answers[index] = Answer(questions[index], text.strip(), sources, item, stats)
         return [answer for answer in answers if answer is not None]
 
     def _fused(self, plans: list[AllocationPlan[Passage]], questions: Sequence[str]) -> list[AllocationPlan[Passage]]:
-        """``plans`` with `SentenceFusion` token priors when the weighting asks for them (else as they are)."""
+        """``plans`` with `SentenceFusion` token priors where the weighting fuses their passages, the rest as given."""
         temperature = self.weighting.sentence_fusion_temperature
-        if temperature is None or self.allocation != RETRIEVAL_WEIGHTED:
+        fused = [self.weighting.fuses_sentences(plan.packed) for plan in plans]
+        if temperature is None or self.allocation != RETRIEVAL_WEIGHTED or not any(fused):
             return plans
         retriever = self.retriever
         if isinstance(retriever, EmbeddingRetriever):
@@ -382,8 +387,8 @@ class FinchRAG:
                     self._fusion_embedder = load_embedding_model()
                 embedder = self._fusion_embedder
         return [
-            dataclasses.replace(plan, token_prior=SentenceFusion(embedder, question, temperature))
-            for plan, question in zip(plans, questions, strict=True)
+            dataclasses.replace(plan, token_prior=SentenceFusion(embedder, question, temperature)) if fuse else plan
+            for plan, question, fuse in zip(plans, questions, fused, strict=True)
         ]
 
     @property
@@ -449,18 +454,23 @@ def _corpus_size(retriever: Retriever) -> int | None:
         return None
 
 
-def _pieces(document: Passage, piece_words: int) -> list[Passage]:
-    """``document`` whole when it has at most ``2 * piece_words`` words, else in ``piece_words``-word pieces."""
+def _pieces(document: Passage, piece_words: int, index: int) -> list[Passage]:
+    """``document`` whole when it has at most ``2 * piece_words`` words, else in ``piece_words``-word pieces.
+
+    The pieces share the document's metadata ``"source"`` (its title, or ``"document {index + 1}"``, when it has
+    none), which tells `RankWeighting` that they are pieces of one document.
+    """
     words = document.text.split()
     if len(words) <= 2 * piece_words:
         return [document]
     starts = range(0, len(words), piece_words)
     name = document.title or "document"
+    source = document.title or f"document {index + 1}"
     return [
         Passage(
             " ".join(words[start : start + piece_words]),
             f"{name} (part {number} of {len(starts)})",
-            {**document.metadata, "piece": number},
+            {"source": source, **document.metadata, "piece": number},
         )
         for number, start in enumerate(starts, 1)
     ]

@@ -9,7 +9,8 @@ import pytest
 from conftest import PASSAGES, QUESTION
 
 from finch_rag import FinchCompressor, FinchConfig, FinchRAG, PassageAllocation, RankWeighting
-from finch_rag.allocation import ALLOCATIONS, Allocation, rank_weights
+from finch_rag.allocation import ALLOCATIONS, Allocation, one_document, rank_weights
+from finch_rag.prompts import Passage
 from finch_rag.retrieval import RetrievedPassage
 
 CONFIG = FinchConfig(target_tokens=24, chunk_size=64, progress=False)
@@ -74,7 +75,8 @@ def test_finchrag_fuses_its_retrievers_scores(tiny_models: Any, tiny_tokenizer: 
     rank-1 passage that packing puts next to the question: the selection must differ from the unfused one.
     """
     compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, CONFIG)
-    weighting = RankWeighting(fusion_temperature=0.05)
+    # Sentence fusion off: these untitled passages read as one document, and this test is about passage scores.
+    weighting = RankWeighting(fusion_temperature=0.05, sentence_fusion_temperature=None)
     rag = FinchRAG(compressor=compressor, weighting=weighting, max_new_tokens=1)
     scores = [0.3, 0.4, 0.6, 0.7]
     retrieved = [
@@ -111,7 +113,7 @@ def test_rank_weights_default_is_rank_weightings_default() -> None:
 
 def test_finchrag_compresses_what_the_plan_says(tiny_models: Any, tiny_tokenizer: Any) -> None:
     compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, CONFIG)
-    weighting = RankWeighting(tau=1.0, floor=0.0)
+    weighting = RankWeighting(tau=1.0, floor=0.0, sentence_fusion_temperature=None)
     answer = FinchRAG(compressor=compressor, weighting=weighting, max_new_tokens=1).answer_from(QUESTION, PASSAGES)
     plan = PassageAllocation(weighting=weighting).plan(PASSAGES, CONFIG)
     direct = compressor.compress(plan.packed, QUESTION, config=plan.config, passage_weights=plan.passage_weights)
@@ -135,3 +137,27 @@ def test_compress_plans_is_compress_of_each_plan_and_refuses_mixed_configs(
         compressor.compress_plans([plans[0], other], [QUESTION, QUESTION])
     with pytest.raises(ValueError, match="one plan per question"):
         compressor.compress_plans(plans, [QUESTION])
+
+
+def test_one_document_is_what_no_title_tells_apart() -> None:
+    """Pieces of one document: no titles, one shared title, or one shared metadata "source"."""
+    assert one_document(["a", "b"])
+    assert one_document([Passage("a"), Passage("b", "")])
+    assert one_document([Passage("a", "Page"), Passage("b", "Page")])
+    pieces = [Passage(text, f"Page (part {n} of 2)", {"source": "page.txt"}) for n, text in ((1, "a"), (2, "b"))]
+    assert one_document(pieces)
+    assert not one_document([Passage("a", "Paris"), Passage("b", "Lyon")])
+    assert not one_document([Passage("a", "Paris"), Passage("b")])
+    assert not one_document([Passage("a", "A", {"source": "x"}), Passage("b", "B", {"source": "y"})])
+    assert not one_document([]) and not one_document(["a whole page"])
+
+
+def test_sentence_fusion_applies_by_its_scope() -> None:
+    pieces, articles = ["a", "b"], [Passage("a", "Paris"), Passage("b", "Lyon")]
+    default = RankWeighting()
+    assert (default.sentence_fusion_temperature, default.sentence_fusion_scope) == (0.1, "one_document")
+    assert default.fuses_sentences(pieces) and not default.fuses_sentences(articles)
+    assert RankWeighting(sentence_fusion_scope="always").fuses_sentences(articles)
+    assert not RankWeighting(sentence_fusion_temperature=None).fuses_sentences(pieces)
+    with pytest.raises(ValueError, match="sentence_fusion_scope must be one of"):
+        RankWeighting(sentence_fusion_scope="sometimes")  # type: ignore[arg-type]

@@ -437,10 +437,10 @@ def test_sentence_fusion_scores_each_sentence_by_its_similarity_to_the_question(
 
 
 def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: FinchCompressor) -> None:
-    """With ``sentence_fusion_temperature`` each plan carries a `SentenceFusion` prior of the retriever's embedder."""
+    """With sentence fusion always on, each plan carries a `SentenceFusion` prior of the retriever's embedder."""
     encoder = HashingEncoder()
     retriever = EmbeddingRetriever(DOCUMENTS, model=encoder, progress=False)
-    weighting = RankWeighting(sentence_fusion_temperature=0.02)
+    weighting = RankWeighting(sentence_fusion_temperature=0.02, sentence_fusion_scope="always")
     fused = FinchRAG(retriever=retriever, compressor=compressor, top_k=3, max_new_tokens=1, weighting=weighting)
     plain = FinchRAG(retriever=retriever, compressor=compressor, top_k=3, max_new_tokens=1)
     plain.ask(QUESTION)
@@ -454,6 +454,50 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
     [direct] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
     assert answer.compressed is not None
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
+
+
+def test_finchrag_fuses_sentences_by_default_only_for_pieces_of_one_document(compressor: FinchCompressor) -> None:
+    """Titled articles compress as before; untitled chunks get the default `SentenceFusion` prior (T = 0.1)."""
+    encoder = HashingEncoder()
+    articles = FinchRAG(
+        retriever=EmbeddingRetriever(DOCUMENTS, model=encoder, progress=False),
+        compressor=compressor,
+        top_k=3,
+        max_new_tokens=1,
+    )
+    answer = articles.ask(QUESTION)
+    plan = PassageAllocation().plan([Passage(s.text, s.title, s.metadata) for s in answer.sources], BASE)
+    [direct] = compressor.compress_plans([plan], [QUESTION])
+    assert answer.stats["sentence_fusion"] is False and answer.compressed is not None
+    assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
+
+    chunks = FinchRAG(
+        retriever=EmbeddingRetriever(PASSAGES, model=encoder, progress=False),
+        compressor=compressor,
+        top_k=3,
+        max_new_tokens=1,
+    )
+    answer = chunks.ask(QUESTION)
+    plan = PassageAllocation().plan([Passage(s.text, s.title, s.metadata) for s in answer.sources], BASE)
+    prior = SentenceFusion(encoder, QUESTION, 0.1)
+    [fused] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
+    [unfused] = compressor.compress_plans([plan], [QUESTION])
+    assert answer.stats["sentence_fusion"] is True and answer.compressed is not None
+    assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in fused.kept_positions]
+    assert [p.tolist() for p in fused.kept_positions] != [p.tolist() for p in unfused.kept_positions]
+
+
+def test_answer_from_documents_gives_the_pieces_of_a_document_its_source(compressor: FinchCompressor) -> None:
+    """Cut pieces share their document's source (its title, or its place), so one long document is fused."""
+    retriever = EmbeddingRetriever(DOCUMENTS, model=HashingEncoder(), progress=False)
+    rag = FinchRAG(retriever=retriever, compressor=compressor, max_new_tokens=1)
+    long_text = " ".join(PASSAGES * 12)
+    one = rag.answer_from_documents(QUESTION, [Passage(long_text, "Notes")], piece_words=20)
+    assert {source.metadata["source"] for source in one.sources} == {"Notes"}
+    assert one.stats["sentence_fusion"] is True
+    two = rag.answer_from_documents(QUESTION, [long_text, Passage(long_text, "", {"source": "b.txt"})], piece_words=20)
+    assert {source.metadata["source"] for source in two.sources} == {"document 1", "b.txt"}
+    assert two.stats["sentence_fusion"] is False
 
 
 def test_compress_plans_refuses_a_bad_token_prior(compressor: FinchCompressor) -> None:
