@@ -16,9 +16,10 @@ Two settings (issue 13, item 6), each page's Natural Questions asked about it:
 
 A method name may end in ``+strip``: the page's markup tags (``<Td>``, ``</Tr>``, ...) are removed before chunking;
 ``+sentT`` and ``+fuseT`` (``rag``'s ``finch_rag`` only) set `RankWeighting`'s ``sentence_fusion_temperature`` and
-``fusion_temperature`` to ``T`` (issue 18's levers, ``docs/results/leval_lead.md``); ``+punct`` is the ablation of the
-sentence split: sentences end at ``. ! ?`` and line breaks only, as before block
-markup and `finch_rag.prompts.MAX_SENTENCE_TOKENS` split them.
+``fusion_temperature`` to ``T`` (issue 18's levers, ``docs/results/leval_lead.md``), and ``+nosent`` turns sentence
+fusion off (the default before it was on for pieces of one document, as these chunks are); ``+punct`` is the
+ablation of the sentence split: sentences end at ``. ! ?`` and line breaks only, as before block markup and
+`finch_rag.prompts.MAX_SENTENCE_TOKENS` split them.
 
 Metrics per question: ``occurrences``, the gold answer's case-insensitive occurrences in what the method was given
 (retrieved chunks, or the page); ``kept_gold`` 1 when at least one occurrence keeps at least half of its KV entries
@@ -293,10 +294,13 @@ _FUSION_FLAG = re.compile(r"(sent|fuse)([0-9.]+)")
 def weighting_of(flags: Sequence[str]) -> RankWeighting | None:
     """The `RankWeighting` of a method's fusion flags (``None`` without any: the default weighting).
 
-    ``sentT`` sets ``sentence_fusion_temperature=T``, ``fuseT`` sets ``fusion_temperature=T``.
+    ``sentT`` sets ``sentence_fusion_temperature=T``, ``fuseT`` sets ``fusion_temperature=T``, ``nosent`` sets
+    ``sentence_fusion_temperature=None``.
     """
-    options = {}
+    options: dict[str, float | None] = {}
     for flag in flags:
+        if flag == "nosent":
+            options["sentence_fusion_temperature"] = None
         if match := _FUSION_FLAG.fullmatch(flag):
             name = "sentence_fusion_temperature" if match[1] == "sent" else "fusion_temperature"
             options[name] = float(match[2])

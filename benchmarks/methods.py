@@ -9,7 +9,8 @@ Presets (`PRESETS`):
 
 - ``finch``: the library's default config, best passage packed last;
 - ``finch_rag``: `FinchRAG`'s default ``retrieval_weighted`` allocation: the same, with whole sentences
-  competing (``granularity="sentence"``);
+  competing (``granularity="sentence"``), and the embedder's sentence scores fused in when the passages are
+  pieces of one document (`RankWeighting.sentence_fusion_scope`; the suites that apply it say so);
 - ``finch_single``: one pass over the whole context (``chunk_size=None``);
 - ``finchpress``: ``selection="per_head", chunk_size=None``, no smoothing, every layer: the entries kvpress's
   ``FinchPress`` keeps;
@@ -41,7 +42,15 @@ KINDS = ("finch", "full", "truncation")
 CONTROLS = ("random", "recency", "first")
 """``selection`` values that are a fixed rule instead of attention: the library's benchmark-control policies."""
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinchConfig))
-WEIGHTING_FIELDS = ("tau", "floor", "link_boost", "link_sources", "fusion_temperature", "sentence_fusion_temperature")
+WEIGHTING_FIELDS = (
+    "tau",
+    "floor",
+    "link_boost",
+    "link_sources",
+    "fusion_temperature",
+    "sentence_fusion_temperature",
+    "sentence_fusion_scope",
+)
 """`RankWeighting` fields a method spec may set (granularity is the config's, packing is ``packing``)."""
 
 
@@ -97,7 +106,12 @@ PRESETS: dict[str, Method] = {
     "full": Method("full", "full"),
     "truncation": Method("truncation", "truncation"),
     "finch": Method("finch", packing="best_last"),
-    "finch_rag": Method("finch_rag", options={"granularity": "sentence"}, packing="best_last"),
+    "finch_rag": Method(
+        "finch_rag",
+        options={"granularity": "sentence"},
+        packing="best_last",
+        weighting={"sentence_fusion_temperature": RankWeighting().sentence_fusion_temperature},
+    ),
     "finch_single": Method("finch_single", options={"chunk_size": None}, packing="best_last"),
     "finch_global": Method("finch_global"),
     "finchpress": Method("finchpress", options=FINCHPRESS),
@@ -204,8 +218,11 @@ def allocation_of(method: Method, config: FinchConfig) -> PassageAllocation:
     ``packing="best_last"``: `FinchRAG`'s default ``"retrieval_weighted"`` allocation (best passage last, no rank
     factor, passage links) keeping ``config``'s granularity, so that ``finch`` stays token-level and ``finch_rag``
     is exactly ``PassageAllocation()``; ``method.weighting`` changes the rest (``link_boost=1``: no links).
+    Sentence fusion is off unless the method sets ``sentence_fusion_temperature`` (``finch_rag`` sets the
+    library's default), so that ``finch`` and the controls stay the core's selection.
     ``packing="rank"``: plain FINCH's ``"global"`` allocation.
     """
     if method.packing == "rank":
         return PassageAllocation("global")
-    return PassageAllocation(weighting=RankWeighting(granularity=config.granularity, **method.weighting))
+    weighting = {"sentence_fusion_temperature": None, **method.weighting}
+    return PassageAllocation(weighting=RankWeighting(granularity=config.granularity, **weighting))

@@ -169,10 +169,12 @@ def run_example(
                     continue
             else:
                 config = method_config(base, method, num_layers, target_tokens=budget)
-                plan = allocation_of(method, config).plan(passages, config)
-                temperature = method.weighting.get("sentence_fusion_temperature")
-                if temperature is not None:  # what FinchRAG does with that weighting
-                    fusion = SentenceFusion(_fusion_embedder(), example.question, float(temperature))
+                allocation = allocation_of(method, config)
+                plan = allocation.plan(passages, config)
+                weighting = allocation.weighting
+                if allocation.kind == "retrieval_weighted" and weighting.fuses_sentences(plan.packed):  # as FinchRAG
+                    temperature = float(weighting.sentence_fusion_temperature)  # type: ignore[arg-type]
+                    fusion = SentenceFusion(_fusion_embedder(), example.question, temperature)
                     plan = dataclasses.replace(plan, token_prior=fusion)
                 (compressed,) = compressor.compress_plans([plan], [example.question])
                 packed_index = {ranked: packed for packed, ranked in enumerate(plan.order)}
