@@ -27,7 +27,7 @@ from finch_rag import (
     RetrievedPassage,
     Retriever,
 )
-from finch_rag.allocation import SentenceFusion, rank_weights
+from finch_rag.allocation import AllocationPlan, SentenceFusion, rank_weights
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.prompts import build_prompt
 from finch_rag.retrieval import as_document, default_embedding_model_path, title_of
@@ -459,30 +459,24 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
 def test_finchrag_fuses_sentences_by_default_only_for_pieces_of_one_document(compressor: FinchCompressor) -> None:
     """Titled articles compress as before; untitled chunks get the default `SentenceFusion` prior (T = 0.1)."""
     encoder = HashingEncoder()
-    articles = FinchRAG(
-        retriever=EmbeddingRetriever(DOCUMENTS, model=encoder, progress=False),
-        compressor=compressor,
-        top_k=3,
-        max_new_tokens=1,
-    )
-    answer = articles.ask(QUESTION)
-    plan = PassageAllocation().plan([Passage(s.text, s.title, s.metadata) for s in answer.sources], BASE)
+
+    def ask_and_plan(documents: list[Any]) -> tuple[Any, AllocationPlan[Passage]]:
+        retriever = EmbeddingRetriever(documents, model=encoder, progress=False)
+        answer = FinchRAG(retriever=retriever, compressor=compressor, top_k=3, max_new_tokens=1).ask(QUESTION)
+        assert answer.compressed is not None
+        ranked = [Passage(source.text, source.title, source.metadata) for source in answer.sources]
+        return answer, PassageAllocation().plan(ranked, BASE)
+
+    answer, plan = ask_and_plan(DOCUMENTS)
     [direct] = compressor.compress_plans([plan], [QUESTION])
-    assert answer.stats["sentence_fusion"] is False and answer.compressed is not None
+    assert answer.stats["sentence_fusion"] is False
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
 
-    chunks = FinchRAG(
-        retriever=EmbeddingRetriever(PASSAGES, model=encoder, progress=False),
-        compressor=compressor,
-        top_k=3,
-        max_new_tokens=1,
-    )
-    answer = chunks.ask(QUESTION)
-    plan = PassageAllocation().plan([Passage(s.text, s.title, s.metadata) for s in answer.sources], BASE)
+    answer, plan = ask_and_plan(PASSAGES)
     prior = SentenceFusion(encoder, QUESTION, 0.1)
     [fused] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
     [unfused] = compressor.compress_plans([plan], [QUESTION])
-    assert answer.stats["sentence_fusion"] is True and answer.compressed is not None
+    assert answer.stats["sentence_fusion"] is True
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in fused.kept_positions]
     assert [p.tolist() for p in fused.kept_positions] != [p.tolist() for p in unfused.kept_positions]
 
