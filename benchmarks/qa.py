@@ -171,9 +171,8 @@ def run_example(
                 config = method_config(base, method, num_layers, target_tokens=budget)
                 allocation = allocation_of(method, config)
                 plan = allocation.plan(passages, config)
-                weighting = allocation.weighting
-                if allocation.kind == "retrieval_weighted" and weighting.fuses_sentences(plan.packed):  # as FinchRAG
-                    temperature = float(weighting.sentence_fusion_temperature)  # type: ignore[arg-type]
+                if allocation.fuses_sentences(plan.packed):  # as FinchRAG does
+                    temperature = float(allocation.weighting.sentence_fusion_temperature)  # type: ignore[arg-type]
                     fusion = SentenceFusion(_fusion_embedder(), example.question, temperature)
                     plan = dataclasses.replace(plan, token_prior=fusion)
                 (compressed,) = compressor.compress_plans([plan], [example.question])

@@ -290,6 +290,10 @@ class PassageAllocation:
         if not isinstance(self.weighting, RankWeighting):
             raise TypeError(f"weighting must be a RankWeighting, got {type(self.weighting).__name__}.")
 
+    def fuses_sentences(self, packed: Sequence[Any]) -> bool:
+        """Whether these passages get `SentenceFusion`: ``"retrieval_weighted"`` and the weighting fuses them."""
+        return self.kind == RETRIEVAL_WEIGHTED and self.weighting.fuses_sentences(packed)
+
     def configure(self, config: FinchConfig) -> FinchConfig:
         """The config `plan` compresses with: ``config`` with this allocation's granularity (``"global"``: as is)."""
         return config if self.kind == GLOBAL else self.weighting.configure(config)

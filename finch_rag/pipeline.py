@@ -374,9 +374,9 @@ class FinchRAG:
 
     def _fused(self, plans: list[AllocationPlan[Passage]], questions: Sequence[str]) -> list[AllocationPlan[Passage]]:
         """``plans`` with `SentenceFusion` token priors where the weighting fuses their passages, the rest as given."""
+        fused = [self.passage_allocation.fuses_sentences(plan.packed) for plan in plans]
         temperature = self.weighting.sentence_fusion_temperature
-        fused = [self.weighting.fuses_sentences(plan.packed) for plan in plans]
-        if temperature is None or self.allocation != RETRIEVAL_WEIGHTED or not any(fused):
+        if temperature is None or not any(fused):
             return plans
         retriever = self.retriever
         if isinstance(retriever, EmbeddingRetriever):

@@ -159,5 +159,6 @@ def test_sentence_fusion_applies_by_its_scope() -> None:
     assert default.fuses_sentences(pieces) and not default.fuses_sentences(articles)
     assert RankWeighting(sentence_fusion_scope="always").fuses_sentences(articles)
     assert not RankWeighting(sentence_fusion_temperature=None).fuses_sentences(pieces)
+    assert PassageAllocation().fuses_sentences(pieces) and not PassageAllocation("global").fuses_sentences(pieces)
     with pytest.raises(ValueError, match="sentence_fusion_scope must be one of"):
         RankWeighting(sentence_fusion_scope="sometimes")  # type: ignore[arg-type]
