@@ -20,6 +20,7 @@ journal with its ``full`` records), so scores compare with ``peers.md``'s.
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,10 +29,9 @@ from typing import Any
 import torch
 
 from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, load_model
-from finch_rag.compression.cache import cache_kwargs
 from finch_rag.compression.rotation import KeyRotation
 from finch_rag.context import CompressedContext
-from finch_rag.generation import eos_token_ids
+from finch_rag.generation import SamplingParams, eos_token_ids, generate_token_ids
 
 from .common import command_line, machine_description, markdown_table, meta_lines, write_json
 from .peers import _append, _read, answered_cases, bootstrap, scored
@@ -62,25 +62,16 @@ def answer_at_original_positions(
     cache = original_position_cache(compressed, KeyRotation.from_model(model))
     position = int(compressed.prefix_ids.shape[0]) + int(compressed.context_ids.shape[0])
     step_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0)
-    stops = eos_token_ids(model, tokenizer)  # the library's own stop set, so both answers end alike
-    generated: list[int] = []
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            positions = torch.arange(position, position + step_input.shape[1]).unsqueeze(0)
-            logits = model(
-                input_ids=step_input,
-                position_ids=positions,
-                use_cache=True,
-                logits_to_keep=1,
-                **cache_kwargs(model, cache),
-            ).logits
-            position += step_input.shape[1]
-            token = int(logits[0, -1].argmax())
-            if token in stops:
-                break
-            generated.append(token)
-            step_input = torch.tensor([[token]])
-    return tokenizer.decode(generated, skip_special_tokens=True)
+    tokens = generate_token_ids(
+        model,
+        cache,
+        step_input,
+        SamplingParams(max_new_tokens=max_new_tokens),
+        eos_token_ids(model, tokenizer),  # the library's own stop set, so both answers end alike
+        threading.RLock(),
+        first_position=position,
+    )
+    return tokenizer.decode(list(tokens), skip_special_tokens=True)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -116,21 +116,31 @@ def generate_token_ids(
     eos_ids: set[int],
     lock: threading.RLock,
     deadline: Deadline | None = None,
+    first_position: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids after feeding ``input_ids`` ``[1, k]`` on top of ``cache`` (which grows).
 
     The lock is held for each forward pass only, never across a ``yield``, so a slow consumer does not
     block other requests on the same model. Past ``deadline``, the next step raises `DeadlineExceeded`.
+    ``first_position``: the position of ``input_ids``' first token, for a cache whose keys do not sit at
+    ``0..len - 1`` (``None``: the cache's length, as transformers counts it).
     """
     generator = None
     if params.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(params.seed)
     step_input = input_ids
+    position = first_position
     for step in range(params.max_new_tokens):
         if deadline is not None:
             deadline.check(_token_stage(step, params))
+        step_kwargs: dict[str, Any] = {**cache_kwargs(model, cache)}
+        if position is not None:
+            step_kwargs["position_ids"] = torch.arange(
+                position, position + step_input.shape[1], device=input_ids.device
+            ).unsqueeze(0)
+            position += step_input.shape[1]
         with lock, torch.inference_mode():
-            logits = model(input_ids=step_input, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache)).logits
+            logits = model(input_ids=step_input, use_cache=True, logits_to_keep=1, **step_kwargs).logits
         token = _pick(logits[0, -1], params, generator)
         if token in eos_ids:
             return

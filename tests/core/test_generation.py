@@ -239,3 +239,33 @@ def test_concurrent_compress_and_generate_match_sequential(tiny_models, tiny_tok
             assert text == expected_text
             for a, b in zip(positions, expected_positions, strict=True):
                 assert torch.equal(a, b)
+
+
+def test_token_loop_places_its_input_at_first_position(tiny_model, tiny_tokenizer):
+    """``first_position`` numbers the fed tokens from there on; at the cache's length it changes nothing."""
+    from finch_rag.generation import generate_token_ids
+
+    compressor = FinchCompressor(tiny_model, tiny_tokenizer, FinchConfig(target_tokens=20, progress=False))
+    cc = compressor.compress(PASSAGES, QUESTION)
+    question = torch.cat((cc.question_ids, cc.suffix_ids))[None]
+    params, stops = SamplingParams(max_new_tokens=4), set()
+
+    def tokens(first_position):
+        loop = generate_token_ids(
+            tiny_model, cc.cache.as_cache(), question, params, stops, threading.RLock(), first_position=first_position
+        )
+        return list(loop)
+
+    seen = []
+    hook = tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True
+    )
+    try:
+        assert tokens(cc.cache_length) == tokens(None)
+        seen.clear()
+        tokens(500)
+    finally:
+        hook.remove()
+    m = question.shape[1]
+    assert torch.equal(seen[0], torch.arange(500, 500 + m)[None])
+    assert [int(positions[0, 0]) for positions in seen[1:]] == list(range(500 + m, 500 + m + len(seen) - 1))
