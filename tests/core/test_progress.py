@@ -70,7 +70,6 @@ def test_progress_false_hides_the_bar_on_a_terminal(monkeypatch, tiny_models, ti
     assert terminal.getvalue() == ""
 
 
-
 @pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "terminal"])
 def test_the_embedder_s_loading_bar_follows_the_same_rule(monkeypatch, terminal):
     # sentence-transformers loads through transformers, whose "Loading weights" bar also writes into a pipe.
