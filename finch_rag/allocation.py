@@ -27,6 +27,7 @@ import torch
 from .config import GRANULARITIES, FinchConfig, Granularity
 from .linking import named_passages
 from .prompts import Passage, PromptParts
+from .retrieval import shared_embedding_model
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -193,21 +194,28 @@ class RankWeighting:
         return [self.link_boost if is_named else 1.0 for is_named in named] if any(named) else None
 
 
+DOCUMENT_KEYS = ("source", "file_path", "file_name")
+"""Metadata keys that name the document a passage was cut from: LangChain's loaders set ``source``, LlamaIndex's
+readers ``file_path`` and ``file_name``."""
+
+
 def one_document(passages: Sequence[Any]) -> bool:
     """Whether ``passages`` read as pieces of one document, because nothing tells them apart as documents.
 
-    True when they all carry one metadata ``"source"`` (LangChain's loaders set it, and so do the CLI's
-    ``--file`` and `FinchRAG.answer_from_documents` on the pieces it cuts), or all have one title, or none has
-    a title (plain text chunks, strings). Passages of distinct titles, such as a corpus of articles, are
+    When they all carry a document's name (`DOCUMENT_KEYS`, the first one they all carry), True when it is one
+    name: LangChain's loaders set ``source``, and so do the CLI's ``--file`` and `FinchRAG.answer_from_documents`
+    on the pieces they cut; LlamaIndex's readers set ``file_path``. Otherwise, True when all have one title, or
+    none has a title (plain text chunks, strings). Passages of distinct titles, such as a corpus of articles, are
     several documents. Titles tell the documents apart here as they do for links (`RankWeighting.link_weights`).
     A single passage is not pieces: sentence fusion was measured on chunks competing for one budget.
     """
     items = [item if isinstance(item, Passage) else Passage(str(item)) for item in passages]
     if len(items) < 2:
         return False
-    first_source = items[0].metadata.get("source")
-    if first_source is not None and all(item.metadata.get("source") == first_source for item in items):
-        return True
+    for key in DOCUMENT_KEYS:
+        names = [item.metadata.get(key) for item in items]
+        if all(name is not None for name in names):
+            return len({str(name) for name in names}) == 1
     return all((item.title or None) == (items[0].title or None) for item in items)
 
 
@@ -304,12 +312,20 @@ class PassageAllocation:
         config: FinchConfig,
         ranks: Sequence[int] | None = None,
         scores: Sequence[float | None] | None = None,
+        *,
+        question: str | None = None,
+        embedder: Any = None,
     ) -> AllocationPlan[T]:
         """Pack ``ranked`` (best first) and derive the config and score priors to compress it with.
 
         ``ranks`` are the passages' 1-based retrieval ranks (default ``1..n`` in the given order); they only
         matter for a ``weighting`` with a rank factor (``tau``). ``scores`` are their retrieval scores
         (``None`` where unknown); they only matter for a ``weighting`` with ``fusion_temperature``.
+
+        With the ``question`` the passages will be compressed for, a plan whose passages the weighting fuses
+        (`fuses_sentences`) carries a `SentenceFusion` token prior on ``embedder`` (anything with
+        sentence-transformers' ``encode``; default the embedded all-MiniLM-L6-v2, loaded once per process by
+        `finch_rag.retrieval.shared_embedding_model`). Without a question nothing is fused.
         """
         ranked = list(ranked)
         ranks = list(ranks) if ranks is not None else list(range(1, len(ranked) + 1))
@@ -325,7 +341,13 @@ class PassageAllocation:
             if factors is not None:
                 so_far = weights or [1.0] * len(order)
                 weights = [weight * factors[index] for weight, index in zip(so_far, order, strict=True)]
-        return AllocationPlan([ranked[index] for index in order], self.configure(config), weights, order)
+        packed = [ranked[index] for index in order]
+        token_prior = None
+        temperature = self.weighting.sentence_fusion_temperature
+        if question is not None and temperature is not None and self.fuses_sentences(packed):
+            embedder = embedder if embedder is not None else shared_embedding_model()
+            token_prior = SentenceFusion(embedder, question, temperature)
+        return AllocationPlan(packed, self.configure(config), weights, order, token_prior)
 
 
 @dataclass(frozen=True)
@@ -336,7 +358,7 @@ class SentenceFusion:
     ``parts`` (`PromptParts.sentence_ids`, the sentences ``granularity="sentence"`` makes compete) with
     ``embedder`` (anything with sentence-transformers' ``encode``), and gives each context token
     ``exp((c - c_max) / temperature)``, ``c`` its sentence's cosine similarity to the question. It is the
-    ``token_prior`` `FinchRAG` puts on its plans when `RankWeighting.fuses_sentences` their passages.
+    ``token_prior`` `PassageAllocation.plan` puts on a plan when `RankWeighting.fuses_sentences` its passages.
     """
 
     embedder: Any = field(repr=False)

@@ -140,7 +140,7 @@ def test_compress_plans_is_compress_of_each_plan_and_refuses_mixed_configs(
 
 
 def test_one_document_is_what_no_title_tells_apart() -> None:
-    """Pieces of one document: no titles, one shared title, or one shared metadata "source"."""
+    """Pieces of one document: one shared document name ("source", "file_path"), else no titles or one title."""
     assert one_document(["a", "b"])
     assert one_document([Passage("a"), Passage("b", "")])
     assert one_document([Passage("a", "Page"), Passage("b", "Page")])
@@ -150,6 +150,11 @@ def test_one_document_is_what_no_title_tells_apart() -> None:
     assert not one_document([Passage("a", "Paris"), Passage("b")])
     assert not one_document([Passage("a", "A", {"source": "x"}), Passage("b", "B", {"source": "y"})])
     assert not one_document([]) and not one_document(["a whole page"])
+    # LlamaIndex's readers name the file, not a title: untitled nodes of two files are two documents.
+    assert not one_document(
+        [Passage("a", None, {"file_path": "/d/a.txt"}), Passage("b", None, {"file_path": "/d/b.md"})]
+    )
+    assert one_document([Passage("a", None, {"file_path": "/d/a.txt"}), Passage("b", None, {"file_path": "/d/a.txt"})])
 
 
 def test_sentence_fusion_applies_by_its_scope() -> None:
