@@ -29,8 +29,6 @@ its retention counts the evidence tokens inside those first ``B``. ``full`` read
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import math
 import sys
 import time
@@ -41,7 +39,6 @@ from typing import Any
 import torch
 
 from finch_rag import CompressedContext, FinchCompressor, FinchConfig, Passage
-from finch_rag.allocation import SentenceFusion
 from finch_rag.prompts import PromptParts, build_prompt
 
 from . import plots
@@ -96,14 +93,6 @@ def _truncated(parts: PromptParts, passages: Sequence[Passage], budget: int) -> 
                 kept.append(Passage(passage.text[: end_char - start], passage.title))
             break
     return kept or [Passage(passages[0].text[:1], passages[0].title)]
-
-
-@functools.cache
-def _fusion_embedder() -> Any:
-    """The embedded all-MiniLM-L6-v2, the model `FinchRAG` fuses sentence scores with; loaded once."""
-    from finch_rag.retrieval import load_embedding_model
-
-    return load_embedding_model()
 
 
 def run_example(
@@ -170,11 +159,7 @@ def run_example(
             else:
                 config = method_config(base, method, num_layers, target_tokens=budget)
                 allocation = allocation_of(method, config)
-                plan = allocation.plan(passages, config)
-                if allocation.fuses_sentences(plan.packed):  # as FinchRAG does
-                    temperature = float(allocation.weighting.sentence_fusion_temperature)  # type: ignore[arg-type]
-                    fusion = SentenceFusion(_fusion_embedder(), example.question, temperature)
-                    plan = dataclasses.replace(plan, token_prior=fusion)
+                plan = allocation.plan(passages, config, question=example.question)  # fuses as FinchRAG does
                 (compressed,) = compressor.compress_plans([plan], [example.question])
                 packed_index = {ranked: packed for packed, ranked in enumerate(plan.order)}
                 masks = [compressed.span_tokens([(packed_index[p], s, e)]) for p, s, e in example.evidence]

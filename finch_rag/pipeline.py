@@ -9,7 +9,6 @@ Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -21,10 +20,8 @@ from .allocation import (
     ALLOCATIONS,
     RETRIEVAL_WEIGHTED,
     Allocation,
-    AllocationPlan,
     PassageAllocation,
     RankWeighting,
-    SentenceFusion,
 )
 from .compressor import FinchCompressor
 from .config import FinchConfig
@@ -38,7 +35,6 @@ from .retrieval import (
     EmbeddingRetriever,
     RetrievedPassage,
     Retriever,
-    load_embedding_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -177,7 +173,6 @@ class FinchRAG:
 
         self._retriever = retriever
         self._retriever_lock = threading.Lock()
-        self._fusion_embedder: Any = None
         self._progress = config.progress if config is not None else True
         if documents is not None:
             self.add(documents)
@@ -340,18 +335,22 @@ class FinchRAG:
                 stats = self._stats(retrieval_seconds, started)
                 answers[index] = Answer(questions[index], NO_CONTEXT_ANSWER, [], None, stats)
         if with_context:
-            plans = [
-                self.passage_allocation.plan(
-                    [passage.to_passage() for passage in passages],
-                    self.config,
-                    [passage.rank for passage in passages],
-                    [passage.score for passage in passages],
-                )
-                for passages in (retrieved[index] for index in with_context)
-            ]
             compress_started = time.perf_counter()
             asked = [questions[index] for index in with_context]
-            plans = self._fused(plans, asked)
+            # Sentence fusion uses the retriever's embedder; without one, the embedded model (never loads a retriever).
+            retriever = self._retriever
+            embedder = retriever.model if isinstance(retriever, EmbeddingRetriever) else None
+            plans = [
+                self.passage_allocation.plan(
+                    [passage.to_passage() for passage in retrieved[index]],
+                    self.config,
+                    [passage.rank for passage in retrieved[index]],
+                    [passage.score for passage in retrieved[index]],
+                    question=questions[index],
+                    embedder=embedder,
+                )
+                for index in with_context
+            ]
             compressed = self.compressor.compress_plans(plans, asked, deadline=deadline)
             compression_seconds = time.perf_counter() - compress_started
             generate_started = time.perf_counter()
@@ -371,25 +370,6 @@ class FinchRAG:
                 logger.debug("Answered %r: %s", questions[index], stats)
                 answers[index] = Answer(questions[index], text.strip(), sources, item, stats)
         return [answer for answer in answers if answer is not None]
-
-    def _fused(self, plans: list[AllocationPlan[Passage]], questions: Sequence[str]) -> list[AllocationPlan[Passage]]:
-        """``plans`` with `SentenceFusion` token priors where the weighting fuses their passages, the rest as given."""
-        fused = [self.passage_allocation.fuses_sentences(plan.packed) for plan in plans]
-        temperature = self.weighting.sentence_fusion_temperature
-        if temperature is None or not any(fused):
-            return plans
-        retriever = self.retriever
-        if isinstance(retriever, EmbeddingRetriever):
-            embedder = retriever.model
-        else:
-            with self._retriever_lock:
-                if self._fusion_embedder is None:
-                    self._fusion_embedder = load_embedding_model()
-                embedder = self._fusion_embedder
-        return [
-            dataclasses.replace(plan, token_prior=SentenceFusion(embedder, question, temperature)) if fuse else plan
-            for plan, question, fuse in zip(plans, questions, fused, strict=True)
-        ]
 
     @property
     def allocation(self) -> Allocation:

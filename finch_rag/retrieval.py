@@ -154,6 +154,23 @@ def load_embedding_model(
         return SentenceTransformer(str(model), device=device_name)
 
 
+_shared_lock = threading.Lock()
+_shared_model: list[SentenceTransformer] = []
+
+
+def shared_embedding_model() -> SentenceTransformer:
+    """The embedded all-MiniLM-L6-v2, loaded once per process.
+
+    The sentence-fusion model (`finch_rag.allocation.SentenceFusion`) of every front end that has no embedder of
+    its own: the integrations, the server and a `FinchRAG` whose retriever is not an `EmbeddingRetriever`. Loaded
+    once, as `finch_rag.frontends.handle.shared_compressor` loads the LLM, so each request does not pay for it.
+    """
+    with _shared_lock:
+        if not _shared_model:
+            _shared_model.append(load_embedding_model())
+        return _shared_model[0]
+
+
 class EmbeddingRetriever:
     """Dense retrieval over an in-memory index: normalised sentence embeddings, cosine similarity.
 

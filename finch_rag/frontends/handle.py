@@ -236,7 +236,7 @@ class CompressorHandle:
         ``return_exceptions`` are `FinchCompressor.compress_plans`'; a request that ran past its deadline leaves
         nothing in the store.
         """
-        plans = [allocation.plan(passages, config) for passages, _, _ in requests]
+        plans = [allocation.plan(passages, config, question=question) for passages, question, _ in requests]
         compressor = self.get()
         contexts = compressor.compress_plans(
             plans,

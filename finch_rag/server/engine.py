@@ -23,6 +23,7 @@ from ..context import CompressedContext
 from ..deadline import Deadline, DeadlineExceeded
 from ..generation import SamplingParams
 from ..prompts import Passage
+from ..retrieval import shared_embedding_model
 from .batching import Batcher
 from .metrics import ServerMetrics
 from .settings import ServerSettings
@@ -110,8 +111,9 @@ class Engine:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Load the model (if not given) and start the batch worker."""
+        """Load the model (if not given) and sentence fusion's embedder, then start the batch worker."""
         self._handle.get()
+        shared_embedding_model()  # so the first request for pieces of one document does not wait for it
         self._batcher.start()
 
     def stop(self) -> None:

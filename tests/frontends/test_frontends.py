@@ -177,8 +177,9 @@ def test_compress_for_query_uses_the_allocation_and_keeps_the_given_order(handle
     passages = [as_passage(text) for text in PASSAGES]
     allocation = PassageAllocation(weighting=RankWeighting(tau=1.0, floor=0.0))
     compressed, outputs = handle.compress_for_query(passages, QUESTION, CONFIG, 0.5, allocation)
-    plan = allocation.plan(passages, CONFIG)
-    direct = handle.get().compress(plan.packed, QUESTION, config=plan.config, passage_weights=plan.passage_weights)
+    plan = allocation.plan(passages, CONFIG, question=QUESTION)
+    assert plan.token_prior is not None  # untitled pieces: sentence fusion applies, as in FinchRAG
+    (direct,) = handle.get().compress_plans([plan], [QUESTION])
     assert compressed is not None and compressed.cache_key in handle.get().store
     assert [p.tolist() for p in compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
     assert [stats for _, stats in outputs] == plan.restore(direct.passage_stats())

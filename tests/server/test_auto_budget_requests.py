@@ -13,6 +13,8 @@ from servers import TIMEOUT, assert_error, make_tiny_compressor, serving
 from finch_rag import FinchCompressor, FinchConfig
 
 AUTO = {"target_tokens": "auto", "attention_mass": 0.2, "max_target_tokens": 64}
+# Titled, so several documents: pieces of one document would get sentence fusion's prior, which moves the shares.
+DOCUMENTS = [{"text": text, "title": f"Document {number}"} for number, text in enumerate(PASSAGES, start=1)]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def client(tiny: FinchCompressor) -> Iterator[httpx.Client]:
 
 def kept(client: httpx.Client, **options: Any) -> int:
     """``kept_tokens`` of a ``/v1/compress`` request with these compression options in its ``finch`` field."""
-    response = client.post("/v1/compress", json={"question": QUESTION, "documents": PASSAGES, "finch": options})
+    response = client.post("/v1/compress", json={"question": QUESTION, "documents": DOCUMENTS, "finch": options})
     assert response.status_code == 200, response.text
     return int(response.json()["usage"]["kept_tokens"])
 
@@ -40,9 +42,9 @@ def test_a_request_picks_the_automatic_budget(client: httpx.Client) -> None:
     assert kept(client, **(AUTO | {"attention_mass": 0.1})) < auto  # a smaller share keeps fewer
     assert kept(client, **(AUTO | {"attention_mass": 1.0})) == 64  # all of the attention: the cap
     # The same options at top level, and in a chat completion.
-    body = {"question": QUESTION, "documents": PASSAGES, **AUTO}
+    body = {"question": QUESTION, "documents": DOCUMENTS, **AUTO}
     assert client.post("/v1/compress", json=body).json()["usage"]["kept_tokens"] == auto
-    chat = {"messages": [{"role": "user", "content": QUESTION}], "documents": PASSAGES, "max_tokens": 2}
+    chat = {"messages": [{"role": "user", "content": QUESTION}], "documents": DOCUMENTS, "max_tokens": 2}
     response = client.post("/v1/chat/completions", json={**chat, "finch": AUTO})
     assert response.status_code == 200, response.text
     assert 0 < response.json()["finch"]["kept_tokens"] < 64
@@ -50,7 +52,7 @@ def test_a_request_picks_the_automatic_budget(client: httpx.Client) -> None:
 
 def test_automatic_options_without_auto_are_refused(client: httpx.Client) -> None:
     """They would be ignored; the 422 says to set target_tokens "auto"."""
-    body = {"question": QUESTION, "documents": PASSAGES, "finch": {"attention_mass": 0.5}}
+    body = {"question": QUESTION, "documents": DOCUMENTS, "finch": {"attention_mass": 0.5}}
     error = assert_error(client.post("/v1/compress", json=body), 422, "invalid_value", param="finch")
     assert 'set target_tokens="auto"' in error["message"] and "compression_ratio=0.75" in error["message"]
     error = assert_error(client.post("/v1/compress", json={**body, "finch": {"target_tokens": "many"}}), 422)

@@ -121,3 +121,17 @@ def test_bad_automatic_budget_options_are_refused() -> None:
             FinchDocumentCompressor(**bad)
     with pytest.raises(ValueError, match='attention_mass only applies with target_tokens="auto"'):
         FinchLLM(target_tokens=8, attention_mass=0.5)
+
+
+def test_pieces_of_one_document_are_fused_as_in_finchrag(tiny: FinchCompressor) -> None:
+    """Chunks of one file (one metadata ``source``) get `FinchRAG`'s sentence fusion, with the embedded embedder."""
+    pieces = [Document(page_content=text, metadata={"source": "notes.txt"}) for text in TINY.PASSAGES]
+    out = FinchDocumentCompressor(compressor=tiny).compress_documents(pieces, TINY.QUESTION)
+    kept = [positions.tolist() for positions in tiny.store.get(out[0].metadata[CACHE_KEY]).kept_positions]
+    passages = [Passage(d.page_content, "notes.txt", d.metadata) for d in pieces]  # the source is their title
+    answer = FinchRAG(compressor=tiny, max_new_tokens=1).answer_from(TINY.QUESTION, passages)
+    assert answer.stats["sentence_fusion"] and answer.compressed is not None
+    assert kept == [positions.tolist() for positions in answer.compressed.kept_positions]
+    unfused = RankWeighting(sentence_fusion_temperature=None)
+    plain = FinchDocumentCompressor(compressor=tiny, weighting=unfused).compress_documents(pieces, TINY.QUESTION)
+    assert kept != [positions.tolist() for positions in tiny.store.get(plain[0].metadata[CACHE_KEY]).kept_positions]
