@@ -31,6 +31,7 @@ WORDS = sorted(set(CORPUS.replace(".", " ").replace("?", " ").replace(",", " ").
 SELECTIONS = ("per_head", "per_layer", "shared", "random", "recency", "first")
 ARCHS = ("llama", "qwen3", "gemma3")  # plain, q/k-normed, sliding-window layers
 
+
 def examples(count: int) -> settings:
     """``count`` examples, derandomized (the same draws every run), no deadline: tiny models on a busy machine."""
     return settings(
@@ -40,6 +41,7 @@ def examples(count: int) -> settings:
         derandomize=True,
         suppress_health_check=[HealthCheck.function_scoped_fixture],
     )
+
 
 sentences = st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map(lambda words: " ".join(words) + ".")
 passages = st.lists(sentences, min_size=1, max_size=5)
