@@ -29,6 +29,7 @@ its retention counts the evidence tokens inside those first ``B``. ``full`` read
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -331,6 +332,12 @@ def build_parser(suite: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (answers stop at a newline)")
     parser.add_argument("--no-answer", action="store_true", help="evidence retention only, no decoding")
+    parser.add_argument(
+        "--untitled",
+        action="store_true",
+        help="drop the passages' titles, as plain-string documents have none: no passage links, and the passages "
+        "then read as pieces of one document (`finch_rag.allocation.one_document`)",
+    )
     add_chunk_size_option(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--quick", action="store_true", help=f"a short run: {QUICK}")
@@ -373,6 +380,8 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
     compressor = FinchCompressor(model, tokenizer, FinchConfig(chunk_size=args.chunk_size, progress=False))
     started = time.perf_counter()
     examples = load_suite(suite, args.data, args.limit, args.seed, args.top_k, args.corpus_limit)[args.start :]
+    if args.untitled:
+        examples = [dataclasses.replace(e, passages=[Passage(p.text) for p in e.passages]) for e in examples]
     records = run_suite(
         compressor,
         examples,
