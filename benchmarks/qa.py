@@ -96,6 +96,11 @@ def _truncated(parts: PromptParts, passages: Sequence[Passage], budget: int) -> 
     return kept or [Passage(passages[0].text[:1], passages[0].title)]
 
 
+def untitled(example: Example) -> Example:
+    """``example`` with its passages' titles dropped; its evidence spans, offsets into the texts, still hold."""
+    return dataclasses.replace(example, passages=[Passage(passage.text) for passage in example.passages])
+
+
 def run_example(
     compressor: FinchCompressor,
     example: Example,
@@ -381,7 +386,7 @@ def main(argv: Sequence[str] | None = None, suite: str | None = None) -> int:
     started = time.perf_counter()
     examples = load_suite(suite, args.data, args.limit, args.seed, args.top_k, args.corpus_limit)[args.start :]
     if args.untitled:
-        examples = [dataclasses.replace(e, passages=[Passage(p.text) for p in e.passages]) for e in examples]
+        examples = [untitled(example) for example in examples]
     records = run_suite(
         compressor,
         examples,

@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.datasets import Example, sample
 from benchmarks.methods import BUILTIN_METHODS, Method, allocation_of, expand_methods, parse_method
-from benchmarks.qa import _truncated, budget_of, run_example
+from benchmarks.qa import _truncated, budget_of, run_example, untitled
 from finch_rag import FinchCompressor, FinchConfig, Passage, PassageAllocation
 from finch_rag.prompts import build_prompt
 
@@ -34,6 +34,18 @@ def compressor(tiny_models, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def example():
     return Example("unit", "q1", QUESTION, PASSAGES, ["Orla Brant"], EVIDENCE)
+
+
+def test_untitled_examples_keep_their_evidence(tiny_tokenizer, example):
+    """``--untitled`` drops the titles from the prompt; the evidence still marks "Orla Brant"."""
+    bare = untitled(example)
+    assert [p.title for p in bare.passages] == [None] * 3
+    assert [p.text for p in bare.passages] == [p.text for p in PASSAGES]
+    for case in (example, bare):
+        parts = build_prompt(tiny_tokenizer, case.passages, QUESTION)
+        evidence = torch.as_tensor(parts.context_ids)[parts.span_tokens(case.evidence)]
+        assert tiny_tokenizer.decode(evidence).strip() == "Orla Brant"
+    assert "Lighthouse" not in tiny_tokenizer.decode(build_prompt(tiny_tokenizer, bare.passages, QUESTION).context_ids)
 
 
 def test_budget_labels():
