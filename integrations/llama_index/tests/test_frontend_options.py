@@ -113,3 +113,26 @@ def test_bad_automatic_budget_options_are_refused() -> None:
             FinchNodePostprocessor(**bad)
     with pytest.raises(ValueError, match='attention_mass only applies with target_tokens="auto"'):
         FinchLLM(target_tokens=8, attention_mass=0.5)
+
+
+def test_nodes_of_one_file_are_fused_and_nodes_of_two_files_are_not(tiny: FinchCompressor) -> None:
+    """LlamaIndex's readers name the file (``file_path``), not a title: one file's nodes get `FinchRAG`'s fusion."""
+
+    def kept(paths: list[str], weighting: RankWeighting | None = None) -> list[list[list[int]]]:
+        nodes = [
+            NodeWithScore(node=TextNode(text=text, metadata={"file_path": path}), score=1.0 - i / 10)
+            for i, (text, path) in enumerate(zip(TINY.PASSAGES, paths, strict=True))
+        ]
+        processor = FinchNodePostprocessor(compressor=tiny, weighting=weighting or RankWeighting())
+        out = processor.postprocess_nodes(nodes, query_str=TINY.QUESTION)
+        return [positions.tolist() for positions in tiny.store.get(out[0].node.metadata[CACHE_KEY]).kept_positions]
+
+    unfused = RankWeighting(sentence_fusion_temperature=None)
+    one_file = ["/docs/a.txt"] * len(TINY.PASSAGES)
+    two_files = ["/docs/a.txt", "/docs/b.txt"] * (len(TINY.PASSAGES) // 2) + ["/docs/a.txt"] * (len(TINY.PASSAGES) % 2)
+    passages = [Passage(text, metadata={"file_path": path}) for text, path in zip(TINY.PASSAGES, one_file, strict=True)]
+    answer = FinchRAG(compressor=tiny, max_new_tokens=1).answer_from(TINY.QUESTION, passages)
+    assert answer.stats["sentence_fusion"] and answer.compressed is not None
+    finchrag = [positions.tolist() for positions in answer.compressed.kept_positions]
+    assert kept(one_file) == finchrag != kept(one_file, unfused)
+    assert kept(two_files) == kept(two_files, unfused)
