@@ -446,8 +446,11 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
     plain.ask(QUESTION)
     calls = len(encoder.calls)
     answer = fused.ask(QUESTION)
-    plan = PassageAllocation(weighting=weighting).plan([s.to_passage() for s in fused.retrieve(QUESTION)], BASE)
-    assert plan.token_prior is None  # the allocation alone has no embedder: FinchRAG adds the prior
+    ranked = [s.to_passage() for s in fused.retrieve(QUESTION)]
+    plan = PassageAllocation(weighting=weighting).plan(ranked, BASE)
+    assert plan.token_prior is None  # without the question a plan has nothing to fuse with
+    asked = PassageAllocation(weighting=weighting).plan(ranked, BASE, question=QUESTION, embedder=encoder)
+    assert asked.token_prior == SentenceFusion(encoder, QUESTION, 0.02)  # what FinchRAG's plan carries
     sentences = build_prompt(compressor.tokenizer, plan.packed, QUESTION).sentence_ids().unique().numel()
     assert 1 + sentences in encoder.calls[calls:]  # the question and every sentence, by the retriever's model
     prior = SentenceFusion(encoder, QUESTION, 0.02)
