@@ -129,7 +129,7 @@ def test_nodes_of_one_file_are_fused_and_nodes_of_two_files_are_not(tiny: FinchC
 
     unfused = RankWeighting(sentence_fusion_temperature=None)
     one_file = ["/docs/a.txt"] * len(TINY.PASSAGES)
-    two_files = ["/docs/a.txt", "/docs/b.txt"] * (len(TINY.PASSAGES) // 2) + ["/docs/a.txt"] * (len(TINY.PASSAGES) % 2)
+    two_files = [f"/docs/{index % 2}.txt" for index in range(len(TINY.PASSAGES))]
     passages = [Passage(text, metadata={"file_path": path}) for text, path in zip(TINY.PASSAGES, one_file, strict=True)]
     answer = FinchRAG(compressor=tiny, max_new_tokens=1).answer_from(TINY.QUESTION, passages)
     assert answer.stats["sentence_fusion"] and answer.compressed is not None
