@@ -18,12 +18,15 @@ packing order, the config to compress them with, their score priors, and a way b
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 import torch
 
+from ._locks import model_lock
 from .config import GRANULARITIES, FinchConfig, Granularity
 from .linking import named_passages
 from .prompts import Passage, PromptParts
@@ -75,7 +78,8 @@ class RankWeighting:
       ``exp((c - c_max) / sentence_fusion_temperature)``, ``c`` the sentence's cosine similarity to the question
       and ``c_max`` the best sentence's. Attention alone favours sentences that repeat the question's words;
       the embedder reads what a sentence says. It needs an embedding model: `FinchRAG` uses its
-      `EmbeddingRetriever`'s (the embedded all-MiniLM-L6-v2 otherwise), see `SentenceFusion`. By default
+      `EmbeddingRetriever`'s, the integrations and the server the one named by ``embedding_model`` (the
+      embedded all-MiniLM-L6-v2 otherwise), see `SentenceFusion`. By default
       (``0.1``, scope ``"one_document"``) it applies only to passages that are pieces of one document
       (`one_document`): on long Wikipedia pages cut into chunks it kept the gold answer 1.11x as often as
       truncation through the default chunked read (1.21x in one pass), against 0.95x without it, while on
@@ -323,9 +327,9 @@ class PassageAllocation:
         (``None`` where unknown); they only matter for a ``weighting`` with ``fusion_temperature``.
 
         With the ``question`` the passages will be compressed for, a plan whose passages the weighting fuses
-        (`fuses_sentences`) carries a `SentenceFusion` token prior on ``embedder`` (anything with
-        sentence-transformers' ``encode``; default the embedded all-MiniLM-L6-v2, loaded once per process by
-        `finch_rag.retrieval.shared_embedding_model`). Without a question nothing is fused.
+        (`fuses_sentences`) carries a `SentenceFusion` token prior on ``embedder``: a model `check_embedder`
+        accepts, or a sentence-transformers name or path (``None``: the embedded all-MiniLM-L6-v2), loaded once
+        per process by `finch_rag.retrieval.shared_embedding_model`. Without a question nothing is fused.
         """
         ranked = list(ranked)
         ranks = list(ranks) if ranks is not None else list(range(1, len(ranked) + 1))
@@ -345,8 +349,9 @@ class PassageAllocation:
         token_prior = None
         temperature = self.weighting.sentence_fusion_temperature
         if question is not None and temperature is not None and self.fuses_sentences(packed):
-            embedder = embedder if embedder is not None else shared_embedding_model()
-            token_prior = SentenceFusion(embedder, question, temperature)
+            if embedder is None or isinstance(embedder, (str, os.PathLike)):
+                embedder = shared_embedding_model(embedder)
+            token_prior = SentenceFusion(check_embedder(embedder), question, temperature)
         return AllocationPlan(packed, self.configure(config), weights, order, token_prior)
 
 
@@ -356,7 +361,7 @@ class SentenceFusion:
 
     ``SentenceFusion(embedder, question, temperature)(parts)`` embeds ``question`` and every sentence of
     ``parts`` (`PromptParts.sentence_ids`, the sentences ``granularity="sentence"`` makes compete) with
-    ``embedder`` (anything with sentence-transformers' ``encode``), and gives each context token
+    ``embedder`` (see `check_embedder`), and gives each context token
     ``exp((c - c_max) / temperature)``, ``c`` its sentence's cosine similarity to the question. It is the
     ``token_prior`` `PassageAllocation.plan` puts on a plan when `RankWeighting.fuses_sentences` its passages.
     """
@@ -374,16 +379,50 @@ class SentenceFusion:
         starts = starts.scatter_reduce(0, inverse, offsets[:, 0], reduce="amin")
         ends = torch.zeros(len(labels), dtype=torch.long).scatter_reduce(0, inverse, offsets[:, 1], reduce="amax")
         texts = [context_text[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
-        vectors = self.embedder.encode(
-            [self.question, *texts],
-            batch_size=32,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        vectors = vectors.detach().float().cpu()
+        vectors = question_and_sentence_vectors(self.embedder, self.question, texts)
         return (vectors[1:] @ vectors[0])[inverse]
 
     def __call__(self, parts: PromptParts) -> torch.Tensor:
         similarity = self.similarities(parts)
         return torch.exp((similarity - similarity.max()) / self.temperature)
+
+
+def check_embedder(embedder: Any) -> Any:
+    """``embedder`` if sentence fusion can embed with it, else a `TypeError` that says what can.
+
+    Two kinds work: a sentence-transformers model (anything with its ``encode``), and an object with
+    ``embed_query(text)`` and ``embed_documents(texts)`` returning vectors, the interface LangChain's ``Embeddings``
+    implement (the question goes through ``embed_query``, so a model with a query instruction gets it).
+    """
+    if _embeds_queries(embedder) or callable(getattr(embedder, "encode", None)):
+        return embedder
+    raise TypeError(
+        f"Sentence fusion cannot embed with a {type(embedder).__name__!r} object. Give a sentence-transformers "
+        "model or its name or path, or an object with embed_query(text) and embed_documents(texts) (a LangChain "
+        "Embeddings; the LlamaIndex classes also take a LlamaIndex BaseEmbedding)."
+    )
+
+
+def question_and_sentence_vectors(embedder: Any, question: str, sentences: Sequence[str]) -> torch.Tensor:
+    """``[1 + n, d]`` unit vectors: ``question``'s, then each sentence's, embedded by ``embedder`` (`check_embedder`).
+
+    A torch model encodes under its `model_lock`: a fast tokenizer must not run in two threads at once, and the
+    same model may serve an `EmbeddingRetriever` and other front ends' compressions.
+    """
+    if _embeds_queries(embedder):
+        rows = [embedder.embed_query(question), *embedder.embed_documents(list(sentences))]
+        vectors = torch.as_tensor(rows, dtype=torch.float32)
+        return torch.nn.functional.normalize(vectors, dim=-1)
+    with model_lock(embedder) if isinstance(embedder, torch.nn.Module) else nullcontext():
+        vectors = embedder.encode(
+            [question, *sentences],
+            batch_size=32,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+    return torch.as_tensor(vectors).detach().float().cpu()
+
+
+def _embeds_queries(embedder: Any) -> bool:
+    return callable(getattr(embedder, "embed_query", None)) and callable(getattr(embedder, "embed_documents", None))

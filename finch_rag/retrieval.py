@@ -17,12 +17,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from ._locks import model_lock
 from .progress import bars_allowed, transformers_bars_as_ours
 from .prompts import Passage
 
@@ -155,20 +157,23 @@ def load_embedding_model(
 
 
 _shared_lock = threading.Lock()
-_shared_model: list[SentenceTransformer] = []
+_shared_models: dict[str, SentenceTransformer] = {}
 
 
-def shared_embedding_model() -> SentenceTransformer:
-    """The embedded all-MiniLM-L6-v2, loaded once per process.
+def shared_embedding_model(model: str | os.PathLike[str] | None = None) -> SentenceTransformer:
+    """A SentenceTransformer loaded once per process and name (``None``: the embedded all-MiniLM-L6-v2).
 
     The sentence-fusion model (`finch_rag.allocation.SentenceFusion`) of every front end that has no embedder of
-    its own: the integrations, the server and a `FinchRAG` whose retriever is not an `EmbeddingRetriever`. Loaded
-    once, as `finch_rag.frontends.handle.shared_compressor` loads the LLM, so each request does not pay for it.
+    its own: the integrations and the server (unless given ``embedding_model``), and a `FinchRAG` whose retriever is
+    not an `EmbeddingRetriever`. Loaded once, as `finch_rag.frontends.handle.shared_compressor` loads the LLM, so
+    each request does not pay for it.
     """
+    name = "default" if model is None or str(model).lower() in _DEFAULT_ALIASES else os.fspath(model)
     with _shared_lock:
-        if not _shared_model:
-            _shared_model.append(load_embedding_model())
-        return _shared_model[0]
+        loaded = _shared_models.get(name)
+        if loaded is None:
+            loaded = _shared_models[name] = load_embedding_model(None if name == "default" else name)
+        return loaded
 
 
 class EmbeddingRetriever:
@@ -224,13 +229,15 @@ class EmbeddingRetriever:
         return len(self._texts)
 
     def _encode(self, texts: Sequence[str], progress: bool) -> torch.Tensor:
-        embeddings = self.model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=progress and bars_allowed(),
-        )
+        # The model's lock as well as ours: sentence fusion may encode with the same model from another thread.
+        with model_lock(self.model) if isinstance(self.model, torch.nn.Module) else nullcontext():
+            embeddings = self.model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=progress and bars_allowed(),
+            )
         return embeddings.detach().float().cpu()
 
     def add(self, documents: Iterable[Document]) -> None:

@@ -10,12 +10,13 @@ answer. Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-from ..allocation import AllocationPlan, PassageAllocation
+from ..allocation import AllocationPlan, PassageAllocation, check_embedder
 from ..compression.prefix_cache import PrefixCache
 from ..compressor import FinchCompressor
 from ..config import FinchConfig, merged_config
@@ -141,14 +142,27 @@ class CompressorHandle:
         Model for `shared_compressor` when no compressor is given (``None``: the embedded default).
     dtype : str, optional
         Its weights' dtype for `shared_compressor` (``None``: `load_model`'s default); not with ``compressor``.
+    embedding_model : optional
+        What sentence fusion embeds with (`PassageAllocation.plan`'s ``embedder``): a model `check_embedder`
+        accepts, or a sentence-transformers name or path, loaded on first use and shared in the process.
+        ``None``: the embedded all-MiniLM-L6-v2.
     """
 
-    def __init__(self, compressor: Any = None, model_name: str | None = None, dtype: str | None = None) -> None:
+    def __init__(
+        self,
+        compressor: Any = None,
+        model_name: str | None = None,
+        dtype: str | None = None,
+        embedding_model: Any = None,
+    ) -> None:
         self._compressor = check_compressor(compressor, model_name)
         if compressor is not None and dtype is not None:
             raise ValueError("dtype= applies to a model loaded by name; a given compressor keeps its model's dtype.")
+        if embedding_model is not None and not isinstance(embedding_model, (str, os.PathLike)):
+            check_embedder(embedding_model)
         self.model_name = model_name
         self.dtype = dtype
+        self.embedding_model = embedding_model
         self._lock = threading.Lock()
 
     @property
@@ -236,7 +250,10 @@ class CompressorHandle:
         ``return_exceptions`` are `FinchCompressor.compress_plans`'; a request that ran past its deadline leaves
         nothing in the store.
         """
-        plans = [allocation.plan(passages, config, question=question) for passages, question, _ in requests]
+        plans = [
+            allocation.plan(passages, config, question=question, embedder=self.embedding_model)
+            for passages, question, _ in requests
+        ]
         compressor = self.get()
         contexts = compressor.compress_plans(
             plans,

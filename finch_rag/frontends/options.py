@@ -134,6 +134,13 @@ class FinchOptions(BudgetOptions):
 
     A subclass also gets ``compressor=`` (keyword only, an already built `FinchCompressor`, not with
     ``model_name``), the lazily loaded `compressor`, the merged `config` and the `passage_allocation`.
+
+    It also takes ``embedding_model=`` (keyword only): what sentence fusion embeds with when the passages are
+    pieces of one document (`finch_rag.RankWeighting.sentence_fusion_scope`). A sentence-transformers model, its
+    name or path (loaded on first use, shared in the process), or an object with ``embed_query`` and
+    ``embed_documents`` such as a LangChain ``Embeddings``; ``None``, the default, is the embedded
+    all-MiniLM-L6-v2. Each compression of such passages embeds every sentence of them: a remote embeddings API
+    is called once per compression.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -164,15 +171,22 @@ class FinchOptions(BudgetOptions):
             dtype_named(value)  # fail when the object is built, not when the model loads
         return value
 
-    def __init__(self, *, compressor: FinchCompressor | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, compressor: FinchCompressor | None = None, embedding_model: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self._handle = CompressorHandle(compressor, self.model_name, self.dtype)
+        self._handle = CompressorHandle(compressor, self.model_name, self.dtype, embedding_model)
         self.config  # noqa: B018 - validate the option combination now, not on first use
 
     @property
     def _compressor(self) -> FinchCompressor | None:
         """The compressor if given or already loaded (``None`` before the first use of a model given by name)."""
         return self._handle.loaded
+
+    @property
+    def embedding_model(self) -> Any:
+        """What sentence fusion embeds with, as given (``None``: the embedded all-MiniLM-L6-v2)."""
+        return self._handle.embedding_model
 
     @property
     def compressor(self) -> FinchCompressor:

@@ -35,6 +35,12 @@ def add_serve_parser(commands: Any) -> None:
     )
     model.add_argument("--served-model-name", metavar="NAME", help="the model id clients send (default: --model)")
     add_dtype_argument(model)
+    model.add_argument(
+        "--embedding-model",
+        metavar="NAME_OR_PATH",
+        help="sentence-transformers model that sentence fusion embeds with, for documents that are pieces of one "
+        "document (default: the embedded all-MiniLM-L6-v2, offline)",
+    )
     network = serve.add_argument_group("network")
     network.add_argument(
         "--host",
@@ -154,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         model=args.model,
         served_model_name=args.served_model_name,
         dtype=args.dtype,
+        embedding_model=args.embedding_model,
         host=args.host,
         port=args.port,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,

@@ -97,9 +97,11 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self._handle = (
-            frontends.CompressorHandle(compressor)
+            frontends.CompressorHandle(compressor, embedding_model=settings.embedding_model)
             if compressor is not None
-            else frontends.CompressorHandle(model_name=settings.model, dtype=settings.dtype)
+            else frontends.CompressorHandle(
+                model_name=settings.model, dtype=settings.dtype, embedding_model=settings.embedding_model
+            )
         )
         self._batcher = Batcher(
             self._run,
@@ -113,7 +115,8 @@ class Engine:
     def start(self) -> None:
         """Load the model (if not given) and sentence fusion's embedder, then start the batch worker."""
         self._handle.get()
-        shared_embedding_model()  # so the first request for pieces of one document does not wait for it
+        # Sentence fusion's embedder, so the first request for pieces of one document does not wait for it.
+        shared_embedding_model(self.settings.embedding_model)
         self._batcher.start()
 
     def stop(self) -> None:

@@ -38,6 +38,10 @@ class ServerSettings:
     dtype : str, optional
         The weights' dtype, a name in `finch_rag.models.DTYPES` (``"bfloat16"`` gave 1.7x float32's throughput on
         a bf16-capable CPU; answers may differ from float32's). Default: `load_model`'s (float32 on a CPU).
+    embedding_model : str, optional
+        The sentence-transformers model (hub name or local directory) that sentence fusion embeds with when a
+        request's documents are pieces of one document (`finch_rag.RankWeighting.sentence_fusion_scope`); loaded
+        at start. Default: the embedded all-MiniLM-L6-v2 (offline).
     host, port : str, int
         Where uvicorn listens. The default host is loopback only; give ``0.0.0.0`` to serve a network.
     api_key : str, optional
@@ -86,6 +90,7 @@ class ServerSettings:
     model: str | None = None
     served_model_name: str | None = None
     dtype: str | None = None
+    embedding_model: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
@@ -110,6 +115,13 @@ class ServerSettings:
             raise TypeError(f"config must be a FinchConfig, got {type(self.config).__name__}.")
         if self.dtype is not None:
             dtype_named(self.dtype)  # fail at start-up, not at the first request's model load
+        if self.embedding_model is not None and (
+            not isinstance(self.embedding_model, str) or not self.embedding_model.strip()
+        ):
+            raise ValueError(
+                "embedding_model must be a sentence-transformers model name or directory, or None for the embedded "
+                f"all-MiniLM-L6-v2; got {self.embedding_model!r}."
+            )
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:

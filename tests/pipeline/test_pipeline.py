@@ -27,10 +27,10 @@ from finch_rag import (
     RetrievedPassage,
     Retriever,
 )
-from finch_rag.allocation import AllocationPlan, SentenceFusion, rank_weights
+from finch_rag.allocation import AllocationPlan, SentenceFusion, check_embedder, rank_weights
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.prompts import build_prompt
-from finch_rag.retrieval import as_document, default_embedding_model_path, title_of
+from finch_rag.retrieval import as_document, default_embedding_model_path, shared_embedding_model, title_of
 
 TITLES = ["The fox", "France", "Bananas", "Rivers"]
 DOCUMENTS = [(text, {"title": title}) for text, title in zip(PASSAGES, TITLES, strict=True)]
@@ -434,6 +434,45 @@ def test_sentence_fusion_scores_each_sentence_by_its_similarity_to_the_question(
     assert secret.numel() == 1
     assert bool((prior[sentences == secret] == 1.0).all()) and float(prior[sentences != secret].max()) < 1.0
     assert torch.allclose(prior, torch.exp((similarity - similarity.max()) / 0.1))
+
+
+class QueryDocumentEmbedder:
+    """`HashingEncoder` behind ``embed_query`` / ``embed_documents`` (LangChain's ``Embeddings`` interface)."""
+
+    def __init__(self) -> None:
+        self.encoder = HashingEncoder()
+        self.queries: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        vectors = self.encoder.encode(
+            texts, batch_size=32, convert_to_tensor=True, normalize_embeddings=False, show_progress_bar=False
+        )
+        return (vectors * 3.0).tolist()  # not unit length: fusion normalises them
+
+    def embed_query(self, text: str) -> list[float]:
+        self.queries.append(text)
+        return self.embed_documents([text])[0]
+
+
+def test_sentence_fusion_embeds_with_a_query_and_documents_embedder(tiny_tokenizer: Any) -> None:
+    """An ``embed_query`` / ``embed_documents`` embedder gives the prior its vectors give; the question is the query."""
+    passages = [Passage("Bananas grow in bunches. The secret code is 4817."), Passage("Rivers flow to the sea.")]
+    parts = build_prompt(tiny_tokenizer, passages, QUESTION)
+    embedder = QueryDocumentEmbedder()
+    prior = SentenceFusion(check_embedder(embedder), QUESTION, 0.1)(parts)
+    assert torch.allclose(prior, SentenceFusion(HashingEncoder(), QUESTION, 0.1)(parts), atol=1e-6)
+    assert embedder.queries == [QUESTION]
+    with pytest.raises(TypeError, match="embed_query.*embed_documents"):
+        check_embedder(object())
+
+
+def test_a_plan_loads_a_named_embedder_once(tiny_tokenizer: Any) -> None:
+    """``embedder`` may be a sentence-transformers name or path, loaded once per process."""
+    pieces = [Passage("Bananas grow in bunches."), Passage("The secret code is 4817.")]
+    plan = PassageAllocation().plan(pieces, FinchConfig(target_tokens=4), question=QUESTION, embedder="default")
+    assert isinstance(plan.token_prior, SentenceFusion) and plan.token_prior.embedder is shared_embedding_model()
+    path = default_embedding_model_path()
+    assert shared_embedding_model(path) is shared_embedding_model(str(path)) is not shared_embedding_model()
 
 
 def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: FinchCompressor) -> None:

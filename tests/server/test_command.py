@@ -48,6 +48,18 @@ def test_dtype_reaches_the_settings() -> None:
         settings("--dtype", "int8")
 
 
+def test_embedding_model_reaches_the_settings_and_the_handle(tiny_models, tiny_tokenizer) -> None:
+    from finch_rag import FinchCompressor
+    from finch_rag.server.engine import Engine
+    from finch_rag.server.metrics import ServerMetrics
+
+    assert settings().embedding_model is None
+    named = settings("--embedding-model", "/models/my-minilm")
+    assert named.embedding_model == "/models/my-minilm"
+    engine = Engine(named, ServerMetrics(), FinchCompressor(tiny_models("llama"), tiny_tokenizer))
+    assert engine.handle.embedding_model == "/models/my-minilm"  # what every request's plan embeds with
+
+
 def test_dtype_is_for_a_model_loaded_by_name(tiny_models, tiny_tokenizer) -> None:
     from finch_rag import FinchCompressor
     from finch_rag.frontends import CompressorHandle

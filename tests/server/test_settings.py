@@ -30,7 +30,9 @@ def test_defaults_serve_the_embedded_model_on_loopback() -> None:
         ({"default_temperature": 3.0}, "default_temperature"),
         ({"kept_text_threshold": 0}, "kept_text_threshold"),
         ({"dtype": "int8"}, "dtype must be one of"),
-        ({"dtype": "nn"}, "dtype must be one of"),  # a name is looked up in our table, never on the torch module
+        ({"dtype": "nn"}, "dtype must be one of"),
+        ({"embedding_model": " "}, "embedding_model"),
+        ({"embedding_model": 3}, "embedding_model"),  # a name is looked up in our table, never on the torch module
     ],
 )
 def test_bad_settings_name_the_field(options: dict[str, object], message: str) -> None:

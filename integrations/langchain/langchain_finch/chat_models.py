@@ -110,7 +110,7 @@ class ChatFinch(FinchOptions, SamplingOptions, BaseChatModel):
     Parameters
     ----------
     model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
-    attention_mass, max_target_tokens, min_target_tokens
+    attention_mass, max_target_tokens, min_target_tokens, embedding_model
         The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
         from the compressor's config.
     max_tokens : int

@@ -39,7 +39,7 @@ class FinchDocumentCompressor(FinchOptions, BaseDocumentCompressor):
     threshold : float
         A token is in ``page_content`` when at least this fraction of (layer, KV head) pairs kept it.
     model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
-    attention_mass, max_target_tokens, min_target_tokens
+    attention_mass, max_target_tokens, min_target_tokens, embedding_model
         The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
         from the compressor's config.
     """

@@ -47,7 +47,7 @@ class FinchRetriever(FinchOptions, BaseRetriever):
     threshold : float
         A token is in ``page_content`` when at least this fraction of (layer, KV head) pairs kept it.
     model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
-    attention_mass, max_target_tokens, min_target_tokens
+    attention_mass, max_target_tokens, min_target_tokens, embedding_model
         The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
         from the compressor's config. Give `ChatFinch` the same ones (or the same ``compressor=``) to reuse the
         compression.

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting
+from finch_rag.retrieval import shared_embedding_model
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 from langchain_core.retrievers import BaseRetriever
 
 from langchain_finch import CACHE_KEY, FinchDocumentCompressor, FinchLLM
@@ -135,3 +137,34 @@ def test_pieces_of_one_document_are_fused_as_in_finchrag(tiny: FinchCompressor) 
     unfused = RankWeighting(sentence_fusion_temperature=None)
     plain = FinchDocumentCompressor(compressor=tiny, weighting=unfused).compress_documents(pieces, TINY.QUESTION)
     assert kept != [positions.tolist() for positions in tiny.store.get(plain[0].metadata[CACHE_KEY]).kept_positions]
+
+
+class MiniLMEmbeddings(Embeddings):
+    """The embedded all-MiniLM-L6-v2 behind LangChain's interface; it records the queries it embeds."""
+
+    def __init__(self) -> None:
+        self.model = shared_embedding_model()
+        self.queries: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.model.encode(texts, normalize_embeddings=True, show_progress_bar=False).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        self.queries.append(text)
+        return self.embed_documents([text])[0]
+
+
+def test_a_langchain_embeddings_is_the_fusion_embedder(tiny: FinchCompressor) -> None:
+    """``embedding_model=`` names what sentence fusion embeds with; the question goes through ``embed_query``."""
+    pieces = [Document(page_content=text, metadata={"source": "notes.txt"}) for text in TINY.PASSAGES]
+
+    def kept(**options: Any) -> list[list[int]]:
+        out = FinchDocumentCompressor(compressor=tiny, **options).compress_documents(pieces, TINY.QUESTION)
+        return [positions.tolist() for positions in tiny.store.get(out[0].metadata[CACHE_KEY]).kept_positions]
+
+    embeddings = MiniLMEmbeddings()
+    assert kept(embedding_model=embeddings) == kept()  # the default is this very model
+    assert embeddings.queries == [TINY.QUESTION]
+    assert kept(embedding_model=DeterministicFakeEmbedding(size=32)) != kept()  # another embedder moves the selection
+    with pytest.raises(TypeError, match="embed_query"):
+        FinchLLM(compressor=tiny, embedding_model=object())

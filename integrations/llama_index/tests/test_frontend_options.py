@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, RankWeighting
 from finch_rag.prompts import chat_prompt_ids
+from finch_rag.retrieval import shared_embedding_model
+from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
@@ -136,3 +138,37 @@ def test_nodes_of_one_file_are_fused_and_nodes_of_two_files_are_not(tiny: FinchC
     finchrag = [positions.tolist() for positions in answer.compressed.kept_positions]
     assert kept(one_file) == finchrag != kept(one_file, unfused)
     assert kept(two_files) == kept(two_files, unfused)
+
+
+class MiniLMEmbedding(BaseEmbedding):
+    """The embedded all-MiniLM-L6-v2 as a LlamaIndex embedding; it records the queries it embeds."""
+
+    queries: list[str] = []
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        return shared_embedding_model().encode(text, normalize_embeddings=True, show_progress_bar=False).tolist()
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        self.queries.append(query)
+        return self._get_text_embedding(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_query_embedding(query)
+
+
+def test_a_llama_index_embedding_is_the_fusion_embedder(tiny: FinchCompressor) -> None:
+    """``embedding_model=`` takes a ``BaseEmbedding``; the question goes through ``get_query_embedding``."""
+    nodes = [NodeWithScore(node=TextNode(text=text, metadata={"file_path": "/a.txt"})) for text in TINY.PASSAGES]
+
+    def kept(processor: FinchNodePostprocessor) -> list[list[int]]:
+        out = processor.postprocess_nodes(nodes, query_str=TINY.QUESTION)
+        return [positions.tolist() for positions in tiny.store.get(out[0].node.metadata[CACHE_KEY]).kept_positions]
+
+    embedding = MiniLMEmbedding(queries=[])
+    processor = FinchNodePostprocessor(compressor=tiny, embedding_model=embedding)
+    assert processor.embedding_model.embed_model is embedding
+    assert kept(processor) == kept(FinchNodePostprocessor(compressor=tiny))  # the default is this very model
+    assert embedding.queries == [TINY.QUESTION]
+    assert FinchLLM(compressor=tiny, embedding_model=embedding).embedding_model.embed_model is embedding
+    with pytest.raises(TypeError, match="BaseEmbedding"):
+        FinchNodePostprocessor(compressor=tiny, embedding_model=3)

@@ -36,6 +36,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.custom import CustomLLM
 from llama_index.core.prompts.default_prompts import DEFAULT_TEXT_QA_PROMPT_TMPL
 
+from llama_index.postprocessor.finch.embeddings import fusion_embedder
 from llama_index.postprocessor.finch.events import FinchCompressionEvent
 
 dispatcher = get_dispatcher(__name__)
@@ -58,8 +59,9 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
     Parameters
     ----------
     model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
-    attention_mass, max_target_tokens, min_target_tokens
+    attention_mass, max_target_tokens, min_target_tokens, embedding_model
         The compressor and the compression (`finch_rag.frontends.FinchOptions`).
+        ``embedding_model`` also takes a LlamaIndex ``BaseEmbedding`` (e.g. ``Settings.embed_model``).
     max_new_tokens, temperature, top_p, seed
         Decoding (`finch_rag.frontends.SamplingOptions`); each, and ``stop``, may also be given per call.
     timeout : float, optional
@@ -76,8 +78,8 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         DEFAULT_TEXT_QA_PROMPT_TMPL, description="Prompt template with {context_str} and {query_str} to split."
     )
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, embedding_model: Any = None, **kwargs: Any) -> None:
+        super().__init__(embedding_model=fusion_embedder(embedding_model), **kwargs)
         template_pieces(self.qa_template, "{context_str}", "{query_str}", "qa_template")  # an error now, not later
 
     @classmethod

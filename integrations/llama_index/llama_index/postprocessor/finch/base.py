@@ -15,6 +15,7 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
+from .embeddings import fusion_embedder
 from .events import FinchCompressionEvent
 
 __all__ = ["CACHE_KEY", "CACHE_KEY_PATTERN", "STATS_KEYS", "FinchCompressionEvent", "FinchNodePostprocessor"]
@@ -56,14 +57,18 @@ class FinchNodePostprocessor(FinchOptions, BaseNodePostprocessor):
     threshold : float
         A token is in the output text when at least this fraction of (layer, KV head) pairs kept it.
     model_name, compressor, target_tokens, compression_ratio, chunk_size, progress, allocation, weighting,
-    attention_mass, max_target_tokens, min_target_tokens
+    attention_mass, max_target_tokens, min_target_tokens, embedding_model
         The compressor and the compression (`finch_rag.frontends.FinchOptions`); unset budget and chunking come
         from the compressor's config.
+        ``embedding_model`` also takes a LlamaIndex ``BaseEmbedding`` (e.g. ``Settings.embed_model``).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
 
     threshold: float = Field(0.5, gt=0, le=1, description="Fraction of (layer, KV head) pairs that must keep a token.")
+
+    def __init__(self, *, embedding_model: Any = None, **kwargs: Any) -> None:
+        super().__init__(embedding_model=fusion_embedder(embedding_model), **kwargs)
 
     @classmethod
     def class_name(cls) -> str:
