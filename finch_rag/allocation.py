@@ -390,10 +390,14 @@ class SentenceFusion:
 def check_embedder(embedder: Any) -> Any:
     """``embedder`` if sentence fusion can embed with it, else a `TypeError` that says what can.
 
-    Two kinds work: a sentence-transformers model (anything with its ``encode``), and an object with
+    Two kinds of model work: a sentence-transformers model (anything with its ``encode``), and an object with
     ``embed_query(text)`` and ``embed_documents(texts)`` returning vectors, the interface LangChain's ``Embeddings``
-    implement (the question goes through ``embed_query``, so a model with a query instruction gets it).
+    implement (the question goes through ``embed_query``, so a model with a query instruction gets it). A name or
+    path of a sentence-transformers model, and ``None`` (the embedded default), pass too: `PassageAllocation.plan`
+    loads them.
     """
+    if embedder is None or isinstance(embedder, (str, os.PathLike)):
+        return embedder
     if _embeds_queries(embedder) or callable(getattr(embedder, "encode", None)):
         return embedder
     raise TypeError(

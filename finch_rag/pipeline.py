@@ -22,6 +22,7 @@ from .allocation import (
     Allocation,
     PassageAllocation,
     RankWeighting,
+    check_embedder,
 )
 from .compressor import FinchCompressor
 from .config import FinchConfig
@@ -129,6 +130,10 @@ class FinchRAG:
         (with ``config`` as given).
     weighting : RankWeighting, optional
         Parameters of ``"retrieval_weighted"``; default ``RankWeighting()``.
+    embedding_model : optional
+        What sentence fusion embeds with: a sentence-transformers model, its name or path, or an object with
+        ``embed_query`` and ``embed_documents`` (`finch_rag.allocation.check_embedder`). Default: the
+        retriever's model when it is an `EmbeddingRetriever`, else the embedded all-MiniLM-L6-v2.
     max_new_tokens : int
         Length limit of each answer.
 
@@ -153,6 +158,7 @@ class FinchRAG:
         top_k: int = 8,
         allocation: Allocation = RETRIEVAL_WEIGHTED,
         weighting: RankWeighting | None = None,
+        embedding_model: Any = None,
         max_new_tokens: int = 64,
     ) -> None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -170,6 +176,7 @@ class FinchRAG:
             )
         if compressor is not None and not isinstance(compressor, FinchCompressor):
             raise TypeError(f"compressor must be a FinchCompressor, got {type(compressor).__name__}.")
+        check_embedder(embedding_model)
 
         self._retriever = retriever
         self._retriever_lock = threading.Lock()
@@ -180,6 +187,7 @@ class FinchRAG:
         self.config = config or self.compressor.config
         self.top_k = top_k
         self.passage_allocation = passage_allocation
+        self.embedding_model = embedding_model
         self.max_new_tokens = max_new_tokens
 
     # --------------------------------------------------------------- corpus
@@ -337,9 +345,12 @@ class FinchRAG:
         if with_context:
             compress_started = time.perf_counter()
             asked = [questions[index] for index in with_context]
-            # Sentence fusion uses the retriever's embedder; without one, the embedded model (never loads a retriever).
+            # Sentence fusion uses the retriever's embedder unless one was named; without either, the embedded
+            # model (this never loads a retriever).
             retriever = self._retriever
-            embedder = retriever.model if isinstance(retriever, EmbeddingRetriever) else None
+            embedder = self.embedding_model
+            if embedder is None and isinstance(retriever, EmbeddingRetriever):
+                embedder = retriever.model
             plans = [
                 self.passage_allocation.plan(
                     [passage.to_passage() for passage in retrieved[index]],

@@ -10,7 +10,6 @@ answer. Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -158,11 +157,9 @@ class CompressorHandle:
         self._compressor = check_compressor(compressor, model_name)
         if compressor is not None and dtype is not None:
             raise ValueError("dtype= applies to a model loaded by name; a given compressor keeps its model's dtype.")
-        if embedding_model is not None and not isinstance(embedding_model, (str, os.PathLike)):
-            check_embedder(embedding_model)
         self.model_name = model_name
         self.dtype = dtype
-        self.embedding_model = embedding_model
+        self.embedding_model = check_embedder(embedding_model)
         self._lock = threading.Lock()
 
     @property

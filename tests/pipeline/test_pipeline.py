@@ -498,6 +498,23 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
 
 
+def test_finchrag_fuses_with_the_embedding_model_it_is_given(compressor: FinchCompressor) -> None:
+    """``embedding_model=`` overrides the retriever's model for sentence fusion; the question is its query."""
+    encoder, named = HashingEncoder(), QueryDocumentEmbedder()
+    retriever = EmbeddingRetriever(DOCUMENTS, model=encoder, progress=False)
+    weighting = RankWeighting(sentence_fusion_temperature=0.02, sentence_fusion_scope="always")
+    options = {"retriever": retriever, "compressor": compressor, "top_k": 3, "max_new_tokens": 1}
+    calls = len(encoder.calls)
+    answer = FinchRAG(**options, weighting=weighting, embedding_model=named).ask(QUESTION)
+    assert named.queries == [QUESTION] and encoder.calls[calls:] == [1]  # the retriever embedded the query only
+    same = FinchRAG(**options, weighting=weighting).ask(QUESTION)  # the same vectors, from the retriever's model
+    assert answer.compressed is not None and same.compressed is not None
+    kept = [positions.tolist() for positions in answer.compressed.kept_positions]
+    assert kept == [positions.tolist() for positions in same.compressed.kept_positions]
+    with pytest.raises(TypeError, match="embed_query"):
+        FinchRAG(**options, embedding_model=3)
+
+
 def test_finchrag_fuses_sentences_by_default_only_for_pieces_of_one_document(compressor: FinchCompressor) -> None:
     """Titled articles compress as before; untitled chunks get the default `SentenceFusion` prior (T = 0.1)."""
     encoder = HashingEncoder()
