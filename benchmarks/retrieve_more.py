@@ -7,7 +7,8 @@ truncation and for `FinchRAG`'s default (the ``finch_rag`` preset):
 - ``hotpotqa``: each question's 10 paragraphs ranked by all-MiniLM-L6-v2, cut to the top ``k``;
 - ``rag-squad``: the top ``k`` of all 1,023 SQuAD paragraphs (one retrieval at the largest ``k``, cut).
 
-Each (question, k) is read once: `FinchRAG`'s default allocation (best passage last, whole sentences) in a
+Each (question, k) is read once: `FinchRAG`'s default allocation (best passage last, whole sentences, and
+sentence fusion when the k passages are pieces of one document, e.g. SQuAD paragraphs of one article) in a
 single pass (``chunk_size=None``) whose question attention is recorded, and every budget selects from those
 scores exactly as ``compress(chunk_size=None)`` at that budget would (one pass instead of one per budget: the
 curve costs a third). Truncation keeps the first ``B`` tokens of the ranked passages, and needs no model.
@@ -74,7 +75,7 @@ def _curve_records(
     unretrieved = sum(len(tokenizer(text, add_special_tokens=False).input_ids) for text in example.unretrieved_evidence)
     common = {"suite": example.suite, "qid": example.qid, **example.info}
     truncation = Truncation.of(tokenizer, example.passages, example.question, example.evidence)
-    recorded = record_pass(model, tokenizer, example.passages, example.question, config)
+    recorded = record_pass(model, tokenizer, example.passages, example.question, config, fuse=True)
     n, masks = recorded.context_length, recorded.evidence_masks(example.evidence)
     records = []
     for budget in budgets:

@@ -35,6 +35,7 @@ class RecordedPass:
     policy: SelectionPolicy
     candidates: CandidateScores
     seconds: float
+    prior: torch.Tensor | None = None  # the plan's token prior (sentence fusion), when it has one
 
     @property
     def context_length(self) -> int:
@@ -45,12 +46,19 @@ class RecordedPass:
         packed_index = {ranked_at: packed_at for packed_at, ranked_at in enumerate(self.plan.order)}
         return [self.parts.span_tokens([(packed_index[p], start, end)]) for p, start, end in evidence]
 
+    def token_weights(self, passage_weights: Sequence[float] | None) -> torch.Tensor | None:
+        """``[n]``: these packed-passage priors (``None``: none) over the tokens, times the pass's token prior."""
+        weights = None if passage_weights is None else self.parts.token_weights(passage_weights)
+        if self.prior is None:
+            return weights
+        return self.prior if weights is None else weights * self.prior
+
     def reweighted(self, passage_weights: Sequence[float] | None) -> CandidateScores:
         """The pass's candidates with other packed-passage priors (``None``: none), as compression would weigh them."""
-        weights = None
-        if passage_weights is not None:
-            token_weights = self.parts.token_weights(passage_weights)
-            weights = [token_weights[positions] for positions in self.candidates.positions]
+        token_weights = self.token_weights(passage_weights)
+        weights = (
+            None if token_weights is None else [token_weights[positions] for positions in self.candidates.positions]
+        )
         return dataclasses.replace(self.candidates, weights=weights)
 
     def kept(self, budget: int, candidates: CandidateScores | None = None, policy: Any = None) -> torch.Tensor:
@@ -69,19 +77,26 @@ def record_pass(
     question: str,
     config: FinchConfig | None = None,
     allocation: PassageAllocation | None = None,
+    fuse: bool = False,
 ) -> RecordedPass:
-    """Pack ``passages`` (ranked, best first) as ``allocation`` plans them and record one single pass."""
+    """Pack ``passages`` (ranked, best first) as ``allocation`` plans them and record one single pass.
+
+    With ``fuse`` the plan is made for ``question``, so passages the allocation fuses (pieces of one document,
+    by default) carry sentence fusion's prior, as in `FinchRAG`. Without it (what the earlier recordings did,
+    and what `benchmarks.leval_lead` replays its levers on) the pass is attention and passage priors only.
+    """
     config = (config or FinchConfig(progress=False)).replace(chunk_size=None)
-    plan = (allocation or PassageAllocation()).plan(list(passages), config)
+    plan = (allocation or PassageAllocation()).plan(list(passages), config, question=question if fuse else None)
     parts = build_prompt(tokenizer, plan.packed, question)
     n = len(parts.context_ids)
-    weights = plan.passage_weights
+    prior = dataclasses.replace(plan, passage_weights=None).token_weights(parts)  # the token prior alone
+    token_weights = plan.token_weights(parts)
     request = CompressionRequest(
         prefix_ids=torch.tensor([parts.prefix_ids]),
         context_ids=torch.tensor([parts.context_ids]),
         question_ids=torch.tensor([parts.question_ids]),
         passage_starts=parts.passage_token_starts,
-        token_weights=None if weights is None else parts.token_weights(weights),
+        token_weights=token_weights,
         span_ids=parts.sentence_ids() if plan.config.granularity == "sentence" else None,
     )
     text_config = model.config.get_text_config(decoder=True)
@@ -90,7 +105,7 @@ def record_pass(
     started = time.perf_counter()
     with torch.inference_mode():
         compress_batch(model, [request], plan.config.replace(target_tokens=max(n - 1, 1)), policy=recorder)
-    return RecordedPass(plan, parts, policy, recorder.steps[0], time.perf_counter() - started)
+    return RecordedPass(plan, parts, policy, recorder.steps[0], time.perf_counter() - started, prior)
 
 
 @dataclass

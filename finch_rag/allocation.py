@@ -259,8 +259,8 @@ class AllocationPlan(Generic[T]):
         ``packed[i]`` is ``ranked[order[i]]``.
     token_prior : callable, optional
         ``token_prior(parts)`` gives ``[n]`` non-negative factors for the context tokens of the prompt built from
-        ``packed`` (e.g. `SentenceFusion`); ``FinchCompressor.compress_plans`` multiplies them onto the
-        ``passage_weights``. ``None`` for none.
+        ``packed`` (e.g. `SentenceFusion`), multiplied onto the ``passage_weights`` (`token_weights`). ``None``
+        for none.
     """
 
     packed: list[T]
@@ -268,6 +268,24 @@ class AllocationPlan(Generic[T]):
     passage_weights: list[float] | None
     order: tuple[int, ...] = field(repr=False)
     token_prior: Callable[[PromptParts], torch.Tensor] | None = field(default=None, repr=False)
+
+    def token_weights(self, parts: PromptParts) -> torch.Tensor | None:
+        """``[n]`` score priors of the context tokens of ``parts`` (the prompt built from ``packed``), or ``None``.
+
+        The ``passage_weights`` spread over each passage's tokens, times the ``token_prior``: what
+        ``FinchCompressor.compress_plans`` compresses with. A prior that is not one finite factor >= 0 per
+        context token is a `ValueError`.
+        """
+        weights = None if self.passage_weights is None else parts.token_weights(self.passage_weights)
+        if self.token_prior is None:
+            return weights
+        context_length = len(parts.context_ids)
+        prior = torch.as_tensor(self.token_prior(parts), dtype=torch.float32).cpu()
+        if prior.shape != (context_length,):
+            raise ValueError(f"token_prior gave shape {tuple(prior.shape)} for {context_length} context tokens.")
+        if not torch.isfinite(prior).all() or (prior < 0).any():
+            raise ValueError("token_prior must give finite factors >= 0.")
+        return prior if weights is None else weights * prior
 
     def restore(self, per_packed: Sequence[U]) -> list[U]:
         """One value per packed passage (e.g. ``compressed.passage_stats()``) back in the ranked order."""

@@ -297,11 +297,8 @@ class FinchCompressor:
         config = plans[0].config
         prompts = []
         for plan, question, history in zip(plans, questions, histories or [None] * len(plans), strict=True):
-            parts, weights = self._prepare(plan.packed, question, config, plan.passage_weights, history)
-            if plan.token_prior is not None:
-                prior = _checked_prior(plan.token_prior(parts), len(parts.context_ids))
-                weights = prior if weights is None else weights * prior
-            prompts.append((parts, weights))
+            parts, _ = self._prepare(plan.packed, question, config, None, history)
+            prompts.append((parts, plan.token_weights(parts)))
         results = self._run(prompts, config, limits)
         return results if return_exceptions else _raised(results)
 
@@ -555,16 +552,6 @@ class FinchCompressor:
 
 
 T = TypeVar("T")
-
-
-def _checked_prior(prior: torch.Tensor, context_length: int) -> torch.Tensor:
-    """A plan's token prior as ``[n]`` float32, refused unless it has one finite, non-negative value a token."""
-    prior = torch.as_tensor(prior, dtype=torch.float32).cpu()
-    if prior.shape != (context_length,):
-        raise ValueError(f"token_prior gave shape {tuple(prior.shape)} for {context_length} context tokens.")
-    if not torch.isfinite(prior).all() or (prior < 0).any():
-        raise ValueError("token_prior must give finite factors >= 0.")
-    return prior
 
 
 def _raised(results: Sequence[T | DeadlineExceeded]) -> list[T]:

@@ -14,7 +14,7 @@ import torch
 from benchmarks.datasets import Example, sample
 from benchmarks.methods import BUILTIN_METHODS, Method, allocation_of, expand_methods, parse_method
 from benchmarks.qa import _truncated, budget_of, run_example, untitled
-from finch_rag import FinchCompressor, FinchConfig, Passage, PassageAllocation
+from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, PassageAllocation
 from finch_rag.prompts import build_prompt
 
 PASSAGES = [
@@ -514,6 +514,26 @@ def test_the_links_screen_replays_the_default_with_and_without_links(compressor)
         assert torch.equal(with_boost(question, 4.0)(budget), recorded.kept(budget))  # the default is boost 4
     boosted, plain = with_boost(question, 1e9)(8), with_boost(question, 1.0)(8)
     assert int(boosted[:bananas_end].sum()) == 8 and not torch.equal(boosted, plain)
+
+
+def test_a_fused_recorded_pass_keeps_what_finchrag_keeps_in_one_pass(compressor):
+    """``fuse=True`` records the library's default on pieces of one document: sentence fusion included."""
+    from benchmarks.single_pass import record_pass
+
+    pieces = [Passage(passage.text, "One article") for passage in PASSAGES]  # one title: pieces of one document
+    config = FinchConfig(chunk_size=None, progress=False)
+    fused = record_pass(compressor.model, compressor.tokenizer, pieces, QUESTION, config, fuse=True)
+    plain = record_pass(compressor.model, compressor.tokenizer, pieces, QUESTION, config)
+    assert fused.prior is not None and plain.prior is None
+    for budget in (6, 12):
+        rag = FinchRAG(compressor=compressor, config=config.replace(target_tokens=budget), max_new_tokens=1)
+        compressed = rag.answer_from(QUESTION, pieces).compressed
+        assert compressed is not None
+        kept = torch.zeros(fused.context_length)
+        kept[compressed.kept_positions[0][0]] = 1.0  # layer 0, KV head 0: shared selection keeps one set
+        assert torch.equal(fused.kept(budget), kept)
+    assert any(not torch.equal(fused.kept(budget), plain.kept(budget)) for budget in (6, 12))
+    assert torch.equal(fused.reweighted(None).weights[0], fused.prior[fused.candidates.positions[0]])
 
 
 def test_compare_pairs_one_methods_records_across_two_files(tmp_path, capsys):
