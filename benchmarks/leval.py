@@ -15,9 +15,11 @@ Two settings (issue 13, item 6), each page's Natural Questions asked about it:
   ranked pieces, cut by the library).
 
 A method name may end in ``+strip``: the page's markup tags (``<Td>``, ``</Tr>``, ...) are removed before chunking;
-``+sentT`` and ``+fuseT`` (``rag``'s ``finch_rag`` only) set `RankWeighting`'s ``sentence_fusion_temperature`` and
-``fusion_temperature`` to ``T`` (issue 18's levers, ``docs/results/leval_lead.md``), and ``+nosent`` turns sentence
-fusion off (the default before it was on for pieces of one document, as these chunks are); ``+punct`` is the
+``+sentT``, ``+passT`` and ``+fuseT`` (``rag``'s ``finch_rag`` only) set `RankWeighting`'s
+``sentence_fusion_temperature``, ``passage_fusion_temperature`` and ``fusion_temperature`` to ``T`` (issue 18's
+levers, ``docs/results/leval_lead.md``); ``+nosent`` turns sentence fusion off (the default before it was on for
+pieces of one document, as these chunks are), and ``+nopass`` its passage factor (the default before
+2026-12-07's second change); ``+punct`` is the
 ablation of the sentence split: sentences end at ``. ! ?`` and line breaks only, as before block markup and
 `finch_rag.prompts.MAX_SENTENCE_TOKENS` split them.
 
@@ -288,22 +290,26 @@ class Runner:
         raise ValueError(f"Unknown page method {method!r}; use one of {METHODS['page']}.")
 
 
-_FUSION_FLAG = re.compile(r"(sent|fuse)([0-9.]+)")
+_FUSION_FLAG = re.compile(r"(sent|pass|fuse)([0-9.]+)")
+_FUSION_FIELDS = {
+    "sent": "sentence_fusion_temperature",
+    "pass": "passage_fusion_temperature",
+    "fuse": "fusion_temperature",
+}
 
 
 def weighting_of(flags: Sequence[str]) -> RankWeighting | None:
     """The `RankWeighting` of a method's fusion flags (``None`` without any: the default weighting).
 
-    ``sentT`` sets ``sentence_fusion_temperature=T``, ``fuseT`` sets ``fusion_temperature=T``, ``nosent`` sets
-    ``sentence_fusion_temperature=None``.
+    ``sentT``, ``passT`` and ``fuseT`` set ``sentence_fusion_temperature``, ``passage_fusion_temperature`` and
+    ``fusion_temperature`` to ``T``; ``nosent`` and ``nopass`` set the first two to ``None``.
     """
     options: dict[str, float | None] = {}
     for flag in flags:
-        if flag == "nosent":
-            options["sentence_fusion_temperature"] = None
+        if flag.startswith("no") and flag[2:] in ("sent", "pass"):
+            options[_FUSION_FIELDS[flag[2:]]] = None
         if match := _FUSION_FLAG.fullmatch(flag):
-            name = "sentence_fusion_temperature" if match[1] == "sent" else "fusion_temperature"
-            options[name] = float(match[2])
+            options[_FUSION_FIELDS[match[1]]] = float(match[2])
     return RankWeighting(**options) if options else None
 
 

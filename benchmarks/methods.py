@@ -50,6 +50,7 @@ WEIGHTING_FIELDS = (
     "fusion_temperature",
     "sentence_fusion_temperature",
     "sentence_fusion_scope",
+    "passage_fusion_temperature",
 )
 """`RankWeighting` fields a method spec may set (granularity is the config's, packing is ``packing``)."""
 

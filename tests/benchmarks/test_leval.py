@@ -49,6 +49,10 @@ def test_fusion_flags_name_rank_weightings():
     assert weighting_of(["fuse0.05", "sent0.05"]) == RankWeighting(
         fusion_temperature=0.05, sentence_fusion_temperature=0.05
     )
+    assert weighting_of(["nopass"]) == RankWeighting(passage_fusion_temperature=None)
+    assert weighting_of(["nosent", "pass0.1"]) == RankWeighting(
+        sentence_fusion_temperature=None, passage_fusion_temperature=0.1
+    )
 
 
 def test_lead_levers_replay_selections():

@@ -66,6 +66,8 @@ def test_fusion_temperatures_are_validated(temperature: Any) -> None:
         RankWeighting(fusion_temperature=temperature)
     with pytest.raises(ValueError, match="sentence_fusion_temperature is a temperature in cosine"):
         RankWeighting(sentence_fusion_temperature=temperature)
+    with pytest.raises(ValueError, match="passage_fusion_temperature is a temperature in cosine"):
+        RankWeighting(passage_fusion_temperature=temperature)
 
 
 def test_finchrag_fuses_its_retrievers_scores(tiny_models: Any, tiny_tokenizer: Any) -> None:

@@ -436,6 +436,37 @@ def test_sentence_fusion_scores_each_sentence_by_its_similarity_to_the_question(
     assert torch.allclose(prior, torch.exp((similarity - similarity.max()) / 0.1))
 
 
+def test_passage_fusion_multiplies_each_passages_tokens_by_its_similarity(tiny_tokenizer: Any) -> None:
+    """The passage factor is one value a passage, 1 for the passage closest to the question, on top of sentences."""
+    passages = [Passage("Bananas grow in bunches. The secret code is 4817."), Passage("Rivers flow to the sea.")]
+    parts = build_prompt(tiny_tokenizer, passages, QUESTION)
+    encoder = HashingEncoder()
+    sentences_only = SentenceFusion(encoder, QUESTION, 0.1)(parts)
+    texts = tuple(passage.text for passage in passages)
+    both = SentenceFusion(encoder, QUESTION, 0.1, 0.05, texts)(parts)
+    passage_factor = both / sentences_only
+    starts = parts.passage_token_starts
+    assert starts is not None
+    first, second = passage_factor[starts[0] : starts[1]], passage_factor[starts[1] :]
+    assert torch.allclose(first, first[0]) and torch.allclose(second, second[0])
+    vectors = torch.nn.functional.normalize(
+        encoder.encode(
+            [QUESTION, *texts],
+            batch_size=32,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        ),
+        dim=-1,
+    )
+    similarity = vectors[1:] @ vectors[0]
+    expected = torch.exp((similarity - similarity.max()) / 0.05)
+    assert torch.allclose(torch.stack([first[0], second[0]]), expected, atol=1e-5)
+    assert SentenceFusion(encoder, QUESTION, 0.1, None, texts)(parts).equal(sentences_only)
+    with pytest.raises(ValueError, match="1 passage texts for a prompt of 2"):
+        SentenceFusion(encoder, QUESTION, 0.1, 0.05, texts[:1])(parts)
+
+
 class QueryDocumentEmbedder:
     """`HashingEncoder` behind ``embed_query`` / ``embed_documents`` (LangChain's ``Embeddings`` interface)."""
 
@@ -489,10 +520,12 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
     plan = PassageAllocation(weighting=weighting).plan(ranked, BASE)
     assert plan.token_prior is None  # without the question a plan has nothing to fuse with
     asked = PassageAllocation(weighting=weighting).plan(ranked, BASE, question=QUESTION, embedder=encoder)
-    assert asked.token_prior == SentenceFusion(encoder, QUESTION, 0.02)  # what FinchRAG's plan carries
+    texts = tuple(passage.text for passage in plan.packed)
+    prior = SentenceFusion(encoder, QUESTION, 0.02, 0.05, texts)
+    assert asked.token_prior == prior  # what FinchRAG's plan carries
     sentences = build_prompt(compressor.tokenizer, plan.packed, QUESTION).sentence_ids().unique().numel()
-    assert 1 + sentences in encoder.calls[calls:]  # the question and every sentence, by the retriever's model
-    prior = SentenceFusion(encoder, QUESTION, 0.02)
+    # The question, every sentence and every passage, by the retriever's model.
+    assert 1 + sentences + len(texts) in encoder.calls[calls:]
     [direct] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
     assert answer.compressed is not None
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
@@ -532,7 +565,7 @@ def test_finchrag_fuses_sentences_by_default_only_for_pieces_of_one_document(com
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
 
     answer, plan = ask_and_plan(PASSAGES)
-    prior = SentenceFusion(encoder, QUESTION, 0.1)
+    prior = SentenceFusion(encoder, QUESTION, 0.1, 0.05, tuple(passage.text for passage in plan.packed))
     [fused] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
     [unfused] = compressor.compress_plans([plan], [QUESTION])
     assert answer.stats["sentence_fusion"] is True
