@@ -139,8 +139,8 @@ class FinchOptions(BudgetOptions):
     pieces of one document (`finch_rag.RankWeighting.sentence_fusion_scope`). A sentence-transformers model, its
     name or path (loaded on first use, shared in the process), or an object with ``embed_query`` and
     ``embed_documents`` such as a LangChain ``Embeddings``; ``None``, the default, is the embedded
-    all-MiniLM-L6-v2. Each compression of such passages embeds every sentence of them: a remote embeddings API
-    is called once per compression.
+    all-MiniLM-L6-v2. Each compression of such passages embeds every sentence and every passage of them: a remote
+    embeddings API is called for each compression.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
@@ -185,7 +185,10 @@ class FinchOptions(BudgetOptions):
 
     @property
     def embedding_model(self) -> Any:
-        """What sentence fusion embeds with, as given (``None``: the embedded all-MiniLM-L6-v2)."""
+        """What sentence fusion embeds with (``None``: the embedded all-MiniLM-L6-v2).
+
+        A LlamaIndex class holds a given ``BaseEmbedding`` wrapped, as ``.embed_model``.
+        """
         return self._handle.embedding_model
 
     @property
