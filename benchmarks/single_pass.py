@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from finch_rag import FinchConfig, Passage, PassageAllocation
-from finch_rag.allocation import AllocationPlan
+from finch_rag.allocation import AllocationPlan, combined_weights
 from finch_rag.compression.loop import CompressionRequest, compress_batch
 from finch_rag.compression.registry import selection_policy
 from finch_rag.compression.selection import CandidateScores, RecordingSelection, SelectionPolicy
@@ -48,10 +48,7 @@ class RecordedPass:
 
     def token_weights(self, passage_weights: Sequence[float] | None) -> torch.Tensor | None:
         """``[n]``: these packed-passage priors (``None``: none) over the tokens, times the pass's token prior."""
-        weights = None if passage_weights is None else self.parts.token_weights(passage_weights)
-        if self.prior is None:
-            return weights
-        return self.prior if weights is None else weights * self.prior
+        return combined_weights(self.parts, passage_weights, self.prior)
 
     def reweighted(self, passage_weights: Sequence[float] | None) -> CandidateScores:
         """The pass's candidates with other packed-passage priors (``None``: none), as compression would weigh them."""
@@ -89,8 +86,8 @@ def record_pass(
     plan = (allocation or PassageAllocation()).plan(list(passages), config, question=question if fuse else None)
     parts = build_prompt(tokenizer, plan.packed, question)
     n = len(parts.context_ids)
-    prior = dataclasses.replace(plan, passage_weights=None).token_weights(parts)  # the token prior alone
-    token_weights = plan.token_weights(parts)
+    prior = plan.prior(parts)  # run once: it is an embedding of every sentence and passage
+    token_weights = combined_weights(parts, plan.passage_weights, prior)
     request = CompressionRequest(
         prefix_ids=torch.tensor([parts.prefix_ids]),
         context_ids=torch.tensor([parts.context_ids]),

@@ -289,19 +289,21 @@ class AllocationPlan(Generic[T]):
         """``[n]`` score priors of the context tokens of ``parts`` (the prompt built from ``packed``), or ``None``.
 
         The ``passage_weights`` spread over each passage's tokens, times the ``token_prior``: what
-        ``FinchCompressor.compress_plans`` compresses with. A prior that is not one finite factor >= 0 per
-        context token is a `ValueError`.
+        ``FinchCompressor.compress_plans`` compresses with.
         """
-        weights = None if self.passage_weights is None else parts.token_weights(self.passage_weights)
+        return combined_weights(parts, self.passage_weights, self.prior(parts))
+
+    def prior(self, parts: PromptParts) -> torch.Tensor | None:
+        """``[n]``: the ``token_prior`` of ``parts``, checked (one finite factor >= 0 a context token), or ``None``."""
         if self.token_prior is None:
-            return weights
+            return None
         context_length = len(parts.context_ids)
         prior = torch.as_tensor(self.token_prior(parts), dtype=torch.float32).cpu()
         if prior.shape != (context_length,):
             raise ValueError(f"token_prior gave shape {tuple(prior.shape)} for {context_length} context tokens.")
         if not torch.isfinite(prior).all() or (prior < 0).any():
             raise ValueError("token_prior must give finite factors >= 0.")
-        return prior if weights is None else weights * prior
+        return prior
 
     def restore(self, per_packed: Sequence[U]) -> list[U]:
         """One value per packed passage (e.g. ``compressed.passage_stats()``) back in the ranked order."""
@@ -311,6 +313,16 @@ class AllocationPlan(Generic[T]):
         for value, index in zip(per_packed, self.order, strict=True):
             restored[index] = value
         return restored
+
+
+def combined_weights(
+    parts: PromptParts, passage_weights: Sequence[float] | None, prior: torch.Tensor | None
+) -> torch.Tensor | None:
+    """``[n]``: per-passage score priors spread over ``parts``' tokens, times a token ``prior``; ``None`` if neither."""
+    weights = None if passage_weights is None else parts.token_weights(passage_weights)
+    if prior is None:
+        return weights
+    return prior if weights is None else weights * prior
 
 
 @dataclass(frozen=True)
