@@ -434,12 +434,12 @@ class SentenceFusion:
         return self._similarities(parts, with_passages=False)[0]
 
     def __call__(self, parts: PromptParts) -> torch.Tensor:
-        with_passages = self.passage_temperature is not None and bool(self.passages)
-        sentence, passage = self._similarities(parts, with_passages)
+        passage_temperature = self.passage_temperature if self.passages else None
+        sentence, passage = self._similarities(parts, with_passages=passage_temperature is not None)
         prior = torch.exp((sentence - sentence.max()) / self.temperature)
-        if passage is not None and self.passage_temperature is not None:
-            prior = prior * torch.exp((passage - passage.max()) / self.passage_temperature)
-        return prior
+        if passage is None or passage_temperature is None:
+            return prior
+        return prior * torch.exp((passage - passage.max()) / passage_temperature)
 
     def _similarities(self, parts: PromptParts, with_passages: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per context token, its sentence's and (``with_passages``) its passage's similarity to the question."""
@@ -453,7 +453,7 @@ class SentenceFusion:
         passages = list(self.passages) if with_passages else []
         if passages and len(passages) != len(passage_starts):
             raise ValueError(f"Got {len(passages)} passage texts for a prompt of {len(passage_starts)} passages.")
-        vectors = question_and_sentence_vectors(self.embedder, self.question, [*texts, *passages])
+        vectors = question_and_text_vectors(self.embedder, self.question, [*texts, *passages])
         similarity = vectors[1:] @ vectors[0]
         sentence = similarity[: len(texts)][inverse]
         if not passages:
@@ -483,19 +483,19 @@ def check_embedder(embedder: Any) -> Any:
     )
 
 
-def question_and_sentence_vectors(embedder: Any, question: str, sentences: Sequence[str]) -> torch.Tensor:
-    """``[1 + n, d]`` unit vectors: ``question``'s, then each sentence's, embedded by ``embedder`` (`check_embedder`).
+def question_and_text_vectors(embedder: Any, question: str, texts: Sequence[str]) -> torch.Tensor:
+    """``[1 + n, d]`` unit vectors: ``question``'s, then each text's, embedded by ``embedder`` (`check_embedder`).
 
     A torch model encodes under its `model_lock`: a fast tokenizer must not run in two threads at once, and the
     same model may serve an `EmbeddingRetriever` and other front ends' compressions.
     """
     if _embeds_queries(embedder):
-        rows = [embedder.embed_query(question), *embedder.embed_documents(list(sentences))]
+        rows = [embedder.embed_query(question), *embedder.embed_documents(list(texts))]
         vectors = torch.as_tensor(rows, dtype=torch.float32)
         return torch.nn.functional.normalize(vectors, dim=-1)
     with model_lock(embedder) if isinstance(embedder, torch.nn.Module) else nullcontext():
         vectors = embedder.encode(
-            [question, *sentences],
+            [question, *texts],
             batch_size=32,
             convert_to_tensor=True,
             normalize_embeddings=True,
