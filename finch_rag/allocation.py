@@ -20,17 +20,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 import torch
 
-from ._locks import model_lock
 from .config import GRANULARITIES, FinchConfig, Granularity
 from .linking import named_passages
 from .prompts import Passage, PromptParts
-from .retrieval import shared_embedding_model
+from .retrieval import encode_unit_vectors, shared_embedding_model
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -486,22 +484,14 @@ def check_embedder(embedder: Any) -> Any:
 def question_and_text_vectors(embedder: Any, question: str, texts: Sequence[str]) -> torch.Tensor:
     """``[1 + n, d]`` unit vectors: ``question``'s, then each text's, embedded by ``embedder`` (`check_embedder`).
 
-    A torch model encodes under its `model_lock`: a fast tokenizer must not run in two threads at once, and the
-    same model may serve an `EmbeddingRetriever` and other front ends' compressions.
+    A sentence-transformers model encodes through `finch_rag.retrieval.encode_unit_vectors` (under its
+    `model_lock`, in batches cut by length).
     """
     if _embeds_queries(embedder):
         rows = [embedder.embed_query(question), *embedder.embed_documents(list(texts))]
         vectors = torch.as_tensor(rows, dtype=torch.float32)
         return torch.nn.functional.normalize(vectors, dim=-1)
-    with model_lock(embedder) if isinstance(embedder, torch.nn.Module) else nullcontext():
-        vectors = embedder.encode(
-            [question, *texts],
-            batch_size=32,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-    return torch.as_tensor(vectors).detach().float().cpu()
+    return encode_unit_vectors(embedder, [question, *texts])
 
 
 def _embeds_queries(embedder: Any) -> bool:

@@ -220,9 +220,12 @@ def _model_path(name: str, scratch: Path, seed: int) -> str | None:
         return None
     if name != "tiny":
         return name
+    from finch_rag.progress import transformers_bars_as_ours
+
     from .models import tiny_model
 
     model, tokenizer = tiny_model(seed)
-    model.save_pretrained(scratch / "tiny")
+    with transformers_bars_as_ours():  # its shard-writing bar, in a log
+        model.save_pretrained(scratch / "tiny")
     tokenizer.save_pretrained(scratch / "tiny")
     return str(scratch / "tiny")

@@ -30,7 +30,14 @@ from finch_rag import (
 from finch_rag.allocation import AllocationPlan, SentenceFusion, check_embedder, rank_weights
 from finch_rag.pipeline import NO_CONTEXT_ANSWER
 from finch_rag.prompts import build_prompt
-from finch_rag.retrieval import as_document, default_embedding_model_path, shared_embedding_model, title_of
+from finch_rag.retrieval import (
+    as_document,
+    default_embedding_model_path,
+    encode_unit_vectors,
+    length_batches,
+    shared_embedding_model,
+    title_of,
+)
 
 TITLES = ["The fox", "France", "Bananas", "Rivers"]
 DOCUMENTS = [(text, {"title": title}) for text, title in zip(PASSAGES, TITLES, strict=True)]
@@ -108,9 +115,28 @@ def test_embedding_retriever_ranks_by_cosine_and_keeps_metadata() -> None:
 def test_embedding_retriever_batches_and_clamps_top_k() -> None:
     encoder = HashingEncoder()
     retriever = EmbeddingRetriever(["a b", "c d", "e f"], model=encoder, batch_size=2, progress=False)
-    assert encoder.calls == [3]  # one encode call; sentence-transformers splits it into batches of batch_size
+    assert encoder.calls == [2, 1]  # one forward pass per batch of at most batch_size
     assert len(retriever.retrieve("c", top_k=10)) == 3
     assert EmbeddingRetriever(model=encoder).retrieve("anything", top_k=3) == []
+
+
+def test_length_batches_bound_the_padded_size_and_keep_every_text_once() -> None:
+    texts = ["s" * 40] * 6 + ["p" * 900, "q" * 3000, "p" * 800]
+    batches = length_batches(texts, batch_size=4, padded_characters=2048)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(texts)))
+    assert batches[0] == [7]  # longer than the bound: alone
+    assert batches[1] == [6, 8]  # 2 x 900 <= 2048 < 3 x 900
+    assert all(len(batch) <= 4 and len(batch) * len(texts[batch[0]]) <= 2048 for batch in batches[1:])
+    assert [len(batch) for batch in length_batches(texts, batch_size=4, padded_characters=None)] == [4, 4, 1]
+
+
+def test_encoding_in_length_batches_gives_one_plain_encode_call_s_vectors() -> None:
+    model = shared_embedding_model()
+    texts = ["A short sentence.", "A passage " * 120, "Another short one, a little longer.", "Tiny."]
+    vectors = encode_unit_vectors(model, texts, batch_size=32)
+    plain = model.encode(texts, batch_size=32, convert_to_tensor=True, normalize_embeddings=True)
+    torch.testing.assert_close(vectors, plain.float().cpu(), atol=1e-5, rtol=0)
+    assert encode_unit_vectors(model, []).shape[0] == 0
 
 
 @pytest.mark.parametrize(
