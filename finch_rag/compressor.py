@@ -298,7 +298,10 @@ class FinchCompressor:
         prompts = []
         for plan, question, history in zip(plans, questions, histories or [None] * len(plans), strict=True):
             parts, _ = self._prepare(plan.packed, question, config, None, history)
-            prompts.append((parts, plan.token_weights(parts)))
+            # A context within its budget is kept whole, so its priors cannot change anything: sentence fusion's
+            # embedding is skipped rather than paid for.
+            keeps_all = config.budget(len(parts.context_ids)) >= len(parts.context_ids)
+            prompts.append((parts, None if keeps_all else plan.token_weights(parts)))
         results = self._run(prompts, config, limits)
         return results if return_exceptions else _raised(results)
 

@@ -612,6 +612,27 @@ def test_answer_from_documents_gives_the_pieces_of_a_document_its_source(compres
     assert two.stats["sentence_fusion"] is False
 
 
+def test_a_context_within_its_budget_skips_its_prior(compressor: FinchCompressor) -> None:
+    """Kept whole, a context's priors cannot matter: the prior (sentence fusion's embedding) is not computed."""
+    calls: list[int] = []
+
+    def prior(parts: Any) -> torch.Tensor:
+        calls.append(len(parts.context_ids))
+        return torch.rand(len(parts.context_ids))
+
+    passages = [Passage(text) for text in PASSAGES]
+    context_length = len(build_prompt(compressor.tokenizer, passages, QUESTION).context_ids)
+    for target, computed in ((context_length, False), (context_length - 1, True)):
+        plan = PassageAllocation().plan(passages, BASE.replace(target_tokens=target))
+        [with_prior] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
+        assert bool(calls) is computed
+        if not computed:
+            [without] = compressor.compress_plans([plan], [QUESTION])
+            assert with_prior.kept_tokens == context_length
+            assert [p.tolist() for p in with_prior.kept_positions] == [p.tolist() for p in without.kept_positions]
+        calls.clear()
+
+
 def test_compress_plans_refuses_a_bad_token_prior(compressor: FinchCompressor) -> None:
     plan = PassageAllocation().plan([Passage(text) for text in PASSAGES], BASE)
     for prior, match in ((torch.ones(3), "shape"), (None, "finite")):
