@@ -363,6 +363,7 @@ class PassageAllocation:
         *,
         question: str | None = None,
         embedder: Any = None,
+        scored_by: Any = None,
     ) -> AllocationPlan[T]:
         """Pack ``ranked`` (best first) and derive the config and score priors to compress it with.
 
@@ -374,6 +375,9 @@ class PassageAllocation:
         (`fuses_sentences`) carries a `SentenceFusion` token prior on ``embedder``: a model `check_embedder`
         accepts, or a sentence-transformers name or path (``None``: the embedded all-MiniLM-L6-v2), loaded once
         per process by `finch_rag.retrieval.shared_embedding_model`. Without a question nothing is fused.
+        ``scored_by`` is the model under which ``scores`` are the passages' cosine similarities to ``question`` (an
+        `EmbeddingRetriever`'s model, for what it retrieved for that question): when it is the fusion embedder, the
+        passage factor takes the scores instead of embedding the passages again.
         """
         ranked = list(ranked)
         ranks = list(ranks) if ranks is not None else list(range(1, len(ranked) + 1))
@@ -396,14 +400,16 @@ class PassageAllocation:
             if embedder is None or isinstance(embedder, (str, os.PathLike)):
                 embedder = shared_embedding_model(embedder)
             passage_temperature = self.weighting.passage_fusion_temperature
+            texts: tuple[str, ...] = ()
+            similarities: tuple[float, ...] = ()
+            if passage_temperature is not None:
+                texts = tuple(item.text if isinstance(item, Passage) else str(item) for item in packed)
+                if scored_by is not None and scored_by is embedder and scores is not None:
+                    known = [scores[index] for index in order]
+                    similarities = tuple(float(s) for s in known if s is not None)
+                    similarities = similarities if len(similarities) == len(known) else ()
             token_prior = SentenceFusion(
-                check_embedder(embedder),
-                question,
-                temperature,
-                passage_temperature,
-                tuple(item.text if isinstance(item, Passage) else str(item) for item in packed)
-                if passage_temperature is not None
-                else (),
+                check_embedder(embedder), question, temperature, passage_temperature, texts, similarities
             )
         return AllocationPlan(packed, self.configure(config), weights, order, token_prior)
 
@@ -419,6 +425,9 @@ class SentenceFusion:
     ``passage_temperature`` and the packed ``passages``' texts, each token also gets
     ``exp((p - p_max) / passage_temperature)``, ``p`` its passage's similarity. It is the ``token_prior``
     `PassageAllocation.plan` puts on a plan when `RankWeighting.fuses_sentences` its passages.
+
+    ``passage_similarities``, when given, are those ``p`` already known (a retriever's scores under the same model,
+    see `PassageAllocation.plan`'s ``scored_by``): the passages are then not embedded a second time.
     """
 
     embedder: Any = field(repr=False)
@@ -426,6 +435,7 @@ class SentenceFusion:
     temperature: float
     passage_temperature: float | None = None
     passages: tuple[str, ...] = field(default=(), repr=False)
+    passage_similarities: tuple[float, ...] = field(default=(), repr=False)
 
     def similarities(self, parts: PromptParts) -> torch.Tensor:
         """``[n]``: the cosine similarity of each context token's sentence to the question."""
@@ -451,14 +461,18 @@ class SentenceFusion:
         passages = list(self.passages) if with_passages else []
         if passages and len(passages) != len(passage_starts):
             raise ValueError(f"Got {len(passages)} passage texts for a prompt of {len(passage_starts)} passages.")
-        vectors = question_and_text_vectors(self.embedder, self.question, [*texts, *passages])
+        known = list(self.passage_similarities) if passages else []
+        if known and len(known) != len(passages):
+            raise ValueError(f"Got {len(known)} passage similarities for {len(passages)} passages.")
+        vectors = question_and_text_vectors(self.embedder, self.question, [*texts, *([] if known else passages)])
         similarity = vectors[1:] @ vectors[0]
         sentence = similarity[: len(texts)][inverse]
         if not passages:
             return sentence, None
+        per_passage = torch.tensor(known, dtype=similarity.dtype) if known else similarity[len(texts) :]
         token_starts = torch.tensor(passage_starts, dtype=torch.long)
         passage_of = torch.bucketize(torch.arange(len(parts.context_ids)), token_starts, right=True) - 1
-        return sentence, similarity[len(texts) :][passage_of.clamp(min=0)]
+        return sentence, per_passage[passage_of.clamp(min=0)]
 
 
 def check_embedder(embedder: Any) -> Any:

@@ -36,6 +36,7 @@ from .retrieval import (
     EmbeddingRetriever,
     RetrievedPassage,
     Retriever,
+    shared_embedding_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class FinchRAG:
         limit = Deadline.of(deadline)
         started = time.perf_counter()
         passages = self.retrieve(question)
-        return self._answer(question, passages, started, time.perf_counter() - started, limit)
+        return self._answer(question, passages, started, time.perf_counter() - started, limit, self._scoring_model())
 
     def ask_many(self, questions: Sequence[str], batch_size: int = 8, *, deadline: DeadlineLike = None) -> list[Answer]:
         """Answer several questions, compressing and decoding ``batch_size`` of them at a time.
@@ -257,7 +258,8 @@ class FinchRAG:
                 batch = questions[start : start + batch_size]
                 started = time.perf_counter()
                 retrieved = [self.retrieve(question) for question in batch]
-                answers += self._answer_batch(batch, retrieved, started, time.perf_counter() - started, limit)
+                seconds = time.perf_counter() - started
+                answers += self._answer_batch(batch, retrieved, started, seconds, limit, self._scoring_model())
                 bar.update(len(batch))
         return answers
 
@@ -309,12 +311,17 @@ class FinchRAG:
         pieces = [piece for index, document in enumerate(whole) for piece in _pieces(document, piece_words, index)]
         if len(pieces) == len(whole):  # nothing was cut: the order given stands
             return self.answer_from(question, whole, deadline=limit)
-        model = self.retriever.model if isinstance(self.retriever, EmbeddingRetriever) else None
+        # Not a fresh load per call: without an EmbeddingRetriever, the model sentence fusion embeds with.
+        model = self.retriever.model if isinstance(self.retriever, EmbeddingRetriever) else shared_embedding_model()
         ranking = EmbeddingRetriever(
             [(piece.text, {**piece.metadata, "title": piece.title}) for piece in pieces], model=model, progress=False
         )
         ranked = ranking.retrieve(question, len(pieces))
-        return self._answer(question, ranked, started, time.perf_counter() - started, limit)
+        return self._answer(question, ranked, started, time.perf_counter() - started, limit, ranking.model)
+
+    def _scoring_model(self) -> Any:
+        """The model whose cosine similarities `retrieve`'s scores are: an `EmbeddingRetriever`'s, else ``None``."""
+        return self._retriever.model if isinstance(self._retriever, EmbeddingRetriever) else None
 
     def _answer(
         self,
@@ -323,8 +330,9 @@ class FinchRAG:
         started: float,
         retrieval_seconds: float,
         deadline: Deadline | None = None,
+        scored_by: Any = None,
     ) -> Answer:
-        return self._answer_batch([question], [passages], started, retrieval_seconds, deadline)[0]
+        return self._answer_batch([question], [passages], started, retrieval_seconds, deadline, scored_by)[0]
 
     def _answer_batch(
         self,
@@ -333,8 +341,13 @@ class FinchRAG:
         started: float,
         retrieval_seconds: float,
         deadline: Deadline | None = None,
+        scored_by: Any = None,
     ) -> list[Answer]:
-        """Compress and answer the questions that found passages together; the others get no-context answers."""
+        """Compress and answer the questions that found passages together; the others get no-context answers.
+
+        ``scored_by``: the embedding model under which the passages' scores are their similarity to their question
+        (`PassageAllocation.plan`), or ``None`` when the scores came from elsewhere.
+        """
         answers: list[Answer | None] = [None] * len(questions)
         with_context = [index for index, passages in enumerate(retrieved) if passages]
         for index, passages in enumerate(retrieved):
@@ -359,6 +372,7 @@ class FinchRAG:
                     [passage.score for passage in retrieved[index]],
                     question=questions[index],
                     embedder=embedder,
+                    scored_by=scored_by,
                 )
                 for index in with_context
             ]

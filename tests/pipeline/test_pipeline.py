@@ -542,6 +542,7 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
     plain.ask(QUESTION)
     calls = len(encoder.calls)
     answer = fused.ask(QUESTION)
+    asked_calls = encoder.calls[calls:]
     ranked = [s.to_passage() for s in fused.retrieve(QUESTION)]
     plan = PassageAllocation(weighting=weighting).plan(ranked, BASE)
     assert plan.token_prior is None  # without the question a plan has nothing to fuse with
@@ -550,11 +551,26 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
     prior = SentenceFusion(encoder, QUESTION, 0.02, 0.05, texts)
     assert asked.token_prior == prior  # what FinchRAG's plan carries
     sentences = build_prompt(compressor.tokenizer, plan.packed, QUESTION).sentence_ids().unique().numel()
-    # The question, every sentence and every passage, by the retriever's model.
-    assert 1 + sentences + len(texts) in encoder.calls[calls:]
+    # The query, then the question and every sentence by the retriever's model; the passages' similarities are
+    # their retrieval scores under that model, so they are not embedded again.
+    assert asked_calls == [1, 1 + sentences]
     [direct] = compressor.compress_plans([dataclasses.replace(plan, token_prior=prior)], [QUESTION])
     assert answer.compressed is not None
     assert [p.tolist() for p in answer.compressed.kept_positions] == [p.tolist() for p in direct.kept_positions]
+    scores = {source.text: source.score for source in answer.sources}
+    reused = PassageAllocation(weighting=weighting).plan(
+        ranked,
+        BASE,
+        [1, 2, 3],
+        [scores[p.text] for p in ranked],
+        question=QUESTION,
+        embedder=encoder,
+        scored_by=encoder,
+    )
+    assert isinstance(reused.token_prior, SentenceFusion)
+    assert reused.token_prior.passage_similarities == tuple(scores[text] for text in texts)
+    parts = build_prompt(compressor.tokenizer, plan.packed, QUESTION)
+    torch.testing.assert_close(reused.token_prior(parts), prior(parts), atol=1e-5, rtol=1e-5)
 
 
 def test_finchrag_fuses_with_the_embedding_model_it_is_given(compressor: FinchCompressor) -> None:
