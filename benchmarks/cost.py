@@ -162,7 +162,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
     from transformers import DynamicCache, StaticCache
 
-    from finch_rag import FinchCompressor, FinchConfig, Passage, load_model
+    from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_model
     from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
     from finch_rag.generation import SamplingParams, generate_token_ids
     from finch_rag.prompts import build_prompt
@@ -198,6 +198,31 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
             "compressed": compressed,
         }
 
+    rag = FinchRAG(compressor=next(iter(compressors.values())), max_new_tokens=1)
+
+    def documents(context: list[int]) -> dict[str, Any]:
+        """The context as one document's text through `FinchRAG.answer_from_documents`, answered like `finch`.
+
+        Its pieces are cut and ranked, and sentence fusion and its passage factor apply (the first --chunk-size).
+        """
+        answer = rag.answer_from_documents(_QUESTION, [str(tokenizer.decode(context))])
+        stats, compressed = answer.stats, answer.compressed
+        assert compressed is not None
+        # Ranking, sentence fusion and compression; the one answer token it decoded is not counted.
+        compress_s = stats["retrieval_seconds"] + stats["compression_seconds"]
+        answer_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0)
+        tokens = generate_token_ids(model, compressed.cache.as_cache(), answer_input, params, set(), lock)
+        first_s, rest_s, count = _timed_tokens(tokens)
+        return {
+            "compress_s": compress_s,
+            "answer_s": first_s + rest_s,
+            "total_s": compress_s + first_s + rest_s,
+            "decode_ms": 1000 * rest_s / (count - 1),
+            "chunks": compressed.stats["num_chunks"],
+            "cache": compressed.cache_length,
+            "context_tokens": stats["tokens_before"],
+        }
+
     def full(context: list[int]) -> dict[str, float]:
         prompt = torch.tensor([prefix_ids + context + question_ids + suffix_ids])
         started = time.perf_counter()
@@ -231,6 +256,8 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
             )
         return time.perf_counter() - started
 
+    if args.documents:  # loads the embedding model, and warms its first batches
+        documents(_haystack_ids(tokenizer, data_dir(args.data), 512))
     floor_ms, bandwidth = _weight_floor_ms(model)
     records: list[dict[str, Any]] = []
     for length in args.lengths:
@@ -240,6 +267,8 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
         for _ in range(args.repeats):
             for size, compressor in compressors.items():
                 samples.setdefault(f"finch S={size}", []).append(finch(compressor, context))
+            if args.documents:
+                samples.setdefault("documents", []).append(documents(context))
             if fits:
                 samples.setdefault("full", []).append(full(context))
             last = samples[f"finch S={args.chunk_size[0]}"][-1]
@@ -290,11 +319,18 @@ def _alternate_markdown(
     ]
     for record in records:
         full = record.get("full")
-        for method in sizes:
-            row = record[method]
+        for method in [*sizes, "documents"]:
+            row = record.get(method)
+            if row is None:
+                continue
             ratio = f"{row['total_s'] / full['total_s']:.2f}" if full else "-"
+            name = (
+                f"FinchRAG.answer_from_documents, {row['context_tokens']:.0f} tokens"
+                if method == "documents"
+                else method
+            )
             lines.append(
-                f"| {record['context_tokens']} | {method} | {row['chunks']:.0f} | {row['compress_s']:.2f} | "
+                f"| {record['context_tokens']} | {name} | {row['chunks']:.0f} | {row['compress_s']:.2f} | "
                 f"{row['total_s']:.2f} | {ratio} |"
             )
         if full:
@@ -438,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=str(RESULTS_DIR), help="output folder")
     parser.add_argument(
         "--alternate", action="store_true", help="one process, methods alternated per repeat (cost_alternate.md)"
+    )
+    parser.add_argument(
+        "--documents",
+        action="store_true",
+        help="with --alternate, also the context as one document's text through FinchRAG.answer_from_documents "
+        "(pieces ranked, sentence fusion: what `finch-rag ask --file` runs)",
     )
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     return parser
