@@ -177,7 +177,8 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     }
     parts = build_prompt(tokenizer, [Passage("placeholder")], _QUESTION)
     prefix_ids, question_ids, suffix_ids = parts.prefix_ids, parts.question_ids, parts.suffix_ids
-    next(iter(compressors.values())).compress_ids(list(range(100, 164)), question_ids, prefix_ids)  # warm-up
+    warm_up = _haystack_ids(tokenizer, data_dir(args.data), 64)
+    next(iter(compressors.values())).compress_ids(warm_up, question_ids, prefix_ids)
     window = next(iter(compressors.values())).context_window
 
     def finch(compressor: FinchCompressor, context: list[int]) -> dict[str, float]:
@@ -221,6 +222,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
             "chunks": compressed.stats["num_chunks"],
             "cache": compressed.cache_length,
             "context_tokens": stats["tokens_before"],
+            "passages": stats["passages"],
         }
 
     def full(context: list[int]) -> dict[str, float]:

@@ -576,3 +576,26 @@ def test_serve_summary_counts_the_answers_both_servers_gave_alike() -> None:
     assert identical_answers(before, after) == "1 of 2 identical"
     assert identical_answers(before, {**after, "answers": {"0": "a"}}) == "1 of 1 identical"  # errors answer nothing
     assert "- s, 16 clients: 2.50x (1 of 2 identical)" in summary([before, after])
+
+
+def test_cost_alternate_measures_the_documents_front_end_beside_the_core(tiny_model_dir, tmp_path):
+    """``cost --alternate --documents`` times `FinchRAG.answer_from_documents` beside the core and full prefill.
+
+    That row is the front end's path: pieces ranked, sentence fusion, the same context as the other rows.
+    """
+    from benchmarks.common import data_dir
+    from benchmarks.cost import main
+
+    try:
+        data_dir()
+    except FileNotFoundError:
+        pytest.skip("no benchmark data folder (../shared/data)")
+    # The tiny tokenizer spells out characters: 256 tokens fit its 512 positions in full, 2,400 are cut in pieces.
+    argv = ["--alternate", "--documents", "--model", str(tiny_model_dir), "--lengths", "256", "2400"]
+    argv += ["--repeats", "1", "--new-tokens", "3", "--threads", "1", "--target-tokens", "64", "--chunk-size", "128"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    short, long = json.loads((tmp_path / "cost_alternate.json").read_text())["records"]
+    assert {"finch S=128", "documents", "full", "static"} <= short.keys() and "full" not in long
+    assert long["documents"]["passages"] > 1 and long["documents"]["context_tokens"] > 64
+    assert all(record["documents"]["total_s"] > 0 for record in (short, long))
+    assert "FinchRAG.answer_from_documents" in (tmp_path / "cost_alternate.md").read_text()
