@@ -163,6 +163,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     from transformers import DynamicCache, StaticCache
 
     from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_model
+    from finch_rag.allocation import PassageAllocation
     from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
     from finch_rag.generation import SamplingParams, generate_token_ids
     from finch_rag.prompts import build_prompt
@@ -223,7 +224,29 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
             "cache": compressed.cache_length,
             "context_tokens": stats["tokens_before"],
             "passages": stats["passages"],
+            "ranking_s": stats["retrieval_seconds"],
+            "fusion_s": fusion_seconds(answer.sources),
         }
+
+    def fusion_seconds(sources: list[Any]) -> float:
+        """Sentence fusion's share, timed apart: the plan the front end made for these ranked pieces, its prior."""
+        ranked = [Passage(source.text, source.title, source.metadata) for source in sources]
+        embedder = cast(Any, rag.retriever).model  # answer_from_documents ranked and fused with it
+        plan = PassageAllocation().plan(
+            ranked,
+            rag.config,
+            [source.rank for source in sources],
+            [source.score for source in sources],
+            question=_QUESTION,
+            embedder=embedder,
+            scored_by=embedder,
+        )
+        if plan.token_prior is None:  # a short document is not cut, and one passage is not fused
+            return 0.0
+        parts = build_prompt(tokenizer, plan.packed, _QUESTION)
+        started = time.perf_counter()
+        plan.token_prior(parts)
+        return time.perf_counter() - started
 
     def full(context: list[int]) -> dict[str, float]:
         prompt = torch.tensor([prefix_ids + context + question_ids + suffix_ids])
@@ -342,6 +365,21 @@ def _alternate_markdown(
             )
         else:
             lines.append(f"| {record['context_tokens']} | full prefill | - | past the window | - | - |")
+    if any("documents" in record for record in records):
+        lines += [
+            "",
+            "Within the `answer_from_documents` row: ranking the pieces (its `retrieval_seconds`), and sentence "
+            "fusion's prior for the same plan, timed apart (median seconds):",
+            "",
+            "| context tokens | pieces | ranking s | fusion s | compress s |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for record in records:
+            row = record["documents"]
+            lines.append(
+                f"| {record['context_tokens']} | {row['passages']:.0f} | {row['ranking_s']:.2f} | "
+                f"{row['fusion_s']:.2f} | {row['compress_s']:.2f} |"
+            )
     lines += [
         "",
         f"Decoding, ms per token after the first (greedy, {args.new_tokens} tokens): the library's loop on the "

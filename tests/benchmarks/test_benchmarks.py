@@ -598,4 +598,5 @@ def test_cost_alternate_measures_the_documents_front_end_beside_the_core(tiny_mo
     assert {"finch S=128", "documents", "full", "static"} <= short.keys() and "full" not in long
     assert long["documents"]["passages"] > 1 and long["documents"]["context_tokens"] > 64
     assert all(record["documents"]["total_s"] > 0 for record in (short, long))
+    assert long["documents"]["fusion_s"] > 0 and long["documents"]["ranking_s"] > 0
     assert "FinchRAG.answer_from_documents" in (tmp_path / "cost_alternate.md").read_text()
