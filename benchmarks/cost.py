@@ -182,10 +182,8 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     next(iter(compressors.values())).compress_ids(warm_up, question_ids, prefix_ids)
     window = next(iter(compressors.values())).context_window
 
-    def finch(compressor: FinchCompressor, context: list[int]) -> dict[str, float]:
-        started = time.perf_counter()
-        compressed = compressor.compress_ids(context, question_ids, prefix_ids, suffix_ids=suffix_ids)
-        compress_s = time.perf_counter() - started
+    def answered(compressed: Any, compress_s: float) -> dict[str, Any]:
+        """Answer from ``compressed`` (the question again, then the tokens), with the compression's time."""
         answer_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0)
         tokens = generate_token_ids(model, compressed.cache.as_cache(), answer_input, params, set(), lock)
         first_s, rest_s, count = _timed_tokens(tokens)
@@ -200,6 +198,11 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
             "compressed": compressed,
         }
 
+    def finch(compressor: FinchCompressor, context: list[int]) -> dict[str, Any]:
+        started = time.perf_counter()
+        compressed = compressor.compress_ids(context, question_ids, prefix_ids, suffix_ids=suffix_ids)
+        return answered(compressed, time.perf_counter() - started)
+
     rag = FinchRAG(compressor=next(iter(compressors.values())), max_new_tokens=1)
 
     def documents(context: list[int]) -> dict[str, Any]:
@@ -211,17 +214,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
         stats, compressed = answer.stats, answer.compressed
         assert compressed is not None
         # Ranking, sentence fusion and compression; the one answer token it decoded is not counted.
-        compress_s = stats["retrieval_seconds"] + stats["compression_seconds"]
-        answer_input = torch.cat((compressed.question_ids, compressed.suffix_ids)).unsqueeze(0)
-        tokens = generate_token_ids(model, compressed.cache.as_cache(), answer_input, params, set(), lock)
-        first_s, rest_s, count = _timed_tokens(tokens)
-        return {
-            "compress_s": compress_s,
-            "answer_s": first_s + rest_s,
-            "total_s": compress_s + first_s + rest_s,
-            "decode_ms": 1000 * rest_s / (count - 1),
-            "chunks": compressed.stats["num_chunks"],
-            "cache": compressed.cache_length,
+        return answered(compressed, stats["retrieval_seconds"] + stats["compression_seconds"]) | {
             "context_tokens": stats["tokens_before"],
             "passages": stats["passages"],
             "ranking_s": stats["retrieval_seconds"],
