@@ -11,6 +11,10 @@ equal length (no early stop), and adds decoding from the compressed cache agains
 ``generate`` on a static cache and against the machine's weight-read floor (`_alternate`, ``cost_alternate.md``):
 
     python -m benchmarks cost --alternate --lengths 1024 2048 --chunk-size auto 512 --threads 1
+
+``--documents`` (with ``--alternate``) adds the front end's path on the same context as one document's text,
+`FinchRAG.answer_from_documents` (what ``finch-rag ask --file`` runs: pieces ranked, sentence fusion), and times
+its ranking and fusion apart (``cost_alternate_documents.md``).
 """
 
 from __future__ import annotations
@@ -163,7 +167,6 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     from transformers import DynamicCache, StaticCache
 
     from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_model
-    from finch_rag.allocation import PassageAllocation
     from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
     from finch_rag.generation import SamplingParams, generate_token_ids
     from finch_rag.prompts import build_prompt
@@ -225,7 +228,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
         """Sentence fusion's share, timed apart: the plan the front end made for these ranked pieces, its prior."""
         ranked = [Passage(source.text, source.title, source.metadata) for source in sources]
         embedder = cast(Any, rag.retriever).model  # answer_from_documents ranked and fused with it
-        plan = PassageAllocation().plan(
+        plan = rag.passage_allocation.plan(
             ranked,
             rag.config,
             [source.rank for source in sources],
