@@ -404,10 +404,11 @@ class PassageAllocation:
             similarities: tuple[float, ...] = ()
             if passage_temperature is not None:
                 texts = tuple(item.text if isinstance(item, Passage) else str(item) for item in packed)
-                if scored_by is not None and scored_by is embedder and scores is not None:
-                    known = [scores[index] for index in order]
-                    similarities = tuple(float(s) for s in known if s is not None)
-                    similarities = similarities if len(similarities) == len(known) else ()
+                # Only when every passage has a score under this very embedder; otherwise embed them all.
+                scored = [scores[index] for index in order] if scores is not None else []
+                known = [float(score) for score in scored if score is not None]
+                if scored_by is not None and scored_by is embedder and scored and len(known) == len(scored):
+                    similarities = tuple(known)
             token_prior = SentenceFusion(
                 check_embedder(embedder), question, temperature, passage_temperature, texts, similarities
             )

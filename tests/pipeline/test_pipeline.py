@@ -569,6 +569,12 @@ def test_finchrag_fuses_sentence_scores_from_its_retrievers_model(compressor: Fi
     )
     assert isinstance(reused.token_prior, SentenceFusion)
     assert reused.token_prior.passage_similarities == tuple(scores[text] for text in texts)
+    for scored_by, given in ((None, [scores[p.text] for p in ranked]), (encoder, [None, *list(scores.values())[1:]])):
+        # Scores of unknown origin, or not one for every passage: the passages are embedded as before.
+        other = PassageAllocation(weighting=weighting).plan(
+            ranked, BASE, [1, 2, 3], given, question=QUESTION, embedder=encoder, scored_by=scored_by
+        )
+        assert isinstance(other.token_prior, SentenceFusion) and other.token_prior.passage_similarities == ()
     parts = build_prompt(compressor.tokenizer, plan.packed, QUESTION)
     torch.testing.assert_close(reused.token_prior(parts), prior(parts), atol=1e-5, rtol=1e-5)
 
