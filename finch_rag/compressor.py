@@ -10,8 +10,9 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from ._locks import model_lock
+from .compression.cache import decoder_of
 from .compression.chunking import resolve_chunk_size
-from .compression.loop import CompressionRequest, compress_batch
+from .compression.loop import CompressionRequest, compress_batch, read_kept_tokens
 from .compression.prefix_cache import PrefixCache
 from .compression.rotation import KeyRotation
 from .config import FinchConfig
@@ -392,6 +393,23 @@ class FinchCompressor:
                 f"Compression would reach position {peak_position} (prefix {prefix} + {held} context entries + "
                 f"question {question}), past the model's window of {window}. {fix}"
             )
+
+    def reread(self, compressed: CompressedContext) -> CompressedContext:
+        """``compressed`` with its kept entries replaced by the model's own read of its kept tokens.
+
+        What ``answer_cache="reread"`` does inside `compress` (see `FinchConfig.answer_cache`), for a context
+        compressed with ``"compressed"``: the same kept positions, in a fresh cache. ``compressed`` itself is not
+        changed. A context kept whole, or one already re-read, is returned as it is.
+        """
+        if compressed.cache.reread or compressed.cache.kept_scores is None:
+            return compressed
+        config = compressed.config.replace(answer_cache="reread")  # refuses per-head and per-layer selections
+        n, m, prefix = compressed.original_tokens, len(compressed.parts.question_ids), len(compressed.parts.prefix_ids)
+        chunk = resolve_chunk_size(config.chunk_size, n, m, prefix, self.context_window, config.budget(n))
+        context_ids = compressed.context_ids[None].to(self.device)
+        with self._lock, torch.inference_mode():
+            cache = read_kept_tokens(decoder_of(self.model), compressed.cache, context_ids, chunk or n)
+        return CompressedContext(cache, compressed.parts, config, self.tokenizer, self.model_name)
 
     # ------------------------------------------------------------- generation
     # Each call takes a `SamplingParams` and/or its fields as keywords (``generate(cc, max_new_tokens=32)``), as

@@ -10,8 +10,11 @@ from typing import Any, Literal
 Selection = Literal["per_head", "per_layer", "shared", "random", "recency", "first"]
 SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared", "random", "recency", "first")
 ATTENTION_SELECTIONS: tuple[str, ...] = ("per_head", "per_layer", "shared")  # the others are fixed-rule controls
+SEPARATE_SELECTIONS: tuple[str, ...] = ("per_head", "per_layer")  # a set of kept positions per head or per layer
 Granularity = Literal["token", "sentence"]
 GRANULARITIES: tuple[str, ...] = ("token", "sentence")
+AnswerCache = Literal["auto", "compressed", "reread"]
+ANSWER_CACHES: tuple[str, ...] = ("auto", "compressed", "reread")
 LayerSet = Literal["upper_half", "all"]
 LAYER_SETS: tuple[str, ...] = ("upper_half", "all")
 AUTO_OPTIONS: tuple[str, ...] = ("attention_mass", "max_target_tokens")
@@ -97,6 +100,15 @@ class FinchConfig:
         (128) only when neither ``target_tokens`` nor ``compression_ratio`` is given; an explicit
         ``compression_ratio`` keeps kvpress's exact ``floor(n * (1 - r))`` unless this is given too. Not with
         ``target_tokens``, which fixes ``B`` already. Not in the paper or kvpress.
+    answer_cache : {"auto", "compressed", "reread"}
+        The cache an answer reads. ``"compressed"``: the kept entries as the chunked read computed them (FINCH
+        as published). ``"reread"``: the kept tokens read again by the model, in order, after the prefix, into a
+        fresh cache at the same packed positions; it costs one prefill of the ``B`` kept tokens and needs one set
+        of kept positions for every layer and head (``selection`` other than ``"per_head"``/``"per_layer"``).
+        What is kept does not change. ``"auto"`` (the default) re-reads a context read in more than one chunk on
+        a model with sliding-window layers (Gemma 3), and keeps the compressed cache otherwise
+        (`finch_rag.compression.loop.resolve_answer_cache`): Gemma 3 270M misread needles it had kept whole from
+        the compressed cache of a chunked read (``docs/results/reread.md``). Not in the paper.
     """
 
     target_tokens: int | Literal["auto"] | None = None
@@ -113,6 +125,7 @@ class FinchConfig:
     attention_mass: float = 0.9
     max_target_tokens: int = 1024
     min_target_tokens: int | None = None
+    answer_cache: AnswerCache = "auto"
 
     def __post_init__(self) -> None:
         if self.target_tokens is None and self.compression_ratio is None:
@@ -181,6 +194,14 @@ class FinchConfig:
         cap = self.max_target_tokens
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             raise ValueError(f"max_target_tokens (the cap on an automatic B) must be an int >= 1, got {cap!r}.")
+        if self.answer_cache not in ANSWER_CACHES:
+            raise ValueError(f"answer_cache must be one of {ANSWER_CACHES}, got {self.answer_cache!r}.")
+        if self.answer_cache == "reread" and self.selection in SEPARATE_SELECTIONS:
+            raise ValueError(
+                f'answer_cache="reread" reads the kept tokens again, which needs one set of kept positions for every '
+                f'layer and head; selection={self.selection!r} keeps one per head or layer. Use selection="shared", '
+                'or answer_cache="compressed".'
+            )
         if self.target_tokens == "auto" and self.selection not in ATTENTION_SELECTIONS:
             raise ValueError(
                 f'target_tokens="auto" keeps a share of the question\'s attention, and selection={self.selection!r} '

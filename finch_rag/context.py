@@ -134,6 +134,7 @@ class CompressedContext:
             "compression_factor": self.compression_factor,
             "prefix_tokens": len(self.parts.prefix_ids),
             "question_tokens": len(self.parts.question_ids),
+            "answer_cache": "reread" if self.cache.reread else "compressed",
         }
 
     @property

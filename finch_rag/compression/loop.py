@@ -29,12 +29,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from ..config import FinchConfig
+from ..config import SEPARATE_SELECTIONS, FinchConfig
 from ..deadline import Deadline, DeadlineExceeded
 from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention, fill_cache, stopping_layer
@@ -69,6 +69,7 @@ class CompressedCache:
     peak_kv_entries: int
     num_chunks: int
     seconds: float
+    reread: bool = False  # the kept entries are the model's read of the kept tokens (``answer_cache="reread"``)
 
     def as_cache(self) -> DynamicCache:
         """A fresh `DynamicCache` over the same tensors.
@@ -114,6 +115,7 @@ class _RequestState:
     kept_scores: list[torch.Tensor] = field(default_factory=list)
     peak: int = 0
     seconds: float = 0.0  # time attributed so far (see CompressedCache.seconds)
+    reread: bool = False
     error: DeadlineExceeded | None = None
 
     @property
@@ -209,9 +211,78 @@ def compress_batch(
                 for state in active:
                     state.seconds += share
                 progress.update(len(active))
+        if resolve_answer_cache(config, getattr(text_config, "layer_types", None)) == "reread":
+            for state in states:
+                # "auto" leaves a one-pass read as it is: its entries were computed over the context itself.
+                if config.answer_cache == "reread" or len(state.bounds) > 1:
+                    _reread(decoder, state, last_layer)
 
     overhead = max(time.perf_counter() - started - sum(state.seconds for state in states), 0.0)
     return [state.error or _result(state, state.seconds + overhead / len(states)) for state in states]
+
+
+def _reread(decoder: torch.nn.Module, state: _RequestState, last_layer: int | None) -> None:
+    """`read_kept_tokens` for a request the loop compressed (not one kept whole, failed or past its deadline)."""
+    if state.error is not None or not state.kept_positions:
+        return
+    if state.past_deadline("compression, before re-reading the kept tokens"):
+        return
+    started = time.perf_counter()
+    slice_length = max(end - start for start, end in state.bounds)
+    read = read_kept_tokens(decoder, _result(state, 0.0), state.request.context_ids, slice_length, last_layer)
+    state.keys, state.values, state.reread = read.keys, read.values, True
+    state.seconds += time.perf_counter() - started
+
+
+def resolve_answer_cache(config: FinchConfig, layer_types: Sequence[str] | None) -> str:
+    """``"reread"`` or ``"compressed"``: `FinchConfig.answer_cache`, with ``"auto"`` decided by the model.
+
+    ``"auto"`` re-reads on a model with sliding-window layers, when one set of positions is kept for every layer
+    and head (and `compress_batch` then re-reads only a context it read in more than one chunk). On Gemma 3 270M
+    the compressed cache made the answer misread needles it had kept whole, and the same kept tokens read again
+    answered them (``docs/results/reread.md``): the entries a chunk computes over the earlier survivors drift
+    from the model's own from the first full-attention layer on, and its sliding layers carry that drift into
+    what the answer copies. On models without such layers the compressed cache, which also carries what the
+    evicted tokens contributed, is kept.
+
+    >>> resolve_answer_cache(FinchConfig(), ["sliding_attention", "full_attention"])
+    'reread'
+    >>> resolve_answer_cache(FinchConfig(), None), resolve_answer_cache(FinchConfig(answer_cache="reread"), None)
+    ('compressed', 'reread')
+    """
+    if config.answer_cache != "auto":
+        return config.answer_cache
+    one_set = config.selection not in SEPARATE_SELECTIONS
+    return "reread" if one_set and "sliding_attention" in (layer_types or ()) else "compressed"
+
+
+def read_kept_tokens(
+    decoder: torch.nn.Module,
+    cache: CompressedCache,
+    context_ids: torch.Tensor,
+    slice_length: int,
+    last_layer: int | None = None,
+) -> CompressedCache:
+    """``cache`` with its kept entries replaced by the model's own read of the kept tokens (``answer_cache="reread"``).
+
+    The prefix entries stay; the kept tokens (``context_ids`` ``[1, n]`` at ``cache.kept_positions``) go in after
+    it in cache order, so at the packed positions the compressed entries had, ``slice_length`` tokens per pass
+    (a chunk's length keeps memory within the loop's bound). ``last_layer`` as in `attention.fill_cache`.
+    """
+    kept = cache.kept_positions[0][0]
+    if any(not torch.equal(positions, kept.expand_as(positions)) for positions in cache.kept_positions):
+        raise ValueError(
+            'answer_cache="reread" needs the same kept positions in every layer and head; this selection kept '
+            'different ones. Use selection="shared", or answer_cache="compressed".'
+        )
+    prefix = cache.prefix_length
+    read = cache_over([keys[:, :, :prefix] for keys in cache.keys], [values[:, :, :prefix] for values in cache.values])
+    kept_ids = context_ids[:, kept]
+    for start in range(0, kept_ids.shape[1], slice_length):
+        step = kept_ids[:, start : start + slice_length]
+        fill_cache(decoder, last_layer, input_ids=step, use_cache=True, **cache_kwargs(decoder, read))
+    keys, values = all_layer_tensors(read)
+    return replace(cache, keys=keys, values=values, reread=True)
 
 
 def _chunk_stage(state: _RequestState) -> str:
@@ -436,4 +507,5 @@ def _result(state: _RequestState, seconds: float) -> CompressedCache:
         peak_kv_entries=state.peak,
         num_chunks=len(state.bounds),
         seconds=seconds,
+        reread=state.reread,
     )

@@ -16,9 +16,12 @@ from finch_rag.compression.rotation import KeyRotation
 def test_single_pass_cache_is_gathered_and_rerotated(tiny_model, tiny_tokenizer, selection):
     """With one chunk the packed cache is the prefill of [P; C; Q] restricted to the kept entries.
 
-    Each key is re-rotated from its original position to its packed one; values are copied as they were.
+    Each key is re-rotated from its original position to its packed one; values are copied as they were
+    (``answer_cache="compressed"``: on the tiny Gemma 3, ``"auto"`` would re-read the kept tokens instead).
     """
-    config = FinchConfig(target_tokens=12, chunk_size=None, selection=selection, progress=False)
+    config = FinchConfig(
+        target_tokens=12, chunk_size=None, selection=selection, progress=False, answer_cache="compressed"
+    )
     cc = FinchCompressor(tiny_model, tiny_tokenizer, config).compress(PASSAGES, QUESTION)
     prefix = int(cc.prefix_ids.shape[0])
     reference = DynamicCache()

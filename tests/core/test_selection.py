@@ -131,8 +131,14 @@ def _reference_control_cache(model, cc, final: torch.Tensor) -> tuple[list[torch
 
 @pytest.mark.parametrize("rule", ["random", "recency", "first"])
 def test_controls_in_the_loop_match_their_former_implementation(tiny_model, tiny_tokenizer, rule):
-    """Same final positions, same packed keys and the same peak as the controls' own copy of the loop had."""
-    config = FinchConfig(target_tokens=BUDGET, chunk_size=CHUNK, selection=rule, progress=False)
+    """Same final positions, same packed keys and the same peak as the controls' own copy of the loop had.
+
+    The packed keys are the compressed cache's (``answer_cache="compressed"``: on the tiny Gemma 3, ``"auto"`` would
+    re-read them).
+    """
+    config = FinchConfig(
+        target_tokens=BUDGET, chunk_size=CHUNK, selection=rule, progress=False, answer_cache="compressed"
+    )
     compressor = FinchCompressor(tiny_model, tiny_tokenizer, config)
     before = tiny_model.config._attn_implementation
     seen: list[str] = []

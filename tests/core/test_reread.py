@@ -1,0 +1,131 @@
+"""``answer_cache="reread"``: the kept tokens read again by the model, into the cache an answer reads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import PASSAGES, QUESTION, tiny_config
+from transformers import DynamicCache
+
+from finch_rag import FinchCompressor, FinchConfig
+from finch_rag.compression.cache import cache_kwargs
+from finch_rag.compression.loop import resolve_answer_cache
+
+
+def test_config_names_the_answer_caches_and_refuses_a_reread_of_per_head_selections():
+    assert FinchConfig().answer_cache == "auto"
+    with pytest.raises(ValueError, match="answer_cache must be one of"):
+        FinchConfig(answer_cache="text")  # type: ignore[arg-type]
+    for selection in ("per_head", "per_layer"):
+        with pytest.raises(ValueError, match='Use selection="shared"'):
+            FinchConfig(answer_cache="reread", selection=selection)
+
+
+def test_auto_rereads_on_models_with_sliding_window_layers_when_one_set_is_kept():
+    gemma = tiny_config("gemma3").layer_types
+    assert resolve_answer_cache(FinchConfig(), gemma) == "reread"
+    assert resolve_answer_cache(FinchConfig(), getattr(tiny_config("llama"), "layer_types", None)) == "compressed"
+    assert resolve_answer_cache(FinchConfig(), None) == "compressed"
+    # One set per head or layer cannot be read again as one sequence: auto keeps the compressed cache there.
+    assert resolve_answer_cache(FinchConfig(selection="per_head"), gemma) == "compressed"
+    assert resolve_answer_cache(FinchConfig(answer_cache="compressed"), gemma) == "compressed"
+    assert resolve_answer_cache(FinchConfig(answer_cache="reread"), None) == "reread"
+
+
+def _plain_read(model, ids: torch.Tensor) -> DynamicCache:
+    cache = DynamicCache()
+    with torch.no_grad():
+        decoder = model.get_decoder()
+        decoder(input_ids=ids[None], use_cache=True, **cache_kwargs(decoder, cache))
+    return cache
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_a_reread_cache_is_the_model_s_own_read_of_the_prefix_and_kept_tokens(tiny_models, tiny_tokenizer, arch):
+    """Same kept positions as the compressed cache; entries equal to one plain read of prefix + kept tokens.
+
+    Chunks of 16 with a budget of 12 on the tiny Gemma 3 (window 16) exercise the sliding layer, and the kept
+    tokens are read back in slices of the chunk length.
+    """
+    model = tiny_models(arch)
+    config = FinchConfig(target_tokens=20, chunk_size=16, progress=False)
+    compressor = FinchCompressor(model, tiny_tokenizer, config)
+    compressed = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="compressed"))
+    reread = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="reread"))
+    assert reread.stats["num_chunks"] > 2
+    assert (compressed.stats["answer_cache"], reread.stats["answer_cache"]) == ("compressed", "reread")
+    kept = reread.kept_positions[0][0]
+    for compressed_positions, reread_positions in zip(compressed.kept_positions, reread.kept_positions, strict=True):
+        assert torch.equal(compressed_positions, reread_positions)
+        assert torch.equal(reread_positions, kept.expand_as(reread_positions))
+
+    reference = _plain_read(model, torch.cat((reread.prefix_ids, reread.context_ids[kept])))
+    differs = False
+    for layer, entry in enumerate(reference.layers):
+        torch.testing.assert_close(reread.cache.keys[layer], entry.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(reread.cache.values[layer], entry.values, atol=1e-5, rtol=1e-4)
+        differs |= not torch.allclose(compressed.cache.values[layer], entry.values, atol=1e-3)
+    assert differs, "the compressed cache should differ from a plain read after the first chunk"
+    # The answer reads that cache: the same tokens as greedy decoding over the kept prompt itself.
+    prompt = torch.cat((reread.prefix_ids, reread.context_ids[kept], reread.question_ids, reread.suffix_ids))
+    with torch.no_grad():
+        plain = model.generate(prompt[None], max_new_tokens=6, do_sample=False)
+    expected = tiny_tokenizer.decode(plain[0, prompt.shape[0] :], skip_special_tokens=True)
+    assert compressor.generate(reread, max_new_tokens=6) == expected
+
+
+def test_auto_is_the_compressed_cache_on_a_model_without_sliding_layers(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(target_tokens=20, chunk_size=16))
+    auto = compressor.compress(PASSAGES, QUESTION)
+    compressed = compressor.compress(PASSAGES, QUESTION, config=compressor.config.replace(answer_cache="compressed"))
+    assert auto.stats["answer_cache"] == "compressed"
+    for layer in range(len(auto.cache.keys)):
+        assert torch.equal(auto.cache.keys[layer], compressed.cache.keys[layer])
+        assert torch.equal(auto.cache.values[layer], compressed.cache.values[layer])
+
+
+def test_a_batch_rereads_each_request_as_alone(tiny_models, tiny_tokenizer):
+    compressor = FinchCompressor(
+        tiny_models("gemma3"), tiny_tokenizer, FinchConfig(target_tokens=20, chunk_size=16, progress=False)
+    )
+    contexts = [PASSAGES, PASSAGES[1:], PASSAGES[:2]]
+    questions = [QUESTION, "Which river is named?", QUESTION]
+    batched = compressor.compress_batch(contexts, questions)
+    for context, question, together in zip(contexts, questions, batched, strict=True):
+        alone = compressor.compress(context, question)
+        assert together.stats["answer_cache"] == alone.stats["answer_cache"] == "reread"
+        for layer in range(len(alone.cache.keys)):
+            assert torch.equal(together.kept_positions[layer], alone.kept_positions[layer])
+            torch.testing.assert_close(together.cache.keys[layer], alone.cache.keys[layer], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(together.cache.values[layer], alone.cache.values[layer], atol=1e-5, rtol=1e-4)
+
+
+def test_reread_of_a_compressed_context_equals_compressing_with_reread(tiny_models, tiny_tokenizer):
+    config = FinchConfig(target_tokens=20, chunk_size=16, progress=False)
+    compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, config)
+    compressed = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="compressed"))
+    before = [keys.clone() for keys in compressed.cache.keys]
+    later = compressor.reread(compressed)
+    direct = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="reread"))
+    assert later.stats["answer_cache"] == "reread" and later.config.answer_cache == "reread"
+    assert compressor.reread(later) is later
+    for layer in range(len(direct.cache.keys)):
+        torch.testing.assert_close(later.cache.keys[layer], direct.cache.keys[layer], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(later.cache.values[layer], direct.cache.values[layer], atol=1e-5, rtol=1e-4)
+        assert torch.equal(compressed.cache.keys[layer], before[layer])  # the original is left as it was
+    assert compressor.generate(later, max_new_tokens=6) == compressor.generate(direct, max_new_tokens=6)
+    per_head = compressor.compress(PASSAGES, QUESTION, config=config.replace(selection="per_head"))
+    with pytest.raises(ValueError, match='Use selection="shared"'):
+        compressor.reread(per_head)
+
+
+def test_auto_leaves_a_one_pass_read_as_it_is_and_reread_reads_it_again(tiny_models, tiny_tokenizer):
+    """A one-pass read computed its entries over the context itself, so ``"auto"`` does not re-read it."""
+    config = FinchConfig(target_tokens=20, chunk_size=None, progress=False)
+    compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, config)
+    one_pass = compressor.compress(PASSAGES, QUESTION)
+    assert one_pass.stats["num_chunks"] == 1 and one_pass.stats["answer_cache"] == "compressed"
+    forced = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="reread"))
+    assert forced.stats["answer_cache"] == "reread"
+    chunked = compressor.compress(PASSAGES, QUESTION, config=config.replace(chunk_size=16))
+    assert chunked.stats["num_chunks"] > 1 and chunked.stats["answer_cache"] == "reread"
