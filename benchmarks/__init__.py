@@ -62,6 +62,7 @@ SUITES: dict[str, Suite] = {
     ),
     "ruler": Suite("ruler", "RULER-style synthetic tasks at 4k tokens: generate and encode the cases"),
     "peers": Suite("peers", "kvpress's presses vs finch-rag on the RULER-style suite, all ratios, one capture each"),
+    "reread": Suite("reread", "one selection answered from its compressed cache and from its re-read, paired"),
     "quick": Suite("quick", "every suite at a small size (under 3 minutes on 2 CPU cores); --smoke is ~1 minute"),
 }
 

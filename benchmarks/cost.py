@@ -176,8 +176,8 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     lock = threading.RLock()
     params = SamplingParams(max_new_tokens=args.new_tokens)
     compressors = {
-        size: FinchCompressor(model, tokenizer, FinchConfig(target_tokens=args.target_tokens, chunk_size=size))
-        for size in args.chunk_size
+        label: FinchCompressor(model, tokenizer, FinchConfig(target_tokens=args.target_tokens, **options))
+        for label, options in _finch_rows(args).items()
     }
     parts = build_prompt(tokenizer, [Passage("placeholder")], _QUESTION)
     prefix_ids, question_ids, suffix_ids = parts.prefix_ids, parts.question_ids, parts.suffix_ids
@@ -286,13 +286,13 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
         fits = len(prefix_ids + context + question_ids + suffix_ids) + args.new_tokens <= window
         samples: dict[str, list[dict[str, Any]]] = {}
         for _ in range(args.repeats):
-            for size, compressor in compressors.items():
-                samples.setdefault(f"finch S={size}", []).append(finch(compressor, context))
+            for label, compressor in compressors.items():
+                samples.setdefault(label, []).append(finch(compressor, context))
             if args.documents:
                 samples.setdefault("documents", []).append(documents(context))
             if fits:
                 samples.setdefault("full", []).append(full(context))
-            last = samples[f"finch S={args.chunk_size[0]}"][-1]
+            last = samples[next(iter(compressors))][-1]
             one = static_generate(last["compressed"], last["answer_input"], 1)
             many = static_generate(last["compressed"], last["answer_input"], args.new_tokens)
             samples.setdefault("static", []).append({"decode_ms": 1000 * (many - one) / (args.new_tokens - 1)})
@@ -326,10 +326,24 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _finch_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The Finch rows of ``--alternate``: a label and its `FinchConfig` options, one per ``--chunk-size``.
+
+    ``--compressed-too`` adds each with ``answer_cache="compressed"`` beside it: where ``"auto"`` re-reads the kept
+    tokens (a model with sliding-window layers), the rows then show what the re-read costs.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    for size in args.chunk_size:
+        rows[f"finch S={size}"] = {"chunk_size": size}
+        if args.compressed_too:
+            rows[f"finch S={size}, compressed cache"] = {"chunk_size": size, "answer_cache": "compressed"}
+    return rows
+
+
 def _alternate_markdown(
     records: list[dict[str, Any]], machine: str, args: argparse.Namespace, floor_ms: float, bandwidth: float
 ) -> str:
-    sizes = [f"finch S={size}" for size in args.chunk_size]
+    sizes = list(_finch_rows(args))
     lines = [
         f"Machine: {machine}. Model: {args.model or 'SmolLM2-135M-Instruct (embedded default)'}, "
         f"B={args.target_tokens}, {args.new_tokens} answer tokens for every method (no early stop), median of "
@@ -516,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --alternate, also the context as one document's text through FinchRAG.answer_from_documents "
         "(pieces ranked, sentence fusion: what `finch-rag ask --file` runs)",
+    )
+    parser.add_argument(
+        "--compressed-too",
+        action="store_true",
+        help='with --alternate, each chunk size also with answer_cache="compressed" (what the re-read costs)',
     )
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     return parser

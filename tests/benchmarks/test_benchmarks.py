@@ -600,3 +600,17 @@ def test_cost_alternate_measures_the_documents_front_end_beside_the_core(tiny_mo
     assert all(record["documents"]["total_s"] > 0 for record in (short, long))
     assert long["documents"]["fusion_s"] > 0 and long["documents"]["ranking_s"] > 0
     assert "FinchRAG.answer_from_documents" in (tmp_path / "cost_alternate.md").read_text()
+
+
+def test_cost_alternate_rows_name_each_chunk_size_and_with_compressed_too_its_compressed_cache():
+    from benchmarks.cost import _finch_rows, build_parser
+
+    plain = build_parser().parse_args(["--alternate", "--chunk-size", "auto", "512"])
+    assert _finch_rows(plain) == {"finch S=auto": {"chunk_size": "auto"}, "finch S=512": {"chunk_size": 512}}
+    both = build_parser().parse_args(["--alternate", "--chunk-size", "auto", "--compressed-too"])
+    assert _finch_rows(both) == {
+        "finch S=auto": {"chunk_size": "auto"},
+        "finch S=auto, compressed cache": {"chunk_size": "auto", "answer_cache": "compressed"},
+    }
+    for options in _finch_rows(both).values():
+        FinchConfig(target_tokens=64, **options)  # every row is a valid config
