@@ -103,6 +103,9 @@ def summarize(records: Sequence[Mapping[str, Any]], ratios: Sequence[float]) -> 
 
 
 def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    def exact_ratio(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [dict(row) | {"ratio": f"{row['ratio']:g}"} for row in rows]  # not rounded to 2 digits
+
     lines = [
         "# The answer's cache: compressed or re-read (one selection, RULER-style suite)",
         "",
@@ -116,13 +119,13 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         "bootstrap intervals over examples; `reread_s` and `compress_s` are medians in seconds.",
         "",
         markdown_table(
-            summary["rows"],
+            exact_ratio(summary["rows"]),
             ["ratio", "examples", *CACHES, "reread - compressed", "won / lost", "reread_s", "compress_s"],
         ),
         "",
         "Per task (mean score):",
         "",
-        markdown_table(summary["task_rows"], ["ratio", "task", "examples", *CACHES]),
+        markdown_table(exact_ratio(summary["task_rows"]), ["ratio", "task", "examples", *CACHES]),
         "",
     ]
     return "\n".join(lines)
