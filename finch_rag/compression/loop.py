@@ -241,9 +241,9 @@ def resolve_answer_cache(config: FinchConfig, layer_types: Sequence[str] | None)
     and head (and `compress_batch` then re-reads only a context it read in more than one chunk). On Gemma 3 270M
     the compressed cache made the answer misread needles it had kept whole, and the same kept tokens read again
     answered them (``docs/results/reread.md``): the entries a chunk computes over the earlier survivors drift
-    from the model's own from the first full-attention layer on, and its sliding layers carry that drift into
-    what the answer copies. On models without such layers the compressed cache, which also carries what the
-    evicted tokens contributed, is kept.
+    from the model's own, and the answer copies from the sliding layers' (a full read's entries there alone
+    answered right). On models without such layers the compressed cache, which also carries what the evicted
+    tokens contributed, is kept.
 
     >>> resolve_answer_cache(FinchConfig(), ["sliding_attention", "full_attention"])
     'reread'
