@@ -34,11 +34,8 @@ CACHES = ("compressed", "reread")
 
 def run(args: argparse.Namespace) -> None:
     """Compress each answered example once per ratio; answer from the compressed cache and from its re-read."""
-    import torch
-
     from finch_rag import FinchCompressor, FinchConfig, PassageAllocation, load_model
 
-    torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model)
     answered = answered_cases(scored([r for r in read_records(args.full_journal) if r["method"] == "full"]))
     examples = generate_suite(tokenizer, args.data, per_task=args.per_task, seed=args.seed)
@@ -154,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)  # the machine line names the run's threads, with --report-only too
     if not args.report_only:
         run(args)
     summary = summarize(read_records(args.journal), args.ratios)
