@@ -27,6 +27,7 @@ from .sources import (
     split_templated,
     template_pieces,
     with_system_prompt,
+    without_keys,
 )
 from .streams import accumulate, close, in_thread
 
@@ -49,4 +50,5 @@ __all__ = [
     "split_templated",
     "template_pieces",
     "with_system_prompt",
+    "without_keys",
 ]

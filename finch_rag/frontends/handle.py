@@ -24,7 +24,7 @@ from ..deadline import Deadline, DeadlineExceeded, DeadlineLike
 from ..generation import SamplingParams
 from ..prompts import History, Passage, chat_prompt_ids
 from ..store import CACHE_KEY
-from .sources import ChatPlan, keys_in, one_key, strip_keys, with_system_prompt
+from .sources import ChatPlan, keys_in, one_key, strip_keys, with_system_prompt, without_keys
 
 _lock = threading.Lock()
 _compressors: dict[tuple[str | None, str | None], FinchCompressor] = {}
@@ -373,7 +373,9 @@ class CompressorHandle:
         """
         config = with_system_prompt(config, plan.system_prompt)
         if not plan.passages:
-            ids = chat_prompt_ids(self.get().tokenizer, plan.messages, chat_template=config.chat_template)
+            # A key is finch-rag's bookkeeping (a node's metadata as LlamaIndex renders it), not text for the model.
+            messages = [{**message, "content": without_keys(message["content"])} for message in plan.messages]
+            ids = chat_prompt_ids(self.get().tokenizer, messages, chat_template=config.chat_template)
             return Prepared(prompt_ids=ids)
         return self.passages_context(
             plan.passages, plan.question, config, allocation, plan.history, plan.given, deadline

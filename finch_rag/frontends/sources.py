@@ -10,7 +10,8 @@ messages and OpenAI request bodies are turned into ``{"role", "content"}`` mappi
 - `split_prompt` and `QUESTION_DELIMITER`: a prompt that holds context and question (`FinchLLM`, rule 4 of
   `chat_context`); `split_templated` and `template_pieces`: a prompt written with a template (LlamaIndex's
   text-QA template);
-- `keys_in`, `strip_keys`, `one_key`: the compressed contexts a prompt or documents name (`CACHE_KEY`), for reuse;
+- `keys_in`, `strip_keys`, `without_keys`, `one_key`: the compressed contexts a prompt or documents name
+  (`CACHE_KEY`), for reuse, and text without them for the model;
 - `plain_prompt_ids`: a prompt with nothing to compress, for plain generation;
 - `with_system_prompt`: where a chat's system prompt enters the config.
 """
@@ -285,9 +286,17 @@ def keys_in(text: str) -> list[str]:
     return CACHE_KEY_PATTERN.findall(text)
 
 
+def without_keys(text: str) -> str:
+    """``text`` without ``finch_cache_key: ...`` lines (a node's metadata as LlamaIndex writes it) and bare keys.
+
+    What a model reads of a prompt that names stored compressions: a key is bookkeeping, not text.
+    """
+    return CACHE_KEY_PATTERN.sub("", _KEY_LINE.sub("", text))
+
+
 def strip_keys(text: str) -> str:
-    """``text`` without ``finch_cache_key: ...`` lines (a node's metadata as LlamaIndex writes it) and bare keys."""
-    return CACHE_KEY_PATTERN.sub("", _KEY_LINE.sub("", text)).strip()
+    """`without_keys`, and the surrounding whitespace: the context left to compress."""
+    return without_keys(text).strip()
 
 
 def one_key(keys: Iterable[Any]) -> str | None:

@@ -121,3 +121,19 @@ def test_a_plan_without_context_is_plain_chat(handle: CompressorHandle) -> None:
         "<bos><|system|>\nBe brief.<|end|>\n<|user|>\nHello.<|end|>\n<|assistant|>\nHi! Ask away.<|end|>\n"
         f"<|user|>\n{QUESTION}<|end|>\n<|assistant|>\n"
     )
+
+
+def test_plain_chat_never_shows_the_model_a_cache_key(handle: CompressorHandle) -> None:
+    """A ``finch_cache_key`` line in plain chat is bookkeeping: the model reads the conversation without it.
+
+    (A LlamaIndex node's metadata, rendered into a chat engine's system message, carries one.)
+    """
+    system = "Be brief. The documents:\ntitle: T0\n{key}The lighthouse is yellow."
+    key = "finch_cache_key: finch-0123456789abcdef01234567\n"
+    with_key, without = (
+        handle.chat_context(
+            chat_context(conversation(system=system.format(key=k))), handle.get().config, PassageAllocation()
+        )
+        for k in (key, "")
+    )
+    assert with_key.compressed is None and with_key.prompt_ids == without.prompt_ids

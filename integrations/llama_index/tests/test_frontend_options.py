@@ -172,3 +172,26 @@ def test_a_llama_index_embedding_is_the_fusion_embedder(tiny: FinchCompressor) -
     assert FinchLLM(compressor=tiny, embedding_model=embedding).embedding_model.embed_model is embedding
     with pytest.raises(TypeError, match="BaseEmbedding"):
         FinchNodePostprocessor(compressor=tiny, embedding_model=3)
+
+
+def test_the_model_never_reads_a_cache_key_on_the_plain_paths(tiny: FinchCompressor) -> None:
+    """A node's ``finch_cache_key`` line (LlamaIndex renders metadata into the prompt) is bookkeeping, not text.
+
+    On a prompt FinchLLM does not compress (a chat engine's system message, a free completion), the model's ids are
+    those of the same prompt without the key line: a new key (new options, a new release) cannot change an answer.
+    """
+    key_line = f"{CACHE_KEY}: finch-0123456789abcdef01234567\n"
+    system = "Use these documents.\n\ntitle: T0\n{key}\nThe lighthouse is yellow."
+    question = ChatMessage(role=MessageRole.USER, content="What colour is the lighthouse?")
+    plain_tokenizer = TINY.build_tiny_tokenizer(chat_template=False)
+    for compressor in (tiny, FinchCompressor(tiny.model, plain_tokenizer, tiny.config)):
+        llm = FinchLLM(compressor=compressor)
+        with_key, without = (
+            llm._prepare_messages([ChatMessage(role=MessageRole.SYSTEM, content=system.format(key=key)), question])
+            for key in (key_line, "")
+        )
+        assert with_key.prompt_ids == without.prompt_ids and without.prompt_ids is not None
+    llm = FinchLLM(compressor=tiny)
+    prompt = "title: T0\n{key}\nThe lighthouse is yellow. What colour is it?"
+    with_key, without = (llm._prepare_prompt(prompt.format(key=key), False).prompt_ids for key in (key_line, ""))
+    assert with_key == without

@@ -16,6 +16,7 @@ from finch_rag.frontends import (
     plain_prompt_ids,
     split_templated,
     template_pieces,
+    without_keys,
 )
 from finch_rag.prompts import chat_prompt_ids, encode_text
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
@@ -169,7 +170,9 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         split = split_qa_prompt(prompt, self.qa_template)
         if split is not None:
             return self._prepare_qa(*split, system_prompt=None, deadline=deadline)
-        return Prepared(prompt_ids=plain_prompt_ids(self.compressor.tokenizer, prompt, formatted=formatted))
+        # A key is finch-rag's bookkeeping (a node's metadata as LlamaIndex renders it), not text for the model.
+        ids = plain_prompt_ids(self.compressor.tokenizer, without_keys(prompt), formatted=formatted)
+        return Prepared(prompt_ids=ids)
 
     def _prepare_messages(self, messages: Sequence[ChatMessage], deadline: Deadline | None = None) -> Prepared:
         """Input preparation for the chat paths (plain and streaming)."""
@@ -183,9 +186,9 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
             return self._prepare_qa(*split, system_prompt="\n\n".join(system) or None, deadline=deadline)
         tokenizer = self.compressor.tokenizer
         if self.metadata.is_chat_model:
-            turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+            turns = [{"role": m.role.value, "content": without_keys(m.content or "")} for m in messages]
             return Prepared(prompt_ids=chat_prompt_ids(tokenizer, turns))
-        text = (self.messages_to_prompt or generic_messages_to_prompt)(messages)
+        text = without_keys((self.messages_to_prompt or generic_messages_to_prompt)(messages))
         return Prepared(prompt_ids=list(encode_text(tokenizer, text, add_special_tokens=True).input_ids))
 
     @dispatcher.span
