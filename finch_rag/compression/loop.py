@@ -211,11 +211,10 @@ def compress_batch(
                 for state in active:
                     state.seconds += share
                 progress.update(len(active))
-        if resolve_answer_cache(config, getattr(text_config, "layer_types", None)) == "reread":
-            for state in states:
-                # "auto" leaves a one-pass read as it is: its entries were computed over the context itself.
-                if config.answer_cache == "reread" or len(state.bounds) > 1:
-                    _reread(decoder, state, last_layer)
+        layer_types = getattr(text_config, "layer_types", None)
+        for state in states:
+            if resolve_answer_cache(config, layer_types, len(state.bounds)) == "reread":
+                _reread(decoder, state, last_layer)
 
     overhead = max(time.perf_counter() - started - sum(state.seconds for state in states), 0.0)
     return [state.error or _result(state, state.seconds + overhead / len(states)) for state in states]
@@ -234,26 +233,27 @@ def _reread(decoder: torch.nn.Module, state: _RequestState, last_layer: int | No
     state.seconds += time.perf_counter() - started
 
 
-def resolve_answer_cache(config: FinchConfig, layer_types: Sequence[str] | None) -> str:
-    """``"reread"`` or ``"compressed"``: `FinchConfig.answer_cache`, with ``"auto"`` decided by the model.
+def resolve_answer_cache(config: FinchConfig, layer_types: Sequence[str] | None, num_chunks: int) -> str:
+    """``"reread"`` or ``"compressed"``: `FinchConfig.answer_cache` for a context read in ``num_chunks`` chunks.
 
-    ``"auto"`` re-reads on a model with sliding-window layers, when one set of positions is kept for every layer
-    and head (and `compress_batch` then re-reads only a context it read in more than one chunk). On Gemma 3 270M
-    the compressed cache made the answer misread needles it had kept whole, and the same kept tokens read again
-    answered them (``docs/results/reread.md``): the entries a chunk computes over the earlier survivors drift
-    from the model's own, and the answer copies from the sliding layers' (a full read's entries there alone
-    answered right). On models without such layers the compressed cache, which also carries what the evicted
-    tokens contributed, is kept.
+    ``"auto"`` re-reads a context read in more than one chunk on a model with sliding-window layers, when one set of
+    positions is kept for every layer and head. On Gemma 3 270M the compressed cache made the answer misread
+    needles it had kept whole, and the same kept tokens read again answered them (``docs/results/reread.md``): the
+    entries a chunk computes over the earlier survivors drift from the model's own, and the answer copies from the
+    sliding layers' (a full read's entries there alone answered right). A one-pass read computed its entries over
+    the context itself, and on models without such layers the compressed cache, which also carries what the
+    evicted tokens contributed, is kept.
 
-    >>> resolve_answer_cache(FinchConfig(), ["sliding_attention", "full_attention"])
+    >>> resolve_answer_cache(FinchConfig(), ["sliding_attention", "full_attention"], 8)
     'reread'
-    >>> resolve_answer_cache(FinchConfig(), None), resolve_answer_cache(FinchConfig(answer_cache="reread"), None)
+    >>> resolve_answer_cache(FinchConfig(), None, 8), resolve_answer_cache(FinchConfig(answer_cache="reread"), None, 1)
     ('compressed', 'reread')
     """
     if config.answer_cache != "auto":
         return config.answer_cache
     one_set = config.selection not in SEPARATE_SELECTIONS
-    return "reread" if one_set and "sliding_attention" in (layer_types or ()) else "compressed"
+    sliding = "sliding_attention" in (layer_types or ())
+    return "reread" if one_set and sliding and num_chunks > 1 else "compressed"
 
 
 def read_kept_tokens(

@@ -23,13 +23,16 @@ def test_config_names_the_answer_caches_and_refuses_a_reread_of_per_head_selecti
 
 def test_auto_rereads_on_models_with_sliding_window_layers_when_one_set_is_kept():
     gemma = tiny_config("gemma3").layer_types
-    assert resolve_answer_cache(FinchConfig(), gemma) == "reread"
-    assert resolve_answer_cache(FinchConfig(), getattr(tiny_config("llama"), "layer_types", None)) == "compressed"
-    assert resolve_answer_cache(FinchConfig(), None) == "compressed"
+    assert resolve_answer_cache(FinchConfig(), gemma, 2) == "reread"
+    assert resolve_answer_cache(FinchConfig(), getattr(tiny_config("llama"), "layer_types", None), 2) == "compressed"
+    assert resolve_answer_cache(FinchConfig(), None, 2) == "compressed"
     # One set per head or layer cannot be read again as one sequence: auto keeps the compressed cache there.
-    assert resolve_answer_cache(FinchConfig(selection="per_head"), gemma) == "compressed"
-    assert resolve_answer_cache(FinchConfig(answer_cache="compressed"), gemma) == "compressed"
-    assert resolve_answer_cache(FinchConfig(answer_cache="reread"), None) == "reread"
+    assert resolve_answer_cache(FinchConfig(selection="per_head"), gemma, 2) == "compressed"
+    assert resolve_answer_cache(FinchConfig(answer_cache="compressed"), gemma, 2) == "compressed"
+    assert resolve_answer_cache(FinchConfig(answer_cache="reread"), None, 2) == "reread"
+    # A one-pass read is left as it is by auto, and re-read when asked.
+    assert resolve_answer_cache(FinchConfig(), gemma, 1) == "compressed"
+    assert resolve_answer_cache(FinchConfig(answer_cache="reread"), gemma, 1) == "reread"
 
 
 def _plain_read(model, ids: torch.Tensor) -> DynamicCache:
