@@ -10,7 +10,7 @@ framework's objects (documents, nodes, messages, request bodies, arguments) and 
   options) and `SamplingOptions` (decoding);
 - `streams`: `close`, `accumulate` and `in_thread`, for streamed answers;
 - `sources`: where the context and the question come from in a framework's input (`chat_context` and its
-  `ChatPlan`, `split_prompt`, `split_templated`, the cache-key helpers, `plain_prompt_ids`).
+  `ChatPlan`, `split_prompt`, `split_templated`, the cache-key helpers, `plain_prompt_ids`, `plain_chat_ids`).
 
 Core names (`FinchCompressor`, `FinchConfig`, `Passage`, `CompressedContext`, ...) come from `finch_rag` and
 its modules, not from here. Based on FINCH (Corallo & Papotti, TACL 2024, https://arxiv.org/abs/2408.00167).
@@ -22,6 +22,7 @@ from .sources import (
     QUESTION_DELIMITER,
     chat_context,
     chat_question,
+    plain_chat_ids,
     plain_prompt_ids,
     split_prompt,
     split_templated,
@@ -45,6 +46,7 @@ __all__ = [
     "chat_question",
     "close",
     "in_thread",
+    "plain_chat_ids",
     "plain_prompt_ids",
     "split_prompt",
     "split_templated",

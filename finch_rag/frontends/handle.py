@@ -22,9 +22,9 @@ from ..config import FinchConfig, merged_config
 from ..context import STATS_KEYS, CompressedContext
 from ..deadline import Deadline, DeadlineExceeded, DeadlineLike
 from ..generation import SamplingParams
-from ..prompts import History, Passage, chat_prompt_ids
+from ..prompts import History, Passage
 from ..store import CACHE_KEY
-from .sources import ChatPlan, keys_in, one_key, strip_keys, with_system_prompt, without_keys
+from .sources import ChatPlan, keys_in, one_key, plain_chat_ids, strip_keys, with_system_prompt
 
 _lock = threading.Lock()
 _compressors: dict[tuple[str | None, str | None], FinchCompressor] = {}
@@ -373,9 +373,7 @@ class CompressorHandle:
         """
         config = with_system_prompt(config, plan.system_prompt)
         if not plan.passages:
-            # A key is finch-rag's bookkeeping (a node's metadata as LlamaIndex renders it), not text for the model.
-            messages = [{**message, "content": without_keys(message["content"])} for message in plan.messages]
-            ids = chat_prompt_ids(self.get().tokenizer, messages, chat_template=config.chat_template)
+            ids = plain_chat_ids(self.get().tokenizer, plan.messages, chat_template=config.chat_template)
             return Prepared(prompt_ids=ids)
         return self.passages_context(
             plan.passages, plan.question, config, allocation, plan.history, plan.given, deadline

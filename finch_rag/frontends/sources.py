@@ -12,7 +12,7 @@ messages and OpenAI request bodies are turned into ``{"role", "content"}`` mappi
   text-QA template);
 - `keys_in`, `strip_keys`, `without_keys`, `one_key`: the compressed contexts a prompt or documents name
   (`CACHE_KEY`), for reuse, and text without them for the model;
-- `plain_prompt_ids`: a prompt with nothing to compress, for plain generation;
+- `plain_prompt_ids`, `plain_chat_ids`: a prompt or a conversation with nothing to compress, for plain generation;
 - `with_system_prompt`: where a chat's system prompt enters the config.
 """
 
@@ -311,10 +311,23 @@ def plain_prompt_ids(tokenizer: Any, prompt: str, *, formatted: bool = False) ->
 
     ``formatted=True``: the caller already applied the chat template, so its markup is markup (`encode_markup`).
     Otherwise the prompt is the user's turn: rendered with the chat template, or for a model without one the
-    prompt as plain text after the tokenizer's BOS.
+    prompt as plain text after the tokenizer's BOS. Cache keys are left out (`without_keys`).
     """
+    prompt = without_keys(prompt)
     if formatted:
         return encode_markup(tokenizer, prompt)
     if getattr(tokenizer, "chat_template", None):
         return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
     return list(encode_text(tokenizer, prompt, add_special_tokens=True).input_ids)
+
+
+def plain_chat_ids(
+    tokenizer: Any, messages: Sequence[Mapping[str, str]], chat_template: bool | None = None
+) -> list[int]:
+    """Token ids of a conversation for plain generation (nothing to compress), cache keys left out (`without_keys`).
+
+    A LlamaIndex node's metadata, its ``finch_cache_key`` included, is rendered into a chat engine's system message;
+    the key is finch-rag's bookkeeping, and a model that read it would answer differently whenever it changes.
+    """
+    plain = [{**message, "content": without_keys(message["content"])} for message in messages]
+    return chat_prompt_ids(tokenizer, plain, chat_template=chat_template)

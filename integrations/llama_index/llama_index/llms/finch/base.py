@@ -13,12 +13,11 @@ from finch_rag.frontends import (
     SamplingOptions,
     accumulate,
     in_thread,
+    plain_chat_ids,
     plain_prompt_ids,
     split_templated,
     template_pieces,
-    without_keys,
 )
-from finch_rag.prompts import chat_prompt_ids, encode_text
 from llama_index.core.base.llms.generic_utils import messages_to_prompt as generic_messages_to_prompt
 from llama_index.core.base.llms.types import (
     ChatMessage,
@@ -170,9 +169,7 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
         split = split_qa_prompt(prompt, self.qa_template)
         if split is not None:
             return self._prepare_qa(*split, system_prompt=None, deadline=deadline)
-        # A key is finch-rag's bookkeeping (a node's metadata as LlamaIndex renders it), not text for the model.
-        ids = plain_prompt_ids(self.compressor.tokenizer, without_keys(prompt), formatted=formatted)
-        return Prepared(prompt_ids=ids)
+        return Prepared(prompt_ids=plain_prompt_ids(self.compressor.tokenizer, prompt, formatted=formatted))
 
     def _prepare_messages(self, messages: Sequence[ChatMessage], deadline: Deadline | None = None) -> Prepared:
         """Input preparation for the chat paths (plain and streaming)."""
@@ -186,10 +183,11 @@ class FinchLLM(FinchOptions, SamplingOptions, CustomLLM):
             return self._prepare_qa(*split, system_prompt="\n\n".join(system) or None, deadline=deadline)
         tokenizer = self.compressor.tokenizer
         if self.metadata.is_chat_model:
-            turns = [{"role": m.role.value, "content": without_keys(m.content or "")} for m in messages]
-            return Prepared(prompt_ids=chat_prompt_ids(tokenizer, turns))
-        text = without_keys((self.messages_to_prompt or generic_messages_to_prompt)(messages))
-        return Prepared(prompt_ids=list(encode_text(tokenizer, text, add_special_tokens=True).input_ids))
+            turns = [{"role": m.role.value, "content": m.content or ""} for m in messages]
+            return Prepared(prompt_ids=plain_chat_ids(tokenizer, turns))
+        # No chat template: the prompt as plain text after the BOS, as plain_prompt_ids reads it.
+        text = (self.messages_to_prompt or generic_messages_to_prompt)(messages)
+        return Prepared(prompt_ids=plain_prompt_ids(tokenizer, text))
 
     @dispatcher.span
     def _prepare_qa(
