@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,8 +88,8 @@ def summarize(records: Sequence[Mapping[str, Any]], ratios: Sequence[float]) -> 
             row[name] = f"{mean:.2f} [{low:.2f}, {high:.2f}]"
         row["reread - compressed"] = bootstrap_difference(differences, generator)
         row["won / lost"] = won_lost(differences)
-        row["reread_s"] = f"{sorted(r['reread_s'] for r in at_ratio)[len(at_ratio) // 2]:.2f}"
-        row["compress_s"] = f"{sorted(r['compress_s'] for r in at_ratio)[len(at_ratio) // 2]:.2f}"
+        for seconds in ("reread_s", "compress_s"):
+            row[seconds] = f"{statistics.median(r[seconds] for r in at_ratio):.2f}"
         rows.append(row)
         for task in [t for t in TASKS if any(r["task"] == t for r in at_ratio)]:
             of_task = [r for r in at_ratio if r["task"] == task]
