@@ -102,9 +102,11 @@ class FinchConfig:
         ``target_tokens``, which fixes ``B`` already. Not in the paper or kvpress.
     answer_cache : {"auto", "compressed", "reread"}
         The cache an answer reads. ``"compressed"``: the kept entries as the chunked read computed them (FINCH
-        as published). ``"reread"``: the kept tokens read again by the model, in order, after the prefix, into a
-        fresh cache at the same packed positions; it costs one prefill of the ``B`` kept tokens and needs one set
-        of kept positions for every layer and head (``selection`` other than ``"per_head"``/``"per_layer"``).
+        as published). ``"reread"``: the kept tokens of every chunk after the first read again by the model, in
+        order, over the prefix and the first chunk's kept entries (which that chunk computed as a plain read
+        does), into a fresh cache at the same packed positions; it costs one prefill of those kept tokens and
+        needs one set of kept positions for every layer and head (``selection`` other than
+        ``"per_head"``/``"per_layer"``).
         What is kept does not change. ``"auto"`` (the default) re-reads a context read in more than one chunk on
         a model with sliding-window layers (Gemma 3), and keeps the compressed cache otherwise
         (`finch_rag.compression.loop.resolve_answer_cache`): Gemma 3 270M misread needles it had kept whole from

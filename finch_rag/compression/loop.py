@@ -70,6 +70,9 @@ class CompressedCache:
     num_chunks: int
     seconds: float
     reread: bool = False  # the kept entries are the model's read of the kept tokens (``answer_cache="reread"``)
+    # Context tokens the first pass read over the prefix alone: entries kept from there are the ones a plain read
+    # of the context computes, so `read_kept_tokens` leaves them as they are.
+    first_chunk_end: int = 0
 
     def as_cache(self) -> DynamicCache:
         """A fresh `DynamicCache` over the same tensors.
@@ -263,11 +266,13 @@ def read_kept_tokens(
     slice_length: int,
     last_layer: int | None = None,
 ) -> CompressedCache:
-    """``cache`` with its kept entries replaced by the model's own read of the kept tokens (``answer_cache="reread"``).
+    """``cache`` with the kept entries of later chunks replaced by the model's own read (``answer_cache="reread"``).
 
-    The prefix entries stay; the kept tokens (``context_ids`` ``[1, n]`` at ``cache.kept_positions``) go in after
-    it in cache order, so at the packed positions the compressed entries had, ``slice_length`` tokens per pass
-    (a chunk's length keeps memory within the loop's bound). ``last_layer`` as in `attention.fill_cache`.
+    The prefix entries stay, and so do those kept from the first chunk (``cache.first_chunk_end``): that chunk was
+    read over the prefix alone, as a plain read of the context reads it. The kept tokens after it
+    (``context_ids`` ``[1, n]`` at ``cache.kept_positions``) go in after them in cache order, at the packed positions
+    the compressed entries had, ``slice_length`` tokens per pass (a chunk's length keeps memory within the loop's
+    bound). A context read in one pass has nothing to read again. ``last_layer`` as in `attention.fill_cache`.
     """
     kept = cache.kept_positions[0][0]
     if any(not torch.equal(positions, kept.expand_as(positions)) for positions in cache.kept_positions):
@@ -275,11 +280,13 @@ def read_kept_tokens(
             'answer_cache="reread" needs the same kept positions in every layer and head; this selection kept '
             'different ones. Use selection="shared", or answer_cache="compressed".'
         )
-    prefix = cache.prefix_length
-    read = cache_over([keys[:, :, :prefix] for keys in cache.keys], [values[:, :, :prefix] for values in cache.values])
-    kept_ids = context_ids[:, kept]
-    for start in range(0, kept_ids.shape[1], slice_length):
-        step = kept_ids[:, start : start + slice_length]
+    unchanged = cache.prefix_length + int((kept < cache.first_chunk_end).sum())
+    read = cache_over(
+        [keys[:, :, :unchanged] for keys in cache.keys], [values[:, :, :unchanged] for values in cache.values]
+    )
+    later_ids = context_ids[:, kept[kept >= cache.first_chunk_end]]
+    for start in range(0, later_ids.shape[1], slice_length):
+        step = later_ids[:, start : start + slice_length]
         fill_cache(decoder, last_layer, input_ids=step, use_cache=True, **cache_kwargs(decoder, read))
     keys, values = all_layer_tensors(read)
     return replace(cache, keys=keys, values=values, reread=True)
@@ -508,4 +515,5 @@ def _result(state: _RequestState, seconds: float) -> CompressedCache:
         num_chunks=len(state.bounds),
         seconds=seconds,
         reread=state.reread,
+        first_chunk_end=state.bounds[0][1] if state.bounds else 0,
     )

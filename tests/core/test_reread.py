@@ -8,8 +8,9 @@ from conftest import PASSAGES, QUESTION, tiny_config
 from transformers import DynamicCache
 
 from finch_rag import FinchCompressor, FinchConfig
-from finch_rag.compression.cache import cache_kwargs
+from finch_rag.compression.cache import cache_kwargs, cache_over
 from finch_rag.compression.loop import resolve_answer_cache
+from finch_rag.compression.rotation import KeyRotation
 
 
 def test_config_names_the_answer_caches_and_refuses_a_reread_of_per_head_selections():
@@ -44,14 +45,18 @@ def _plain_read(model, ids: torch.Tensor) -> DynamicCache:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_a_reread_cache_is_the_model_s_own_read_of_the_prefix_and_kept_tokens(tiny_models, tiny_tokenizer, arch):
-    """Same kept positions as the compressed cache; entries equal to one plain read of prefix + kept tokens.
+def test_a_reread_cache_keeps_the_first_chunk_s_entries_and_reads_the_later_kept_tokens_again(
+    tiny_models, tiny_tokenizer, arch
+):
+    """Same kept positions as the compressed cache. The entries kept from the first chunk are a plain read's of the
+    context, moved to their packed positions; the later kept tokens are read again over them.
 
-    Chunks of 16 with a budget of 12 on the tiny Gemma 3 (window 16) exercise the sliding layer, and the kept
+    Chunks of 24 with a budget of 72 on the tiny Gemma 3 (window 16) exercise the sliding layer, and the later kept
     tokens are read back in slices of the chunk length.
     """
     model = tiny_models(arch)
-    config = FinchConfig(target_tokens=20, chunk_size=16, progress=False)
+    decoder = model.get_decoder()
+    config = FinchConfig(target_tokens=72, chunk_size=24, progress=False)
     compressor = FinchCompressor(model, tiny_tokenizer, config)
     compressed = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="compressed"))
     reread = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="reread"))
@@ -62,19 +67,31 @@ def test_a_reread_cache_is_the_model_s_own_read_of_the_prefix_and_kept_tokens(ti
         assert torch.equal(compressed_positions, reread_positions)
         assert torch.equal(reread_positions, kept.expand_as(reread_positions))
 
-    reference = _plain_read(model, torch.cat((reread.prefix_ids, reread.context_ids[kept])))
-    differs = False
-    for layer, entry in enumerate(reference.layers):
-        torch.testing.assert_close(reread.cache.keys[layer], entry.keys, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(reread.cache.values[layer], entry.values, atol=1e-5, rtol=1e-4)
-        differs |= not torch.allclose(compressed.cache.values[layer], entry.values, atol=1e-3)
-    assert differs, "the compressed cache should differ from a plain read after the first chunk"
-    # The answer reads that cache: the same tokens as greedy decoding over the kept prompt itself.
-    prompt = torch.cat((reread.prefix_ids, reread.context_ids[kept], reread.question_ids, reread.suffix_ids))
+    prefix = reread.prefix_ids.shape[0]
+    first_chunk_end = reread.cache.first_chunk_end
+    from_first_chunk = int((kept < first_chunk_end).sum())
+    assert 0 < first_chunk_end < reread.original_tokens and 0 < from_first_chunk < kept.shape[0]
+    unchanged = prefix + from_first_chunk
+    plain = _plain_read(model, torch.cat((reread.prefix_ids, reread.context_ids)))
+    positions = torch.cat((torch.arange(prefix), prefix + kept[:from_first_chunk]))
+    shift = torch.arange(unchanged) - positions
+    rotation = KeyRotation.from_model(model)
+    continued = cache_over(
+        [keys[:, :, :unchanged] for keys in compressed.cache.keys],
+        [values[:, :, :unchanged] for values in compressed.cache.values],
+    )
     with torch.no_grad():
-        plain = model.generate(prompt[None], max_new_tokens=6, do_sample=False)
-    expected = tiny_tokenizer.decode(plain[0, prompt.shape[0] :], skip_special_tokens=True)
-    assert compressor.generate(reread, max_new_tokens=6) == expected
+        later_ids = reread.context_ids[kept[from_first_chunk:]][None]
+        decoder(input_ids=later_ids, use_cache=True, **cache_kwargs(decoder, continued))
+    differs = False
+    for layer, (entry, expected) in enumerate(zip(plain.layers, continued.layers, strict=True)):
+        moved_keys = rotation.rerotate(layer, entry.keys[:, :, positions], shift)
+        torch.testing.assert_close(reread.cache.keys[layer][:, :, :unchanged], moved_keys, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(reread.cache.values[layer][:, :, :unchanged], entry.values[:, :, positions])
+        torch.testing.assert_close(reread.cache.keys[layer], expected.keys, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(reread.cache.values[layer], expected.values, atol=1e-5, rtol=1e-4)
+        differs |= not torch.allclose(compressed.cache.values[layer], expected.values, atol=1e-3)
+    assert differs, "the compressed cache should differ from the re-read one after the first chunk"
 
 
 def test_auto_is_the_compressed_cache_on_a_model_without_sliding_layers(tiny_models, tiny_tokenizer):
@@ -123,12 +140,16 @@ def test_reread_of_a_compressed_context_equals_compressing_with_reread(tiny_mode
 
 
 def test_auto_leaves_a_one_pass_read_as_it_is_and_reread_reads_it_again(tiny_models, tiny_tokenizer):
-    """A one-pass read computed its entries over the context itself, so ``"auto"`` does not re-read it."""
+    """A one-pass read computed its entries over the context itself: ``"auto"`` leaves it, ``"reread"`` has nothing to
+    read again."""
     config = FinchConfig(target_tokens=20, chunk_size=None, progress=False)
     compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, config)
     one_pass = compressor.compress(PASSAGES, QUESTION)
     assert one_pass.stats["num_chunks"] == 1 and one_pass.stats["answer_cache"] == "compressed"
     forced = compressor.compress(PASSAGES, QUESTION, config=config.replace(answer_cache="reread"))
     assert forced.stats["answer_cache"] == "reread"
+    for layer in range(len(one_pass.cache.keys)):
+        assert torch.equal(forced.cache.keys[layer], one_pass.cache.keys[layer])
+        assert torch.equal(forced.cache.values[layer], one_pass.cache.values[layer])
     chunked = compressor.compress(PASSAGES, QUESTION, config=config.replace(chunk_size=16))
     assert chunked.stats["num_chunks"] > 1 and chunked.stats["answer_cache"] == "reread"
