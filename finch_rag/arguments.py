@@ -3,9 +3,10 @@
 One flag per `BudgetOptions` field (the options the integrations and the server's requests take): ``--target-tokens
 N|auto`` or ``--ratio R`` (``compression_ratio``; one of them), ``--chunk-size``, ``--attention-mass`` and
 ``--max-target-tokens`` (for ``--target-tokens auto``, the automatic budget, `finch_rag.compression.auto_budget`),
-``--min-target-tokens`` (the floor on a ratio budget) and ``--allocation``. A field added to `BudgetOptions` without a
-flag here is an error at import. Range checks are left to `FinchConfig`, whose errors name the field and its legal
-values. Beside them, ``--dtype`` (`add_dtype_argument`): the weights' dtype `finch_rag.load_model` loads.
+``--min-target-tokens`` (the floor on a ratio budget), ``--allocation`` and ``--answer-cache``. A field added to
+`BudgetOptions` without a flag here is an error at import. Range checks are left to `FinchConfig`, whose errors
+name the field and its legal values. Beside them, ``--dtype`` (`add_dtype_argument`): the weights' dtype
+`finch_rag.load_model` loads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .allocation import ALLOCATIONS
-from .config import AUTO_OPTIONS
+from .config import ANSWER_CACHES, AUTO_OPTIONS
 from .frontends import CONFIG_FIELDS, BudgetOptions
 from .models import DTYPES
 
@@ -83,6 +84,12 @@ _ARGUMENTS: dict[str, dict[str, Any]] = {
         "default is --ratio 0.75 with a floor of 128, and an explicit --ratio has none unless this is given",
     },
     "allocation": {"choices": ALLOCATIONS, "help": "how the passages (best first) share the budget"},
+    "answer_cache": {
+        "choices": ANSWER_CACHES,
+        "help": "the cache the answer reads: 'compressed' (as the chunked read computed it), 'reread' (the kept tokens "
+        "after the first chunk read again, one more prefill of them) or 'auto' (re-read on models with "
+        "sliding-window layers such as Gemma 3; default)",
+    },
 }
 _missing = set(BudgetOptions.model_fields) - set(_ARGUMENTS)
 if _missing:

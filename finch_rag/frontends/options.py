@@ -1,11 +1,11 @@
 """The pydantic options the front ends share, declared once: the budget, the integration classes', decoding.
 
 `BudgetOptions` declares the budget (``target_tokens``, ``compression_ratio``, ``chunk_size``, ``attention_mass``,
-``max_target_tokens``, ``min_target_tokens``, ``allocation``) once: the integration classes inherit it through
-`FinchOptions`, the server's requests take it as their ``finch`` field and at top level, and the command line's flags
-are derived from its fields (`finch_rag.arguments`). Validation of the combination ("one budget, not both",
-automatic-budget options only with ``target_tokens="auto"``) is `FinchConfig`'s, reached through
-`finch_rag.config.merged_config`.
+``max_target_tokens``, ``min_target_tokens``, ``allocation``) and the cache an answer reads (``answer_cache``) once:
+the integration classes inherit it through `FinchOptions`, the server's requests take it as their ``finch`` field
+and at top level, and the command line's flags are derived from its fields (`finch_rag.arguments`). Validation of
+the combination ("one budget, not both", automatic-budget options only with ``target_tokens="auto"``) is
+`FinchConfig`'s, reached through `finch_rag.config.merged_config`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import (
 
 from ..allocation import RETRIEVAL_WEIGHTED, Allocation, PassageAllocation, RankWeighting
 from ..compressor import FinchCompressor
-from ..config import FinchConfig, budget_params
+from ..config import AnswerCache, FinchConfig, budget_params
 from ..deadline import Deadline
 from ..generation import SamplingParams
 from ..models import dtype_named
@@ -85,6 +85,8 @@ class BudgetOptions(BaseModel):
         A floor on a ``compression_ratio`` budget (`FinchConfig.min_target_tokens`); the default budget's is 128.
     allocation : {"retrieval_weighted", "global"}, optional
         How ranked passages share the budget (`finch_rag.PassageAllocation`); ``None`` is the default.
+    answer_cache : {"auto", "compressed", "reread"}
+        The cache an answer reads (`FinchConfig.answer_cache`); what is kept does not depend on it.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -114,6 +116,12 @@ class BudgetOptions(BaseModel):
     )
     allocation: Allocation | None = Field(
         RETRIEVAL_WEIGHTED, description="How retrieved passages (best first) share the budget (PassageAllocation)."
+    )
+    answer_cache: AnswerCache = Field(
+        "auto",
+        description='The cache an answer reads: "compressed" (the kept entries as the chunked read computed them, '
+        'FINCH as published), "reread" (the kept tokens of the chunks after the first read again by the model; one '
+        'more prefill of them) or "auto" (re-read on models with sliding-window layers, such as Gemma 3).',
     )
 
     def explicit(self) -> dict[str, Any]:
@@ -209,7 +217,8 @@ class FinchOptions(BudgetOptions):
     def compression_params(self) -> dict[str, Any]:
         """What decides the compression, for a framework's identifying parameters (LangChain's).
 
-        The budget (`finch_rag.config.budget_params`), ``chunk_size``, ``selection`` and ``allocation``.
+        The budget (`finch_rag.config.budget_params`), ``chunk_size``, ``selection``, ``allocation`` and
+        ``answer_cache``.
         """
         config = self.config
         return {
@@ -217,6 +226,7 @@ class FinchOptions(BudgetOptions):
             "chunk_size": config.chunk_size,
             "selection": config.selection,
             "allocation": self.passage_allocation.kind,
+            "answer_cache": config.answer_cache,
         }
 
 

@@ -162,8 +162,8 @@ class ServerSettings:
         """Settings from flat options, as a Ray Serve config file's ``args`` gives them.
 
         Keys are `ServerSettings` fields and, for the default `FinchConfig`, ``target_tokens`` (an int or
-        ``"auto"``), ``compression_ratio``, ``min_target_tokens`` (its floor), ``chunk_size``, ``selection``, and
-        with ``target_tokens: auto`` ``attention_mass`` and ``max_target_tokens``. An unknown key is an error naming
+        ``"auto"``), ``compression_ratio``, ``min_target_tokens`` (its floor), ``chunk_size``, ``selection``,
+        ``answer_cache``, and with ``target_tokens: auto`` ``attention_mass`` and ``max_target_tokens``. An unknown key is an error naming
         the known ones.
         """
         own = {item.name for item in fields(cls)} - {"config"}

@@ -48,8 +48,9 @@ def _plain_read(model, ids: torch.Tensor) -> DynamicCache:
 def test_a_reread_cache_keeps_the_first_chunk_s_entries_and_reads_the_later_kept_tokens_again(
     tiny_models, tiny_tokenizer, arch
 ):
-    """Same kept positions as the compressed cache. The entries kept from the first chunk are a plain read's of the
-    context, moved to their packed positions; the later kept tokens are read again over them.
+    """Same kept positions; the first chunk's kept entries stay, and the later kept tokens are read again over them.
+
+    The entries kept from the first chunk are a plain read's of the context, moved to their packed positions.
 
     Chunks of 24 with a budget of 72 on the tiny Gemma 3 (window 16) exercise the sliding layer, and the later kept
     tokens are read back in slices of the chunk length.
@@ -140,8 +141,7 @@ def test_reread_of_a_compressed_context_equals_compressing_with_reread(tiny_mode
 
 
 def test_auto_leaves_a_one_pass_read_as_it_is_and_reread_reads_it_again(tiny_models, tiny_tokenizer):
-    """A one-pass read computed its entries over the context itself: ``"auto"`` leaves it, ``"reread"`` has nothing to
-    read again."""
+    """A one-pass read computed its entries over the context itself: ``"auto"`` leaves it, and so does ``"reread"``."""
     config = FinchConfig(target_tokens=20, chunk_size=None, progress=False)
     compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, config)
     one_pass = compressor.compress(PASSAGES, QUESTION)

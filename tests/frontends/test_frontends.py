@@ -70,6 +70,40 @@ def test_chunk_size_auto_is_accepted_by_the_front_ends() -> None:
             Options(chunk_size=bad)
 
 
+def test_answer_cache_is_a_front_end_option_and_reaches_the_compression(tiny_models: Any, tiny_tokenizer: Any) -> None:
+    """``answer_cache`` is declared with the budget: the integrations, the CLI, the server's flags and requests."""
+    from finch_rag.cli import _config, build_parser
+    from finch_rag.server import ServerSettings
+    from finch_rag.server.command import settings_from_args
+    from finch_rag.server.schemas import CompressionOptions
+
+    assert Options().config.answer_cache == FinchConfig().answer_cache == "auto"
+    assert Options(answer_cache="compressed").config.answer_cache == "compressed"
+    assert CompressionOptions(answer_cache="reread").explicit() == {"answer_cache": "reread"}
+    cli = build_parser().parse_args(["ask", "-f", "x", "--answer-cache", "compressed", "q"])
+    assert _config(cli).answer_cache == "compressed"
+    served = settings_from_args(build_parser().parse_args(["serve", "--answer-cache", "reread"]))
+    assert served.config.answer_cache == "reread"
+    assert ServerSettings.from_options({"answer_cache": "compressed"}).config.answer_cache == "compressed"
+    with pytest.raises(ValidationError):
+        Options(answer_cache="text")
+
+    # A compressor's own choice stands unless the option is given; the option decides what the answer reads.
+    config = FinchConfig(target_tokens=20, chunk_size=16, answer_cache="compressed", progress=False)
+    gemma = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, config)
+    passages = [as_passage(text) for text in PASSAGES]
+    for given, expected in ((None, "compressed"), ("reread", "reread"), ("auto", "reread")):
+        options = Options(compressor=gemma) if given is None else Options(compressor=gemma, answer_cache=given)
+        handle = CompressorHandle(gemma)
+        compressed = handle.compress_passages(passages, QUESTION, options.config, PassageAllocation("global"))
+        assert compressed.stats["answer_cache"] == expected, given
+    with pytest.raises(ValueError, match='Use selection="shared"'):
+        Options(
+            compressor=FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, config.replace(selection="per_head")),
+            answer_cache="reread",
+        )
+
+
 def test_options_are_declared_once_and_validated(compressor: FinchCompressor) -> None:
     options = Options(compressor=compressor, target_tokens=8, allocation="global", weighting=RankWeighting(tau=2.0))
     assert options._compressor is compressor and options.compressor is compressor
