@@ -163,8 +163,8 @@ class ServerSettings:
 
         Keys are `ServerSettings` fields and, for the default `FinchConfig`, ``target_tokens`` (an int or
         ``"auto"``), ``compression_ratio``, ``min_target_tokens`` (its floor), ``chunk_size``, ``selection``,
-        ``answer_cache``, and with ``target_tokens: auto`` ``attention_mass`` and ``max_target_tokens``. An unknown key is an error naming
-        the known ones.
+        ``answer_cache``, and with ``target_tokens: auto`` ``attention_mass`` and ``max_target_tokens``. An unknown key
+        is an error naming the known ones.
         """
         own = {item.name for item in fields(cls)} - {"config"}
         unknown = sorted(set(options) - own - set(CONFIG_OPTIONS))
