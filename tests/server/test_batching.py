@@ -96,6 +96,27 @@ def test_requests_with_different_options_run_in_their_own_batches(server: Server
     assert [response.json()["usage"]["context_tokens_kept"] for response in responses] == [12, 20, 12, 12]
 
 
+def test_a_request_s_answer_cache_reaches_its_compression_and_its_own_batch(server: ServerThread) -> None:
+    """``answer_cache``, in ``finch`` or at top level, decides the request's answer cache.
+
+    The tiny Llama has no sliding layers, so "auto" keeps the compressed cache, and a request asking for a re-read
+    gets one, batched apart from the others.
+    """
+    finch = {"target_tokens": 12, "chunk_size": 16}
+    bodies = [
+        request(0),
+        request(1, finch={**finch, "answer_cache": "reread"}),
+        request(2, answer_cache="reread"),
+        request(3, finch={**finch, "answer_cache": "compressed"}),
+    ]
+    responses = post_all(server.url, bodies)
+    assert [response.status_code for response in responses] == [200] * 4
+    caches = [response.json()["finch"]["answer_cache"] for response in responses]
+    assert caches == ["compressed", "reread", "reread", "compressed"]
+    refused = httpx.post(f"{server.url}/v1/chat/completions", json=request(0, answer_cache="text"), timeout=TIMEOUT)
+    assert refused.status_code in (400, 422) and "answer_cache" in refused.text
+
+
 def test_one_bad_request_does_not_fail_its_batch(server: ServerThread) -> None:
     too_long = "the sea is salty and wide " * 120  # longer than the tiny model's window of 512 positions
     bodies = [request(0), request(1, messages=[{"role": "user", "content": too_long}]), request(2)]
