@@ -100,6 +100,44 @@ def summarize(records: Sequence[Mapping[str, Any]], ratios: Sequence[float]) -> 
     return {"rows": rows, "task_rows": task_rows}
 
 
+def against_before(
+    records: Sequence[Mapping[str, Any]], before: Sequence[Mapping[str, Any]], ratios: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Per ratio and cache: this run against an earlier journal of the same examples (a change to the library).
+
+    Paired by example; ``changed`` lists the examples whose score moved, ``case before -> after``.
+    """
+    earlier = {(r["case"], r["ratio"]): r for r in before}
+    rows = []
+    generator = random.Random(0)
+    for ratio in ratios:
+        paired = [
+            (earlier[(r["case"], ratio)], r) for r in records if r["ratio"] == ratio and (r["case"], ratio) in earlier
+        ]
+        if not paired:
+            continue
+        for name in CACHES:
+            field = f"score_{name}"
+            differences = [after[field] - old[field] for old, after in paired]
+            rows.append(
+                {
+                    "ratio": ratio,
+                    "cache": name,
+                    "examples": len(paired),
+                    "before": sum(old[field] for old, _ in paired) / len(paired),
+                    "after": sum(after[field] for _, after in paired) / len(paired),
+                    "after - before": bootstrap_difference(differences, generator),
+                    "won / lost": won_lost(differences),
+                    "changed": ", ".join(
+                        f"{after['case']} {old[field]:g} -> {after[field]:g}"
+                        for old, after in paired
+                        if after[field] != old[field]
+                    ),
+                }
+            )
+    return rows
+
+
 def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     def exact_ratio(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         return [dict(row) | {"ratio": f"{row['ratio']:g}"} for row in rows]  # not rounded to 2 digits
@@ -126,6 +164,16 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         markdown_table(exact_ratio(summary["task_rows"]), ["ratio", "task", "examples", *CACHES]),
         "",
     ]
+    if summary.get("before_rows"):
+        lines += [
+            f"Against `{meta['before']}` (an earlier run of the same examples; paired, this run minus that one):",
+            "",
+            markdown_table(
+                exact_ratio(summary["before_rows"]),
+                ["ratio", "cache", "examples", "before", "after", "after - before", "won / lost", "changed"],
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -148,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--part", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help="every Nth example from I"
     )
     parser.add_argument("--report-only", action="store_true", help="only write the report from the journal")
+    parser.add_argument(
+        "--before", help="an earlier journal of the same examples: the report pairs this run against it"
+    )
     return parser
 
 
@@ -158,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)  # the machine line names the run's threads, with --report-only too
     if not args.report_only:
         run(args)
-    summary = summarize(read_records(args.journal), args.ratios)
+    records = read_records(args.journal)
+    summary = summarize(records, args.ratios)
+    if args.before:
+        summary["before_rows"] = against_before(records, read_records(args.before), args.ratios)
     meta = {
         "command": command_line(PROG, argv),
         "model": Path(args.model).name if args.model else "SmolLM2-135M-Instruct (embedded)",
@@ -166,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "per_task": args.per_task,
         "max_new_tokens": args.max_new_tokens,
         "machine": machine_description(),
+        "before": args.before,
     }
     out = Path(args.out)
     write_json(out / f"{args.name}.json", {"meta": meta, **summary})
