@@ -30,10 +30,9 @@ def step_budget(budget: int, seen_tokens: int, context_length: int) -> int:
 def select_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the ``keep`` highest scores along the last axis, in ascending (original) order.
 
-    Ties go to the later candidate. With ``granularity="sentence"`` every token of a sentence has its sentence's
-    score, so the sentence at the edge of the budget ties with itself: it keeps its last tokens, where a statement
-    puts its value ("... is: 5246433."), on every device, instead of whichever subset ``topk`` returns (on a CPU
-    mostly later ones; keeping the first tokens instead cut needles' values, ``docs/results/reread.md``).
+    Ties go to the earlier candidate. With ``granularity="sentence"`` every token of a sentence has its sentence's
+    score, so the sentence at the edge of the budget ties with itself: it keeps its first tokens, as reading order
+    would, on every device, instead of whichever subset ``topk`` happens to return.
 
     Parameters
     ----------
@@ -49,8 +48,7 @@ def select_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """
     if keep >= scores.shape[-1]:
         return torch.arange(scores.shape[-1], device=scores.device).expand(*scores.shape[:-1], -1)
-    last = scores.shape[-1] - 1
-    best_first = last - scores.flip(-1).sort(dim=-1, descending=True, stable=True).indices
+    best_first = scores.sort(dim=-1, descending=True, stable=True).indices
     return best_first[..., :keep].sort(dim=-1).values
 
 
