@@ -30,10 +30,6 @@ def step_budget(budget: int, seen_tokens: int, context_length: int) -> int:
 def select_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Indices of the ``keep`` highest scores along the last axis, in ascending (original) order.
 
-    Ties go to the earlier candidate. With ``granularity="sentence"`` every token of a sentence has its sentence's
-    score, so the sentence at the edge of the budget ties with itself: it keeps its first tokens, as reading order
-    would, on every device, instead of whichever subset ``topk`` happens to return.
-
     Parameters
     ----------
     scores : torch.Tensor
@@ -48,8 +44,7 @@ def select_top(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """
     if keep >= scores.shape[-1]:
         return torch.arange(scores.shape[-1], device=scores.device).expand(*scores.shape[:-1], -1)
-    best_first = scores.sort(dim=-1, descending=True, stable=True).indices
-    return best_first[..., :keep].sort(dim=-1).values
+    return scores.topk(keep, dim=-1, sorted=False).indices.sort(dim=-1).values
 
 
 @dataclass(frozen=True)

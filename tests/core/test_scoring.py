@@ -29,15 +29,6 @@ def test_select_top_ascending_and_correct():
     assert torch.equal(chosen, expected)
 
 
-def test_select_top_breaks_ties_toward_earlier_candidates():
-    """A sentence at the budget's edge (all its tokens share its score) keeps its first tokens, not a scattered set."""
-    sentence = [0.5] * 12
-    scores = torch.tensor([[0.9, 0.1, *sentence, 0.8, 0.2]])
-    assert select_top(scores, 7).tolist() == [[0, 2, 3, 4, 5, 6, 14]]
-    many = torch.full((2, 3, 300), 0.25)
-    assert torch.equal(select_top(many, 40), torch.arange(40).expand(2, 3, -1))
-
-
 def test_score_reductions():
     layer = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)  # [b, kvh, group, n]
     torch.testing.assert_close(per_head_scores(layer), layer.mean(dim=2))

@@ -75,15 +75,15 @@ def test_a_named_passage_is_kept_first(tiny_models, tiny_tokenizer, chunk_size) 
     config = FinchConfig(target_tokens=12, chunk_size=chunk_size, progress=False)
     rag = FinchRAG(compressor=compressor, config=config, weighting=RankWeighting(link_boost=1e9), max_new_tokens=1)
     kept = {source.title: source.kept_fraction for source in rag.answer_from("Where is the code?", _passages()).sources}
+    if chunk_size is None:
+        assert kept["Bananas"] > 0 and kept["Rivers"] == 0 and kept["The code"] == 0
+    else:  # read first, it loses entries to the early steps' smaller budgets, then the later chunks fill the rest
+        assert kept["Bananas"] > 0
     unlinked = FinchRAG(compressor=compressor, config=config, weighting=RankWeighting(link_boost=1), max_new_tokens=1)
     plain = {
         source.title: source.kept_fraction for source in unlinked.answer_from("Where is the code?", _passages()).sources
     }
-    if chunk_size is None:
-        assert kept["Bananas"] > 0 and kept["Rivers"] == 0 and kept["The code"] == 0
-        assert plain != kept
-    else:  # read first, it loses entries to the early steps' smaller budgets, then the later chunks fill the rest
-        assert kept["Bananas"] > 0 and kept["Bananas"] >= plain["Bananas"]
+    assert plain != kept
 
 
 BRIDGE_PASSAGES = [  # ranked as a retriever would: the first hop first, the bridge passage last
