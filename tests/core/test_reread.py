@@ -140,7 +140,7 @@ def test_reread_of_a_compressed_context_equals_compressing_with_reread(tiny_mode
         compressor.reread(per_head)
 
 
-def test_auto_leaves_a_one_pass_read_as_it_is_and_reread_reads_it_again(tiny_models, tiny_tokenizer):
+def test_a_one_pass_read_is_left_as_it_is_by_auto_and_by_reread(tiny_models, tiny_tokenizer):
     """A one-pass read computed its entries over the context itself: ``"auto"`` leaves it, and so does ``"reread"``."""
     config = FinchConfig(target_tokens=20, chunk_size=None, progress=False)
     compressor = FinchCompressor(tiny_models("gemma3"), tiny_tokenizer, config)
