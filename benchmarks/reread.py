@@ -1,10 +1,10 @@
 """The answer's cache, compressed or re-read: one selection answered from both, on the RULER-style suite.
 
 `FinchConfig.answer_cache` decides what an answer reads: the kept entries as the chunked read computed them
-(``"compressed"``, FINCH as published) or the model's own read of the kept tokens (``"reread"``). Both answer
-from the same selection, so each example is compressed once, with the front ends' default (`PassageAllocation`:
-whole sentences compete), answered from that cache, then from `FinchCompressor.reread` of it: the difference
-is the answer cache alone, paired by example.
+(``"compressed"``, FINCH as published) or the model's own read of the kept tokens after the first chunk
+(``"reread"``). Both answer from the same selection, so each example is compressed once, with the front ends'
+default (`PassageAllocation`: whole sentences compete), answered from that cache, then from
+`FinchCompressor.reread` of it: the difference is the answer cache alone, paired by example.
 
 Only the examples full context answers are run (RULER's score at least 0.3 on a task full context solves), read
 from the peers harness's kvpress journal for the same suite, model and seed (its ``full`` records).

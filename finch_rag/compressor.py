@@ -395,7 +395,7 @@ class FinchCompressor:
             )
 
     def reread(self, compressed: CompressedContext) -> CompressedContext:
-        """``compressed`` with its kept entries replaced by the model's own read of its kept tokens.
+        """``compressed`` with the kept entries after its first chunk replaced by the model's own read of those tokens.
 
         What ``answer_cache="reread"`` does inside `compress` (see `FinchConfig.answer_cache`), for a context
         compressed with ``"compressed"``: the same kept positions, in a fresh cache. ``compressed`` itself is not
