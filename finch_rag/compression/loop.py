@@ -21,7 +21,8 @@ done: its partial cache is dropped, its result is a `DeadlineExceeded`, and the 
 still what it would be alone (the batch only loses a row; every row's layout is its own).
 
 Memory bound: during a step the cache holds ``|P| + B_{t-1} + |c_t| + m <= |P| + B + S + m`` real
-entries per request and activations cover ``|c_t| + m`` tokens, whatever the context length.
+entries per request and activations cover ``|c_t| + m`` tokens (``|P| + |c_1| + m`` in the first step of a
+request compressed alone, which reads its prefix in the same pass), whatever the context length.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class _RequestState:
     seconds: float = 0.0  # time attributed so far (see CompressedCache.seconds)
     reread: bool = False
     error: DeadlineExceeded | None = None
+    # The prefix is read with the first chunk, in the same pass (`_start` says when).
+    prefix_pending: bool = False
 
     @property
     def prefix_length(self) -> int:
@@ -196,7 +199,7 @@ def compress_batch(
         # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.
         prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=UNBOUNDED_BYTES)
         states = [
-            _start(decoder, request, index, config, window, prefixes, last_layer)
+            _start(decoder, request, index, config, window, prefixes, last_layer, alone=len(requests) == 1)
             for index, request in enumerate(requests)
         ]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
@@ -209,7 +212,7 @@ def compress_batch(
                 if not active:
                     break
                 step_started = time.perf_counter()
-                _step(decoder, active, config, policy, num_layers, rotation, pad_token_id, last_layer)
+                _step(decoder, active, config, policy, num_layers, rotation, pad_token_id, last_layer, prefixes)
                 share = (time.perf_counter() - step_started) / len(active)
                 for state in active:
                     state.seconds += share
@@ -304,11 +307,15 @@ def _start(
     window: int,
     prefixes: PrefixCache,
     last_layer: int | None,
+    alone: bool = False,
 ) -> _RequestState:
     """A request's state after its prefix prefill; a context within budget is prefilled whole and is done.
 
     A prefix ``prefixes`` holds (the chat template's header and system prompt, usually shared by a batch's
-    requests and a server's) is not prefilled again: its KV tensors are shared (`prefix_cache`).
+    requests and a server's) is not prefilled again: its KV tensors are shared (`prefix_cache`). A request
+    compressed ``alone`` whose prefix is not held reads it with its first chunk instead, in one pass over no
+    cache: the same entries, without a pass of its own, and with plain causal attention (a pass after cached
+    entries needs an explicit mask, which SDPA computes in full on a CPU).
     """
     started = time.perf_counter()
     context_length = request.context_ids.shape[1]
@@ -329,6 +336,8 @@ def _start(
     shared = prefixes.get(prefix)
     if shared is not None:
         state.keys, state.values, state.peak = list(shared[0]), list(shared[1]), state.prefix_length
+    elif alone and context_length > state.budget:
+        state.prefix_pending = True
     else:
         _prefill(decoder, state, request.prefix_ids, last_layer)
         prefixes.put(prefix, state.keys, state.values)
@@ -363,14 +372,23 @@ def _step(
     rotation: KeyRotation,
     pad_token_id: int,
     last_layer: int | None,
+    prefixes: PrefixCache,
 ) -> None:
-    """Read the next chunk of every active request in one forward pass, then keep what the policy picks."""
+    """Read the next chunk of every active request in one forward pass, then keep what the policy picks.
+
+    A request whose prefix is pending (`_start`) is alone in its step: its chunk is read after its prefix, in the
+    same pass, and the prefix's entries then count as its cache (and go into ``prefixes``).
+    """
     device = active[0].request.context_ids.device
     chunks = [state.request.context_ids[0, slice(*state.bounds[state.next_chunk])] for state in active]
+    pending = [state for state in active if state.prefix_pending]
+    if pending and len(active) > 1:
+        raise RuntimeError("A request whose prefix is pending must be alone in its step.")  # `_start`'s ``alone``
     # A policy that needs no attention (a control) needs no question either.
     questions = [state.request.question_ids[0, : None if policy.needs_attention else 0] for state in active]
     cache_lengths = [state.cache_length for state in active]
     max_cache = max(cache_lengths)
+    pending_prefix = pending[0].request.prefix_ids[0] if pending else chunks[0][:0]
     # Layout per request: [cache padding | cache | chunk | question | padding]. Real tokens stay
     # contiguous, so distances, and with them sliding windows, are what the request sees alone.
     step_length = max(chunk.shape[0] + question.shape[0] for chunk, question in zip(chunks, questions, strict=True))
@@ -390,8 +408,10 @@ def _step(
         question_rows[row, : max_question - m] = length - m  # padded rows point at a real one and do not vote
         question_mask[row, max_question - m :] = True
     padded = attention_mask.eq(0).any().item()
+    if pending:
+        input_ids = torch.cat((pending_prefix, input_ids[0])).unsqueeze(0)  # [prefix | chunk | question]
 
-    cache = stack_left_padded([(state.keys, state.values) for state in active], max_cache)
+    cache = stack_left_padded([(state.keys, state.values) for state in active], max_cache - pending_prefix.shape[0])
     forward_kwargs: dict[str, object] = {}
     capture = None
     if policy.needs_attention:
@@ -415,6 +435,15 @@ def _step(
             "layers. Its attention layers must call transformers' AttentionInterface and forward keyword arguments."
         )
 
+    for state in pending:
+        prefix_length = pending_prefix.shape[0]
+        keys, values = all_layer_tensors(cache)
+        prefix_key = PrefixCache.key(state.request.prefix_ids, next(decoder.parameters()).dtype)
+        # Copies: a view would keep the whole step's tensors alive in the prefix cache.
+        prefix_keys = [layer_keys[:, :, :prefix_length].clone() for layer_keys in keys]
+        prefix_values = [layer_values[:, :, :prefix_length].clone() for layer_values in values]
+        prefixes.put(prefix_key, prefix_keys, prefix_values)
+        state.prefix_pending = False
     for row, (state, chunk, question) in enumerate(zip(active, chunks, questions, strict=True)):
         layer_scores = [] if capture is None else [capture.scores[layer][row : row + 1] for layer in range(num_layers)]
         _keep_best(

@@ -136,10 +136,17 @@ def test_a_shared_prefix_is_prefilled_once(tiny_models, tiny_tokenizer):
     try:
         with torch.inference_mode():
             together = compress_batch(compressor.model, requests, config)
-            alone = [compress_batch(compressor.model, [request], config)[0] for request in requests]
+            assert lengths.count(prefix_length) == 1  # once for the batch
+            alone = []
+            for request in requests:
+                lengths.clear()
+                alone.append(compress_batch(compressor.model, [request], config)[0])
+                # Alone, a request reads its prefix in its first pass, with its first chunk and its question.
+                first_chunk = min(config.chunk_size, request.context_ids.shape[1])
+                assert lengths[0] == prefix_length + first_chunk + request.question_ids.shape[1]
+                assert prefix_length not in lengths
     finally:
         hook.remove()
-    assert lengths.count(prefix_length) == 1 + len(requests)  # once for the batch, once per request alone
     for got, expected in zip(together, alone, strict=True):
         for got_keys, expected_keys in zip(got.keys, expected.keys, strict=True):
             torch.testing.assert_close(got_keys, expected_keys, atol=1e-5, rtol=1e-4)
@@ -162,7 +169,8 @@ def test_a_prefix_cache_prefills_a_prefix_once_across_calls(tiny_models, tiny_to
         second = cached.compress_batch(CONTEXTS, QUESTIONS)
     finally:
         hook.remove()
-    assert lengths.count(prefix_length) == 1 and len(cached.prefix_cache) == 1
+    # The first call read the prefix with its first chunk and kept its entries; the others read no prefix.
+    assert prefix_length not in lengths and len(cached.prefix_cache) == 1
     expected = [plain.compress(context, question) for context, question in zip(CONTEXTS, QUESTIONS, strict=True)]
     for results in (first, second):
         for got, want in zip(results, expected, strict=True):

@@ -87,8 +87,8 @@ def test_batch_deadlines_must_match_the_requests(compressor) -> None:
 def test_compression_stops_at_the_next_chunk(compressor) -> None:
     clock = PassClock()
     with clock.counting(compressor.model):
-        # Pass 1 prefills the prefix, passes 2 and 3 read chunks 1 and 2: the check before chunk 3 stops it.
-        with pytest.raises(DeadlineExceeded, match=r"ran 3 s, past its deadline of 2.5 s.*before chunk 3 of \d+"):
+        # Pass 1 reads the prefix and chunk 1, passes 2 and 3 chunks 2 and 3: the check before chunk 4 stops it.
+        with pytest.raises(DeadlineExceeded, match=r"ran 3 s, past its deadline of 2.5 s.*before chunk 4 of \d+"):
             compressor.compress(LONG, QUESTION, deadline=Deadline(2.5, clock=clock))
     assert clock.passes == 3
     assert len(compressor.store) == 0  # nothing kept for the failed request
@@ -163,7 +163,7 @@ def test_finch_rag_honours_the_deadline(tiny_models, tiny_tokenizer) -> None:
     compressor = FinchCompressor(tiny_models("llama"), tiny_tokenizer, FinchConfig(chunk_size=8, progress=False))
     rag = FinchRAG(compressor=compressor, config=FinchConfig(target_tokens=12, chunk_size=8, progress=False))
     clock = PassClock()
-    with clock.counting(compressor.model), pytest.raises(DeadlineExceeded, match="compression, before chunk 3"):
+    with clock.counting(compressor.model), pytest.raises(DeadlineExceeded, match="compression, before chunk 4"):
         rag.answer_from(QUESTION, LONG, deadline=Deadline(2.5, clock=clock))
     with pytest.raises(ValueError, match="seconds > 0"):
         rag.answer_from(QUESTION, LONG, deadline=-1)
