@@ -4,6 +4,12 @@
 
 (from the repository root, so that the ``benchmarks`` harness it reads the data with is importable)
 
+``--ops N`` adds PyTorch's operator table (the N operators with the most time of their own) for one more
+compression and for one full prefill of the same prompt (``[prefix | context | question]``, the last position's
+logits only), so the two can be compared operator by operator:
+
+    .venv/bin/python -m scripts.profile_compress --tokens 1024 --chunk-size auto --ops 12
+
 Groups the cumulative time of the functions that matter (the decoder's forward over chunk + question, the
 question-row score capture, selection, key re-rotation and cache packing) and prints a Markdown table.
 """
@@ -13,11 +19,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import sys
 import time
+from typing import Any
 
 import torch
 
-from benchmarks.common import data_dir, machine_description
+from benchmarks.common import add_chunk_size_option, data_dir, machine_description
 from finch_rag import FinchCompressor, FinchConfig, Passage, load_model
 from finch_rag.prompts import build_prompt
 
@@ -38,8 +46,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--target-tokens", type=int, default=256)
-    parser.add_argument("--chunk-size", type=int, default=512)
+    add_chunk_size_option(parser)
+    parser.set_defaults(chunk_size=512)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ops", type=int, default=0, help="also PyTorch's table of the N costliest operators")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = load_model()
@@ -68,13 +78,41 @@ def main() -> None:
     total = cumulative.get(("finch_rag/compressor.py", "compress_ids"), wall)
     print(f"# Profile of one compression ({args.tokens} context tokens, B={args.target_tokens}, S={args.chunk_size})\n")
     print(
-        f"Command: `.venv/bin/python -m scripts.profile_compress --tokens {args.tokens} --threads {args.threads}`; "
+        f"Command: `.venv/bin/python -m scripts.profile_compress {' '.join(sys.argv[1:])}`; "
         f"machine: {machine_description()}; wall {wall:.2f} s (under cProfile).\n"
     )
     print("| part | seconds | share |\n|---|---:|---:|")
     for label, fragment, function in PARTS:
         seconds = cumulative.get((fragment, function), 0.0)
         print(f"| {label} | {seconds:.3f} | {seconds / total:.1%} |")
+    if args.ops:
+        _operator_tables(model, compressor, context, parts, args.ops)
+
+
+def _operator_tables(model: Any, compressor: FinchCompressor, context: list[int], parts: Any, rows: int) -> None:
+    """PyTorch's operator table of one compression and of one full prefill of the same prompt."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import DynamicCache
+
+    def full_prefill() -> None:
+        ids = torch.tensor([parts.prefix_ids + context + parts.question_ids])
+        with torch.inference_mode():
+            model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+
+    def compression() -> None:
+        compressor.compress_ids(context, parts.question_ids, parts.prefix_ids)
+
+    for label, run in (("compression", compression), ("full prefill", full_prefill)):
+        run()  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            started = time.perf_counter()
+            run()
+            wall = time.perf_counter() - started
+        print(f"\n## Operators: {label} (wall {wall:.2f} s under the profiler)\n")
+        print("| operator | self seconds | calls |\n|---|---:|---:|")
+        events = sorted(profiler.key_averages(), key=lambda event: -event.self_cpu_time_total)[:rows]
+        for event in events:
+            print(f"| {event.key} | {event.self_cpu_time_total / 1e6:.3f} | {event.count} |")
 
 
 if __name__ == "__main__":
