@@ -7,7 +7,10 @@ difference (after minus before) with bootstrap intervals, as the suites' own pai
     python -m benchmarks.compare docs/results/hotpotqa_heldout300.json docs/results/links_heldout300.json
         --method finch_rag --labels "without links" "with links" --out docs/results/links_heldout300_paired
 
-``--after-method`` pairs two methods of one run instead (give the same file twice).
+``--after-method`` pairs two methods of one run instead (give the same file twice). A peers journal
+(`benchmarks.peers`' JSON lines, ``.jsonl``) pairs by case and ratio, with RULER's score of each answer:
+
+    python -m benchmarks.compare chunked.jsonl one_pass.jsonl --labels chunks "one pass" --out DIR/NAME
 """
 
 from __future__ import annotations
@@ -16,9 +19,22 @@ import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .common import command_line, markdown_table
 from .stats import group_means, paired_comparison
+
+METRICS = ("retention", "all_hops", "contains", "f1", "score")
+
+
+def _records(path: str) -> list[dict[str, Any]]:
+    """A result file's per-question records; a peers journal's as ``qid`` (its case) and ``budget`` (its ratio)."""
+    if not path.endswith(".jsonl"):
+        return list(json.loads(Path(path).read_text())["records"])
+    from .peers import scored
+
+    journal = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r | {"qid": r["case"], "budget": r["ratio"]} for r in scored(journal) if r.get("score") is not None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = []
     after_method = args.after_method or args.method
     for path, label, method in ((args.before, before_label, args.method), (args.after, after_label, after_method)):
-        found = [r for r in json.loads(Path(path).read_text())["records"] if r.get("method") == method]
+        found = [r for r in _records(path) if r.get("method") == method]
         if not found:
             parser.error(f"{path} has no records of method {method!r}")
         records += [r | {"method": label} for r in found]
@@ -47,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = {(r["qid"], str(r["budget"])) for r in records if r["method"] == before_label}
     common &= {(r["qid"], str(r["budget"])) for r in records if r["method"] == after_label}
     paired = [r for r in records if (r["qid"], str(r["budget"])) in common]
-    metrics = tuple(m for m in ("retention", "all_hops", "contains", "f1") if any(m in r for r in paired))
+    metrics = tuple(m for m in METRICS if any(m in r for r in paired))
     lines = [
         f"# {args.method if after_method == args.method else f'{after_method} against {args.method}'}: "
         f"{after_label} against {before_label}",

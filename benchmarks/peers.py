@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import RESULTS_DIR, add_chunk_size_option, machine_description, markdown_table, write_json
-from .ruler import TASKS, encode_suite, generate_suite, score
+from .ruler import DEFAULT_LENGTH, TASKS, encode_suite, generate_suite, score
 
 RATIOS = (0.5, 0.75, 0.875, 0.9375)
 KVPRESS_PYTHON = "/work/kvpress-venv/bin/python"
@@ -395,7 +395,8 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     rows, solved = summary["rows"], summary["solved_tasks"]
     lines = [f"# Peers on the RULER-style suite: {meta['model']}", "", f"Command: `{meta['command']}`", ""]
     lines += [
-        f"Machine: {meta['machine']}. Examples per task asked: {meta['per_task']} (seed {meta['seed']}); cases "
+        f"Machine: {meta['machine']}. Prompt length {meta.get('length', DEFAULT_LENGTH)} tokens. Examples per task "
+        f"asked: {meta['per_task']} (seed {meta['seed']}); cases "
         f"complete for every method: {meta.get('cases_complete')} of {meta.get('cases_started')} started (only "
         "complete cases are counted).",
         "",
@@ -526,7 +527,8 @@ def report(
     meta = meta | {"machine": machine_description()}
     write_json(out / f"peers_{tag}.json", {"meta": meta, "summary": summary})
     (out / f"peers_{tag}.md").write_text(markdown(summary, meta))
-    plot(summary, out / f"peers_{tag}.png", f"{meta['model']}: RULER-style suite at 4k tokens, n={len(cases)}")
+    length = meta.get("length", DEFAULT_LENGTH)
+    plot(summary, out / f"peers_{tag}.png", f"{meta['model']}: RULER-style suite at {length} tokens, n={len(cases)}")
     return summary
 
 
@@ -541,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, metavar="TASK")
     parser.add_argument("--per-task", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--length", type=int, default=DEFAULT_LENGTH, help=f"prompt tokens per example (default {DEFAULT_LENGTH})"
+    )
     parser.add_argument("--start", type=int, default=0, help="first example index of each task")
     parser.add_argument("--limit", type=int, default=None, help="run at most this many cases (all tasks interleaved)")
     parser.add_argument("--ratios", nargs="+", type=float, default=list(RATIOS))
@@ -580,7 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only:
         _, tokenizer = load_model(args.model)
         examples = generate_suite(
-            tokenizer, args.data, tasks=args.tasks, per_task=args.start + args.per_task, seed=args.seed
+            tokenizer,
+            args.data,
+            tasks=args.tasks,
+            per_task=args.start + args.per_task,
+            seed=args.seed,
+            length=args.length,
         )
         examples = [e for e in examples if e.index >= args.start]
         examples.sort(key=lambda e: (e.index, TASKS.index(e.task)))  # tasks interleaved, so --limit covers all
@@ -628,6 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "python -m benchmarks peers " + " ".join(sys.argv[2:] if argv is None else argv),
         "per_task": args.per_task,
         "seed": args.seed,
+        "length": args.length,
         "ratios": args.ratios,
     }
     journals = [finch_journal, kvpress_journal, *map(Path, args.extra_journals)]

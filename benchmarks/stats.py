@@ -115,7 +115,7 @@ def paired_comparison(
     its wins and losses and the ratio of the two means.
     """
     by_key = {(r["qid"], r["method"], str(r["budget"])): r for r in records if "skipped" not in r}
-    metrics = [m for m in ("retention", "all_hops", "contains", "f1") if any(m in r for r in by_key.values())]
+    metrics = [m for m in ("retention", "all_hops", "contains", "f1", "score") if any(m in r for r in by_key.values())]
     rows = []
     generator = random.Random(0)
     for budget in budgets:

@@ -570,6 +570,36 @@ def test_compare_pairs_two_methods_of_one_run(tmp_path):
     assert "- questions in both: 3" in report and "| 128 | 3 | +0.667 [" in report
 
 
+def test_compare_pairs_two_peers_journals_by_case_and_ratio_with_ruler_s_score(tmp_path):
+    from benchmarks.compare import main as compare
+
+    def journal(path, answers: list[str | None]) -> str:
+        rows = [
+            {
+                "case": f"niah_single_1/{i}",
+                "task": "niah_single_1",
+                "ratio": 0.875,
+                "metric": "all",
+                "method": "finch_rag",
+                "answers": ["4341323"],
+                "answer": answer,
+                "retention": 0.5,
+            }
+            for i, answer in enumerate(answers)
+        ]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return str(path)
+
+    # The undecoded answer (None) is left out of the pairing, as the peers report leaves it out.
+    chunks = journal(tmp_path / "chunks.jsonl", ["no", "no", "it is 4341323", None])
+    one_pass = journal(tmp_path / "one.jsonl", ["4341323", "4341323", "4341323", "4341323"])
+    assert compare([chunks, one_pass, "--labels", "chunks", "one pass", "--out", str(tmp_path / "paired")]) == 0
+    report = (tmp_path / "paired.md").read_text()
+    assert "- questions in both: 3" in report and "## Paired: one pass minus chunks" in report
+    assert "| budget | questions | retention | score |" in report and "| 0.875 | 3 | +0.000 [" in report
+    assert "+0.667 [" in report
+
+
 def test_serve_summary_counts_the_answers_both_servers_gave_alike() -> None:
     from benchmarks.serve import identical_answers, summary
 

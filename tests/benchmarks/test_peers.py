@@ -123,6 +123,7 @@ def test_report_writes_tables_and_plot(tmp_path):
         {"model": "tiny", "command": "python -m benchmarks peers", "per_task": 1, "seed": 0, "ratios": [0.5, 0.75]},
     )
     text = (tmp_path / "peers_tiny.md").read_text()
+    assert "Prompt length 4096 tokens." in text  # the default, when the meta does not name one
     assert "| finch | 0.5 | 2 | 1.00 [1.00, 1.00] | 1 | 1.00 | 0.50 |" in text
     assert "| snapkv | 0.75 | 0.00 | 0.25 |" not in text and "| snapkv | 0.75 | 0.25 | 0.25 |" in text
     assert (tmp_path / "peers_tiny.png").stat().st_size > 1000
@@ -185,6 +186,13 @@ def test_chunk_size_option():
     assert build_parser().parse_args([]).chunk_size == "auto"
     assert build_parser().parse_args(["--chunk-size", "none"]).chunk_size is None
     assert build_parser().parse_args(["--chunk-size", "512"]).chunk_size == 512
+
+
+def test_length_option():
+    from benchmarks.peers import build_parser
+
+    assert build_parser().parse_args([]).length == 4096  # RULER's 4k
+    assert build_parser().parse_args(["--length", "1024"]).length == 1024
 
 
 def test_report_over_chosen_ratios_keeps_the_cases_complete_there(tmp_path):
