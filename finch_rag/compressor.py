@@ -108,6 +108,11 @@ class FinchCompressor:
         return int(getattr(config, "max_position_embeddings", 0) or 0)
 
     @property
+    def _layer_types(self) -> list[str] | None:
+        """The text config's ``layer_types`` (sliding-window layers change ``chunk_size="auto"``), if it has them."""
+        return getattr(self.model.config.get_text_config(decoder=True), "layer_types", None)
+
+    @property
     def store(self) -> ContextStore:
         """Compressed contexts kept for reuse by ``cache_key``, shared by all compressors on this model."""
         return context_store(self.model)
@@ -380,7 +385,7 @@ class FinchCompressor:
                 f"does not fit the model's window of {window} tokens. Shorten the question."
             )
         budget = config.budget(context)
-        chunk_size = resolve_chunk_size(config.chunk_size, context, question, prefix, window, budget)
+        chunk_size = resolve_chunk_size(config.chunk_size, context, question, prefix, window, budget, self._layer_types)
         chunk = min(chunk_size or context, context)
         # A single pass has no earlier survivors next to its chunk; the chunked loop holds up to B of them.
         held = context if context <= budget or chunk == context else budget + chunk
@@ -405,7 +410,9 @@ class FinchCompressor:
             return compressed
         config = compressed.config.replace(answer_cache="reread")  # refuses per-head and per-layer selections
         n, m, prefix = compressed.original_tokens, len(compressed.parts.question_ids), len(compressed.parts.prefix_ids)
-        chunk = resolve_chunk_size(config.chunk_size, n, m, prefix, self.context_window, config.budget(n))
+        chunk = resolve_chunk_size(
+            config.chunk_size, n, m, prefix, self.context_window, config.budget(n), self._layer_types
+        )
         context_ids = compressed.context_ids[None].to(self.device)
         with self._lock, torch.inference_mode():
             cache = read_kept_tokens(decoder_of(self.model), compressed.cache, context_ids, chunk or n)

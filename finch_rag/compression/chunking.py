@@ -14,9 +14,20 @@ AUTO_SINGLE_PASS_TOKENS = AUTO_CHUNK_SIZE
 """The longest context read in one pass under ``chunk_size="auto"``: the memory cap, one chunk's length.
 
 Activations, and the question rows' attention over them, grow with a pass's length, and a single pass is no
-faster than chunks of 512 on a CPU: with the embedded model on one thread, compress+answer took 1.15x a full
-prefill+answer in one pass at 1,024 context tokens against 1.01x in chunks of 512
-(``docs/results/cost_alternate.md``). So a context longer than one chunk is read in chunks."""
+faster than chunks of 512 on a CPU: with the embedded model on one thread, compress+answer took 1.03x a full
+prefill+answer in one pass at 1,024 context tokens against 0.98x in chunks of 512
+(``docs/results/cost_alternate_1k_prefix_pass.md``). So a context longer than one chunk is read in chunks."""
+AUTO_SINGLE_PASS_TOKENS_SLIDING = 2 * AUTO_CHUNK_SIZE
+"""The same cap on a model with sliding-window layers (Gemma 3): a chunked read of such a model is read again for
+its answer (`FinchConfig.answer_cache`), which one pass does not need. On Gemma 3 270M at 1,024 tokens one pass
+cost 0.94x a full prefill+answer against 1.00x in chunks (``docs/results/cost_gemma3_1k_prefix_pass.md``), and it
+kept more of the RULER-style suite's evidence at 1k (``docs/results/chunking_1k_gemma3.md``)."""
+
+
+def single_pass_tokens(layer_types: Sequence[str] | None) -> int:
+    """`AUTO_SINGLE_PASS_TOKENS`, or `AUTO_SINGLE_PASS_TOKENS_SLIDING` for a model with sliding-window layers."""
+    sliding = "sliding_attention" in (layer_types or ())
+    return AUTO_SINGLE_PASS_TOKENS_SLIDING if sliding else AUTO_SINGLE_PASS_TOKENS
 
 
 def resolve_chunk_size(
@@ -26,24 +37,28 @@ def resolve_chunk_size(
     prefix_length: int = 0,
     window: int = 0,
     budget: int = 0,
+    layer_types: Sequence[str] | None = None,
 ) -> int | None:
     """The chunk size to read a context with: ``chunk_size`` itself unless it is ``"auto"``.
 
     ``"auto"`` reads the context in one pass (``None``) when the pass fits both the model's ``window``
-    (``prefix + context + question`` positions; ``0``: no limit) and the memory cap
-    `AUTO_SINGLE_PASS_TOKENS` (context tokens). Otherwise it reads chunks of `AUTO_CHUNK_SIZE`,
+    (``prefix + context + question`` positions; ``0``: no limit) and the memory cap (context tokens):
+    `AUTO_SINGLE_PASS_TOKENS`, or `AUTO_SINGLE_PASS_TOKENS_SLIDING` when the model's ``layer_types`` (its text
+    config's) include sliding-window layers. Otherwise it reads chunks of `AUTO_CHUNK_SIZE`,
     fewer where the window needs it (``prefix + budget + S + question <= window``), so the memory bound
-    ``|P| + B + S + m`` holds with ``S <= AUTO_CHUNK_SIZE`` whatever the context length.
+    ``|P| + B + S + m`` holds with ``S`` at most the cap whatever the context length.
 
     >>> resolve_chunk_size("auto", 500, 20), resolve_chunk_size("auto", 8000, 20), resolve_chunk_size(64, 1000, 20)
     (None, 512, 64)
     >>> resolve_chunk_size("auto", 1000, 20, prefix_length=10, window=512, budget=100)
     382
+    >>> resolve_chunk_size("auto", 1000, 20, layer_types=["sliding_attention", "full_attention"]) is None
+    True
     """
     if chunk_size != "auto":
         return chunk_size
     fits_window = not window or prefix_length + context_length + question_length <= window
-    if fits_window and context_length <= AUTO_SINGLE_PASS_TOKENS:
+    if fits_window and context_length <= single_pass_tokens(layer_types):
         return None
     if not window:
         return AUTO_CHUNK_SIZE

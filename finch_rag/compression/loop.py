@@ -198,8 +198,9 @@ def compress_batch(
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
         # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.
         prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=UNBOUNDED_BYTES)
+        layer_types = getattr(text_config, "layer_types", None)
         states = [
-            _start(decoder, request, index, config, window, prefixes, last_layer, alone=len(requests) == 1)
+            _start(decoder, request, index, config, window, prefixes, last_layer, layer_types, alone=len(requests) == 1)
             for index, request in enumerate(requests)
         ]
         total_steps = sum(len(state.bounds) - state.next_chunk for state in states)
@@ -217,7 +218,6 @@ def compress_batch(
                 for state in active:
                     state.seconds += share
                 progress.update(len(active))
-        layer_types = getattr(text_config, "layer_types", None)
         for state in states:
             if resolve_answer_cache(config, layer_types, len(state.bounds)) == "reread":
                 _reread(decoder, state, last_layer)
@@ -307,6 +307,7 @@ def _start(
     window: int,
     prefixes: PrefixCache,
     last_layer: int | None,
+    layer_types: Sequence[str] | None = None,
     alone: bool = False,
 ) -> _RequestState:
     """A request's state after its prefix prefill; a context within budget is prefilled whole and is done.
@@ -321,7 +322,9 @@ def _start(
     context_length = request.context_ids.shape[1]
     budget = config.budget(context_length)
     question_length, prefix_length = request.question_ids.shape[1], request.prefix_ids.shape[1]
-    chunk_size = resolve_chunk_size(config.chunk_size, context_length, question_length, prefix_length, window, budget)
+    chunk_size = resolve_chunk_size(
+        config.chunk_size, context_length, question_length, prefix_length, window, budget, layer_types
+    )
     state = _RequestState(
         request=request,
         index=index,

@@ -6,7 +6,14 @@ import pytest
 import torch
 from conftest import build_tiny_model, build_tiny_tokenizer
 
-from finch_rag.compression.chunking import AUTO_CHUNK_SIZE, AUTO_SINGLE_PASS_TOKENS, chunk_bounds, resolve_chunk_size
+from finch_rag.compression.chunking import (
+    AUTO_CHUNK_SIZE,
+    AUTO_SINGLE_PASS_TOKENS,
+    AUTO_SINGLE_PASS_TOKENS_SLIDING,
+    chunk_bounds,
+    resolve_chunk_size,
+    single_pass_tokens,
+)
 from finch_rag.compression.selection import step_budget
 
 
@@ -62,6 +69,24 @@ def test_auto_chunk_size_rule(context, question, prefix, window, budget, expecte
     assert resolve_chunk_size(None, context, question, prefix, window, budget) is None
 
 
+SLIDING = ["sliding_attention", "sliding_attention", "full_attention"]
+
+
+@pytest.mark.parametrize(
+    ("context", "window", "expected"),
+    [
+        (AUTO_SINGLE_PASS_TOKENS + 1, 8192, None),  # past the cap of a model without a window, still one pass
+        (AUTO_SINGLE_PASS_TOKENS_SLIDING, 8192, None),  # exactly at the sliding model's cap
+        (AUTO_SINGLE_PASS_TOKENS_SLIDING + 1, 8192, AUTO_CHUNK_SIZE),  # one token past it
+        (800, 512, 512 - 10 - 256 - 20),  # the window still decides first
+    ],
+)
+def test_auto_reads_a_sliding_window_model_in_one_pass_up_to_its_own_cap(context, window, expected):
+    assert single_pass_tokens(SLIDING) == AUTO_SINGLE_PASS_TOKENS_SLIDING > AUTO_SINGLE_PASS_TOKENS
+    assert single_pass_tokens(["full_attention"]) == single_pass_tokens(None) == AUTO_SINGLE_PASS_TOKENS
+    assert resolve_chunk_size("auto", context, 20, 10, window, 256, SLIDING) == expected
+
+
 def _compress_auto(model, n: int, budget: int = 16):
     from conftest import VOCAB
 
@@ -97,7 +122,16 @@ def test_auto_chunks_past_the_window_within_the_memory_bound(tiny_models, arch):
 def test_auto_chunks_past_the_memory_cap(arch):
     # A window far above the cap, so only the cap forces chunks of AUTO_CHUNK_SIZE.
     model = build_tiny_model(arch, max_position_embeddings=8192)
-    n, budget = AUTO_SINGLE_PASS_TOKENS + 100, 16
+    cap = single_pass_tokens(getattr(model.config.get_text_config(decoder=True), "layer_types", None))
+    n, budget = cap + 100, 16
     cc, prefix, question = _compress_auto(model, n, budget)
     assert cc.stats["num_chunks"] == -(-n // AUTO_CHUNK_SIZE)
     assert cc.stats["peak_kv_entries"] <= prefix + budget + AUTO_CHUNK_SIZE + question
+
+
+@pytest.mark.parametrize(("arch", "chunks"), [("llama", 2), ("gemma3", 1)])
+def test_a_sliding_window_model_reads_a_1k_context_in_one_pass_and_needs_no_reread(arch, chunks):
+    model = build_tiny_model(arch, max_position_embeddings=8192)
+    cc, prefix, question = _compress_auto(model, 2 * AUTO_CHUNK_SIZE - 24)
+    assert cc.stats["num_chunks"] == chunks
+    assert cc.stats["answer_cache"] == "compressed"  # one pass has nothing to re-read; llama is never re-read
