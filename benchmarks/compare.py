@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import command_line, markdown_table
-from .stats import group_means, paired_comparison
-
-METRICS = ("retention", "all_hops", "contains", "f1", "score")
+from .stats import PAIRED_METRICS, group_means, paired_comparison
 
 
 def _records(path: str) -> list[dict[str, Any]]:
@@ -63,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = {(r["qid"], str(r["budget"])) for r in records if r["method"] == before_label}
     common &= {(r["qid"], str(r["budget"])) for r in records if r["method"] == after_label}
     paired = [r for r in records if (r["qid"], str(r["budget"])) in common]
-    metrics = tuple(m for m in METRICS if any(m in r for r in paired))
+    metrics = tuple(m for m in PAIRED_METRICS if any(m in r for r in paired))
     lines = [
         f"# {args.method if after_method == args.method else f'{after_method} against {args.method}'}: "
         f"{after_label} against {before_label}",

@@ -106,6 +106,10 @@ def ratio_interval(pairs: Sequence[tuple[float, float]]) -> str:
     return f"{estimate:.2f}x [{ratios[25]:.2f}, {ratios[974]:.2f}]"
 
 
+PAIRED_METRICS = ("retention", "all_hops", "contains", "f1", "score")
+"""The per-question fields a paired comparison reports, where the records have them (``score``: RULER's)."""
+
+
 def paired_comparison(
     records: Sequence[Mapping[str, Any]], budgets: Sequence[str], method: str = "finch", baseline: str = "truncation"
 ) -> list[str]:
@@ -115,7 +119,7 @@ def paired_comparison(
     its wins and losses and the ratio of the two means.
     """
     by_key = {(r["qid"], r["method"], str(r["budget"])): r for r in records if "skipped" not in r}
-    metrics = [m for m in ("retention", "all_hops", "contains", "f1", "score") if any(m in r for r in by_key.values())]
+    metrics = [m for m in PAIRED_METRICS if any(m in r for r in by_key.values())]
     rows = []
     generator = random.Random(0)
     for budget in budgets:
