@@ -213,7 +213,7 @@ def compress_batch(
                 if not active:
                     break
                 step_started = time.perf_counter()
-                _step(decoder, active, config, policy, num_layers, rotation, pad_token_id, last_layer, prefixes)
+                _step(decoder, active, config, policy, num_layers, rotation, pad_token_id, last_layer, prefix_cache)
                 share = (time.perf_counter() - step_started) / len(active)
                 for state in active:
                     state.seconds += share
@@ -375,12 +375,12 @@ def _step(
     rotation: KeyRotation,
     pad_token_id: int,
     last_layer: int | None,
-    prefixes: PrefixCache,
+    prefix_cache: PrefixCache | None = None,
 ) -> None:
     """Read the next chunk of every active request in one forward pass, then keep what the policy picks.
 
     A request whose prefix is pending (`_start`) is alone in its step: its chunk is read after its prefix, in the
-    same pass, and the prefix's entries then count as its cache (and go into ``prefixes``).
+    same pass, and the prefix's entries then count as its cache (and go into the caller's ``prefix_cache``).
     """
     device = active[0].request.context_ids.device
     chunks = [state.request.context_ids[0, slice(*state.bounds[state.next_chunk])] for state in active]
@@ -438,20 +438,25 @@ def _step(
             "layers. Its attention layers must call transformers' AttentionInterface and forward keyword arguments."
         )
 
-    for state in pending:
-        prefix_length = pending_prefix.shape[0]
-        keys, values = all_layer_tensors(cache)
-        prefix_key = PrefixCache.key(state.request.prefix_ids, next(decoder.parameters()).dtype)
-        # Copies: a view would keep the whole step's tensors alive in the prefix cache.
-        prefix_keys = [layer_keys[:, :, :prefix_length].clone() for layer_keys in keys]
-        prefix_values = [layer_values[:, :, :prefix_length].clone() for layer_values in values]
-        prefixes.put(prefix_key, prefix_keys, prefix_values)
-        state.prefix_pending = False
+    if pending:
+        pending[0].prefix_pending = False
+        if prefix_cache is not None:  # a batch's own cache serves only its other requests, and there are none
+            _hold_prefix(prefix_cache, pending[0].request.prefix_ids, cache, next(decoder.parameters()).dtype)
     for row, (state, chunk, question) in enumerate(zip(active, chunks, questions, strict=True)):
         layer_scores = [] if capture is None else [capture.scores[layer][row : row + 1] for layer in range(num_layers)]
         _keep_best(
             state, row, chunk.shape[0], question.shape[0], max_cache, cache, layer_scores, config, policy, rotation
         )
+
+
+def _hold_prefix(prefix_cache: PrefixCache, prefix_ids: torch.Tensor, cache: DynamicCache, dtype: torch.dtype) -> None:
+    """Put the first ``|P|`` entries of a step's ``cache`` (a prefix read with its chunk) into ``prefix_cache``."""
+    prefix_length = prefix_ids.shape[1]
+    keys, values = all_layer_tensors(cache)
+    # Copies: a view would keep the whole step's tensors alive in the prefix cache.
+    prefix_keys = [layer_keys[:, :, :prefix_length].clone() for layer_keys in keys]
+    prefix_values = [layer_values[:, :, :prefix_length].clone() for layer_values in values]
+    prefix_cache.put(PrefixCache.key(prefix_ids, dtype), prefix_keys, prefix_values)
 
 
 def _keep_best(
