@@ -166,7 +166,7 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
     from transformers import DynamicCache, StaticCache
 
-    from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, load_model
+    from finch_rag import FinchCompressor, FinchConfig, FinchRAG, Passage, PrefixCache, load_model
     from finch_rag.compression.cache import all_layer_tensors, cache_kwargs
     from finch_rag.generation import SamplingParams, generate_token_ids
     from finch_rag.prompts import build_prompt
@@ -176,8 +176,13 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     lock = threading.RLock()
     params = SamplingParams(max_new_tokens=args.new_tokens)
     compressors = {
-        label: FinchCompressor(model, tokenizer, FinchConfig(target_tokens=args.target_tokens, **options))
-        for label, options in _finch_rows(args).items()
+        label: FinchCompressor(
+            model,
+            tokenizer,
+            FinchConfig(target_tokens=args.target_tokens, **options),
+            prefix_cache=PrefixCache() if held_prefix else None,
+        )
+        for label, (options, held_prefix) in _finch_rows(args).items()
     }
     parts = build_prompt(tokenizer, [Passage("placeholder")], _QUESTION)
     prefix_ids, question_ids, suffix_ids = parts.prefix_ids, parts.question_ids, parts.suffix_ids
@@ -326,17 +331,21 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def _finch_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """The Finch rows of ``--alternate``: a label and its `FinchConfig` options, one per ``--chunk-size``.
+def _finch_rows(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], bool]]:
+    """The Finch rows of ``--alternate``: a label, its `FinchConfig` options and whether its compressor holds a
+    `PrefixCache`, one per ``--chunk-size``.
 
     ``--compressed-too`` adds each with ``answer_cache="compressed"`` beside it: where ``"auto"`` re-reads the kept
-    tokens (a model with sliding-window layers), the rows then show what the re-read costs.
+    tokens (a model with sliding-window layers), the rows then show what the re-read costs. ``--held-prefix`` adds
+    each with a prefix cache held across calls, as ``FinchCompressor()`` on its own model and the server keep one.
     """
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, tuple[dict[str, Any], bool]] = {}
     for size in args.chunk_size:
-        rows[f"finch S={size}"] = {"chunk_size": size}
+        rows[f"finch S={size}"] = ({"chunk_size": size}, False)
         if args.compressed_too:
-            rows[f"finch S={size}, compressed cache"] = {"chunk_size": size, "answer_cache": "compressed"}
+            rows[f"finch S={size}, compressed cache"] = ({"chunk_size": size, "answer_cache": "compressed"}, False)
+        if args.held_prefix:
+            rows[f"finch S={size}, held prefix"] = ({"chunk_size": size}, True)
     return rows
 
 
@@ -535,6 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compressed-too",
         action="store_true",
         help='with --alternate, each chunk size also with answer_cache="compressed" (what the re-read costs)',
+    )
+    parser.add_argument(
+        "--held-prefix",
+        action="store_true",
+        help="with --alternate, each chunk size also with a PrefixCache held across calls (FinchCompressor() on "
+        "its own model, the server)",
     )
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "LENGTH"), help=argparse.SUPPRESS)
     return parser

@@ -638,11 +638,15 @@ def test_cost_alternate_rows_name_each_chunk_size_and_with_compressed_too_its_co
     from benchmarks.cost import _finch_rows, build_parser
 
     plain = build_parser().parse_args(["--alternate", "--chunk-size", "auto", "512"])
-    assert _finch_rows(plain) == {"finch S=auto": {"chunk_size": "auto"}, "finch S=512": {"chunk_size": 512}}
-    both = build_parser().parse_args(["--alternate", "--chunk-size", "auto", "--compressed-too"])
-    assert _finch_rows(both) == {
-        "finch S=auto": {"chunk_size": "auto"},
-        "finch S=auto, compressed cache": {"chunk_size": "auto", "answer_cache": "compressed"},
+    assert _finch_rows(plain) == {
+        "finch S=auto": ({"chunk_size": "auto"}, False),
+        "finch S=512": ({"chunk_size": 512}, False),
     }
-    for options in _finch_rows(both).values():
+    both = build_parser().parse_args(["--alternate", "--chunk-size", "auto", "--compressed-too", "--held-prefix"])
+    assert _finch_rows(both) == {
+        "finch S=auto": ({"chunk_size": "auto"}, False),
+        "finch S=auto, compressed cache": ({"chunk_size": "auto", "answer_cache": "compressed"}, False),
+        "finch S=auto, held prefix": ({"chunk_size": "auto"}, True),
+    }
+    for options, _ in _finch_rows(both).values():
         FinchConfig(target_tokens=64, **options)  # every row is a valid config
