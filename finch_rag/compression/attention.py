@@ -9,7 +9,8 @@ are ever materialised: no ``output_attentions``, no eager attention. Models load
 attention compress on SDPA's twin, because transformers' flash wrapper finds its kernel by the
 implementation's name; they decode on their own implementation. The capture reads SDPA's 4-D masks and
 flash-style 2-D padding masks alike. A long step runs its attention on blocks of rows and the keys they reach
-(causal, and within the window on a sliding layer: `blocked_attention`), not on the whole masked rectangle.
+(causal, and within the window on a sliding layer: `blocked_attention`), not on the whole masked rectangle; on a
+CPU, SDPA's masked steps run on the KV heads as they are (`grouped_sdpa_attention`), not on repeated copies.
 A compression pass stops once the last layer has written its keys and values (`fill_cache`).
 
 The per-call state travels as a forward keyword argument (``finch_capture``) that transformers passes
@@ -31,6 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface
 CAPTURE_KWARG = "finch_capture"
 LAST_LAYER_KWARG = "finch_last_layer"
 _KEY_PREFIX = "finch_"
+_SDPA_TAKES_GROUPS = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 5)  # ``enable_gqa``
 CAUSAL_BLOCK_ROWS = 128
 """Query rows per block when a step's attention runs in blocks (`blocked_attention`) on a CPU layer without a window."""
 
@@ -160,7 +162,13 @@ def question_row_scores(
     return column_scores[..., capture.first_candidate : last_column]
 
 
-def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
+def _capturing(inner: Callable[..., Any], grouped: bool = False) -> Callable[..., Any]:
+    """The capturing twin of attention function ``inner``.
+
+    ``grouped``: ``inner`` is transformers' SDPA, which with a 4-D mask on a CPU then runs as
+    `grouped_sdpa_attention` does, without repeating the KV heads.
+    """
+
     def attention_forward(
         module: torch.nn.Module,
         query: torch.Tensor,
@@ -189,15 +197,20 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
             )
         if layer == last_layer:
             raise _CacheFilled  # the layer's keys and values are in the cache: the rest of the pass is dead work
+        attend = inner
         if attention_mask is not None and attention_mask.dim() == 4:
+            on_cpu = query.device.type == "cpu"
+            plain = kwargs.get("position_bias") is None and kwargs.get("softcap") is None  # SDPA's own cases
+            if grouped and on_cpu and _SDPA_TAKES_GROUPS and plain:
+                attend = grouped_sdpa_attention
             # A step with a cache gets a 4-D mask, and SDPA then computes every query-key product: run the
             # rows in blocks over only the keys they can see (a window's worth on a sliding layer). Causal
             # blocks were measured on a CPU only; on an accelerator the many small calls may cost more than
             # the masked products they skip, so there a layer without a window runs whole.
-            block_rows = window or (CAUSAL_BLOCK_ROWS if query.device.type == "cpu" else 0)
+            block_rows = window or (CAUSAL_BLOCK_ROWS if on_cpu else 0)
             if block_rows and query.shape[2] > 2 * block_rows:
                 return blocked_attention(
-                    inner,
+                    attend,
                     module,
                     query,
                     key,
@@ -209,7 +222,7 @@ def _capturing(inner: Callable[..., Any]) -> Callable[..., Any]:
                     dropout=dropout,
                     **kwargs,
                 )
-        return inner(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+        return attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     return attention_forward
 
@@ -296,6 +309,36 @@ def blocked_attention(
     return torch.cat(outputs, dim=1), None  # outputs are [batch, rows, heads, head_dim]
 
 
+def grouped_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA attention as transformers calls it with a mask, on the KV heads as they are (``enable_gqa``).
+
+    With a mask, transformers repeats every KV head for each query head of its group before SDPA (grouped SDPA
+    with a mask falls back to the math kernel on a GPU); a step run in blocks would repeat, for every block, the
+    keys it reaches. On a CPU the flash kernel takes the groups and the mask together: the same output,
+    without the copies. ``query`` is ``[batch, heads, rows, head_dim]``; the output is
+    ``[batch, rows, heads, head_dim]``, as transformers' attention functions return it.
+    """
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        scale=scaling,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
+    return output.transpose(1, 2).contiguous(), None
+
+
 def _register(base_implementation: str) -> str:
     """Register the capturing twin of ``base_implementation`` (idempotent) and return its key.
 
@@ -316,7 +359,8 @@ def _register(base_implementation: str) -> str:
             f"No attention-mask function is registered for {base_implementation!r} in transformers' "
             "AttentionMaskInterface; load the model with attn_implementation='sdpa'."
         )
-    AttentionInterface.register(key, _capturing(attention_functions[base_implementation]))
+    grouped = base_implementation == "sdpa"
+    AttentionInterface.register(key, _capturing(attention_functions[base_implementation], grouped))
     AttentionMaskInterface.register(key, mask_functions[base_implementation])
     return key
 

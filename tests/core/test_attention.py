@@ -21,6 +21,7 @@ from finch_rag.compression.attention import (
     blocked_attention,
     capturing_attention,
     fill_cache,
+    grouped_sdpa_attention,
     question_row_scores,
     stopping_layer,
 )
@@ -269,6 +270,35 @@ def test_causal_blocks_run_whole_when_a_row_sees_a_later_key():
     got, expected, calls = _in_blocks(query, key, value, mask, 16)
     assert calls == [(64, 74)]
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(("cached", "q_len", "window"), [(40, 100, None), (0, 50, None), (5, 70, 16)])
+def test_grouped_sdpa_is_transformers_sdpa(cached, q_len, window):
+    """With a mask, SDPA on the KV heads as they are gives what transformers' SDPA gives on repeated heads."""
+    query, key, value, mask = _step_inputs(cached, q_len, window=window)
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    expected = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)[0]
+    torch.testing.assert_close(grouped_sdpa_attention(module, query, key, value, mask, scaling=0.3)[0], expected)
+    blocks = blocked_attention(grouped_sdpa_attention, module, query, key, value, mask, 16, window=window, scaling=0.3)
+    torch.testing.assert_close(blocks[0], expected)
+
+
+def test_a_masked_step_on_a_cpu_repeats_no_kv_heads(tiny_model, monkeypatch):
+    """The capturing twin of SDPA runs a step after a cache (a 4-D mask) without transformers' ``repeat_kv``."""
+    import transformers.integrations.sdpa_attention as sdpa_module
+
+    repeated: list[int] = []
+    original = sdpa_module.repeat_kv
+
+    def counting(states: torch.Tensor, n_rep: int) -> torch.Tensor:
+        repeated.append(n_rep)
+        return original(states, n_rep)
+
+    monkeypatch.setattr(sdpa_module, "repeat_kv", counting)
+    context = torch.tensor([[(13 * i + 5) % 110 + 8 for i in range(300)]])
+    _matches_eager_after_the_prefix(tiny_model, context)  # the question rows still see what eager attention gives
+    assert tiny_model.config.num_key_value_heads < tiny_model.config.num_attention_heads
+    assert repeated == []
 
 
 def _step_after_prefix(model, last_layer):
