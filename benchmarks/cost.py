@@ -334,9 +334,10 @@ def _alternate(args: argparse.Namespace, argv: list[str]) -> int:
 def _finch_rows(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], bool]]:
     """The Finch rows of ``--alternate``, one per ``--chunk-size``: label -> (`FinchConfig` options, held prefix).
 
-    The flag says whether the row's compressor holds a `PrefixCache`. ``--compressed-too`` adds each with ``answer_cache="compressed"`` beside it: where ``"auto"`` re-reads the kept
-    tokens (a model with sliding-window layers), the rows then show what the re-read costs. ``--held-prefix`` adds
-    each with a prefix cache held across calls, as ``FinchCompressor()`` on its own model and the server keep one.
+    The flag says whether the row's compressor holds a `PrefixCache`. ``--compressed-too`` adds each with
+    ``answer_cache="compressed"`` beside it: where ``"auto"`` re-reads the kept tokens (a model with sliding-window
+    layers), the rows then show what the re-read costs. ``--held-prefix`` adds each with a prefix cache held across
+    calls, as ``FinchCompressor()`` on its own model and the server keep one.
     """
     rows: dict[str, tuple[dict[str, Any], bool]] = {}
     for size in args.chunk_size:
