@@ -24,10 +24,14 @@ cost 0.94x a full prefill+answer against 1.00x in chunks (``docs/results/cost_ge
 kept more of the RULER-style suite's evidence at 1k (``docs/results/chunking_1k_gemma3.md``)."""
 
 
+def has_sliding_layers(layer_types: Sequence[str] | None) -> bool:
+    """Whether a text config's ``layer_types`` include sliding-window attention (Gemma 3's local layers)."""
+    return "sliding_attention" in (layer_types or ())
+
+
 def single_pass_tokens(layer_types: Sequence[str] | None) -> int:
     """`AUTO_SINGLE_PASS_TOKENS`, or `AUTO_SINGLE_PASS_TOKENS_SLIDING` for a model with sliding-window layers."""
-    sliding = "sliding_attention" in (layer_types or ())
-    return AUTO_SINGLE_PASS_TOKENS_SLIDING if sliding else AUTO_SINGLE_PASS_TOKENS
+    return AUTO_SINGLE_PASS_TOKENS_SLIDING if has_sliding_layers(layer_types) else AUTO_SINGLE_PASS_TOKENS
 
 
 def resolve_chunk_size(

@@ -40,7 +40,7 @@ from ..deadline import Deadline, DeadlineExceeded
 from ..progress import progress_bar
 from .attention import CAPTURE_KWARG, QuestionAttentionCapture, capturing_attention, fill_cache, stopping_layer
 from .cache import all_layer_tensors, cache_kwargs, cache_over, decoder_of, layer_tensors, stack_left_padded
-from .chunking import chunk_bounds, resolve_chunk_size
+from .chunking import chunk_bounds, has_sliding_layers, resolve_chunk_size
 from .prefix_cache import UNBOUNDED_BYTES, PrefixCache
 from .registry import selection_policy
 from .rotation import KeyRotation
@@ -180,9 +180,10 @@ def compress_batch(
     decoder = decoder_of(model)
     text_config = model.config.get_text_config(decoder=True)
     num_layers = text_config.num_hidden_layers
+    layer_types = getattr(text_config, "layer_types", None)
     rotation = rotation or KeyRotation.from_model(model)
     if policy is None:
-        policy = selection_policy(config, num_layers, getattr(text_config, "layer_types", None))
+        policy = selection_policy(config, num_layers, layer_types)
     if config.granularity == "sentence" and any(request.span_ids is None for request in requests):
         raise ValueError(
             'granularity="sentence" needs each context token\'s sentence (CompressionRequest.span_ids). '
@@ -198,7 +199,6 @@ def compress_batch(
         window = int(getattr(text_config, "max_position_embeddings", 0) or 0)
         # Unbounded within one batch: its requests usually share one prefix, prefilled once for all of them.
         prefixes = prefix_cache if prefix_cache is not None else PrefixCache(max_bytes=UNBOUNDED_BYTES)
-        layer_types = getattr(text_config, "layer_types", None)
         states = [
             _start(decoder, request, index, config, window, prefixes, last_layer, layer_types, alone=len(requests) == 1)
             for index, request in enumerate(requests)
@@ -258,8 +258,7 @@ def resolve_answer_cache(config: FinchConfig, layer_types: Sequence[str] | None,
     if config.answer_cache != "auto":
         return config.answer_cache
     one_set = config.selection not in SEPARATE_SELECTIONS
-    sliding = "sliding_attention" in (layer_types or ())
-    return "reread" if one_set and sliding and num_chunks > 1 else "compressed"
+    return "reread" if one_set and has_sliding_layers(layer_types) and num_chunks > 1 else "compressed"
 
 
 def read_kept_tokens(
