@@ -94,10 +94,13 @@ def _operator_tables(model: Any, compressor: FinchCompressor, context: list[int]
     from torch.profiler import ProfilerActivity, profile
     from transformers import DynamicCache
 
+    from finch_rag.compression.cache import cache_kwargs
+
     def full_prefill() -> None:
         ids = torch.tensor([parts.prefix_ids + context + parts.question_ids])
         with torch.inference_mode():
-            model(input_ids=ids, past_key_values=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1)
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
 
     def compression() -> None:
         compressor.compress_ids(context, parts.question_ids, parts.prefix_ids)
